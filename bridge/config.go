@@ -1,0 +1,248 @@
+package bridge
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+
+	"github.com/kbridge/kbridge/internal/wire"
+)
+
+// Config configures an Ingest. The zero value of every field but Brokers,
+// Topics and Redis means its default.
+type Config struct {
+	// Brokers are the Kafka bootstrap addresses (host:port). Required.
+	Brokers []string
+	// Topics to read. Required.
+	Topics []string
+	// Group is the Kafka consumer group ID. Default "kbridge".
+	Group string
+	// TLS, when non-nil, is used for every connection to Kafka.
+	TLS *tls.Config
+	// SASL, when non-nil, authenticates to Kafka (plain or SCRAM).
+	SASL sasl.Mechanism
+
+	// Redis is the client of the Redis (or Redis Cluster) that holds the
+	// streams. Required. The Ingest does not close it.
+	Redis redis.UniversalClient
+	// Prefix of every Redis key. Default "kbridge".
+	Prefix string
+	// WorkerGroups are the Redis consumer groups the workers read in. The
+	// commit waits for all of them (fan-out). Default ["workers"].
+	WorkerGroups []string
+
+	// PartitionCap is the backlog (records appended but not yet acknowledged
+	// by every group) at which a partition stops being fetched. Default 10000.
+	PartitionCap int64
+	// LowWatermark is the backlog below which a paused partition is fetched
+	// again. Default PartitionCap/2.
+	LowWatermark int64
+	// GlobalCap caps the backlog summed over every partition of this ingest;
+	// 0 (the default) means no cap beyond the per-partition ones.
+	GlobalCap int64
+	// GlobalLowWatermark is the summed backlog below which fetching resumes
+	// after GlobalCap was reached. Default GlobalCap/2.
+	GlobalLowWatermark int64
+
+	// CommitInterval is how often each partition's frontier is computed,
+	// committed to Kafka and the stream trimmed. Default 1s.
+	CommitInterval time.Duration
+	// PausedPollInterval is how often a paused partition's backlog is read
+	// again. Default 200ms.
+	PausedPollInterval time.Duration
+	// StartOffset is where a group with no committed offset starts on a
+	// partition whose stream is empty: "earliest" (default) or "latest".
+	StartOffset string
+	// FetchMaxBytes bounds one fetch of one partition, and so the memory of
+	// the ingest: about FetchMaxBytes per assigned partition. Default 1 MiB.
+	FetchMaxBytes int
+	// FetchMaxWait is how long a fetch waits for new records. Default 500ms.
+	FetchMaxWait time.Duration
+	// AppendBatch is the most records one append script call carries; the
+	// calls of one fetch are pipelined. Default 500.
+	AppendBatch int
+
+	// SessionTimeout, RebalanceTimeout and HeartbeatInterval of the Kafka
+	// group membership. Defaults 30s, 30s and 3s.
+	SessionTimeout    time.Duration
+	RebalanceTimeout  time.Duration
+	HeartbeatInterval time.Duration
+	// FinalCommitTimeout bounds the final commit on revoke and shutdown; it
+	// must stay well inside RebalanceTimeout. Default 5s.
+	FinalCommitTimeout time.Duration
+
+	// StatusTTL is the time to live of the per-partition status hashes.
+	// Default 30s (refreshed every CommitInterval).
+	StatusTTL time.Duration
+	// AllowEviction lets Run start against a Redis whose maxmemory-policy
+	// may evict keys, with a loud warning, instead of refusing.
+	AllowEviction bool
+
+	// Logger receives the ingest's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// withDefaults returns a copy of c with the defaults filled in.
+func (c Config) withDefaults() Config {
+	if c.Group == "" {
+		c.Group = "kbridge"
+	}
+	if c.Prefix == "" {
+		c.Prefix = wire.DefaultPrefix
+	}
+	if len(c.WorkerGroups) == 0 {
+		c.WorkerGroups = []string{"workers"}
+	}
+	if c.PartitionCap == 0 {
+		c.PartitionCap = 10000
+	}
+	if c.LowWatermark == 0 {
+		c.LowWatermark = c.PartitionCap / 2
+	}
+	if c.GlobalCap > 0 && c.GlobalLowWatermark == 0 {
+		c.GlobalLowWatermark = c.GlobalCap / 2
+	}
+	if c.CommitInterval == 0 {
+		c.CommitInterval = time.Second
+	}
+	if c.PausedPollInterval == 0 {
+		c.PausedPollInterval = 200 * time.Millisecond
+	}
+	if c.StartOffset == "" {
+		c.StartOffset = "earliest"
+	}
+	if c.FetchMaxBytes == 0 {
+		c.FetchMaxBytes = 1 << 20
+	}
+	if c.FetchMaxWait == 0 {
+		c.FetchMaxWait = 500 * time.Millisecond
+	}
+	if c.AppendBatch == 0 {
+		c.AppendBatch = 500
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 30 * time.Second
+	}
+	if c.RebalanceTimeout == 0 {
+		c.RebalanceTimeout = 30 * time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 3 * time.Second
+	}
+	if c.FinalCommitTimeout == 0 {
+		c.FinalCommitTimeout = 5 * time.Second
+	}
+	if c.StatusTTL == 0 {
+		c.StatusTTL = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports every problem of c (after defaults) at once.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var p []string
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	if len(c.Brokers) == 0 {
+		add("no Kafka brokers (--brokers)")
+	}
+	for _, b := range c.Brokers {
+		if b == "" {
+			add("an empty Kafka broker address in --brokers")
+		}
+	}
+	if len(c.Topics) == 0 {
+		add("no topics (--topics)")
+	}
+	for _, t := range c.Topics {
+		if !validTopic(t) {
+			add("topic %q is not a valid Kafka topic name (letters, digits, '.', '_', '-'; at most 249)", t)
+		}
+	}
+	if c.Redis == nil {
+		add("no Redis client")
+	}
+	for _, g := range c.WorkerGroups {
+		if g == "" {
+			add("an empty worker group name in --worker-groups")
+		}
+	}
+	if c.PartitionCap < 1 {
+		add("--partition-cap %d must be at least 1", c.PartitionCap)
+	}
+	if c.LowWatermark < 0 || c.LowWatermark >= c.PartitionCap {
+		add("--low-watermark %d must be at least 0 and below --partition-cap %d", c.LowWatermark, c.PartitionCap)
+	}
+	if c.GlobalCap < 0 {
+		add("--global-cap %d must not be negative", c.GlobalCap)
+	}
+	if c.GlobalCap > 0 && (c.GlobalLowWatermark < 0 || c.GlobalLowWatermark >= c.GlobalCap) {
+		add("--global-low-watermark %d must be at least 0 and below --global-cap %d", c.GlobalLowWatermark, c.GlobalCap)
+	}
+	if c.CommitInterval < 10*time.Millisecond {
+		add("--commit-interval %v must be at least 10ms", c.CommitInterval)
+	}
+	if c.PausedPollInterval < time.Millisecond {
+		add("paused poll interval %v must be at least 1ms", c.PausedPollInterval)
+	}
+	if c.StartOffset != "earliest" && c.StartOffset != "latest" {
+		add("--start-offset %q must be earliest or latest", c.StartOffset)
+	}
+	if c.FetchMaxBytes < 1024 {
+		add("--fetch-max-bytes %d must be at least 1024", c.FetchMaxBytes)
+	}
+	if c.FetchMaxWait < time.Millisecond {
+		add("--fetch-max-wait %v must be at least 1ms", c.FetchMaxWait)
+	}
+	if c.AppendBatch < 1 {
+		add("--append-batch %d must be at least 1", c.AppendBatch)
+	}
+	if c.HeartbeatInterval >= c.SessionTimeout {
+		add("--heartbeat-interval %v must be below --session-timeout %v", c.HeartbeatInterval, c.SessionTimeout)
+	}
+	if c.FinalCommitTimeout >= c.RebalanceTimeout {
+		add("final commit timeout %v must be below --rebalance-timeout %v", c.FinalCommitTimeout, c.RebalanceTimeout)
+	}
+	if c.StatusTTL < c.CommitInterval {
+		add("status TTL %v must be at least --commit-interval %v", c.StatusTTL, c.CommitInterval)
+	}
+	if len(p) > 0 {
+		return &ConfigError{Problems: p}
+	}
+	return nil
+}
+
+func validTopic(t string) bool {
+	if t == "" || len(t) > 249 || t == "." || t == ".." {
+		return false
+	}
+	for _, r := range t {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (c Config) startOffset() int64 {
+	if c.StartOffset == "latest" {
+		return kafka.LastOffset
+	}
+	return kafka.FirstOffset
+}
+
+func (c Config) dialer() *kafka.Dialer {
+	return &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true, TLS: c.TLS, SASLMechanism: c.SASL}
+}
+
+func (c Config) transport() *kafka.Transport {
+	return &kafka.Transport{DialTimeout: 10 * time.Second, TLS: c.TLS, SASL: c.SASL, ClientID: "kbridge"}
+}

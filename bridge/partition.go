@@ -1,0 +1,403 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/kbridge/kbridge/internal/wire"
+	"github.com/kbridge/kbridge/tracker"
+)
+
+// partition bridges one assigned partition for one generation. Its state is
+// owned by its goroutine.
+type partition struct {
+	in     *Ingest
+	t      tp
+	stream stream
+	c      *committer
+	log    *slog.Logger
+
+	assigned int64 // committed offset at assignment (kafka-go gives -1/-2 for none)
+	tr       *tracker.Partition
+	next     int64 // next offset to fetch
+	logEnd   int64
+	backlog  int64 // exact after an observation, estimated after appends
+	paused   bool
+	lastTrim int64
+	observed time.Time
+	snap     snapshot
+}
+
+func (in *Ingest) newPartition(topic string, id int, committed int64, c *committer) *partition {
+	key := wire.StreamKey(in.cfg.Prefix, topic, id)
+	return &partition{
+		in: in, t: tp{topic, id}, c: c, assigned: committed, logEnd: -1, lastTrim: tracker.None,
+		stream: stream{rdb: in.cfg.Redis, key: key, registry: wire.RegistryKey(in.cfg.Prefix),
+			groups: in.cfg.WorkerGroups, batchSize: in.cfg.AppendBatch},
+		log: in.log.With("topic", topic, "partition", id, "stream", key),
+	}
+}
+
+// run bridges the partition until the generation ends (ctx done), then
+// observes once more for the final commit. It never returns before ctx is
+// done: in kafka-go an early return would end the whole generation.
+func (p *partition) run(ctx context.Context) {
+	defer p.in.parts.remove(p.stream.key)
+	if err := p.setup(ctx); err != nil {
+		<-ctx.Done()
+		return
+	}
+	for ctx.Err() == nil {
+		interval := p.in.cfg.CommitInterval
+		if p.paused {
+			interval = p.in.cfg.PausedPollInterval
+		}
+		if time.Since(p.observed) >= interval {
+			p.observe(ctx)
+		}
+		if p.updatePaused() {
+			sleep(ctx, p.in.cfg.PausedPollInterval)
+			continue
+		}
+		recs, err := p.fetch(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				p.in.counters.kafkaErrs.Add(1)
+				p.log.Warn("fetch failed; retrying", "offset", p.next, "err", err)
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		if len(recs) > 0 {
+			p.append(ctx, recs)
+		}
+	}
+	p.final()
+}
+
+// setup creates the worker groups, reads the stream and chooses where to
+// fetch from: max(committed, top+1), retrying while Redis or Kafka is down.
+func (p *partition) setup(ctx context.Context) error {
+	err := retry(ctx, p.log, "redis", func() error {
+		if err := p.stream.ensure(ctx); err != nil {
+			p.in.counters.redisErrs.Add(1)
+			return err
+		}
+		var err error
+		p.snap, err = p.stream.observe(ctx)
+		if err != nil {
+			p.in.counters.redisErrs.Add(1)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	committed := p.assigned
+	if committed < 0 {
+		committed = tracker.None
+	}
+	p.tr = tracker.NewPartition(committed, p.snap.Top)
+	if err := p.restart(ctx); err != nil {
+		return err
+	}
+	p.observed = time.Now()
+	p.log.Info("partition assigned", "committed", committed, "top", p.snap.Top, "offset", p.next)
+	return nil
+}
+
+// restart sets the fetch position from the tracker, resolving the configured
+// start offset when neither a commit nor a stream top says where to start.
+func (p *partition) restart(ctx context.Context) error {
+	p.next = p.tr.Start()
+	if p.next != tracker.None {
+		return nil
+	}
+	return retry(ctx, p.log, "kafka", func() error {
+		off, err := p.listOffset(ctx, p.in.cfg.startOffset())
+		p.next = off
+		return err
+	})
+}
+
+func (p *partition) listOffset(ctx context.Context, which int64) (int64, error) {
+	res, err := p.in.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{
+		Topics: map[string][]kafka.OffsetRequest{p.t.topic: {{Partition: p.t.partition, Timestamp: which}}},
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, o := range res.Topics[p.t.topic] {
+		if o.Partition == p.t.partition {
+			if o.Error != nil {
+				return 0, o.Error
+			}
+			if which == kafka.FirstOffset {
+				return o.FirstOffset, nil
+			}
+			return o.LastOffset, nil
+		}
+	}
+	return 0, fmt.Errorf("list offsets: no answer for %s/%d", p.t.topic, p.t.partition)
+}
+
+// observe reads the stream, offers the frontier for commit, trims below what
+// was committed, and publishes the status. Any Redis error means no commit.
+func (p *partition) observe(ctx context.Context) {
+	snap, err := p.stream.observe(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.in.counters.redisErrs.Add(1)
+			p.log.Warn("redis unavailable; not committing", "err", err)
+		}
+		return
+	}
+	p.observed = time.Now()
+	p.snap = snap
+	if off, ok := p.c.committed(p.t); ok {
+		p.tr.MarkCommitted(off)
+	}
+	d := p.tr.Observe(snap.Observation)
+	if d.Lost {
+		p.recover(ctx, d)
+		return
+	}
+	if d.RecreateGroups {
+		p.log.Warn("a worker group is missing on the stream; recreating it at 0 (its entries are delivered again)")
+		if err := p.stream.ensure(ctx); err != nil {
+			p.log.Warn("recreate groups failed", "err", err)
+		}
+	}
+	p.backlog = d.Backlog
+	if d.ShouldCommit {
+		p.c.offer(p.t, d.Commit)
+	}
+	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim {
+		n, err := p.stream.trim(ctx, tp)
+		if err != nil {
+			p.log.Warn("trim failed", "err", err)
+		} else {
+			p.lastTrim = tp
+			p.in.counters.trimmed.Add(n)
+		}
+	}
+	st := p.status()
+	p.in.parts.set(st)
+	if err := p.stream.publish(ctx, p.in.cfg.StatusTTL, st); err != nil && ctx.Err() == nil {
+		p.log.Warn("publish status failed", "err", err)
+	}
+}
+
+// recover handles Redis having lost writes (invariant 5): recreate the groups
+// at 0 and fetch again from max(committed, top+1). Workers see the lost
+// records again (duplicates), none is skipped.
+func (p *partition) recover(ctx context.Context, d tracker.Decision) {
+	p.in.counters.losses.Add(1)
+	p.log.Error("redis lost writes: the stream is gone or behind what was appended; recreating the worker groups and fetching again",
+		"appended", p.tr.Appended(), "top", p.snap.Top, "offset", d.Rewind)
+	err := retry(ctx, p.log, "redis", func() error {
+		if err := p.stream.ensure(ctx); err != nil {
+			return err
+		}
+		var err error
+		p.snap, err = p.stream.observe(ctx)
+		return err
+	})
+	if err != nil {
+		return
+	}
+	p.tr.Reset(p.snap.Top)
+	p.backlog = 0
+	_ = p.restart(ctx)
+	p.observed = time.Time{} // observe again before fetching
+}
+
+// updatePaused applies backpressure (invariant 7) with hysteresis: pause at
+// the cap, resume below the low watermark; the same over all partitions with
+// the global cap. It reports whether the partition is paused.
+func (p *partition) updatePaused() bool {
+	cfg := p.in.cfg
+	global := int64(0)
+	if cfg.GlobalCap > 0 {
+		global = p.in.parts.backlog()
+	}
+	if p.paused {
+		if p.backlog < cfg.LowWatermark && (cfg.GlobalCap == 0 || global < cfg.GlobalLowWatermark) {
+			p.paused = false
+			p.log.Info("partition resumed", "backlog", p.backlog, "global_backlog", global)
+			p.publishPaused()
+		}
+	} else if p.backlog >= cfg.PartitionCap || (cfg.GlobalCap > 0 && global >= cfg.GlobalCap) {
+		p.paused = true
+		p.in.counters.pauses.Add(1)
+		p.log.Info("partition paused: stream full", "backlog", p.backlog, "cap", cfg.PartitionCap, "global_backlog", global)
+		p.publishPaused()
+	}
+	return p.paused
+}
+
+func (p *partition) publishPaused() {
+	st := p.status()
+	p.in.parts.set(st)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = p.stream.publish(ctx, p.in.cfg.StatusTTL, st)
+}
+
+// room is how many more records may be appended before a cap is reached.
+func (p *partition) room() int64 {
+	cfg := p.in.cfg
+	r := cfg.PartitionCap - p.backlog
+	if cfg.GlobalCap > 0 {
+		r = min(r, cfg.GlobalCap-p.in.parts.backlog())
+	}
+	return r
+}
+
+// fetch reads the next records of the partition, at most room() of them.
+func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
+	res, err := p.in.client.Fetch(ctx, &kafka.FetchRequest{
+		Topic: p.t.topic, Partition: p.t.partition, Offset: p.next,
+		MinBytes: 1, MaxBytes: int64(p.in.cfg.FetchMaxBytes), MaxWait: p.in.cfg.FetchMaxWait,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if res.Error != nil {
+		if errors.Is(res.Error, kafka.OffsetOutOfRange) {
+			return nil, p.outOfRange(ctx)
+		}
+		return nil, res.Error
+	}
+	p.logEnd = res.HighWatermark
+	limit := p.room()
+	var recs []wire.Record
+	for int64(len(recs)) < limit {
+		r, err := res.Records.ReadRecord()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return recs, fmt.Errorf("read records: %w", err)
+		}
+		if r.Offset < p.next {
+			continue // a fetch may start at the batch before the offset asked
+		}
+		rec := wire.Record{Topic: p.t.topic, Partition: p.t.partition, Offset: r.Offset, Time: r.Time}
+		if rec.Key, err = kafka.ReadAll(r.Key); err != nil {
+			return recs, fmt.Errorf("read key at %d: %w", r.Offset, err)
+		}
+		if rec.Value, err = kafka.ReadAll(r.Value); err != nil {
+			return recs, fmt.Errorf("read value at %d: %w", r.Offset, err)
+		}
+		for _, h := range r.Headers {
+			rec.Headers = append(rec.Headers, wire.Header{Key: h.Key, Value: h.Value})
+		}
+		recs = append(recs, rec)
+	}
+	p.in.counters.fetched.Add(int64(len(recs)))
+	return recs, nil
+}
+
+// outOfRange handles a fetch offset Kafka no longer (or not yet) has. Below
+// the log start the records are gone to retention: say so loudly and go on
+// from the log start; above the log end, start from the log end.
+func (p *partition) outOfRange(ctx context.Context) error {
+	first, err := p.listOffset(ctx, kafka.FirstOffset)
+	if err != nil {
+		return err
+	}
+	last, err := p.listOffset(ctx, kafka.LastOffset)
+	if err != nil {
+		return err
+	}
+	to := first
+	if p.next > last {
+		to = last
+	}
+	p.log.Error("fetch offset out of range: records were deleted by Kafka retention before they were bridged, or the topic was recreated",
+		"offset", p.next, "log_start", first, "log_end", last, "resume_at", to)
+	p.next = to
+	return nil
+}
+
+// append writes recs, retrying with backoff while Redis is unreachable: the
+// conditional append makes a retry of a batch that did land harmless.
+func (p *partition) append(ctx context.Context, recs []wire.Record) {
+	var res appendResult
+	err := retry(ctx, p.log, "redis", func() error {
+		var err error
+		res, err = p.stream.append(ctx, p.tr.Appended(), recs)
+		if err != nil {
+			p.in.counters.redisErrs.Add(1)
+		}
+		return err
+	})
+	if err != nil {
+		return // ctx done: the records are fetched again by the next owner
+	}
+	if res.lost {
+		p.observe(ctx) // sees the loss and recovers
+		return
+	}
+	p.tr.MarkAppended(res.top)
+	p.in.counters.appended.Add(int64(res.added))
+	p.in.counters.dups.Add(int64(len(recs) - res.added))
+	p.backlog += int64(res.added)
+	p.next = max(recs[len(recs)-1].Offset+1, res.top+1)
+	p.in.parts.set(p.status())
+}
+
+// final observes the stream once more after the generation ended, so the
+// committer's last commit includes everything acknowledged until now.
+func (p *partition) final() {
+	ctx, cancel := context.WithTimeout(context.Background(), p.in.cfg.FinalCommitTimeout/2)
+	defer cancel()
+	snap, err := p.stream.observe(ctx)
+	if err != nil {
+		p.log.Warn("final observation failed; the next owner commits instead", "err", err)
+		return
+	}
+	if off, ok := p.c.committed(p.t); ok {
+		p.tr.MarkCommitted(off)
+	}
+	if d := p.tr.Observe(snap.Observation); d.ShouldCommit {
+		p.c.offer(p.t, d.Commit)
+	}
+	p.log.Info("partition revoked", "committed", p.tr.Committed(), "top", snap.Top)
+}
+
+func (p *partition) status() PartitionStatus {
+	return PartitionStatus{
+		Topic: p.t.topic, Partition: p.t.partition, Stream: p.stream.key,
+		Committed: p.tr.Committed(), LogEnd: p.logEnd, Top: p.tr.Appended(), Length: p.snap.Length,
+		Backlog: p.backlog, Pending: pendingSum(p.snap), Paused: p.paused,
+		OldestPending: p.snap.oldest.offset, OldestPendingGroup: p.snap.oldest.group,
+		OldestPendingConsumer: p.snap.oldest.consumer, OldestPendingIdle: p.snap.oldest.idle,
+		OldestPendingDelivery: p.snap.oldest.deliveries,
+		Owner:                 p.in.owner, Updated: time.Now(),
+	}
+}
+
+func pendingSum(s snapshot) int64 {
+	var n int64
+	for _, g := range s.Groups {
+		n += g.Pending
+	}
+	return n
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

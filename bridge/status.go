@@ -1,0 +1,197 @@
+package bridge
+
+import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// PartitionStatus is the state of one assigned partition, as published in
+// its Redis status hash and returned by Ingest.Stats.
+type PartitionStatus struct {
+	Topic     string
+	Partition int
+	Stream    string
+	// Committed is the last offset committed to Kafka (-1: none yet).
+	Committed int64
+	// LogEnd is the partition's high watermark at the last fetch.
+	LogEnd int64
+	// Top is the offset of the stream's last entry ever appended (-1: none).
+	Top int64
+	// Length is XLEN of the stream.
+	Length int64
+	// Backlog is the records appended and not yet acknowledged by every group.
+	Backlog int64
+	// Pending sums the groups' pending entries.
+	Pending int64
+	// Paused is true while the partition is not fetched (backpressure).
+	Paused bool
+	// OldestPending is the lowest pending offset (-1: none), with the group
+	// and consumer that hold it and for how long it has been idle.
+	OldestPending         int64
+	OldestPendingGroup    string
+	OldestPendingConsumer string
+	OldestPendingIdle     time.Duration
+	OldestPendingDelivery int64
+	// Owner identifies the ingest process (host:pid) and Updated the time of
+	// this status.
+	Owner   string
+	Updated time.Time
+}
+
+// Lag is the Kafka lag of the group on this partition: log end minus the
+// committed offset.
+func (s PartitionStatus) Lag() int64 {
+	if s.Committed < 0 || s.LogEnd < s.Committed {
+		return 0
+	}
+	return s.LogEnd - s.Committed
+}
+
+// Field names of the status hash, <prefix>:{<topic>:<partition>}:status.
+const (
+	StatusCommitted       = "committed"
+	StatusLogEnd          = "log_end"
+	StatusTop             = "top"
+	StatusLength          = "length"
+	StatusBacklog         = "backlog"
+	StatusPending         = "pending"
+	StatusPaused          = "paused"
+	StatusOldestOffset    = "oldest_pending_offset"
+	StatusOldestGroup     = "oldest_pending_group"
+	StatusOldestConsumer  = "oldest_pending_consumer"
+	StatusOldestIdleMs    = "oldest_pending_idle_ms"
+	StatusOldestDelivered = "oldest_pending_deliveries"
+	StatusOwner           = "owner"
+	StatusUpdatedMs       = "updated_ms"
+)
+
+func (s PartitionStatus) fields() []any {
+	b := "0"
+	if s.Paused {
+		b = "1"
+	}
+	return []any{
+		StatusCommitted, itoa(s.Committed),
+		StatusLogEnd, itoa(s.LogEnd),
+		StatusTop, itoa(s.Top),
+		StatusLength, itoa(s.Length),
+		StatusBacklog, itoa(s.Backlog),
+		StatusPending, itoa(s.Pending),
+		StatusPaused, b,
+		StatusOldestOffset, itoa(s.OldestPending),
+		StatusOldestGroup, s.OldestPendingGroup,
+		StatusOldestConsumer, s.OldestPendingConsumer,
+		StatusOldestIdleMs, itoa(s.OldestPendingIdle.Milliseconds()),
+		StatusOldestDelivered, itoa(s.OldestPendingDelivery),
+		StatusOwner, s.Owner,
+		StatusUpdatedMs, itoa(s.Updated.UnixMilli()),
+	}
+}
+
+// ParseStatus reads a status hash (HGETALL) back into a PartitionStatus.
+func ParseStatus(h map[string]string) PartitionStatus {
+	n := func(k string) int64 {
+		v, err := strconv.ParseInt(h[k], 10, 64)
+		if err != nil {
+			return -1
+		}
+		return v
+	}
+	return PartitionStatus{
+		Committed:             n(StatusCommitted),
+		LogEnd:                n(StatusLogEnd),
+		Top:                   n(StatusTop),
+		Length:                n(StatusLength),
+		Backlog:               n(StatusBacklog),
+		Pending:               n(StatusPending),
+		Paused:                h[StatusPaused] == "1",
+		OldestPending:         n(StatusOldestOffset),
+		OldestPendingGroup:    h[StatusOldestGroup],
+		OldestPendingConsumer: h[StatusOldestConsumer],
+		OldestPendingIdle:     time.Duration(n(StatusOldestIdleMs)) * time.Millisecond,
+		OldestPendingDelivery: n(StatusOldestDelivered),
+		Owner:                 h[StatusOwner],
+		Updated:               time.UnixMilli(n(StatusUpdatedMs)),
+	}
+}
+
+// Counters are the ingest's running totals since start. Read them with
+// Ingest.Stats.
+type Counters struct {
+	Fetched           int64 // records fetched from Kafka
+	Appended          int64 // entries appended to Redis
+	DuplicatesSkipped int64 // records already in the stream (retry, zombie, restart)
+	Commits           int64 // successful Kafka commits
+	CommitErrors      int64
+	RedisErrors       int64 // failed Redis calls (each retried with backoff)
+	KafkaErrors       int64 // failed fetches (each retried with backoff)
+	Losses            int64 // times Redis was found to have lost writes
+	Trimmed           int64 // entries trimmed below the commit
+	Rebalances        int64 // generations joined
+	Pauses            int64 // times a partition was paused by backpressure
+}
+
+type counters struct {
+	fetched, appended, dups, commits, commitErrs, redisErrs, kafkaErrs, losses, trimmed, rebalances, pauses atomic.Int64
+}
+
+func (c *counters) snapshot() Counters {
+	return Counters{
+		Fetched: c.fetched.Load(), Appended: c.appended.Load(), DuplicatesSkipped: c.dups.Load(),
+		Commits: c.commits.Load(), CommitErrors: c.commitErrs.Load(), RedisErrors: c.redisErrs.Load(),
+		KafkaErrors: c.kafkaErrs.Load(), Losses: c.losses.Load(), Trimmed: c.trimmed.Load(),
+		Rebalances: c.rebalances.Load(), Pauses: c.pauses.Load(),
+	}
+}
+
+// Stats is a snapshot of the ingest: counters and the assigned partitions.
+type Stats struct {
+	Counters
+	Partitions []PartitionStatus
+	// Backlog sums the backlogs of the assigned partitions.
+	Backlog int64
+}
+
+// registry holds the status of the assigned partitions and their backlogs,
+// which the global cap sums.
+type registry struct {
+	mu    sync.Mutex
+	parts map[string]PartitionStatus
+}
+
+func (r *registry) set(st PartitionStatus) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.parts == nil {
+		r.parts = map[string]PartitionStatus{}
+	}
+	r.parts[st.Stream] = st
+}
+
+func (r *registry) remove(stream string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.parts, stream)
+}
+
+func (r *registry) backlog() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n int64
+	for _, p := range r.parts {
+		n += p.Backlog
+	}
+	return n
+}
+
+func (r *registry) list() []PartitionStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]PartitionStatus, 0, len(r.parts))
+	for _, p := range r.parts {
+		out = append(out, p)
+	}
+	return out
+}

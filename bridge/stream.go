@@ -1,0 +1,296 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/kbridge/kbridge/internal/wire"
+	"github.com/kbridge/kbridge/tracker"
+)
+
+// topOf is shared by both scripts: the offset covered by the stream's
+// last-generated-id (which survives XTRIM and XDEL), or nil when the stream
+// does not exist. XINFO STREAM is used because it is the only command that
+// returns last-generated-id on redis-server 7 and on miniredis alike.
+const luaTop = `
+local function streaminfo(key)
+  local ok, info = pcall(redis.call, 'XINFO', 'STREAM', key)
+  if not ok then return nil end
+  local last, len = '0-0', 0
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i+1]
+    elseif info[i] == 'length' then len = info[i+1] end
+  end
+  -- miniredis reports '' for a stream that never had an entry
+  local ms, seq = string.match(last, '^(%d+)%-(%d+)$')
+  if ms == nil then return -1, len, '0-0' end
+  local top = tonumber(ms)
+  if tonumber(seq) == 0 then top = top - 1 end
+  return top, len, last
+end
+`
+
+// appendScript appends a batch only on top of the stream top the caller
+// expects (invariant 1: no holes). Entries at or below the actual top are
+// already there (a retry, or another ingest got there first) and are skipped;
+// a top below the expected one means Redis lost writes, and nothing is
+// appended. It never creates the stream: a missing stream is a loss too.
+//
+// KEYS[1] stream; ARGV[1] expected top offset (-1: empty); ARGV[2] n; then n
+// times: offset, field count f, f field/value strings.
+// Returns {status, top, added}: status 0 appended, 1 no stream, 2 top behind.
+var appendScript = redis.NewScript(luaTop + `
+local top = streaminfo(KEYS[1])
+if top == nil then return {1, -1, 0} end
+local expected = tonumber(ARGV[1])
+if top < expected then return {2, top, 0} end
+local n = tonumber(ARGV[2])
+local i, added = 3, 0
+for _ = 1, n do
+  local off, nf = tonumber(ARGV[i]), tonumber(ARGV[i+1])
+  if off > top then
+    redis.call('XADD', KEYS[1], ARGV[i] .. '-1', unpack(ARGV, i+2, i+1+nf))
+    top = off
+    added = added + 1
+  end
+  i = i + 2 + nf
+end
+return {0, top, added}
+`)
+
+// observeScript reads, atomically, everything the commit needs (invariant 2):
+// the stream's top and length and, per configured group, its pending count,
+// its lowest pending entry (with the consumer holding it, idle time and
+// delivery count) and the first entry after its last-delivered-id. One script
+// makes the reads one snapshot, so no entry can slip between them.
+//
+// KEYS[1] stream; ARGV group names. Returns {0} when the stream does not
+// exist, else {1, top, length, g1, g2, ...} with g = {0} for a missing group
+// or {1, pending, lowest-id, consumer, idle-ms, deliveries, next-id}.
+var observeScript = redis.NewScript(luaTop + `
+local top, len = streaminfo(KEYS[1])
+if top == nil then return {0} end
+local delivered = {}
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, last
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i+1] elseif g[i] == 'last-delivered-id' then last = g[i+1] end
+  end
+  delivered[name] = last
+end
+local out = {1, top, len}
+for _, name in ipairs(ARGV) do
+  local last = delivered[name]
+  if last == nil then
+    table.insert(out, {0})
+  else
+    local count = redis.call('XPENDING', KEYS[1], name)[1]
+    local low = {'', '', 0, 0}
+    if count > 0 then low = redis.call('XPENDING', KEYS[1], name, '-', '+', 1)[1] end
+    local nxt = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
+    local nid = ''
+    if #nxt > 0 then nid = nxt[1][1] end
+    table.insert(out, {1, count, low[1], low[2], low[3], low[4], nid})
+  end
+end
+return out
+`)
+
+// stream is the Redis side of one partition.
+type stream struct {
+	rdb       redis.UniversalClient
+	key       string
+	registry  string
+	groups    []string
+	batchSize int
+}
+
+// ensure creates every worker group at ID 0 with MKSTREAM (a group made at $
+// would skip entries) and registers the stream for worker discovery.
+func (s *stream) ensure(ctx context.Context) error {
+	for _, g := range s.groups {
+		err := s.rdb.XGroupCreateMkStream(ctx, s.key, g, "0").Err()
+		if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
+			return fmt.Errorf("create group %s on %s: %w", g, s.key, err)
+		}
+	}
+	if err := s.rdb.SAdd(ctx, s.registry, s.key).Err(); err != nil {
+		return fmt.Errorf("register %s: %w", s.key, err)
+	}
+	return nil
+}
+
+// appendResult is what the append scripts of one batch concluded.
+type appendResult struct {
+	top   int64 // the stream's top after the appends
+	added int   // entries added (the rest were already there)
+	lost  bool  // the stream is gone or its top is behind the expected one
+}
+
+// append writes recs (consecutive Kafka records of the partition, offsets
+// rising) on top of expected, in script calls of batchSize pipelined in one
+// round trip. Each call expects the top the previous one leaves, so a loss
+// stops the rest of the pipeline from appending too.
+func (s *stream) append(ctx context.Context, expected int64, recs []wire.Record) (appendResult, error) {
+	pipe := s.rdb.Pipeline()
+	var cmds []*redis.Cmd
+	args := make([]any, 0, 2+len(recs)*16)
+	exp := expected
+	for start := 0; start < len(recs); start += s.batchSize {
+		batch := recs[start:min(start+s.batchSize, len(recs))]
+		args = append(args[:0], exp, len(batch))
+		for i := range batch {
+			mark := len(args)
+			args = append(args, batch[i].Offset, 0)
+			args = batch[i].AppendFields(args)
+			args[mark+1] = len(args) - mark - 2
+		}
+		// Run copies nothing: the args slice must not be reused before Exec.
+		cmds = append(cmds, appendScript.Run(ctx, pipe, []string{s.key}, append([]any(nil), args...)...))
+		exp = max(exp, batch[len(batch)-1].Offset)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isScriptMiss(err) {
+		return appendResult{}, fmt.Errorf("append to %s: %w", s.key, err)
+	}
+	res := appendResult{top: expected}
+	for _, c := range cmds {
+		v, err := c.Int64Slice()
+		if isScriptMiss(err) {
+			// The pipeline ran EVALSHA before the script was loaded: load it
+			// and run again; the appends are idempotent.
+			if err := appendScript.Load(ctx, s.rdb).Err(); err != nil {
+				return appendResult{}, fmt.Errorf("load append script: %w", err)
+			}
+			return s.append(ctx, expected, recs)
+		}
+		if err != nil {
+			return appendResult{}, fmt.Errorf("append to %s: %w", s.key, err)
+		}
+		if v[0] != 0 {
+			res.lost, res.top = true, v[1]
+			return res, nil
+		}
+		res.top = max(res.top, v[1])
+		res.added += int(v[2])
+	}
+	return res, nil
+}
+
+func isScriptMiss(err error) bool {
+	return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// snapshot is an observation plus what the status view needs.
+type snapshot struct {
+	tracker.Observation
+	oldest oldestPending
+}
+
+// oldestPending is the lowest pending entry over all groups: the one that
+// holds the commit back.
+type oldestPending struct {
+	offset     int64 // tracker.None when nothing is pending
+	group      string
+	consumer   string
+	idle       time.Duration
+	deliveries int64
+}
+
+// observe reads one atomic snapshot of the stream.
+func (s *stream) observe(ctx context.Context) (snapshot, error) {
+	args := make([]any, len(s.groups))
+	for i, g := range s.groups {
+		args[i] = g
+	}
+	v, err := observeScript.Run(ctx, s.rdb, []string{s.key}, args...).Slice()
+	if err != nil {
+		return snapshot{}, fmt.Errorf("observe %s: %w", s.key, err)
+	}
+	return parseObservation(s.groups, v)
+}
+
+func parseObservation(groups []string, v []any) (snapshot, error) {
+	snap := snapshot{oldest: oldestPending{offset: tracker.None}}
+	bad := func(what string) (snapshot, error) {
+		return snapshot{}, fmt.Errorf("observe: unexpected reply (%s): %v", what, v)
+	}
+	if len(v) == 0 {
+		return bad("empty")
+	}
+	if n, _ := v[0].(int64); n == 0 {
+		snap.Top = tracker.None
+		return snap, nil
+	}
+	if len(v) != 3+len(groups) {
+		return bad("length")
+	}
+	snap.Exists = true
+	snap.Top, _ = v[1].(int64)
+	snap.Length, _ = v[2].(int64)
+	for i, name := range groups {
+		g := tracker.Group{Name: name, LowestPending: tracker.None, NextUndelivered: tracker.None}
+		f, ok := v[3+i].([]any)
+		if !ok || len(f) == 0 {
+			return bad("group")
+		}
+		if n, _ := f[0].(int64); n == 0 {
+			g.Missing = true
+			snap.Groups = append(snap.Groups, g)
+			continue
+		}
+		if len(f) != 7 {
+			return bad("group fields")
+		}
+		g.Pending, _ = f[1].(int64)
+		if id, _ := f[2].(string); id != "" {
+			off, err := wire.ParseID(id)
+			if err != nil {
+				return snapshot{}, err
+			}
+			g.LowestPending = off
+			if snap.oldest.offset == tracker.None || off < snap.oldest.offset {
+				idle, _ := f[4].(int64)
+				snap.oldest = oldestPending{offset: off, group: name, consumer: fmt.Sprint(f[3]),
+					idle: time.Duration(idle) * time.Millisecond}
+				snap.oldest.deliveries, _ = f[5].(int64)
+			}
+		}
+		if id, _ := f[6].(string); id != "" {
+			off, err := wire.ParseID(id)
+			if err != nil {
+				return snapshot{}, err
+			}
+			g.NextUndelivered = off
+		}
+		snap.Groups = append(snap.Groups, g)
+	}
+	return snap, nil
+}
+
+// trim removes the entries below offset (XTRIM MINID); Top survives.
+func (s *stream) trim(ctx context.Context, below int64) (int64, error) {
+	n, err := s.rdb.XTrimMinID(ctx, s.key, wire.MinID(below)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("trim %s below %d: %w", s.key, below, err)
+	}
+	return n, nil
+}
+
+// publish writes the partition's status hash (with a TTL) so that redis-cli
+// alone shows what the ingest is doing.
+func (s *stream) publish(ctx context.Context, ttl time.Duration, st PartitionStatus) error {
+	key := wire.StatusKey(s.key)
+	pipe := s.rdb.Pipeline()
+	pipe.HSet(ctx, key, st.fields()...)
+	pipe.PExpire(ctx, key, ttl)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("publish status of %s: %w", s.key, err)
+	}
+	return nil
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -1,0 +1,171 @@
+package wire
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Field names of a stream entry. See docs/wire.md.
+const (
+	FieldTopic     = "topic"
+	FieldPartition = "partition"
+	FieldOffset    = "offset"
+	FieldTimestamp = "timestamp" // Kafka record time, Unix milliseconds
+	FieldKey       = "key"       // absent when the Kafka key is null
+	FieldValue     = "value"     // absent when the Kafka value is null (tombstone)
+	FieldHeaders   = "headers"   // absent when there are none; JSON [["name","<base64>"|null],...]
+)
+
+// Header is one Kafka record header. Names may repeat; order is kept. A nil
+// Value is a null header value.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Record is one Kafka record as it travels through Redis. A nil Key or Value
+// is a Kafka null; a non-nil empty slice is an empty byte string.
+type Record struct {
+	Topic     string
+	Partition int
+	Offset    int64
+	Time      time.Time
+	Key       []byte
+	Value     []byte
+	Headers   []Header
+}
+
+// ErrMalformed is wrapped by every Decode error: the entry does not follow the
+// wire contract. Workers dead-letter such entries with the error as reason.
+var ErrMalformed = errors.New("malformed entry")
+
+// AppendFields appends the entry's field/value pairs, ready for XADD, to dst.
+func (r *Record) AppendFields(dst []any) []any {
+	dst = append(dst,
+		FieldTopic, r.Topic,
+		FieldPartition, strconv.Itoa(r.Partition),
+		FieldOffset, strconv.FormatInt(r.Offset, 10),
+		FieldTimestamp, strconv.FormatInt(r.Time.UnixMilli(), 10))
+	if r.Key != nil {
+		dst = append(dst, FieldKey, string(r.Key))
+	}
+	if r.Value != nil {
+		dst = append(dst, FieldValue, string(r.Value))
+	}
+	if len(r.Headers) > 0 {
+		dst = append(dst, FieldHeaders, encodeHeaders(r.Headers))
+	}
+	return dst
+}
+
+func encodeHeaders(hs []Header) string {
+	pairs := make([][2]*string, len(hs))
+	for i, h := range hs {
+		k := h.Key
+		pairs[i][0] = &k
+		if h.Value != nil {
+			v := base64.StdEncoding.EncodeToString(h.Value)
+			pairs[i][1] = &v
+		}
+	}
+	b, _ := json.Marshal(pairs) // strings and nulls only: cannot fail
+	return string(b)
+}
+
+// Decode reads an entry's fields, as go-redis returns them in XMessage.Values,
+// into a Record. Errors wrap ErrMalformed and say which field is wrong.
+func Decode(values map[string]any) (Record, error) {
+	var r Record
+	str := func(name string) (string, bool, error) {
+		v, ok := values[name]
+		if !ok {
+			return "", false, nil
+		}
+		s, ok := v.(string)
+		if !ok {
+			return "", true, fmt.Errorf("%w: field %q is %T, want a string", ErrMalformed, name, v)
+		}
+		return s, true, nil
+	}
+	need := func(name string) (string, error) {
+		s, ok, err := str(name)
+		if err == nil && !ok {
+			err = fmt.Errorf("%w: field %q is missing", ErrMalformed, name)
+		}
+		return s, err
+	}
+	var err error
+	if r.Topic, err = need(FieldTopic); err != nil {
+		return r, err
+	}
+	s, err := need(FieldPartition)
+	if err != nil {
+		return r, err
+	}
+	if r.Partition, err = strconv.Atoi(s); err != nil || r.Partition < 0 {
+		return r, fmt.Errorf("%w: field %q = %q is not a partition number", ErrMalformed, FieldPartition, s)
+	}
+	if s, err = need(FieldOffset); err != nil {
+		return r, err
+	}
+	if r.Offset, err = strconv.ParseInt(s, 10, 64); err != nil || r.Offset < 0 {
+		return r, fmt.Errorf("%w: field %q = %q is not an offset", ErrMalformed, FieldOffset, s)
+	}
+	if s, ok, err := str(FieldTimestamp); err != nil {
+		return r, err
+	} else if ok {
+		ms, perr := strconv.ParseInt(s, 10, 64)
+		if perr != nil {
+			return r, fmt.Errorf("%w: field %q = %q is not Unix milliseconds", ErrMalformed, FieldTimestamp, s)
+		}
+		r.Time = time.UnixMilli(ms)
+	}
+	if s, ok, err := str(FieldKey); err != nil {
+		return r, err
+	} else if ok {
+		r.Key = []byte(s)
+	}
+	if s, ok, err := str(FieldValue); err != nil {
+		return r, err
+	} else if ok {
+		r.Value = []byte(s)
+	}
+	if s, ok, err := str(FieldHeaders); err != nil {
+		return r, err
+	} else if ok {
+		if r.Headers, err = decodeHeaders(s); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+func decodeHeaders(s string) ([]Header, error) {
+	var pairs [][]*string
+	if err := json.Unmarshal([]byte(s), &pairs); err != nil {
+		return nil, fmt.Errorf("%w: field %q is not a JSON list of [name, base64] pairs: %v", ErrMalformed, FieldHeaders, err)
+	}
+	hs := make([]Header, 0, len(pairs))
+	for i, p := range pairs {
+		if len(p) != 2 || p[0] == nil {
+			return nil, fmt.Errorf("%w: header %d is not a [name, base64] pair", ErrMalformed, i)
+		}
+		h := Header{Key: *p[0]}
+		if p[1] != nil {
+			v, err := base64.StdEncoding.DecodeString(*p[1])
+			if err != nil {
+				return nil, fmt.Errorf("%w: header %q value is not base64: %v", ErrMalformed, h.Key, err)
+			}
+			h.Value = v
+			if h.Value == nil {
+				h.Value = []byte{}
+			}
+		}
+		hs = append(hs, h)
+	}
+	return hs, nil
+}

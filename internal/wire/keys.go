@@ -1,0 +1,93 @@
+package wire
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// DefaultPrefix is the key prefix used when none is configured.
+const DefaultPrefix = "kbridge"
+
+// StreamKey returns the key of the stream that holds the records of one Kafka
+// partition: "<prefix>:{<topic>:<partition>}".
+func StreamKey(prefix, topic string, partition int) string {
+	return prefix + ":{" + topic + ":" + strconv.Itoa(partition) + "}"
+}
+
+// DLQKey returns the key of the dead-letter stream of a partition stream.
+func DLQKey(stream string) string { return stream + ":dlq" }
+
+// ReplayKey returns the key of the replay stream of a partition stream: dead
+// letters that "kbridge dlq replay" handed back to the workers.
+func ReplayKey(stream string) string { return stream + ":replay" }
+
+// StatusKey returns the key of the status hash the ingest keeps for a
+// partition stream.
+func StatusKey(stream string) string { return stream + ":status" }
+
+// RegistryKey returns the key of the set that lists every partition stream
+// under prefix. Workers read it (SMEMBERS) to discover partitions.
+func RegistryKey(prefix string) string { return prefix + ":streams" }
+
+// ParseStreamKey splits a partition stream key into its prefix, topic and
+// partition. It is the inverse of StreamKey.
+func ParseStreamKey(key string) (prefix, topic string, partition int, err error) {
+	open := strings.LastIndex(key, ":{")
+	if open < 0 || !strings.HasSuffix(key, "}") {
+		return "", "", 0, fmt.Errorf("wire: %q is not a partition stream key (want <prefix>:{<topic>:<partition>})", key)
+	}
+	tag := key[open+2 : len(key)-1]
+	colon := strings.LastIndexByte(tag, ':')
+	if colon <= 0 {
+		return "", "", 0, fmt.Errorf("wire: %q is not a partition stream key (want <prefix>:{<topic>:<partition>})", key)
+	}
+	partition, err = strconv.Atoi(tag[colon+1:])
+	if err != nil || partition < 0 {
+		return "", "", 0, fmt.Errorf("wire: %q has no valid partition number", key)
+	}
+	return key[:open], tag[:colon], partition, nil
+}
+
+// EntryID returns the stream entry ID of a Kafka offset: "<offset>-1". The
+// sequence part is 1 because Redis refuses the ID "0-0".
+func EntryID(offset int64) string { return strconv.FormatInt(offset, 10) + "-1" }
+
+// MinID returns the XTRIM MINID threshold that removes every entry whose
+// offset is below offset, and keeps offset itself.
+func MinID(offset int64) string { return strconv.FormatInt(offset, 10) + "-0" }
+
+// ParseID returns the Kafka offset of a stream entry ID "<offset>-<seq>".
+func ParseID(id string) (int64, error) {
+	ms, seq, ok := strings.Cut(id, "-")
+	if !ok {
+		seq = "0"
+	}
+	off, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("wire: bad stream ID %q: %w", id, err)
+	}
+	if _, err := strconv.ParseUint(seq, 10, 64); err != nil {
+		return 0, fmt.Errorf("wire: bad stream ID %q: %w", id, err)
+	}
+	return off, nil
+}
+
+// Through returns the highest offset an ID covers, the way a group's
+// last-delivered-id or a stream's last-generated-id is read: "<o>-<s>" with
+// s >= 1 covers offset o; "<o>-0" covers only the offsets below o. So "0-0"
+// (a new group, an empty stream) gives -1: nothing.
+func Through(id string) (int64, error) {
+	ms, seq, ok := strings.Cut(id, "-")
+	off, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("wire: bad stream ID %q: %w", id, err)
+	}
+	if !ok || seq == "0" {
+		return off - 1, nil
+	}
+	if _, err := strconv.ParseUint(seq, 10, 64); err != nil {
+		return 0, fmt.Errorf("wire: bad stream ID %q: %w", id, err)
+	}
+	return off, nil
+}
