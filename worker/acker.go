@@ -1,0 +1,108 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// acker batches acknowledgements: it sends them every AckInterval, or at once
+// when AckBatch are waiting, one XACK per stream in one pipeline. Acks that
+// fail stay queued and go with the next flush; the entries are still pending
+// in Redis meanwhile, so a crash costs duplicates, never records.
+type acker struct {
+	w       *Worker
+	mu      sync.Mutex
+	pending map[string][]string // stream → IDs
+	n       int
+	closed  bool
+	kick    chan struct{}
+}
+
+func newAcker(w *Worker) *acker {
+	return &acker{w: w, pending: map[string][]string{}, kick: make(chan struct{}, 1)}
+}
+
+// add queues the acknowledgement of an entry. After close it is dropped: the
+// entry stays pending and will be reclaimed.
+func (a *acker) add(stream, id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return
+	}
+	a.pending[stream] = append(a.pending[stream], id)
+	a.n++
+	if a.n >= a.w.cfg.AckBatch {
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// run flushes until stop is closed, then flushes what is left (retrying for
+// up to a few seconds) and closes.
+func (a *acker) run(stop <-chan struct{}) {
+	t := time.NewTicker(a.w.cfg.AckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-a.kick:
+		case <-stop:
+			deadline := time.Now().Add(5 * time.Second)
+			for a.flush(context.Background()) != nil && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Millisecond)
+			}
+			a.mu.Lock()
+			a.closed = true
+			a.mu.Unlock()
+			return
+		}
+		_ = a.flush(context.Background())
+	}
+}
+
+func (a *acker) flush(ctx context.Context) error {
+	a.mu.Lock()
+	batch := a.pending
+	if a.n == 0 {
+		a.mu.Unlock()
+		return nil
+	}
+	a.pending, a.n = map[string][]string{}, 0
+	a.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cmds := map[string]*redis.IntCmd{}
+	_, err := a.w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for stream, ids := range batch {
+			cmds[stream] = p.XAck(ctx, stream, a.w.cfg.Group, ids...)
+		}
+		return nil
+	})
+	var failed error
+	for stream, ids := range batch {
+		if cerr := cmds[stream].Err(); cerr != nil {
+			failed = cerr
+			a.w.log.Warn("XACK failed; will retry", "stream", stream, "group", a.w.cfg.Group, "entries", len(ids), "err", cerr)
+			a.mu.Lock()
+			a.pending[stream] = append(a.pending[stream], ids...)
+			a.n += len(ids)
+			a.mu.Unlock()
+			continue
+		}
+		a.w.stats.acked.Add(int64(len(ids)))
+		for _, id := range ids {
+			a.w.release(stream, id)
+		}
+	}
+	if failed == nil {
+		failed = err
+	}
+	return failed
+}

@@ -1,0 +1,96 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrRunning is returned by Run when the Worker is already running (or has
+// run: a Worker runs once).
+var ErrRunning = errors.New("worker: Run called twice")
+
+// ErrShutdownTimeout is returned (wrapped) by Run when handlers were still
+// running at the end of Config.ShutdownTimeout. Their entries stay pending
+// and are reclaimed by other workers after the visibility timeout.
+var ErrShutdownTimeout = errors.New("worker: handlers still running after the shutdown timeout")
+
+// ErrNotFound is returned by the dead-letter functions for a reference that
+// names no dead letter.
+var ErrNotFound = errors.New("worker: no such dead letter")
+
+// PanicError is the error a panicking handler is treated as having returned.
+// It counts as a failure like any other.
+type PanicError struct {
+	Value any    // what the handler panicked with
+	Stack []byte // the goroutine's stack at the panic
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.Value) }
+
+// RetryError asks the worker to back off and try again without counting a
+// failed delivery: the downstream is overloaded (HTTP 429/503), not the record
+// broken. The worker also stops reading new entries for After. Create it with
+// RetryAfter.
+type RetryError struct {
+	After time.Duration // 0: the worker's exponential backoff
+	Err   error
+}
+
+func (e *RetryError) Error() string {
+	if e.After > 0 {
+		return fmt.Sprintf("retry after %v: %v", e.After, e.Err)
+	}
+	return fmt.Sprintf("retry later: %v", e.Err)
+}
+
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// RetryAfter returns an error that makes the worker back off for d (0: its
+// exponential backoff) and run the handler again, without counting a
+// delivery toward Config.MaxDeliveries.
+func RetryAfter(d time.Duration, err error) error { return &RetryError{After: d, Err: err} }
+
+// PermanentError marks a failure that no retry can fix: the worker
+// dead-letters the entry at once (reason "rejected"). Create it with
+// Permanent.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return "permanent failure: " + e.Err.Error() }
+
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent wraps err so that the worker dead-letters the entry at once
+// instead of retrying it.
+func Permanent(err error) error { return &PermanentError{Err: err} }
+
+// ExecError is the failure of a command run by ExecHandler.
+type ExecError struct {
+	ExitCode int    // -1 when the command did not exit (killed, not started)
+	Stderr   string // the end of its standard error
+	Err      error
+}
+
+func (e *ExecError) Error() string {
+	msg := fmt.Sprintf("command failed (exit code %d): %v", e.ExitCode, e.Err)
+	if e.Stderr != "" {
+		msg += ": " + e.Stderr
+	}
+	return msg
+}
+
+func (e *ExecError) Unwrap() error { return e.Err }
+
+// HTTPError is a non-2xx answer to HTTPHandler's POST.
+type HTTPError struct {
+	StatusCode int
+	Body       string // the start of the response body
+}
+
+func (e *HTTPError) Error() string {
+	msg := fmt.Sprintf("HTTP %d", e.StatusCode)
+	if e.Body != "" {
+		msg += ": " + e.Body
+	}
+	return msg
+}

@@ -1,0 +1,218 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Worker is one consumer of a worker group. Create it with New and start it
+// with Run. Its methods are safe for concurrent use.
+type Worker struct {
+	cfg Config
+	rdb redis.UniversalClient
+	log *slog.Logger
+
+	started atomic.Bool
+	stats   counters
+
+	slots    chan struct{} // one token per running handler
+	handlers sync.WaitGroup
+	acks     *acker
+
+	mu   sync.Mutex
+	held map[entryRef]*heldEntry // entries this consumer holds: leased until acknowledged
+
+	pauseUntil atomic.Int64 // Unix nanoseconds: no new reads before (a handler asked to back off)
+}
+
+type entryRef struct{ stream, id string }
+
+type heldEntry struct {
+	since time.Time
+}
+
+// New checks cfg and returns a Worker.
+func New(cfg Config) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	w := &Worker{
+		cfg:   cfg,
+		rdb:   cfg.Redis,
+		log:   cfg.Logger.With("group", cfg.Group, "consumer", cfg.Consumer),
+		slots: make(chan struct{}, cfg.Concurrency),
+		held:  map[entryRef]*heldEntry{},
+	}
+	w.acks = newAcker(w)
+	return w, nil
+}
+
+// Consumer returns the worker's consumer name.
+func (w *Worker) Consumer() string { return w.cfg.Consumer }
+
+// Run processes messages until ctx is cancelled, then shuts down in this
+// order: stop reading (at most BlockTimeout later); wait for the running
+// handlers up to ShutdownTimeout, still extending their leases, so that what
+// is in flight finishes rather than being handed to another worker; send the
+// last acknowledgements; stop extending leases; delete this consumer from
+// every stream where it has nothing pending (what it still holds is
+// reclaimed by the others after VisibilityTimeout). Acks go before the lease
+// stops so that no finished entry is ever reclaimed.
+//
+// Run returns nil after a clean shutdown, an error wrapping
+// ErrShutdownTimeout if handlers were still running, and ErrRunning if
+// called twice. It keeps going through Redis errors (logging them), as
+// workers must survive a Redis restart.
+func (w *Worker) Run(ctx context.Context) error {
+	if !w.started.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	w.log.Info("worker starting", "prefix", w.cfg.Prefix, "concurrency", w.cfg.Concurrency,
+		"visibility_timeout", w.cfg.VisibilityTimeout, "max_deliveries", w.cfg.MaxDeliveries)
+
+	// Handlers and the background loops outlive ctx: they are stopped in
+	// the shutdown order above, not by the caller's cancellation.
+	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHandlers()
+	ackStop, leaseStop := make(chan struct{}), make(chan struct{})
+	ackDone, leaseDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(ackDone); w.acks.run(ackStop) }()
+	go func() { defer close(leaseDone); w.leaseLoop(leaseStop) }()
+
+	streams := w.fetchLoop(ctx, hctx)
+
+	var err error
+	done := make(chan struct{})
+	go func() { w.handlers.Wait(); close(done) }()
+	timer := time.NewTimer(w.cfg.ShutdownTimeout)
+	select {
+	case <-done:
+		timer.Stop()
+	case <-timer.C:
+		n := w.stats.running.Load()
+		cancelHandlers()
+		err = fmt.Errorf("%w: %d handlers did not finish in %v; their entries stay pending and will be reclaimed",
+			ErrShutdownTimeout, n, w.cfg.ShutdownTimeout)
+		w.log.Warn("shutdown timeout", "running", n)
+	}
+	close(ackStop)
+	<-ackDone
+	close(leaseStop)
+	<-leaseDone
+	w.cleanupSelf(streams)
+	w.log.Info("worker stopped", "processed", w.stats.processed.Load())
+	return err
+}
+
+// hold records that this consumer holds an entry: its lease is extended
+// until release.
+func (w *Worker) hold(stream, id string) {
+	w.mu.Lock()
+	w.held[entryRef{stream, id}] = &heldEntry{since: time.Now()}
+	w.mu.Unlock()
+}
+
+// release stops extending the lease of an entry (acknowledged, dead-lettered,
+// lost, or left to be reclaimed).
+func (w *Worker) release(stream, id string) {
+	w.mu.Lock()
+	delete(w.held, entryRef{stream, id})
+	w.mu.Unlock()
+}
+
+// leaseLoop extends the lease of every held entry every VisibilityTimeout/3.
+func (w *Worker) leaseLoop(stop <-chan struct{}) {
+	t := time.NewTicker(w.cfg.VisibilityTimeout / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		w.extendLeases()
+	}
+}
+
+func (w *Worker) extendLeases() {
+	byStream := map[string][]any{}
+	w.mu.Lock()
+	for ref := range w.held {
+		byStream[ref.stream] = append(byStream[ref.stream], ref.id)
+	}
+	w.mu.Unlock()
+	if len(byStream) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.VisibilityTimeout/3)
+	defer cancel()
+	cmds := map[string]*redis.Cmd{}
+	_, _ = w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for stream, ids := range byStream {
+			args := append([]any{w.cfg.Group, w.cfg.Consumer}, ids...)
+			cmds[stream] = leaseScript.Run(ctx, p, []string{stream}, args...)
+		}
+		return nil
+	})
+	for stream, cmd := range cmds {
+		lost, err := cmd.StringSlice()
+		if err != nil {
+			w.log.Warn("lease extension failed", "stream", stream, "err", err)
+			continue
+		}
+		for _, id := range lost {
+			// Another worker reclaimed it (our lease lapsed, e.g. Redis was
+			// unreachable). The handler goes on; its ack, if any, is
+			// harmless; the other worker's run is a duplicate.
+			w.stats.leaseLost.Add(1)
+			w.log.Warn("lease lost: entry reclaimed by another consumer", "stream", stream, "id", id)
+			w.release(stream, id)
+		}
+	}
+}
+
+// Stats is a snapshot of a Worker's counters.
+type Stats struct {
+	Processed    int64 // handler calls that succeeded
+	Failed       int64 // handler calls that failed (errors and panics)
+	Retries      int64 // retries after a failure (each counts a delivery)
+	Backoffs     int64 // RetryAfter back-offs (no delivery counted)
+	DeadLettered int64 // entries written to a dead-letter stream
+	Reclaimed    int64 // entries claimed from other consumers
+	Acked        int64 // entries acknowledged
+	LeaseLost    int64 // held entries another consumer took
+	InFlight     int64 // handlers running now
+	Held         int64 // entries held now (running, queued or awaiting ack)
+	Streams      int64 // streams read at the last discovery
+}
+
+type counters struct {
+	processed, failed, retries, backoffs, deadLettered, reclaimed, acked, leaseLost, running, streams atomic.Int64
+}
+
+// Stats returns a snapshot of the worker's counters.
+func (w *Worker) Stats() Stats {
+	w.mu.Lock()
+	held := int64(len(w.held))
+	w.mu.Unlock()
+	return Stats{
+		Processed:    w.stats.processed.Load(),
+		Failed:       w.stats.failed.Load(),
+		Retries:      w.stats.retries.Load(),
+		Backoffs:     w.stats.backoffs.Load(),
+		DeadLettered: w.stats.deadLettered.Load(),
+		Reclaimed:    w.stats.reclaimed.Load(),
+		Acked:        w.stats.acked.Load(),
+		LeaseLost:    w.stats.leaseLost.Load(),
+		InFlight:     w.stats.running.Load(),
+		Held:         held,
+		Streams:      w.stats.streams.Load(),
+	}
+}
