@@ -246,3 +246,18 @@ func (c Config) dialer() *kafka.Dialer {
 func (c Config) transport() *kafka.Transport {
 	return &kafka.Transport{DialTimeout: 10 * time.Second, TLS: c.TLS, SASL: c.SASL, ClientID: "kbridge"}
 }
+
+// DefaultConfig returns a Config with every default filled in (and no
+// brokers, topics or Redis client).
+func DefaultConfig() Config { return Config{}.withDefaults() }
+
+// WithRedisPlaceholder returns a copy of c whose Redis client is a
+// placeholder if none is set, so that Validate can check a configuration
+// before the client exists (a CLI validating its flags). The placeholder
+// does no I/O until used; never Run with it.
+func (c Config) WithRedisPlaceholder() Config {
+	if c.Redis == nil {
+		c.Redis = redis.NewClient(&redis.Options{Addr: "placeholder:0"})
+	}
+	return c
+}

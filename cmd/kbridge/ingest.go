@@ -1,0 +1,125 @@
+package main
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/kbridge/kbridge/bridge"
+)
+
+func ingestCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ingest",
+		Usage: "read Kafka topics into Redis streams, one per partition, committing only what the workers acknowledged",
+		Description: `Joins a Kafka consumer group and appends each record of its assigned partitions
+to the stream <prefix>:{<topic>:<partition>} with entry ID <offset>-1. It
+commits a partition's offset once every worker group acknowledged every record
+below it, trims the stream below the commit, and stops fetching a partition
+whose backlog reaches --partition-cap until it drains below --low-watermark.
+
+On SIGTERM or SIGINT it stops fetching, commits what the workers acknowledged,
+leaves the group and exits 0. Run several ingest processes with the same
+--group to spread partitions; a rebalance costs no waiting and no duplicates.
+
+Examples:
+  kbridge ingest --brokers kafka:9092 --topics orders --redis-url redis://redis:6379/0
+  KBRIDGE_TOPICS=orders,payments KBRIDGE_WORKER_GROUPS=billing,audit kbridge ingest
+  kbridge ingest --topics orders --partition-cap 50000 --global-cap 200000 --metrics-addr 127.0.0.1:9100`,
+		Flags: append(kafkaFlags(),
+			&cli.StringSliceFlag{Name: "topics", EnvVars: []string{"KBRIDGE_TOPICS"}, Usage: "Kafka topics to read, comma-separated (required)"},
+			&cli.StringFlag{Name: "group", Value: "kbridge", EnvVars: []string{"KBRIDGE_GROUP"}, Usage: "Kafka consumer group of the ingest processes"},
+			&cli.StringSliceFlag{Name: "worker-groups", Value: cli.NewStringSlice("workers"), EnvVars: []string{"KBRIDGE_WORKER_GROUPS"},
+				Usage: "Redis consumer groups of the workers; several = fan-out, the commit waits for all"},
+			&cli.Int64Flag{Name: "partition-cap", Value: 10000, EnvVars: []string{"KBRIDGE_PARTITION_CAP"},
+				Usage: "un-acknowledged records per stream at which its partition stops being fetched"},
+			&cli.Int64Flag{Name: "low-watermark", EnvVars: []string{"KBRIDGE_LOW_WATERMARK"}, Usage: "backlog below which a paused partition resumes (default: half the cap)"},
+			&cli.Int64Flag{Name: "global-cap", EnvVars: []string{"KBRIDGE_GLOBAL_CAP"}, Usage: "cap on the backlog summed over all partitions of this ingest (default: none)"},
+			&cli.Int64Flag{Name: "global-low-watermark", EnvVars: []string{"KBRIDGE_GLOBAL_LOW_WATERMARK"}, Usage: "summed backlog below which fetching resumes (default: half the global cap)"},
+			&cli.DurationFlag{Name: "commit-interval", Value: bridgeDefaults.CommitInterval, EnvVars: []string{"KBRIDGE_COMMIT_INTERVAL"}, Usage: "how often offsets are committed and streams trimmed"},
+			&cli.StringFlag{Name: "start-offset", Value: "earliest", EnvVars: []string{"KBRIDGE_START_OFFSET"}, Usage: "where a group with no committed offset starts: earliest or latest"},
+			&cli.IntFlag{Name: "fetch-max-bytes", Value: 1 << 20, EnvVars: []string{"KBRIDGE_FETCH_MAX_BYTES"}, Usage: "bytes per fetch of one partition (bounds the ingest's memory)"},
+			&cli.DurationFlag{Name: "fetch-max-wait", Value: bridgeDefaults.FetchMaxWait, EnvVars: []string{"KBRIDGE_FETCH_MAX_WAIT"}, Usage: "how long a fetch waits for new records"},
+			&cli.IntFlag{Name: "append-batch", Value: 500, EnvVars: []string{"KBRIDGE_APPEND_BATCH"}, Usage: "records per append script call (calls of one fetch are pipelined)"},
+			&cli.DurationFlag{Name: "session-timeout", Value: bridgeDefaults.SessionTimeout, EnvVars: []string{"KBRIDGE_SESSION_TIMEOUT"}, Usage: "Kafka group session timeout"},
+			&cli.DurationFlag{Name: "rebalance-timeout", Value: bridgeDefaults.RebalanceTimeout, EnvVars: []string{"KBRIDGE_REBALANCE_TIMEOUT"}, Usage: "Kafka group rebalance timeout"},
+			&cli.DurationFlag{Name: "heartbeat-interval", Value: bridgeDefaults.HeartbeatInterval, EnvVars: []string{"KBRIDGE_HEARTBEAT_INTERVAL"}, Usage: "Kafka group heartbeat interval"},
+			&cli.BoolFlag{Name: "allow-eviction", EnvVars: []string{"KBRIDGE_ALLOW_EVICTION"},
+				Usage: "start even if Redis maxmemory-policy is not noeviction (an evicted stream loses records): warn instead of refusing"},
+		),
+		Action: runIngest,
+	}
+}
+
+// bridgeDefaults gives the flags the library's defaults.
+var bridgeDefaults = bridge.DefaultConfig()
+
+func ingestConfig(c *cli.Context) (bridge.Config, error) {
+	var probs []string
+	tlsCfg, mech := kafkaSecurity(c, &probs)
+	cfg := bridge.Config{
+		Brokers:            splitList(c.StringSlice("brokers")),
+		Topics:             splitList(c.StringSlice("topics")),
+		Group:              c.String("group"),
+		TLS:                tlsCfg,
+		SASL:               mech,
+		Prefix:             c.String("prefix"),
+		WorkerGroups:       splitList(c.StringSlice("worker-groups")),
+		PartitionCap:       c.Int64("partition-cap"),
+		LowWatermark:       c.Int64("low-watermark"),
+		GlobalCap:          c.Int64("global-cap"),
+		GlobalLowWatermark: c.Int64("global-low-watermark"),
+		CommitInterval:     c.Duration("commit-interval"),
+		StartOffset:        c.String("start-offset"),
+		FetchMaxBytes:      c.Int("fetch-max-bytes"),
+		FetchMaxWait:       c.Duration("fetch-max-wait"),
+		AppendBatch:        c.Int("append-batch"),
+		SessionTimeout:     c.Duration("session-timeout"),
+		RebalanceTimeout:   c.Duration("rebalance-timeout"),
+		HeartbeatInterval:  c.Duration("heartbeat-interval"),
+		AllowEviction:      c.Bool("allow-eviction"),
+	}
+	if c.Int64("partition-cap") == 0 {
+		probs = append(probs, "--partition-cap 0 must be at least 1")
+	}
+	// Validate needs a client; a placeholder keeps it from reporting one missing.
+	err := cfg.WithRedisPlaceholder().Validate()
+	var ce *bridge.ConfigError
+	if errors.As(err, &ce) {
+		probs = append(probs, ce.Problems...)
+	}
+	if len(probs) > 0 {
+		return cfg, cli.Exit("invalid ingest configuration:\n  - "+strings.Join(probs, "\n  - "), 2)
+	}
+	return cfg, nil
+}
+
+func runIngest(c *cli.Context) error {
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	cfg, err := ingestConfig(c)
+	if err != nil {
+		return err
+	}
+	rdb, err := newRedis(c)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	cfg.Redis = rdb
+	cfg.Logger = log
+	in, err := bridge.New(cfg)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	ctx, stop := signalContext(log)
+	defer stop()
+	log.Info("redis", "url", redactURL(c.String("redis-url")), "prefix", cfg.Prefix)
+	if err := in.Run(ctx); err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	return nil
+}
