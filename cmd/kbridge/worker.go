@@ -1,0 +1,154 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/kbridge/kbridge/worker"
+)
+
+// workerCommand is "kbridge worker": a worker that runs a command or POSTs
+// to a URL for each record, for people who do not write Go.
+func workerCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "worker",
+		Usage: "process the records in Redis by running a command (--exec) or POSTing to a URL (--http) for each",
+		UsageText: `kbridge worker --exec CMD [options]
+   kbridge worker --http URL [options]`,
+		Description: `Reads every partition stream the ingest registered (new ones are picked up
+while running) in a worker group, --concurrency records at a time, and hands
+each record to a command or an HTTP endpoint. Start as many workers as you
+like, on any machine that reaches Redis.
+
+--exec CMD runs "sh -c CMD" per record: the value on stdin; KBRIDGE_TOPIC,
+KBRIDGE_PARTITION, KBRIDGE_OFFSET, KBRIDGE_KEY, KBRIDGE_KEY_B64,
+KBRIDGE_TIMESTAMP, KBRIDGE_HEADERS, KBRIDGE_DELIVERIES, ... in the environment.
+Exit status 0 = done, anything else = failed.
+
+--http URL POSTs the value with Kbridge-Topic, Kbridge-Partition,
+Kbridge-Offset, Kbridge-Key (base64), ... headers. 2xx = done; 429 or 503 =
+back off (Retry-After is honoured) and retry without counting a delivery;
+anything else = failed.
+
+A failed record is retried with exponential backoff; after --max-deliveries it
+goes to the dead-letter stream (see "kbridge dlq"). A worker that dies has its
+records reclaimed by the others after --visibility-timeout. SIGTERM or SIGINT
+stops reading, lets running handlers finish (up to --shutdown-timeout),
+acknowledges and exits 0; a second signal exits at once.
+
+Examples:
+   kbridge worker --exec 'jq -c . >> /var/log/orders.jsonl' --concurrency 4
+   kbridge worker --http http://localhost:8080/orders --concurrency 64 --topics orders
+   KBRIDGE_REDIS_URL=redis://redis:6379/0 KBRIDGE_WORKER_EXEC='./handle.sh' kbridge worker`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "exec", EnvVars: []string{"KBRIDGE_WORKER_EXEC"}, Usage: "run `CMD` (with sh -c) for each record"},
+			&cli.StringFlag{Name: "http", EnvVars: []string{"KBRIDGE_WORKER_HTTP"}, Usage: "POST each record to `URL`"},
+			&cli.DurationFlag{Name: "handler-timeout", Value: 5 * time.Minute, EnvVars: []string{"KBRIDGE_WORKER_HANDLER_TIMEOUT"},
+				Usage: "longest one command run or HTTP request may take (0 = no limit for --exec)"},
+			&cli.StringFlag{Name: "group", Value: worker.DefaultGroup, EnvVars: []string{"KBRIDGE_WORKER_GROUP"},
+				Usage: "worker group to read in; must be one of the ingest's --worker-groups"},
+			&cli.StringFlag{Name: "consumer", EnvVars: []string{"KBRIDGE_WORKER_CONSUMER"},
+				Usage: "consumer name, unique per process (default <hostname>-<pid>-<random>)"},
+			&cli.StringSliceFlag{Name: "topics", EnvVars: []string{"KBRIDGE_WORKER_TOPICS"}, Usage: "only the streams of these topics (default: all)"},
+			&cli.IntFlag{Name: "concurrency", Value: worker.DefaultConcurrency, EnvVars: []string{"KBRIDGE_WORKER_CONCURRENCY"},
+				Usage: "records processed at the same time"},
+			&cli.DurationFlag{Name: "visibility-timeout", Value: worker.DefaultVisibilityTimeout, EnvVars: []string{"KBRIDGE_WORKER_VISIBILITY_TIMEOUT"},
+				Usage: "a record held this long by a worker that stopped extending its lease is reclaimed by the others"},
+			&cli.DurationFlag{Name: "reclaim-interval", EnvVars: []string{"KBRIDGE_WORKER_RECLAIM_INTERVAL"},
+				Usage: "how often to look for records of dead workers (default visibility-timeout/4, at most 5s)"},
+			&cli.IntFlag{Name: "max-deliveries", Value: worker.DefaultMaxDeliveries, EnvVars: []string{"KBRIDGE_WORKER_MAX_DELIVERIES"},
+				Usage: "deliveries after which a failing record is dead-lettered"},
+			&cli.DurationFlag{Name: "backoff-min", Value: worker.DefaultBackoffMin, EnvVars: []string{"KBRIDGE_WORKER_BACKOFF_MIN"},
+				Usage: "wait before the first retry; doubles per delivery"},
+			&cli.DurationFlag{Name: "backoff-max", Value: worker.DefaultBackoffMax, EnvVars: []string{"KBRIDGE_WORKER_BACKOFF_MAX"},
+				Usage: "longest wait between retries"},
+			&cli.DurationFlag{Name: "shutdown-timeout", Value: worker.DefaultShutdownTimeout, EnvVars: []string{"KBRIDGE_WORKER_SHUTDOWN_TIMEOUT"},
+				Usage: "on SIGTERM, how long running handlers may take to finish"},
+			&cli.DurationFlag{Name: "discovery-interval", Value: worker.DefaultDiscoveryInterval, EnvVars: []string{"KBRIDGE_WORKER_DISCOVERY_INTERVAL"},
+				Usage: "how often to look for new partition streams"},
+		},
+		Action: runWorker,
+	}
+}
+
+func runWorker(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return cli.Exit(fmt.Sprintf("worker takes no arguments, got %q (quote the --exec command)", c.Args().Slice()), 2)
+	}
+	var h worker.Handler
+	switch execCmd, httpURL := c.String("exec"), c.String("http"); {
+	case execCmd != "" && httpURL != "":
+		return cli.Exit("--exec and --http exclude each other: pick one", 2)
+	case execCmd != "":
+		eh := &worker.ExecHandler{Command: execCmd, Timeout: c.Duration("handler-timeout")}
+		h = eh.Handle
+	case httpURL != "":
+		u, err := url.Parse(httpURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return cli.Exit(fmt.Sprintf("--http %q: want an http:// or https:// URL", httpURL), 2)
+		}
+		if c.Duration("handler-timeout") <= 0 {
+			return cli.Exit("--handler-timeout must be above 0 with --http", 2)
+		}
+		h = worker.NewHTTPHandler(httpURL, c.Duration("handler-timeout")).Handle
+	default:
+		return cli.Exit("give --exec CMD or --http URL (see --help; Go programs use the worker package)", 2)
+	}
+	if c.Duration("handler-timeout") < 0 {
+		return cli.Exit("--handler-timeout must not be negative", 2)
+	}
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	rdb, err := newRedis(c)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	cfg := worker.Config{
+		Redis:             rdb,
+		Handler:           h,
+		Prefix:            c.String("prefix"),
+		Group:             c.String("group"),
+		Consumer:          c.String("consumer"),
+		Topics:            c.StringSlice("topics"),
+		Concurrency:       c.Int("concurrency"),
+		VisibilityTimeout: c.Duration("visibility-timeout"),
+		ReclaimInterval:   c.Duration("reclaim-interval"),
+		MaxDeliveries:     c.Int("max-deliveries"),
+		BackoffMin:        c.Duration("backoff-min"),
+		BackoffMax:        c.Duration("backoff-max"),
+		ShutdownTimeout:   c.Duration("shutdown-timeout"),
+		DiscoveryInterval: c.Duration("discovery-interval"),
+		Logger:            log,
+	}
+	// Zero means "default" in Config; on the command line it is a mistake.
+	var bad []error
+	if c.IsSet("concurrency") && cfg.Concurrency <= 0 {
+		bad = append(bad, fmt.Errorf("--concurrency %d must be at least 1", cfg.Concurrency))
+	}
+	if c.IsSet("max-deliveries") && cfg.MaxDeliveries <= 0 {
+		bad = append(bad, fmt.Errorf("--max-deliveries %d must be at least 1", cfg.MaxDeliveries))
+	}
+	if c.IsSet("visibility-timeout") && cfg.VisibilityTimeout <= 0 {
+		bad = append(bad, fmt.Errorf("--visibility-timeout %v must be above 0", cfg.VisibilityTimeout))
+	}
+	if err := errors.Join(append(bad, cfg.Validate())...); err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	w, err := worker.New(cfg)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	ctx, stop := signalContext(log)
+	defer stop()
+	if err := w.Run(ctx); err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	return nil
+}

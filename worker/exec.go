@@ -1,0 +1,123 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/kbridge/kbridge/internal/wire"
+)
+
+// ExecHandler runs a command for each message: the value on its standard
+// input, the rest in environment variables (see Env); exit status 0 means
+// done, anything else failed (retried, then dead-lettered). The command is
+// killed, with its process group, when the handler's context is cancelled or
+// Timeout passes.
+type ExecHandler struct {
+	// Command is run with "sh -c", so it may be a pipeline.
+	Command string
+	// Timeout bounds one run; 0 means no bound beyond the handler's context.
+	Timeout time.Duration
+	// Stdout receives the command's standard output; nil discards it.
+	Stdout func(m *Message, out []byte)
+}
+
+// Env returns the environment variables ExecHandler sets for m:
+//
+//	KBRIDGE_TOPIC, KBRIDGE_PARTITION, KBRIDGE_OFFSET
+//	KBRIDGE_TIMESTAMP    Kafka record time, Unix milliseconds
+//	KBRIDGE_KEY          the key as text (unset if null or if it holds a NUL byte)
+//	KBRIDGE_KEY_B64      the key, base64 (unset if null)
+//	KBRIDGE_KEY_NULL     "1" if the key is null
+//	KBRIDGE_VALUE_NULL   "1" if the value is null (a tombstone; stdin is empty)
+//	KBRIDGE_HEADERS      the headers as on the wire: JSON [["name","<base64>"|null],...]
+//	KBRIDGE_DELIVERIES   this delivery's number, from 1
+//	KBRIDGE_STREAM, KBRIDGE_ID   where the entry is in Redis
+//	KBRIDGE_REPLAYED     "1" for a replayed dead letter
+func Env(m *Message) []string {
+	env := []string{
+		"KBRIDGE_TOPIC=" + m.Topic,
+		"KBRIDGE_PARTITION=" + strconv.Itoa(m.Partition),
+		"KBRIDGE_OFFSET=" + strconv.FormatInt(m.Offset, 10),
+		"KBRIDGE_TIMESTAMP=" + strconv.FormatInt(m.Time.UnixMilli(), 10),
+		"KBRIDGE_DELIVERIES=" + strconv.FormatInt(m.Deliveries, 10),
+		"KBRIDGE_STREAM=" + m.Stream,
+		"KBRIDGE_ID=" + m.ID,
+	}
+	if m.Key == nil {
+		env = append(env, "KBRIDGE_KEY_NULL=1")
+	} else {
+		env = append(env, "KBRIDGE_KEY_B64="+base64.StdEncoding.EncodeToString(m.Key))
+		if bytes.IndexByte(m.Key, 0) < 0 {
+			env = append(env, "KBRIDGE_KEY="+string(m.Key))
+		}
+	}
+	if m.Value == nil {
+		env = append(env, "KBRIDGE_VALUE_NULL=1")
+	}
+	if h, ok := m.fields[wire.FieldHeaders].(string); ok {
+		env = append(env, "KBRIDGE_HEADERS="+h)
+	}
+	if m.Replayed {
+		env = append(env, "KBRIDGE_REPLAYED=1")
+	}
+	return env
+}
+
+// Handle runs the command for m. It is a Handler.
+func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
+	if h.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.Timeout)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", h.Command)
+	cmd.Env = append(os.Environ(), Env(m)...)
+	cmd.Stdin = bytes.NewReader(m.Value)
+	var stdout bytes.Buffer
+	stderr := &tailBuffer{max: 2048}
+	if h.Stdout != nil {
+		cmd.Stdout = &stdout
+	}
+	cmd.Stderr = stderr
+	// Own process group, so that a timeout kills the whole pipeline.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	err := cmd.Run()
+	if h.Stdout != nil && stdout.Len() > 0 {
+		h.Stdout(m, stdout.Bytes())
+	}
+	if err == nil {
+		return nil
+	}
+	code := -1
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	}
+	if ctx.Err() != nil {
+		err = errors.Join(err, ctx.Err())
+	}
+	return &ExecError{ExitCode: code, Stderr: string(bytes.TrimSpace(stderr.buf)), Err: err}
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	buf []byte
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = t.buf[len(t.buf)-t.max:]
+	}
+	return len(p), nil
+}
