@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Real Redis (Debian's redis-server) on 127.0.0.1 for tests.
+set -euo pipefail
+
+LOG_NAME=redis.sh
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/_lib.sh
+source "$SCRIPT_DIR/_lib.sh"
+
+usage() {
+  cat <<EOF
+Usage: scripts/redis.sh start|stop|status|restart|cli [ARGS...]
+
+Runs Debian's redis-server (installed with apt-get when missing) on 127.0.0.1,
+daemonized, with maxmemory-policy noeviction.
+
+Commands:
+  start    start and wait for PING -> PONG; prints "redis ready on 127.0.0.1:PORT".
+           Already running -> exit 0.
+  stop     SHUTDOWN NOSAVE (REDIS_PERSIST=none) or SHUTDOWN (rdb/aof, so the next
+           start loads the data from disk); falls back to SIGTERM/SIGKILL.
+           Stopped -> exit 0.
+  status   print "running ..." (exit 0) or "stopped" (exit 3).
+  restart  stop, then start.
+  cli      run redis-cli against this instance, e.g. scripts/redis.sh cli dbsize
+
+Environment (defaults in brackets):
+  REDIS_PORT          port [16379]
+  REDIS_PERSIST       none | rdb | aof [none]
+                        none: --save '' --appendonly no
+                        rdb:  --save '60 1' --appendonly no (+ snapshot on shutdown)
+                        aof:  --appendonly yes --appendfsync \$REDIS_APPENDFSYNC --save ''
+  REDIS_APPENDFSYNC   always | everysec | no, for aof [everysec]
+  REDIS_DATA_DIR      dir for pid, log and data files [\${TMPDIR:-/tmp}/kbridge-redis-\$REDIS_PORT]
+  REDIS_FRESH=1       on start: wipe REDIS_DATA_DIR first (a running instance is stopped)
+  REDIS_MAXMEMORY     maxmemory (0 = unlimited) [0]
+  REDIS_EXTRA_ARGS    extra redis-server arguments (word-split)
+  REDIS_START_TIMEOUT seconds to wait for PONG [30]
+  REDIS_STOP_TIMEOUT  seconds to wait for exit before SIGKILL [30]
+EOF
+}
+
+REDIS_PORT=${REDIS_PORT:-16379}
+REDIS_PERSIST=${REDIS_PERSIST:-none}
+REDIS_APPENDFSYNC=${REDIS_APPENDFSYNC:-everysec}
+REDIS_DATA_DIR=${REDIS_DATA_DIR:-${TMPDIR:-/tmp}/kbridge-redis-$REDIS_PORT}
+REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-0}
+REDIS_START_TIMEOUT=${REDIS_START_TIMEOUT:-30}
+REDIS_STOP_TIMEOUT=${REDIS_STOP_TIMEOUT:-30}
+
+PID_FILE=$REDIS_DATA_DIR/redis.pid
+LOG_FILE=$REDIS_DATA_DIR/redis.log
+ADDR=127.0.0.1:$REDIS_PORT
+
+case $REDIS_PERSIST in
+  none) PERSIST_ARGS=(--save '' --appendonly no) ;;
+  rdb)  PERSIST_ARGS=(--save '60 1' --appendonly no --dbfilename dump.rdb) ;;
+  aof)  PERSIST_ARGS=(--appendonly yes --appendfsync "$REDIS_APPENDFSYNC" --save '') ;;
+  *) die "REDIS_PERSIST must be none, rdb or aof (got '$REDIS_PERSIST')" ;;
+esac
+
+ensure_redis() {
+  ensure_cmds redis-server:redis-server redis-cli:redis-tools
+}
+
+rcli() { timeout 10 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+read_pid() {
+  [[ -f $PID_FILE ]] || return 1
+  local pid
+  pid=$(<"$PID_FILE") || return 1
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  # Guard against pid reuse: must be a redis-server on our port.
+  pid_alive "$pid" && pid_cmdline_has "$pid" redis-server && pid_cmdline_has "$pid" ":$REDIS_PORT" || return 1
+  printf '%s' "$pid"
+}
+
+is_running() { read_pid >/dev/null; }
+
+cmd_start() {
+  local pid
+  if [[ ${REDIS_FRESH:-0} == 1 ]] && is_running; then
+    log "REDIS_FRESH=1: stopping the running redis on $ADDR to wipe its data"
+    cmd_stop
+  fi
+  if pid=$(read_pid); then
+    log "already running (pid $pid) on $ADDR"
+    wait_pong || die "running redis on $ADDR does not answer PING"
+    echo "redis ready on $ADDR"
+    return 0
+  fi
+  ensure_redis
+  port_open "$REDIS_PORT" && die "port $REDIS_PORT on 127.0.0.1 is already in use by another process (not the redis of $REDIS_DATA_DIR)"
+  if [[ ${REDIS_FRESH:-0} == 1 && -d $REDIS_DATA_DIR ]]; then
+    log "REDIS_FRESH=1: wiping $REDIS_DATA_DIR"
+    rm -rf "$REDIS_DATA_DIR"
+  fi
+  mkdir -p "$REDIS_DATA_DIR"
+  rm -f "$PID_FILE"
+  local extra=()
+  # shellcheck disable=SC2206
+  [[ -n ${REDIS_EXTRA_ARGS:-} ]] && extra=($REDIS_EXTRA_ARGS)
+  log "starting redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') on $ADDR (persistence $REDIS_PERSIST, data $REDIS_DATA_DIR)"
+  redis-server \
+    --bind 127.0.0.1 --port "$REDIS_PORT" \
+    --daemonize yes --pidfile "$PID_FILE" --logfile "$LOG_FILE" --dir "$REDIS_DATA_DIR" \
+    --maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy noeviction \
+    "${PERSIST_ARGS[@]}" "${extra[@]}" </dev/null 8>&- 9>&- ||
+    { tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true; die "redis-server failed to start"; }
+  # remembered so that stop saves (or not) the way this instance was started
+  echo "$REDIS_PERSIST" >"$REDIS_DATA_DIR/persist-mode"
+  register_instance redis "$REDIS_DATA_DIR" "$REDIS_PORT"
+  if ! wait_pong; then
+    tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true
+    die "redis on $ADDR did not answer PING within ${REDIS_START_TIMEOUT}s"
+  fi
+  pid=$(read_pid || echo '?')
+  log "started (pid $pid, log $LOG_FILE)"
+  echo "redis ready on $ADDR"
+}
+
+wait_pong() {
+  local deadline=$((SECONDS + REDIS_START_TIMEOUT)) out
+  while :; do
+    # LOADING replies (big rdb/aof) are errors, so this also waits for the load.
+    out=$(rcli ping 2>/dev/null || true)
+    [[ $out == PONG ]] && return 0
+    (( SECONDS >= deadline )) && return 1
+    sleep 0.1
+  done
+}
+
+cmd_stop() {
+  local pid
+  if ! pid=$(read_pid); then
+    log "not running (data dir $REDIS_DATA_DIR)"
+    rm -f "$PID_FILE"
+    return 0
+  fi
+  local mode how=(shutdown nosave)
+  mode=$(cat "$REDIS_DATA_DIR/persist-mode" 2>/dev/null || echo "$REDIS_PERSIST")
+  [[ $mode != none ]] && how=(shutdown)
+  log "stopping redis pid $pid on $ADDR (${how[*]})"
+  rcli "${how[@]}" >/dev/null 2>&1 || true
+  if ! wait_pid_gone "$pid" "$REDIS_STOP_TIMEOUT"; then
+    log "still running; sending SIGTERM"
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_pid_gone "$pid" 10; then
+      log "still running; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      wait_pid_gone "$pid" 10 || die "could not kill pid $pid"
+    fi
+  fi
+  rm -f "$PID_FILE"
+  log "stopped"
+}
+
+cmd_status() {
+  local pid
+  if pid=$(read_pid); then
+    echo "running (pid $pid) on $ADDR, persistence $(cat "$REDIS_DATA_DIR/persist-mode" 2>/dev/null || echo '?'), data $REDIS_DATA_DIR"
+    return 0
+  fi
+  echo "stopped"
+  return 3
+}
+
+main() {
+  local cmd=${1:-}
+  case $cmd in
+    start)   cmd_start ;;
+    stop)    cmd_stop ;;
+    status)  cmd_status ;;
+    restart) cmd_stop; cmd_start ;;
+    cli)     shift; ensure_redis; exec redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" ;;
+    -h|--help|help) usage ;;
+    "") usage >&2; exit 2 ;;
+    *) log "unknown command: $cmd"; usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The one test command of kbridge: go vet + go test -race against real Kafka and Redis.
+set -euo pipefail
+
+LOG_NAME=test.sh
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+# shellcheck source=scripts/_lib.sh
+source "$SCRIPT_DIR/_lib.sh"
+
+usage() {
+  cat <<EOF
+Usage: scripts/test.sh [--no-services] [GO TEST ARGS...]
+
+Runs the whole kbridge test suite:
+  1. installs what is missing (redis-server, Java/Maven, Kafka jars, gcc for -race)
+  2. starts a real Kafka (127.0.0.1:$KAFKA_TEST_PORT, fresh data) and a real Redis
+     (127.0.0.1:$REDIS_TEST_PORT, no persistence) unless they already run
+  3. exports KAFKA_BROKERS, REDIS_ADDR and KBRIDGE_SCRIPTS (this scripts/ dir, so
+     tests can start extra brokers/redis with scripts/kafka.sh and scripts/redis.sh)
+  4. go vet ./...
+  5. go test -race -count=1 -timeout 40m ./... GO TEST ARGS...
+  6. stops every service it (or a test, through the scripts) started; exits with
+     go test's exit code.
+
+Options:
+  --no-services   no Kafka/Redis: tests run on the embedded stand-ins only
+                  (KAFKA_BROKERS, REDIS_ADDR and KBRIDGE_SCRIPTS are unset)
+  -h, --help      this help
+  --              everything after it goes to go test unchanged
+
+Examples:
+  scripts/test.sh
+  scripts/test.sh -run TestBridge ./bridge/...
+  scripts/test.sh --no-services -v
+
+Environment: KBRIDGE_TEST_KAFKA_PORT [19092], KBRIDGE_TEST_REDIS_PORT [16379],
+KBRIDGE_TEST_TIMEOUT (go test -timeout) [40m]; see scripts/kafka.sh --help and
+scripts/redis.sh --help for the rest.
+EOF
+}
+
+KAFKA_TEST_PORT=${KBRIDGE_TEST_KAFKA_PORT:-19092}
+REDIS_TEST_PORT=${KBRIDGE_TEST_REDIS_PORT:-16379}
+TEST_TIMEOUT=${KBRIDGE_TEST_TIMEOUT:-40m}
+
+services=1
+go_args=()
+while (( $# )); do
+  case $1 in
+    --no-services) services=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; go_args+=("$@"); break ;;
+    *) go_args+=("$1"); shift ;;
+  esac
+done
+
+T0=$SECONDS
+cd "$ROOT"
+
+KAFKA_TEST_DIR=${TMPDIR:-/tmp}/kbridge-kafka-$KAFKA_TEST_PORT
+REDIS_TEST_DIR=${TMPDIR:-/tmp}/kbridge-redis-$REDIS_TEST_PORT
+KAFKA_ENV=(KAFKA_PORT="$KAFKA_TEST_PORT" KAFKA_CONTROLLER_PORT="$((KAFKA_TEST_PORT + 1))"
+  KAFKA_DATA_DIR="$KAFKA_TEST_DIR")
+REDIS_ENV=(REDIS_PORT="$REDIS_TEST_PORT" REDIS_PERSIST=none REDIS_DATA_DIR="$REDIS_TEST_DIR")
+
+REGISTRY=""
+GO_PID=""
+KEEP_DIRS=()   # data dirs of services that ran before us: never stopped by us
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+finish() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  if [[ -n $GO_PID ]] && kill -0 "$GO_PID" 2>/dev/null; then
+    log "interrupted: stopping go test (process group $GO_PID)"
+    kill -TERM -- "-$GO_PID" 2>/dev/null || kill -TERM "$GO_PID" 2>/dev/null
+    wait_pid_gone "$GO_PID" 10 || kill -KILL -- "-$GO_PID" 2>/dev/null
+    wait "$GO_PID" 2>/dev/null
+  fi
+  if [[ -n $REGISTRY && -f $REGISTRY ]]; then
+    local kind dir port keep k
+    # stop newest first: extra instances started by tests, then ours
+    while IFS=$'\t' read -r kind dir port; do
+      [[ -n $kind ]] || continue
+      keep=0
+      for k in "${KEEP_DIRS[@]}"; do [[ $k == "$dir" ]] && keep=1; done
+      (( keep )) && continue
+      case $kind in
+        kafka) KAFKA_PORT=$port KAFKA_DATA_DIR=$dir bash "$SCRIPT_DIR/kafka.sh" status >/dev/null 2>&1 &&
+                 KAFKA_PORT=$port KAFKA_DATA_DIR=$dir bash "$SCRIPT_DIR/kafka.sh" stop ;;
+        redis) REDIS_PORT=$port REDIS_DATA_DIR=$dir bash "$SCRIPT_DIR/redis.sh" status >/dev/null 2>&1 &&
+                 REDIS_PORT=$port REDIS_DATA_DIR=$dir bash "$SCRIPT_DIR/redis.sh" stop ;;
+      esac
+    done < <(tac "$REGISTRY" | awk -F'\t' '!seen[$2]++')
+    rm -f "$REGISTRY"
+  fi
+  if (( rc == 0 )); then
+    log "PASS — whole run took $(human_duration $((SECONDS - T0)))"
+  else
+    log "FAIL (exit $rc) — whole run took $(human_duration $((SECONDS - T0)))"
+    if [[ -n $REGISTRY ]]; then
+      log "service logs: $KAFKA_TEST_DIR/kafka.log, $REDIS_TEST_DIR/redis.log"
+    fi
+  fi
+  exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "==== kbridge tests ===="
+log "repo:     $ROOT"
+command -v go >/dev/null || die "go is not installed (need the Go toolchain named in go.mod)"
+log "go:       $(go version | awk '{print $3, $4}')"
+if (( services )); then
+  log "services: real Kafka on 127.0.0.1:$KAFKA_TEST_PORT + real Redis on 127.0.0.1:$REDIS_TEST_PORT"
+else
+  log "services: none (--no-services: embedded stand-ins only)"
+fi
+log "runs:     go vet ./...  then  go test -race -count=1 -timeout $TEST_TIMEOUT ./... ${go_args[*]}"
+
+# No Go code yet: nothing to vet or test.
+if [[ -z $(find . -name '*.go' -not -path './vendor/*' -not -path './.git/*' -print -quit) ]]; then
+  log "no Go packages in $ROOT yet; nothing to vet or test"
+  exit 0
+fi
+
+# -race needs cgo, i.e. a C compiler and libc headers.
+missing=()
+command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+if (( services )); then
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+  command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null 2>&1 || missing+=(maven)
+fi
+(( ${#missing[@]} )) && apt_install "${missing[@]}"
+
+log "go vet ./..."
+go vet ./... || die "go vet failed"
+
+if (( services )); then
+  # Serialize concurrent runs on one machine: they would share (and stop) the
+  # same broker and Redis.
+  exec 8>"${TMPDIR:-/tmp}/kbridge-test.lock"
+  if ! flock -n 8; then
+    log "another scripts/test.sh run holds ${TMPDIR:-/tmp}/kbridge-test.lock; waiting for it"
+    flock -w 3600 8 || die "gave up waiting for the other test run"
+  fi
+
+  REGISTRY=$(mktemp "${TMPDIR:-/tmp}/kbridge-test-registry.XXXXXX")
+  export KBRIDGE_REGISTRY=$REGISTRY
+
+  ts=$SECONDS
+  if env "${KAFKA_ENV[@]}" bash "$SCRIPT_DIR/kafka.sh" status >/dev/null 2>&1; then
+    log "Kafka already running on 127.0.0.1:$KAFKA_TEST_PORT: reusing it (not fresh, left running)"
+    KEEP_DIRS+=("$KAFKA_TEST_DIR")
+    env "${KAFKA_ENV[@]}" bash "$SCRIPT_DIR/kafka.sh" wait >/dev/null
+  elif port_open "$KAFKA_TEST_PORT"; then
+    log "port $KAFKA_TEST_PORT is taken by a broker we do not manage: reusing it (left running)"
+    env "${KAFKA_ENV[@]}" bash "$SCRIPT_DIR/kafka.sh" wait >/dev/null
+  else
+    env "${KAFKA_ENV[@]}" KAFKA_FRESH=1 bash "$SCRIPT_DIR/kafka.sh" start
+  fi
+  if env "${REDIS_ENV[@]}" bash "$SCRIPT_DIR/redis.sh" status >/dev/null 2>&1; then
+    log "Redis already running on 127.0.0.1:$REDIS_TEST_PORT: reusing it (left running)"
+    KEEP_DIRS+=("$REDIS_TEST_DIR")
+  elif port_open "$REDIS_TEST_PORT"; then
+    log "port $REDIS_TEST_PORT is taken by a Redis we do not manage: reusing it (left running)"
+    [[ $(timeout 10 redis-cli -h 127.0.0.1 -p "$REDIS_TEST_PORT" ping 2>/dev/null) == PONG ]] ||
+      die "127.0.0.1:$REDIS_TEST_PORT does not answer PING"
+  else
+    env "${REDIS_ENV[@]}" bash "$SCRIPT_DIR/redis.sh" start
+  fi
+  log "services ready in $(human_duration $((SECONDS - ts)))"
+
+  export KAFKA_BROKERS=127.0.0.1:$KAFKA_TEST_PORT
+  export REDIS_ADDR=127.0.0.1:$REDIS_TEST_PORT
+  export KBRIDGE_SCRIPTS=$SCRIPT_DIR
+  log "KAFKA_BROKERS=$KAFKA_BROKERS REDIS_ADDR=$REDIS_ADDR KBRIDGE_SCRIPTS=$KBRIDGE_SCRIPTS"
+else
+  unset KAFKA_BROKERS REDIS_ADDR KBRIDGE_SCRIPTS KBRIDGE_REGISTRY
+fi
+
+log "go test -race -count=1 -timeout $TEST_TIMEOUT ./... ${go_args[*]}"
+# go test runs in its own process group and we `wait` for it, so that a signal
+# to this script (Ctrl-C, timeout(1), CI) is handled at once: finish() stops
+# the test processes and then the services.
+set +e
+setsid go test -race -count=1 -timeout "$TEST_TIMEOUT" ./... "${go_args[@]}" </dev/null &
+GO_PID=$!
+wait "$GO_PID"
+rc=$?
+GO_PID=""
+set -e
+exit "$rc"
