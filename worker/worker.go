@@ -157,7 +157,7 @@ func (w *Worker) extendLeases() {
 	_, _ = w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for stream, ids := range byStream {
 			args := append([]any{w.cfg.Group, w.cfg.Consumer}, ids...)
-			cmds[stream] = leaseScript.Run(ctx, p, []string{stream}, args...)
+			cmds[stream] = leaseScript.Eval(ctx, p, []string{stream}, args...) // Run cannot fall back from NOSCRIPT in a pipeline
 		}
 		return nil
 	})

@@ -1,0 +1,240 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/kbridge/kbridge/internal/testenv"
+)
+
+// TestReclaimFromDeadConsumer: entries a consumer read and never
+// acknowledged (it died) are reclaimed after the visibility timeout, with
+// their delivery count, and the dead consumer is left with nothing pending.
+// An entry already delivered MaxDeliveries times by dying workers is
+// dead-lettered instead of run again.
+func TestReclaimFromDeadConsumer(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 20)
+	ctx := context.Background()
+	// "dead" reads 10 entries and vanishes.
+	if err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "dead", Streams: []string{s, ">"}, Count: 10}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// offset 0 was already delivered 3 times (MaxDeliveries): a crash loop.
+	if err := e.rdb.XClaim(ctx, &redis.XClaimArgs{Stream: s, Group: DefaultGroup, Consumer: "dead", Messages: []string{"0-1"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.XClaim(ctx, &redis.XClaimArgs{Stream: s, Group: DefaultGroup, Consumer: "dead", Messages: []string{"0-1"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	got := newSeen()
+	var maxDeliv atomic.Int64
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		got.add(m)
+		if m.Offset < 10 && m.Deliveries != 2 {
+			maxDeliv.Store(m.Deliveries)
+		}
+		return nil
+	})
+	cfg.MaxDeliveries = 3
+	w := mustNew(t, cfg)
+	start := time.Now()
+	running(t, w)
+	testenv.Eventually(t, 10*time.Second, func() bool { return got.distinct() == 19 }, "handled %d of 19", got.distinct())
+	if took := time.Since(start); took < cfg.VisibilityTimeout/2 {
+		t.Errorf("reclaimed after %v, before the entries were idle for the visibility timeout %v", took, cfg.VisibilityTimeout)
+	}
+	if d := maxDeliv.Load(); d != 0 {
+		t.Errorf("a reclaimed entry was delivered with count %d, want 2", d)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return e.pending(t, s, DefaultGroup) == 0 }, "entries still pending")
+	if n, _ := e.rdb.XLen(ctx, s+":dlq").Result(); n != 1 {
+		t.Errorf("dead letters = %d, want 1 (offset 0, delivered 4 times)", n)
+	}
+	if st := w.Stats(); st.Reclaimed != 10 {
+		t.Errorf("Stats.Reclaimed = %d, want 10", st.Reclaimed)
+	}
+}
+
+// TestLeaseExtended: a handler running for three visibility timeouts keeps
+// its entry; a second worker polling for idle entries all along never gets
+// it. The record is processed exactly once.
+func TestLeaseExtended(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 1)
+	var calls atomic.Int64
+	var first atomic.Pointer[Worker]
+	release := make(chan struct{})
+	started := make(chan struct{}, 2)
+	h := func(ctx context.Context, m *Message) error {
+		calls.Add(1)
+		started <- struct{}{}
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return nil
+	}
+	cfg := e.config(h)
+	cfg.VisibilityTimeout = 300 * time.Millisecond
+	cfg.ReclaimInterval = 20 * time.Millisecond
+	w1 := mustNew(t, cfg)
+	first.Store(w1)
+	stop1 := running(t, w1)
+	<-started
+	w2 := mustNew(t, cfg)
+	stop2 := running(t, w2)
+	deadline := time.Now().Add(3 * cfg.VisibilityTimeout)
+	for time.Now().Before(deadline) {
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("handler calls = %d while the first still runs, want 1", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(release)
+	testenv.Eventually(t, 5*time.Second, func() bool { return e.pending(t, s, DefaultGroup) == 0 }, "entry still pending")
+	stop1()
+	stop2()
+	if n := calls.Load(); n != 1 {
+		t.Errorf("handler calls = %d, want 1", n)
+	}
+	if st := w2.Stats(); st.Reclaimed != 0 {
+		t.Errorf("second worker reclaimed %d entries, want 0", st.Reclaimed)
+	}
+	if st := w1.Stats(); st.LeaseLost != 0 {
+		t.Errorf("first worker lost %d leases, want 0", st.LeaseLost)
+	}
+}
+
+// TestShutdown: cancelling Run stops reading, lets running handlers finish,
+// flushes their acks and removes the consumer (it has nothing pending).
+// With a handler that outlives ShutdownTimeout, Run returns
+// ErrShutdownTimeout, the entry stays pending and the consumer is kept.
+func TestShutdown(t *testing.T) {
+	for _, tt := range []struct {
+		name         string
+		stuck        bool
+		wantErr      error
+		wantPending  int64
+		wantConsumer bool
+	}{
+		{"graceful", false, nil, 0, false},
+		{"timeout", true, ErrShutdownTimeout, 1, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			s := e.stream(t, "t", 0)
+			e.add(t, s, 0, 1)
+			started := make(chan struct{})
+			finished := atomic.Bool{}
+			cfg := e.config(func(ctx context.Context, m *Message) error {
+				close(started)
+				if tt.stuck {
+					<-ctx.Done() // released only by the shutdown timeout
+					return ctx.Err()
+				}
+				time.Sleep(200 * time.Millisecond) // work in flight at the signal
+				finished.Store(true)
+				return nil
+			})
+			cfg.ShutdownTimeout = 500 * time.Millisecond
+			cfg.AckInterval = time.Hour // only the shutdown flush sends the ack
+			w := mustNew(t, cfg)
+			stop := running(t, w)
+			<-started
+			err := stop()
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Run = %v, want %v", err, tt.wantErr)
+			}
+			if !tt.stuck && !finished.Load() {
+				t.Error("Run returned before the in-flight handler finished")
+			}
+			if n := e.pending(t, s, DefaultGroup); n != tt.wantPending {
+				t.Errorf("pending = %d, want %d", n, tt.wantPending)
+			}
+			cs, err := e.rdb.XInfoConsumers(context.Background(), s, DefaultGroup).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if has := len(cs) == 1 && cs[0].Name == w.Consumer(); has != tt.wantConsumer {
+				t.Errorf("consumers after shutdown = %+v; want ours kept: %v", cs, tt.wantConsumer)
+			}
+		})
+	}
+}
+
+// TestDelConsumerKeepsPending: the clean-up script refuses to delete a
+// consumer with pending entries (invariant 9), and deletes one without.
+func TestDelConsumerKeepsPending(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 1)
+	ctx := context.Background()
+	if err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "busy", Streams: []string{s, ">"}, Count: 1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.XGroupCreateConsumer(ctx, s, DefaultGroup, "idle").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		consumer string
+		want     int64
+	}{{"busy", -1}, {"idle", 0}} {
+		n, err := delConsumerScript.Run(ctx, e.rdb, []string{s}, DefaultGroup, tt.consumer).Int64()
+		if err != nil || n != tt.want {
+			t.Errorf("delete %s = %d, %v; want %d", tt.consumer, n, err, tt.want)
+		}
+	}
+	if n := e.pending(t, s, DefaultGroup); n != 1 {
+		t.Errorf("pending = %d after the clean-up, want 1", n)
+	}
+}
+
+// TestIdleConsumersRemoved: a worker deletes consumers of its group idle for
+// ConsumerIdleTimeout with nothing pending, and only those.
+func TestIdleConsumersRemoved(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 1)
+	ctx := context.Background()
+	if err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "holder", Streams: []string{s, ">"}, Count: 1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// "gone" reads nothing (XREADGROUP, so that miniredis too records when
+	// it was last seen).
+	if err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "gone", Streams: []string{s, ">"}, Count: 1, Block: -1}).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		t.Fatal(err)
+	}
+	cfg := e.config(func(context.Context, *Message) error { return errors.New("keep it pending") })
+	cfg.ConsumerIdleTimeout = 50 * time.Millisecond
+	cfg.VisibilityTimeout = time.Hour // "holder" keeps its entry
+	cfg.BlockTimeout = 50 * time.Millisecond
+	time.Sleep(60 * time.Millisecond) // let "gone" become idle: idle time is what is tested
+	w := mustNew(t, cfg)
+	running(t, w)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		cs, _ := e.rdb.XInfoConsumers(ctx, s, DefaultGroup).Result()
+		for _, c := range cs {
+			if c.Name == "gone" {
+				return false
+			}
+		}
+		return true
+	}, "idle consumer not removed")
+	cs, _ := e.rdb.XInfoConsumers(ctx, s, DefaultGroup).Result()
+	found := false
+	for _, c := range cs {
+		found = found || c.Name == "holder"
+	}
+	if !found {
+		t.Errorf("consumer with a pending entry was deleted: %+v", cs)
+	}
+}

@@ -1,0 +1,135 @@
+package worker
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kbridge/kbridge/internal/testenv"
+	"github.com/kbridge/kbridge/internal/wire"
+)
+
+// TestExecHandler: the command gets the value on stdin and the rest in the
+// environment; exit 0 acknowledges; a failing exit is retried, and
+// dead-lettered with its exit code and stderr after MaxDeliveries.
+func TestExecHandler(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 6)
+	dir := t.TempDir()
+	// offset 3 fails on its first delivery, offset 5 always.
+	script := `set -e
+v=$(cat)
+if [ "$KBRIDGE_OFFSET" = 5 ]; then echo "cannot do 5" >&2; exit 3; fi
+if [ "$KBRIDGE_OFFSET" = 3 ] && [ "$KBRIDGE_DELIVERIES" = 1 ]; then exit 1; fi
+echo "$KBRIDGE_TOPIC $KBRIDGE_PARTITION $KBRIDGE_OFFSET $KBRIDGE_KEY $v $KBRIDGE_DELIVERIES" > "` + dir + `/$KBRIDGE_OFFSET"
+`
+	h := &ExecHandler{Command: script, Timeout: 10 * time.Second}
+	cfg := e.config(h.Handle)
+	cfg.MaxDeliveries = 2
+	w := mustNew(t, cfg)
+	running(t, w)
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		n, _ := e.rdb.XLen(context.Background(), wire.DLQKey(s)).Result()
+		return n == 1 && e.pending(t, s, DefaultGroup) == 0
+	}, "want 1 dead letter and nothing pending")
+	for o, want := range map[string]string{"0": "t 0 0 k0 v0 1", "3": "t 0 3 k3 v3 2", "4": "t 0 4 k4 v4 1"} {
+		b, err := os.ReadFile(filepath.Join(dir, o))
+		if err != nil || strings.TrimSpace(string(b)) != want {
+			t.Errorf("offset %s wrote %q, %v; want %q", o, b, err, want)
+		}
+	}
+	dls, _ := ListDeadLetters(context.Background(), e.rdb, e.prefix, Filter{})
+	if len(dls) != 1 || dls[0].Offset != 5 || !strings.Contains(dls[0].Info.Error, "exit code 3") || !strings.Contains(dls[0].Info.Error, "cannot do 5") {
+		t.Errorf("dead letters = %+v; want offset 5 with exit code 3 and its stderr", dls)
+	}
+}
+
+// TestExecTimeout: a command that outlives the handler timeout is killed
+// (with its children) and counts as failed.
+func TestExecTimeout(t *testing.T) {
+	h := &ExecHandler{Command: "sleep 30 | cat", Timeout: 100 * time.Millisecond}
+	start := time.Now()
+	err := h.Handle(context.Background(), &Message{Value: []byte("x")})
+	var ee *ExecError
+	if !asExecError(err, &ee) || ee.ExitCode != -1 {
+		t.Fatalf("Handle = %v, want an *ExecError with exit code -1", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Handle took %v; the timeout is 100ms", took)
+	}
+}
+
+func asExecError(err error, target **ExecError) bool {
+	e, ok := err.(*ExecError)
+	if ok {
+		*target = e
+	}
+	return ok
+}
+
+// TestHTTPHandler: the value is POSTed with the record's metadata in
+// headers; 2xx acknowledges; 503 (and 429) back off, honouring Retry-After,
+// without counting a delivery; 500 fails, and after MaxDeliveries the record
+// is dead-lettered with the status and body.
+func TestHTTPHandler(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 5)
+	var mu sync.Mutex
+	bodies := map[string]string{}
+	var busy atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		off := r.Header.Get("Kbridge-Offset")
+		switch {
+		case off == "1" && busy.Add(1) <= 2:
+			w.Header().Set("Retry-After", "0")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		case off == "2":
+			http.Error(w, "no such customer", http.StatusInternalServerError)
+			return
+		}
+		mu.Lock()
+		bodies[off] = string(b) + " " + r.Header.Get("Kbridge-Topic") + " " + r.Header.Get("Kbridge-Key") + " " + r.Header.Get("Kbridge-Deliveries")
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	cfg := e.config(NewHTTPHandler(srv.URL, 5*time.Second).Handle)
+	cfg.MaxDeliveries = 3
+	w := mustNew(t, cfg)
+	running(t, w)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		n, _ := e.rdb.XLen(context.Background(), wire.DLQKey(s)).Result()
+		return n == 1 && e.pending(t, s, DefaultGroup) == 0
+	}, "want 1 dead letter and nothing pending")
+	mu.Lock()
+	if len(bodies) != 4 || bodies["0"] != "v0 t azA= 1" || bodies["1"] != "v1 t azE= 1" {
+		t.Errorf("received %q; want 4 records, offset 1 after two 503s still on delivery 1", bodies)
+	}
+	mu.Unlock()
+	dls, _ := ListDeadLetters(context.Background(), e.rdb, e.prefix, Filter{})
+	if len(dls) != 1 || dls[0].Offset != 2 || dls[0].Info.Deliveries != 3 || !strings.Contains(dls[0].Info.Error, "HTTP 500: no such customer") {
+		t.Errorf("dead letters = %+v; want offset 2 after 3 deliveries with HTTP 500", dls)
+	}
+	if st := w.Stats(); st.Backoffs != 2 {
+		t.Errorf("Stats.Backoffs = %d, want 2", st.Backoffs)
+	}
+}
+
+func TestRetryAfterHeader(t *testing.T) {
+	for v, want := range map[string]time.Duration{"": 0, "3": 3 * time.Second, "junk": 0, "99999": 5 * time.Minute} {
+		if got := retryAfter(v); got != want {
+			t.Errorf("retryAfter(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
