@@ -170,3 +170,10 @@ func (s *seen) total() int {
 	}
 	return n
 }
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func partOf(stream string) string {
+	_, _, p, _ := wire.ParseStreamKey(stream)
+	return strconv.Itoa(p)
+}
