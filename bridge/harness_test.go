@@ -161,11 +161,13 @@ func (e *env) work(ctx context.Context, t *testing.T, l *ledger, delay time.Dura
 				}).Result()
 				if err != nil {
 					if !errors.Is(err, redis.Nil) && ctx.Err() == nil {
+						t.Logf("worker read %s: %v", key, err)
 						time.Sleep(50 * time.Millisecond) // no group yet, or Redis restarting
 					}
 					continue
 				}
 				for _, s := range res {
+					ids := make([]string, 0, len(s.Messages))
 					for _, m := range s.Messages {
 						rec, err := wire.Decode(m.Values)
 						if err != nil {
@@ -176,8 +178,11 @@ func (e *env) work(ctx context.Context, t *testing.T, l *ledger, delay time.Dura
 							time.Sleep(delay)
 						}
 						l.add(rec.Partition, rec.Offset)
-						e.rdb.XAck(context.Background(), key, "workers", m.ID)
+						ids = append(ids, m.ID)
 					}
+					// Ack after the work, as a worker must; a failed ack
+					// (Redis restarting) leaves them pending: redelivered.
+					e.rdb.XAck(context.Background(), key, "workers", ids...)
 				}
 			}
 		}()
@@ -209,4 +214,23 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(string(b))
 	return len(b), nil
+}
+
+// unacked counts the entries of partition p's stream that group "workers"
+// has not acknowledged: pending, plus not yet delivered.
+func (e *env) unacked(t *testing.T, p int) int64 {
+	ctx := context.Background()
+	groups, err := e.rdb.XInfoGroups(ctx, e.stream(p)).Result()
+	if err != nil || len(groups) == 0 {
+		return 0
+	}
+	pending, err := e.rdb.XPending(ctx, e.stream(p), "workers").Result()
+	if err != nil {
+		return 0
+	}
+	after, err := e.rdb.XRange(ctx, e.stream(p), "("+groups[0].LastDeliveredID, "+").Result()
+	if err != nil {
+		return 0
+	}
+	return pending.Count + int64(len(after))
 }
