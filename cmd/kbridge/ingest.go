@@ -47,6 +47,7 @@ Examples:
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: bridgeDefaults.HeartbeatInterval, EnvVars: []string{"KBRIDGE_HEARTBEAT_INTERVAL"}, Usage: "Kafka group heartbeat interval"},
 			&cli.BoolFlag{Name: "allow-eviction", EnvVars: []string{"KBRIDGE_ALLOW_EVICTION"},
 				Usage: "start even if Redis maxmemory-policy is not noeviction (an evicted stream loses records): warn instead of refusing"},
+			metricsFlag("KBRIDGE_METRICS_ADDR"),
 		),
 		Action: runIngest,
 	}
@@ -115,8 +116,15 @@ func runIngest(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
+	ml, err := metricsListener(c)
+	if err != nil {
+		return err
+	}
 	ctx, stop := signalContext(log)
 	defer stop()
+	reg := newRegistry()
+	reg.MustRegister(newIngestCollector(in.Stats))
+	serveMetrics(ctx, ml, reg, log)
 	log.Info("redis", "url", redactURL(c.String("redis-url")), "prefix", cfg.Prefix)
 	if err := in.Run(ctx); err != nil {
 		return cli.Exit(err.Error(), 1)

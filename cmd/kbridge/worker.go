@@ -70,6 +70,7 @@ Examples:
 				Usage: "on SIGTERM, how long running handlers may take to finish"},
 			&cli.DurationFlag{Name: "discovery-interval", Value: worker.DefaultDiscoveryInterval, EnvVars: []string{"KBRIDGE_WORKER_DISCOVERY_INTERVAL"},
 				Usage: "how often to look for new partition streams"},
+			metricsFlag("KBRIDGE_WORKER_METRICS_ADDR"),
 		},
 		Action: runWorker,
 	}
@@ -127,6 +128,8 @@ func runWorker(c *cli.Context) error {
 		DiscoveryInterval: c.Duration("discovery-interval"),
 		Logger:            log,
 	}
+	metrics := newWorkerMetrics()
+	cfg.OnHandled = metrics.onHandled
 	// Zero means "default" in Config; on the command line it is a mistake.
 	var bad []error
 	if c.IsSet("concurrency") && cfg.Concurrency <= 0 {
@@ -145,8 +148,16 @@ func runWorker(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
+	ml, err := metricsListener(c)
+	if err != nil {
+		return err
+	}
 	ctx, stop := signalContext(log)
 	defer stop()
+	metrics.stats = w.Stats
+	reg := newRegistry()
+	reg.MustRegister(metrics)
+	serveMetrics(ctx, ml, reg, log)
 	if err := w.Run(ctx); err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
