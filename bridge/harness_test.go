@@ -161,7 +161,9 @@ func (e *env) work(ctx context.Context, t *testing.T, l *ledger, delay time.Dura
 				}).Result()
 				if err != nil {
 					if !errors.Is(err, redis.Nil) && ctx.Err() == nil {
-						t.Logf("worker read %s: %v", key, err)
+						if !redis.HasErrorPrefix(err, "NOGROUP") {
+							t.Logf("worker read %s: %v", key, err)
+						}
 						time.Sleep(50 * time.Millisecond) // no group yet, or Redis restarting
 					}
 					continue

@@ -181,7 +181,9 @@ func (p *partition) observe(ctx context.Context) {
 	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim {
 		n, err := p.stream.trim(ctx, tp)
 		if err != nil {
-			p.log.Warn("trim failed", "err", err)
+			if ctx.Err() == nil {
+				p.log.Warn("trim failed; will trim at the next commit", "err", err)
+			}
 		} else {
 			p.lastTrim = tp
 			p.in.counters.trimmed.Add(n)
