@@ -171,7 +171,8 @@ func (p *Partition) Observe(o Observation) Decision {
 	}
 	p.frontier = f
 	d.Backlog = max(0, o.Top+1-f)
-	if f > p.committed {
+	// Nothing ever appended: no commit, or 0 would replace the start offset.
+	if f > p.committed && o.Top != None {
 		d.Commit, d.ShouldCommit = f, true
 	}
 	return d
