@@ -1,0 +1,240 @@
+package bridge
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/kbridge/kbridge/internal/testenv"
+	"github.com/kbridge/kbridge/internal/wire"
+	"github.com/kbridge/kbridge/tracker"
+)
+
+func newStream(t *testing.T, batch int) (*stream, *redis.Client) {
+	t.Helper()
+	rdb := testenv.NewRedis(t).Client(t)
+	prefix := "kbs-" + testenv.Name(t)
+	return &stream{rdb: rdb, key: wire.StreamKey(prefix, "t", 0), registry: wire.RegistryKey(prefix),
+		groups: []string{"a", "b"}, batchSize: batch}, rdb
+}
+
+func recs(offsets ...int64) []wire.Record {
+	out := make([]wire.Record, len(offsets))
+	for i, o := range offsets {
+		out[i] = wire.Record{Topic: "t", Offset: o, Time: time.UnixMilli(1), Value: []byte{byte(o)}}
+	}
+	return out
+}
+
+func span(from, to int64) []int64 {
+	var out []int64
+	for o := from; o <= to; o++ {
+		out = append(out, o)
+	}
+	return out
+}
+
+func streamOffsets(t *testing.T, rdb *redis.Client, key string) []int64 {
+	t.Helper()
+	msgs, err := rdb.XRange(context.Background(), key, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]int64, len(msgs))
+	for i, m := range msgs {
+		out[i], _ = wire.ParseID(m.ID)
+	}
+	return out
+}
+
+func equal(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestConditionalAppend: invariant 1. The append script appends only on top
+// of the expected top; what is already there is skipped, a top behind the
+// expected one is a loss, and a missing stream is never created by an append.
+func TestConditionalAppend(t *testing.T) {
+	ctx := context.Background()
+	s, rdb := newStream(t, 3) // batches of 3: every case spans pipelined calls
+	if err := s.ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name      string
+		expected  int64
+		offsets   []int64
+		wantTop   int64
+		wantAdded int
+		wantLost  bool
+		wantIn    []int64 // the stream afterwards
+	}{
+		{"first batch on a new stream", tracker.None, span(0, 9), 9, 10, false, span(0, 9)},
+		{"retry of a batch that landed (reply lost)", tracker.None, span(0, 9), 9, 0, false, span(0, 9)},
+		{"zombie behind the top: only the new tail lands", 4, span(5, 14), 14, 5, false, span(0, 14)},
+		{"Kafka gaps (compaction) are kept as gaps", 14, []int64{15, 17, 20}, 20, 3, false, append(span(0, 15), 17, 20)},
+		{"top behind what was appended: loss, nothing added", 30, span(31, 33), 20, 0, true, append(span(0, 15), 17, 20)},
+	}
+	for _, st := range steps {
+		res, err := s.append(ctx, st.expected, recs(st.offsets...))
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		got := streamOffsets(t, rdb, s.key)
+		if res.top != st.wantTop || res.added != st.wantAdded || res.lost != st.wantLost || !equal(got, st.wantIn) {
+			t.Errorf("%s:\n got top=%d added=%d lost=%v stream=%v\nwant top=%d added=%d lost=%v stream=%v",
+				st.name, res.top, res.added, res.lost, got, st.wantTop, st.wantAdded, st.wantLost, st.wantIn)
+		}
+	}
+
+	// A missing stream is a loss, and the append does not recreate it (a
+	// stream without its groups would be read from the wrong place).
+	if err := rdb.Del(ctx, s.key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.append(ctx, 20, recs(21, 22))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.lost {
+		t.Errorf("append to a missing stream: lost=false, want true")
+	}
+	if n, _ := rdb.Exists(ctx, s.key).Result(); n != 0 {
+		t.Errorf("append recreated the missing stream")
+	}
+
+	// After SCRIPT FLUSH (as after a Redis restart) the pipelined EVALSHA
+	// fails with NOSCRIPT; the append loads the script and succeeds.
+	if err := s.ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err = s.append(ctx, tracker.None, recs(span(100, 104)...))
+	if err != nil || res.added != 5 || res.top != 104 {
+		t.Errorf("append after SCRIPT FLUSH: %+v, %v; want 5 added, top 104", res, err)
+	}
+}
+
+// TestObserve: the observation script's snapshot, per group: pending, lowest
+// pending and the consumer holding it, next undelivered; a missing group.
+func TestObserve(t *testing.T) {
+	ctx := context.Background()
+	s, rdb := newStream(t, 100)
+	if err := s.ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := s.observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !snap.Exists || snap.Top != tracker.None || snap.Length != 0 || len(snap.Groups) != 2 {
+		t.Fatalf("empty stream: got %+v", snap)
+	}
+	if _, err := s.append(ctx, tracker.None, recs(10, 11, 12, 13, 15)); err != nil {
+		t.Fatal(err)
+	}
+	// Group a: 10, 11 delivered; 11 acked. Group b: nothing delivered.
+	if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "a", Consumer: "w1", Streams: []string{s.key, ">"}, Count: 2}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rdb.XAck(ctx, s.key, "a", wire.EntryID(11))
+	snap, err = s.observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := snap.Groups[0], snap.Groups[1]
+	if snap.Top != 15 || snap.Length != 5 {
+		t.Errorf("top=%d length=%d, want 15 and 5", snap.Top, snap.Length)
+	}
+	if a.Pending != 1 || a.LowestPending != 10 || a.NextUndelivered != 12 {
+		t.Errorf("group a: %+v, want pending 1, lowest 10, next 12", a)
+	}
+	if b.Pending != 0 || b.LowestPending != tracker.None || b.NextUndelivered != 10 {
+		t.Errorf("group b: %+v, want pending 0, lowest none, next 10", b)
+	}
+	if snap.oldest.offset != 10 || snap.oldest.group != "a" || snap.oldest.consumer != "w1" || snap.oldest.deliveries != 1 {
+		t.Errorf("oldest pending: %+v, want offset 10 held by a/w1, 1 delivery", snap.oldest)
+	}
+	if f, ok := snap.Frontier(); !ok || f != 10 {
+		t.Errorf("frontier = %d, %v; want 10", f, ok)
+	}
+	// A group that disappeared is reported missing: no frontier.
+	if err := rdb.XGroupDestroy(ctx, s.key, "b").Err(); err != nil {
+		t.Fatal(err)
+	}
+	snap, err = s.observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !snap.Groups[1].Missing {
+		t.Errorf("destroyed group b not reported missing: %+v", snap.Groups[1])
+	}
+	if _, ok := snap.Frontier(); ok {
+		t.Errorf("frontier known with a missing group")
+	}
+	// A missing stream.
+	rdb.Del(ctx, s.key)
+	if snap, err = s.observe(ctx); err != nil || snap.Exists {
+		t.Errorf("missing stream: exists=%v err=%v", snap.Exists, err)
+	}
+}
+
+// TestConfigValidate reports every problem at once, with the flag names.
+func TestConfigValidate(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	tests := []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{"defaults are valid", Config{Brokers: []string{"k:9092"}, Topics: []string{"orders"}, Redis: rdb}, nil},
+		{"nothing set", Config{}, []string{"no Kafka brokers", "no topics", "no Redis client"}},
+		{"watermarks", Config{Brokers: []string{"k:9092"}, Topics: []string{"a b"}, Redis: rdb, PartitionCap: 100, LowWatermark: 500},
+			[]string{`topic "a b"`, "--low-watermark 500 must be at least 0 and below --partition-cap 100"}},
+		{"global and timing", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, GlobalCap: 10, GlobalLowWatermark: 20,
+			StartOffset: "middle", HeartbeatInterval: time.Minute}, []string{"--global-low-watermark 20", `--start-offset "middle"`, "--heartbeat-interval 1m0s"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			ce, ok := err.(*ConfigError)
+			if !ok {
+				t.Fatalf("Validate() = %v, want a *ConfigError", err)
+			}
+			if len(ce.Problems) != len(tt.want) {
+				t.Errorf("got %d problems %q, want %d", len(ce.Problems), ce.Problems, len(tt.want))
+			}
+			for _, w := range tt.want {
+				found := false
+				for _, p := range ce.Problems {
+					if strings.Contains(p, w) {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("no problem mentions %q in %q", w, ce.Problems)
+				}
+			}
+		})
+	}
+}
