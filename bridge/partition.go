@@ -76,6 +76,8 @@ func (p *partition) run(ctx context.Context) {
 		}
 		if len(recs) > 0 {
 			p.append(ctx, recs)
+		} else {
+			p.in.parts.set(p.status()) // return an unused reservation
 		}
 	}
 	p.final()
@@ -104,6 +106,14 @@ func (p *partition) setup(ctx context.Context) error {
 		committed = tracker.None
 	}
 	p.tr = tracker.NewPartition(committed, p.snap.Top)
+	// What the stream already holds counts against the caps from the start
+	// (a restart or a hand-over finds a full stream).
+	d := p.tr.Observe(p.snap.Observation)
+	p.backlog = d.Backlog
+	if d.ShouldCommit {
+		p.c.offer(p.t, d.Commit)
+	}
+	p.in.parts.set(p.status())
 	if err := p.restart(ctx); err != nil {
 		return err
 	}
@@ -116,14 +126,18 @@ func (p *partition) setup(ctx context.Context) error {
 // start offset when neither a commit nor a stream top says where to start.
 func (p *partition) restart(ctx context.Context) error {
 	p.next = p.tr.Start()
-	if p.next != tracker.None {
-		return nil
+	if p.next == tracker.None {
+		err := retry(ctx, p.log, "kafka", func() error {
+			off, err := p.listOffset(ctx, p.in.cfg.startOffset())
+			p.next = off
+			return err
+		})
+		if err != nil {
+			return err
+		}
 	}
-	return retry(ctx, p.log, "kafka", func() error {
-		off, err := p.listOffset(ctx, p.in.cfg.startOffset())
-		p.next = off
-		return err
-	})
+	p.tr.Started(p.next)
+	return nil
 }
 
 func (p *partition) listOffset(ctx context.Context, which int64) (int64, error) {
@@ -252,12 +266,13 @@ func (p *partition) publishPaused() {
 	_ = p.stream.publish(ctx, p.in.cfg.StatusTTL, st)
 }
 
-// room is how many more records may be appended before a cap is reached.
+// room is how many more records may be appended before a cap is reached;
+// under a global cap the room is reserved at once (see registry.reserve).
 func (p *partition) room() int64 {
 	cfg := p.in.cfg
 	r := cfg.PartitionCap - p.backlog
 	if cfg.GlobalCap > 0 {
-		r = min(r, cfg.GlobalCap-p.in.parts.backlog())
+		r = p.in.parts.reserve(p.stream.key, r, cfg.GlobalCap)
 	}
 	return r
 }

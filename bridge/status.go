@@ -176,6 +176,27 @@ func (r *registry) remove(stream string) {
 	delete(r.parts, stream)
 }
 
+// reserve grants up to want records of room under the global cap and counts
+// them in the partition's backlog at once, so that partitions fetching at the
+// same moment cannot overshoot the cap together. The partition's next set
+// replaces the reservation with what it really appended.
+func (r *registry) reserve(stream string, want, globalCap int64) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.parts == nil {
+		r.parts = map[string]PartitionStatus{}
+	}
+	var sum int64
+	for _, p := range r.parts {
+		sum += p.Backlog
+	}
+	grant := max(0, min(want, globalCap-sum))
+	st := r.parts[stream]
+	st.Backlog += grant
+	r.parts[stream] = st
+	return grant
+}
+
 func (r *registry) backlog() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -65,12 +65,11 @@ func runModel(in []byte, verbose bool) (failure string) {
 }
 
 // modelLatestStart lets the fuzz configure the ingest to start at the log end
-// ("newest") when neither a commit nor a stream says where to start. It is
-// off while TestPartitionStartAfterLossBeforeFirstCommit fails: with it on,
-// the fuzz finds in seconds that a loss of Redis before the first commit
-// makes Start() return None, the ingest resolve "newest" again, and the
-// records it had appended (or not yet fetched) are skipped.
-const modelLatestStart = false
+// ("newest") when neither a commit nor a stream says where to start. It
+// caught Start() returning None after a loss of Redis before the first commit
+// (the ingest then resolved "newest" again and skipped records); Started
+// fixed it.
+const modelLatestStart = true
 
 // fuzzSeeds start with a header — log start, "newest" start (odd),
 // groups-1, number of records, then one byte per record (a multiple of 4
@@ -176,6 +175,7 @@ type model struct {
 	logStart int64   // first offset of the partition
 	logEnd   int64   // next offset the producer writes
 	latest   bool    // the ingest's configured start: newest (true) or oldest
+	origin   int64   // the lowest start resolved for the current Partition (its Started), None if none
 	floor    int64   // the lowest offset the ingest is responsible for, None before it resolved "newest"
 	resolved int64   // the configured start as the ingest resolved it at (re)start, None when not
 	kafka    int64   // committed offset in Kafka, None when none
@@ -195,7 +195,7 @@ func newModel(in []byte, verbose bool) *model {
 	if len(in) > maxInput {
 		in = in[:maxInput]
 	}
-	m := &model{in: in, verbose: verbose, floor: None, resolved: None, kafka: None}
+	m := &model{in: in, verbose: verbose, floor: None, resolved: None, kafka: None, origin: None}
 	m.logStart = int64(m.byte() % 4)
 	m.logEnd = m.logStart
 	m.latest = m.byte()%2 == 1 && modelLatestStart
@@ -379,6 +379,10 @@ func (m *model) resolveStart() int64 {
 		m.floor = off
 	}
 	m.resolved = off
+	m.p.Started(off)
+	if m.origin == None || off < m.origin {
+		m.origin = off
+	}
 	return off
 }
 
@@ -526,7 +530,11 @@ func (m *model) observe(kafka byte) bool {
 		if !o.Exists {
 			top = None
 		}
-		if want := max(m.p.Committed(), top+1); d.Rewind != want {
+		want := max(m.p.Committed(), top+1, m.origin)
+		if m.p.Committed() == None && top == None {
+			want = m.origin
+		}
+		if d.Rewind != want {
 			m.fatalf("lost: want Rewind max(committed %d, top %d + 1) = %d, got %d", m.p.Committed(), top, want, d.Rewind)
 		}
 		// Recreate every group at 0, on the stream as it is now.
@@ -636,6 +644,7 @@ func (m *model) rebalance() {
 	m.redis.ensure(m.groups)
 	m.p = NewPartition(m.kafka, m.redis.top)
 	m.resolved = None
+	m.origin = None
 	m.faulted = true // the new owner has not observed yet
 	m.logf("rebalance: NewPartition(%d, %d); start %d", m.kafka, m.redis.top, m.p.Start())
 }

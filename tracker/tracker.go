@@ -80,7 +80,9 @@ type Decision struct {
 	Lost bool
 	// RecreateGroups is true when the stream or a configured group is missing.
 	RecreateGroups bool
-	// Rewind is the offset to fetch from after a loss: max(committed, top+1).
+	// Rewind is the offset to fetch from after a loss: max(committed, top+1,
+	// the offset first started from). None when none of them is known: the
+	// caller then resolves its configured start offset, as at first.
 	Rewind int64
 	// Backlog is the number of offsets appended but not acknowledged by every
 	// group (top+1 - frontier); with Kafka gaps (compaction, transaction
@@ -94,12 +96,13 @@ type Partition struct {
 	committed int64 // last offset committed to Kafka, None if none
 	appended  int64 // highest offset known to be in the stream, None if none
 	frontier  int64 // last known frontier, None if unknown
+	origin    int64 // where fetching began when nothing said where (Started), None otherwise
 }
 
 // NewPartition starts tracking from the offset committed in Kafka (None when
 // the group has none) and the stream's top as read at assignment.
 func NewPartition(committed, top int64) *Partition {
-	return &Partition{committed: committed, appended: top, frontier: None}
+	return &Partition{committed: committed, appended: top, frontier: None, origin: None}
 }
 
 // Committed returns the last committed offset, or None.
@@ -111,11 +114,23 @@ func (p *Partition) Appended() int64 { return p.appended }
 // Start returns the offset to fetch from: max(committed, appended+1). It is
 // None when neither is known (a new group on a new stream): the caller then
 // starts from its configured start offset.
-func (p *Partition) Start() int64 {
-	if p.committed == None && p.appended == None {
-		return None
+func (p *Partition) Start() int64 { return startAt(p.committed, p.appended, p.origin) }
+
+func startAt(committed, appended, origin int64) int64 {
+	if committed == None && appended == None {
+		return origin
 	}
-	return max(p.committed, p.appended+1)
+	return max(committed, appended+1, origin)
+}
+
+// Started records the offset the caller began fetching from (Start, or its
+// configured start offset when Start returned None). After a loss of Redis before the first commit, Start returns it
+// again instead of None: resolving "latest" anew would skip every record
+// appended, or produced, since.
+func (p *Partition) Started(off int64) {
+	if p.origin == None || off < p.origin {
+		p.origin = off
+	}
 }
 
 // MarkAppended records that the stream's top is now top (after a successful
@@ -157,7 +172,7 @@ func (p *Partition) Observe(o Observation) Decision {
 	if !o.Exists || o.Top < p.appended {
 		d.Lost = true
 		d.RecreateGroups = true
-		d.Rewind = max(p.committed, o.Top+1)
+		d.Rewind = startAt(p.committed, o.Top, p.origin)
 		p.frontier = None
 		return d
 	}

@@ -394,6 +394,7 @@ func TestPartitionStartAfterLossBeforeFirstCommit(t *testing.T) {
 	if got := p.Start(); got != None {
 		t.Fatalf("Start() of a new partition: want None (use the configured start), got %d", got)
 	}
+	p.Started(100) // the ingest resolved its configured start: 100
 	p.MarkAppended(105)
 	d := p.Observe(Observation{Exists: false, Top: None})
 	if !d.Lost {

@@ -339,3 +339,26 @@ var (
 	binPath   string
 	buildErr  error
 )
+
+// Crash stops the server without saving (SHUTDOWN NOSAVE), as a crash would:
+// with persistence on, the next Start loads the last snapshot, not the
+// current data.
+func (s *RedisServer) Crash(t testing.TB) {
+	t.Helper()
+	out, err := exec.Command("redis-cli", "-p", strconv.Itoa(s.Port), "shutdown", "nosave").CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "connect") {
+		// redis-cli reports the dropped connection as an error: expected.
+		t.Logf("redis-cli shutdown nosave: %v %s", err, out)
+	}
+	addr := s.Addr()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err != nil {
+			return
+		}
+		c.Close()
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("redis on %s still answers after SHUTDOWN NOSAVE", addr)
+}
