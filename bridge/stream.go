@@ -100,6 +100,38 @@ end
 return out
 `)
 
+// trimScript trims below min(ARGV[1], the frontier read afresh), so that a
+// trim point computed before Redis came back from an older snapshot cannot
+// delete entries the restored groups still hold pending or undelivered
+// (invariant 4). It trims nothing when the stream or a group is missing.
+//
+// KEYS[1] stream; ARGV[1] offset bound (the committed offset); ARGV[2..]
+// group names. Returns the number of entries trimmed.
+var trimScript = redis.NewScript(luaTop + `
+local top = streaminfo(KEYS[1])
+if top == nil then return 0 end
+local function offset(id) return tonumber(string.match(id, '^(%d+)')) end
+local delivered = {}
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, last
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i+1] elseif g[i] == 'last-delivered-id' then last = g[i+1] end
+  end
+  delivered[name] = last
+end
+local below = math.min(tonumber(ARGV[1]), top + 1)
+for i = 2, #ARGV do
+  local last = delivered[ARGV[i]]
+  if last == nil then return 0 end
+  local low = redis.call('XPENDING', KEYS[1], ARGV[i], '-', '+', 1)
+  if #low > 0 then below = math.min(below, offset(low[1][1])) end
+  local nxt = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
+  if #nxt > 0 then below = math.min(below, offset(nxt[1][1])) end
+end
+if below <= 0 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', below))
+`)
+
 // stream is the Redis side of one partition.
 type stream struct {
 	rdb       redis.UniversalClient
@@ -271,9 +303,15 @@ func parseObservation(groups []string, v []any) (snapshot, error) {
 	return snap, nil
 }
 
-// trim removes the entries below offset (XTRIM MINID); Top survives.
+// trim removes the entries below offset and below the frontier as it is
+// now (XTRIM MINID in trimScript); Top survives.
 func (s *stream) trim(ctx context.Context, below int64) (int64, error) {
-	n, err := s.rdb.XTrimMinID(ctx, s.key, wire.MinID(below)).Result()
+	args := make([]any, 0, 1+len(s.groups))
+	args = append(args, below)
+	for _, g := range s.groups {
+		args = append(args, g)
+	}
+	n, err := trimScript.Run(ctx, s.rdb, []string{s.key}, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("trim %s below %d: %w", s.key, below, err)
 	}
