@@ -141,4 +141,3 @@ func stop(t *testing.T, p *proc) {
 		t.Errorf("%v did not exit within 20s of SIGTERM", p.cmd.Args[1:])
 	}
 }
-
