@@ -315,8 +315,8 @@ func runDemoPipeline(ctx context.Context, o demoOptions, log *slog.Logger, progr
 	p("  kafka: %s", sum.Kafka)
 	p("  redis: %s", sum.Redis)
 	p("  watch it from another terminal while it runs:")
-	p("    kbridge status --watch --brokers %s --redis-url %s --prefix %s --group %s",
-		strings.Join(brokers, ","), strings.TrimPrefix(sum.Redis, "in-process Redis (miniredis) at "), prefix, group)
+	p("    kbridge --redis-url %s --prefix %s status --watch --brokers %s --group %s",
+		strings.TrimPrefix(sum.Redis, "in-process Redis (miniredis) at "), prefix, strings.Join(brokers, ","), group)
 
 	// The ingest.
 	in, err := bridge.New(bridge.Config{

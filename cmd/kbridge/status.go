@@ -53,7 +53,7 @@ It needs no ingest: everything but PAUSED and OWNER is read from Kafka and
 Redis directly. Without --topics it shows the partitions registered in Redis.
 
 Examples:
-   kbridge status --brokers kafka:9092 --redis-url redis://redis:6379/0
+   kbridge --redis-url redis://redis:6379/0 status --brokers kafka:9092
    kbridge status --topics orders --watch
    kbridge status --json | jq '.partitions[] | select(.kafka_lag > 10000)'
    KBRIDGE_GROUP=kbridge-eu kbridge status --watch --interval 5s`,
