@@ -12,9 +12,9 @@ import (
 	"github.com/kbridge/kbridge/tracker"
 )
 
-// topOf is shared by both scripts: the offset covered by the stream's
-// last-generated-id (which survives XTRIM and XDEL), or nil when the stream
-// does not exist. XINFO STREAM is used because it is the only command that
+// luaTop is shared by the scripts. streaminfo returns the offset covered by
+// the stream's last-generated-id (which survives XTRIM and XDEL), or nil when
+// the stream does not exist; lastdelivered the groups' last-delivered-ids. XINFO STREAM is used because it is the only command that
 // returns last-generated-id on redis-server 7 and on miniredis alike.
 const luaTop = `
 local function streaminfo(key)
@@ -31,6 +31,19 @@ local function streaminfo(key)
   local top = tonumber(ms)
   if tonumber(seq) == 0 then top = top - 1 end
   return top, len, last
+end
+
+-- the last-delivered-id of every group of a stream, by group name
+local function lastdelivered(key)
+  local out = {}
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local name, last
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i+1] elseif g[i] == 'last-delivered-id' then last = g[i+1] end
+    end
+    out[name] = last
+  end
+  return out
 end
 `
 
@@ -74,14 +87,7 @@ return {0, top, added}
 var observeScript = redis.NewScript(luaTop + `
 local top, len = streaminfo(KEYS[1])
 if top == nil then return {0} end
-local delivered = {}
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, last
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i+1] elseif g[i] == 'last-delivered-id' then last = g[i+1] end
-  end
-  delivered[name] = last
-end
+local delivered = lastdelivered(KEYS[1])
 local out = {1, top, len}
 for _, name in ipairs(ARGV) do
   local last = delivered[name]
@@ -111,14 +117,7 @@ var trimScript = redis.NewScript(luaTop + `
 local top = streaminfo(KEYS[1])
 if top == nil then return 0 end
 local function offset(id) return tonumber(string.match(id, '^(%d+)')) end
-local delivered = {}
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, last
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i+1] elseif g[i] == 'last-delivered-id' then last = g[i+1] end
-  end
-  delivered[name] = last
-end
+local delivered = lastdelivered(KEYS[1])
 local below = math.min(tonumber(ARGV[1]), top + 1)
 for i = 2, #ARGV do
   local last = delivered[ARGV[i]]
