@@ -221,11 +221,9 @@ func TestRedisRestartedEmpty(t *testing.T) {
 	const n = 20_000
 	srv := testenv.StartRedisServer(t, "none")
 	e := newEnv(t, 4)
-	e.redis = &testenv.Redis{Addr: srv.Addr()}
-	e.rdb = e.redis.Client(t)
+	e.useRedis(t, srv.Addr())
 	testenv.Produce(t, e.brokers, e.topic, 0, n)
 	cfg := e.config(t)
-	cfg.Redis = e.rdb
 	cfg.PartitionCap = 1000
 	in := startIngest(t, cfg)
 	l := newLedger()

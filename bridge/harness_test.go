@@ -56,6 +56,12 @@ func (e *env) config(t *testing.T) bridge.Config {
 	}
 }
 
+// useRedis points e at another Redis (a redis-server of the test's own).
+func (e *env) useRedis(t *testing.T, addr string) {
+	e.redis = &testenv.Redis{Addr: addr}
+	e.rdb = e.redis.Client(t)
+}
+
 func (e *env) stream(p int) string { return wire.StreamKey(e.prefix, e.topic, p) }
 
 // running is an Ingest running in the test process.
