@@ -118,7 +118,12 @@ if (( services )); then
 else
   log "services: none (--no-services: embedded stand-ins only)"
 fi
-log "runs:     go vet ./...  then  go test -race -count=1 -timeout $TEST_TIMEOUT ./... ${go_args[*]}"
+# Packages named in the arguments replace the default ./...
+pkgs=(./...)
+for a in "${go_args[@]}"; do
+  case "$a" in ./*|../*|github.com/*) pkgs=() ;; esac
+done
+log "runs:     go vet ./...  then  go test -race -count=1 -timeout $TEST_TIMEOUT ${pkgs[*]} ${go_args[*]}"
 
 # No Go code yet: nothing to vet or test.
 if [[ -z $(find . -name '*.go' -not -path './vendor/*' -not -path './.git/*' -print -quit) ]]; then
@@ -183,12 +188,12 @@ else
   unset KAFKA_BROKERS REDIS_ADDR KBRIDGE_SCRIPTS KBRIDGE_REGISTRY
 fi
 
-log "go test -race -count=1 -timeout $TEST_TIMEOUT ./... ${go_args[*]}"
+log "go test -race -count=1 -timeout $TEST_TIMEOUT ${pkgs[*]} ${go_args[*]}"
 # go test runs in its own process group and we `wait` for it, so that a signal
 # to this script (Ctrl-C, timeout(1), CI) is handled at once: finish() stops
 # the test processes and then the services.
 set +e
-setsid go test -race -count=1 -timeout "$TEST_TIMEOUT" ./... "${go_args[@]}" </dev/null &
+setsid go test -race -count=1 -timeout "$TEST_TIMEOUT" "${pkgs[@]}" "${go_args[@]}" </dev/null &
 GO_PID=$!
 wait "$GO_PID"
 rc=$?
