@@ -17,7 +17,8 @@ import (
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
-// commonFlags are accepted by every subcommand (before or after its name).
+// commonFlags are accepted before the command name, and after it by every
+// command that has no flag of the same name (see addGlobalFlags).
 func commonFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "redis-url", Value: "redis://127.0.0.1:6379/0", EnvVars: []string{"KBRIDGE_REDIS_URL"},

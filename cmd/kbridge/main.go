@@ -52,8 +52,62 @@ Every flag can also be set with the environment variable shown beside it.`,
 	}
 	for _, c := range app.Commands {
 		setUsageError(c)
+		addGlobalFlags(c)
 	}
 	return app
+}
+
+// addGlobalFlags lets the global flags also follow the command name
+// ("kbridge status --redis-url ..."), on every command that does not define
+// a flag of the same name itself (demo has its own --redis-url). urfave/cli
+// looks a flag up in the nearest command that defines it, so mergeGlobals
+// copies a value given before the command name down to the command.
+func addGlobalFlags(c *cli.Command) {
+	have := map[string]bool{}
+	for _, f := range c.Flags {
+		for _, n := range f.Names() {
+			have[n] = true
+		}
+	}
+	var added []string
+	for _, f := range commonFlags() {
+		if name := f.Names()[0]; !have[name] {
+			c.Flags = append(c.Flags, f)
+			added = append(added, name)
+		}
+	}
+	before := c.Before
+	c.Before = func(ctx *cli.Context) error {
+		if err := mergeGlobals(ctx, added); err != nil {
+			return err
+		}
+		if before != nil {
+			return before(ctx)
+		}
+		return nil
+	}
+	for _, s := range c.Subcommands {
+		addGlobalFlags(s)
+	}
+}
+
+// mergeGlobals gives each of names not set on this command the value set on
+// the nearest command above it.
+func mergeGlobals(c *cli.Context, names []string) error {
+	for _, name := range names {
+		if c.IsSet(name) {
+			continue
+		}
+		for _, up := range c.Lineage()[1:] {
+			if up.IsSet(name) {
+				if err := c.Set(name, fmt.Sprint(up.Value(name))); err != nil {
+					return cli.Exit(fmt.Sprintf("--%s: %v", name, err), 2)
+				}
+				break
+			}
+		}
+	}
+	return nil
 }
 
 // usageError turns a flag parsing error into exit code 2 with the reason.
