@@ -13,7 +13,7 @@ import (
 	"github.com/kbridge/kbridge/tracker"
 )
 
-func newStream(t *testing.T, batch int) (*stream, *redis.Client) {
+func newStream(t testing.TB, batch int) (*stream, *redis.Client) {
 	t.Helper()
 	rdb := testenv.NewRedis(t).Client(t)
 	prefix := "kbs-" + testenv.Name(t)
@@ -278,3 +278,8 @@ func TestTrimRechecksFrontier(t *testing.T) {
 		t.Errorf("trim with a missing group: %d trimmed, %v; want 0", n, err)
 	}
 }
+
+type (
+	redisXAddArgs       = redis.XAddArgs
+	redisXReadGroupArgs = redis.XReadGroupArgs
+)
