@@ -122,7 +122,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 func (in *Ingest) checkRedis(ctx context.Context) error {
 	var policy string
 	err := retry(ctx, in.log, "redis", func() error {
-		res, err := in.cfg.Redis.ConfigGet(ctx, "maxmemory-policy").Result()
+		p, err := maxmemoryPolicy(ctx, in.cfg.Redis)
 		if err != nil {
 			if isConnError(err) {
 				in.counters.redisErrs.Add(1)
@@ -131,7 +131,7 @@ func (in *Ingest) checkRedis(ctx context.Context) error {
 			policy = "" // CONFIG may be disabled (managed Redis, ACLs): cannot tell
 			return nil
 		}
-		policy = res["maxmemory-policy"]
+		policy = p
 		return nil
 	})
 	if err != nil {
@@ -149,6 +149,32 @@ func (in *Ingest) checkRedis(ctx context.Context) error {
 		return nil
 	}
 	return fmt.Errorf("%w: it is %q; set it with CONFIG SET maxmemory-policy noeviction, or pass --allow-eviction", ErrEvictionPolicy, policy)
+}
+
+// maxmemoryPolicy reads maxmemory-policy; on a Redis Cluster that of every
+// master (CONFIG GET alone asks one node), returning one that is not
+// noeviction if there is one.
+func maxmemoryPolicy(ctx context.Context, rdb redis.UniversalClient) (string, error) {
+	c, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		res, err := rdb.ConfigGet(ctx, "maxmemory-policy").Result()
+		return res["maxmemory-policy"], err
+	}
+	var mu sync.Mutex
+	policy := "noeviction"
+	err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		res, err := m.ConfigGet(ctx, "maxmemory-policy").Result()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if p := res["maxmemory-policy"]; p != "noeviction" {
+			policy = p
+		}
+		return nil
+	})
+	return policy, err
 }
 
 // startGeneration starts one function per assigned partition plus the

@@ -26,12 +26,12 @@ import (
 // are started before anything new is read.
 func (w *Worker) fetchLoop(ctx, hctx context.Context) []string {
 	var (
-		streams                                  []string
+		streams                                 []string
 		nextDiscovery, nextReclaim, nextJanitor time.Time
-		queue                                    []*Message
-		rr                                       int
-		cursors                                  = map[string]string{}
-		errDelay                                 time.Duration
+		queue                                   []*Message
+		rr                                      int
+		cursors                                 = map[string]string{}
+		errDelay                                time.Duration
 	)
 	for ctx.Err() == nil {
 		now := time.Now()
@@ -106,6 +106,7 @@ func (w *Worker) fetchLoop(ctx, hctx context.Context) []string {
 			<-w.slots
 		}
 	}
+	w.stopSlotReads()
 	return streams
 }
 
@@ -139,17 +140,27 @@ func (w *Worker) tryAcquire() bool {
 
 // read returns new entries for k free slots (possibly more, see fetchLoop),
 // as messages ready to start. Malformed entries and replayed entries meant
-// for another group are dealt with here and not returned.
+// for another group are dealt with here and not returned. On a Redis Cluster
+// each XREADGROUP below is one per hash slot (slots.go).
 func (w *Worker) read(ctx context.Context, streams []string, k int, rr *int, block time.Duration) ([]*Message, error) {
 	// The read is not cancelled with ctx: entries Redis delivers are
 	// pending under this consumer, and a read cut short would leave them
 	// unseen until reclaimed. BlockTimeout bounds the wait instead.
 	rctx := context.WithoutCancel(ctx)
 	block = max(min(block, w.cfg.BlockTimeout), time.Millisecond)
+	if msgs, err := w.collectSlotReads(); err != nil || len(msgs) > 0 {
+		return msgs, err // delivered by blocking reads of earlier rounds
+	}
 	s := len(streams)
 	if k >= s {
 		*rr++
-		return w.readGroup(rctx, rotate(streams, *rr%s), int64(k/s), block)
+		order := rotate(streams, *rr%s)
+		if w.perSlot {
+			if msgs, err := w.readNow(rctx, order, int64(k/s)); err != nil || len(msgs) > 0 {
+				return msgs, err
+			}
+		}
+		return w.readBlocking(rctx, order, int64(k/s), block)
 	}
 	for tried := 0; tried < s; tried += k {
 		window := make([]string, 0, k)
@@ -157,16 +168,27 @@ func (w *Worker) read(ctx context.Context, streams []string, k int, rr *int, blo
 			window = append(window, streams[(*rr+i)%s])
 		}
 		*rr = (*rr + k) % s
-		msgs, err := w.readGroup(rctx, window, 1, -1)
+		msgs, err := w.readNow(rctx, window, 1)
 		if err != nil || len(msgs) > 0 {
 			return msgs, err
 		}
 	}
-	return w.readGroup(rctx, rotate(streams, *rr), 1, block)
+	return w.readBlocking(rctx, rotate(streams, *rr), 1, block)
 }
 
 // readGroup runs one XREADGROUP (block < 0: no BLOCK).
 func (w *Worker) readGroup(ctx context.Context, keys []string, count int64, block time.Duration) ([]*Message, error) {
+	res, err := w.rdb.XReadGroup(ctx, w.readArgs(keys, count, block)).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return w.admitRead(ctx, res), nil
+}
+
+func (w *Worker) readArgs(keys []string, count int64, block time.Duration) *redis.XReadGroupArgs {
 	args := &redis.XReadGroupArgs{
 		Group:    w.cfg.Group,
 		Consumer: w.cfg.Consumer,
@@ -178,13 +200,11 @@ func (w *Worker) readGroup(ctx context.Context, keys []string, count int64, bloc
 	for range keys {
 		args.Streams = append(args.Streams, ">")
 	}
-	res, err := w.rdb.XReadGroup(ctx, args).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
+	return args
+}
+
+// admitRead leases what an XREADGROUP delivered and admits it.
+func (w *Worker) admitRead(ctx context.Context, res []redis.XStream) []*Message {
 	var out []*Message
 	for _, st := range res {
 		for _, xm := range st.Messages {
@@ -194,7 +214,7 @@ func (w *Worker) readGroup(ctx context.Context, keys []string, count int64, bloc
 			}
 		}
 	}
-	return out, nil
+	return out
 }
 
 // admit turns a delivered entry into a message to handle, or deals with it

@@ -29,6 +29,9 @@ type Worker struct {
 	held map[entryRef]*heldEntry // entries this consumer holds: leased until acknowledged
 
 	pauseUntil atomic.Int64 // Unix nanoseconds: no new reads before (a handler asked to back off)
+
+	perSlot   bool       // Redis Cluster: one XREADGROUP per hash slot (slots.go)
+	slotReads *slotReads // the blocking reads running, when perSlot
 }
 
 type entryRef struct{ stream, id string }
@@ -51,6 +54,9 @@ func New(cfg Config) (*Worker, error) {
 		held:  map[entryRef]*heldEntry{},
 	}
 	w.acks = newAcker(w)
+	if c, ok := cfg.Redis.(*redis.ClusterClient); ok {
+		w.perSlot, w.slotReads = true, newSlotReads(maxBlocking(c))
+	}
 	return w, nil
 }
 
