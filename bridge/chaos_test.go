@@ -101,7 +101,7 @@ func TestIngestSIGKILL(t *testing.T) {
 		cmd := exec.Command(bin, "--redis-url", "redis://"+e.redis.Addr, "--prefix", e.prefix, "--log-level", "warn",
 			"ingest", "--brokers", strings.Join(e.brokers, ","), "--topics", e.topic, "--group", e.group,
 			"--partition-cap", "500", "--commit-interval", "100ms", "--fetch-max-wait", "100ms",
-			"--session-timeout", "6s", "--heartbeat-interval", "500ms", "--rebalance-timeout", "10s")
+			"--session-timeout", "6s", "--heartbeat-interval", "500ms", "--rebalance-timeout", "15s")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -28,7 +28,9 @@ type Config struct {
 	SASL sasl.Mechanism
 
 	// Redis is the client of the Redis (or Redis Cluster) that holds the
-	// streams. Required. The Ingest does not close it.
+	// streams. Required. The Ingest does not close it. Set the client's
+	// ContextTimeoutEnabled option: without it go-redis ignores context
+	// deadlines, and a hung Redis could hold a rebalance past its timeout.
 	Redis redis.UniversalClient
 	// Prefix of every Redis key. Default "kbridge".
 	Prefix string
@@ -208,8 +210,12 @@ func (c Config) Validate() error {
 	if c.HeartbeatInterval >= c.SessionTimeout {
 		add("--heartbeat-interval %v must be below --session-timeout %v", c.HeartbeatInterval, c.SessionTimeout)
 	}
-	if c.FinalCommitTimeout >= c.RebalanceTimeout {
-		add("final commit timeout %v must be below --rebalance-timeout %v", c.FinalCommitTimeout, c.RebalanceTimeout)
+	// On a rebalance: the heartbeat sees it, the partitions report (bounded
+	// by FinalCommitTimeout) and the commit goes out (bounded by the same, as
+	// the group's request timeout); all of it must fit in RebalanceTimeout or
+	// the broker evicts the member and refuses its commit.
+	if need := c.HeartbeatInterval + 2*c.FinalCommitTimeout; need > c.RebalanceTimeout {
+		add("--rebalance-timeout %v must be at least --heartbeat-interval + 2 × the final commit timeout = %v", c.RebalanceTimeout, need)
 	}
 	if c.StatusTTL < c.CommitInterval {
 		add("status TTL %v must be at least --commit-interval %v", c.StatusTTL, c.CommitInterval)

@@ -48,7 +48,7 @@ func (e *env) config(t *testing.T) bridge.Config {
 		Redis: e.rdb, Prefix: e.prefix,
 		CommitInterval:    50 * time.Millisecond,
 		SessionTimeout:    6 * time.Second,
-		RebalanceTimeout:  10 * time.Second,
+		RebalanceTimeout:  15 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,
 		FetchMaxWait:      100 * time.Millisecond,
 		AllowEviction:     e.redis.Mini != nil,

@@ -87,7 +87,9 @@ func (in *Ingest) Run(ctx context.Context) error {
 		StartOffset:       in.cfg.startOffset(),
 		// New partitions of a topic trigger a rebalance, so they get read.
 		WatchPartitionChanges: true,
-		Timeout:               10 * time.Second,
+		// Bounds every coordinator request, the final commit included:
+		// a member that overstays RebalanceTimeout is evicted.
+		Timeout: in.cfg.FinalCommitTimeout,
 		ErrorLogger:           kafka.LoggerFunc(func(msg string, args ...any) { in.log.Warn("kafka group: " + fmt.Sprintf(msg, args...)) }),
 	})
 	if err != nil {
@@ -113,6 +115,9 @@ func (in *Ingest) Run(ctx context.Context) error {
 	// Close ends the running generation (its functions commit and return)
 	// and then leaves the group, so the partitions move on at once.
 	group.Close()
+	if t, ok := in.client.Transport.(*kafka.Transport); ok {
+		t.CloseIdleConnections()
+	}
 	in.log.Info("ingest stopped", "group", in.cfg.Group)
 	return nil
 }
@@ -181,7 +186,7 @@ func maxmemoryPolicy(ctx context.Context, rdb redis.UniversalClient) (string, er
 // generation's committer. Every function stays alive until the generation
 // ends: in kafka-go, one that returns early ends the whole generation.
 func (in *Ingest) startGeneration(gen *kafka.Generation) {
-	c := &committer{in: in, gen: gen, want: map[tp]int64{}, done: map[tp]int64{}}
+	c := &committer{in: in, commit: gen.CommitOffsets, want: map[tp]int64{}, done: map[tp]int64{}}
 	var assigned []string
 	for _, topic := range sortedKeys(gen.Assignments) {
 		for _, a := range gen.Assignments[topic] {
@@ -216,20 +221,25 @@ type tp struct {
 // committer commits the frontiers of one generation's partitions together,
 // every CommitInterval, and once more when the generation ends.
 type committer struct {
-	in  *Ingest
-	gen *kafka.Generation
-	wg  sync.WaitGroup // the generation's partition functions
+	in     *Ingest
+	commit func(map[string]map[int]int64) error // the generation's CommitOffsets
+	wg     sync.WaitGroup                        // the generation's partition functions
 
 	mu   sync.Mutex
 	want map[tp]int64 // offered, not yet committed
 	done map[tp]int64 // committed in this generation
 }
 
-// offer asks for off to be committed for t.
+// offer asks for off to be committed for t. Offers only move up: a lower one
+// (a group recreated at 0, a failover to a replica behind) never replaces a
+// higher one, not even while that one's commit is in flight.
 func (c *committer) offer(t tp, off int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if d, ok := c.done[t]; !ok || off > d {
+	if d, ok := c.done[t]; ok && off <= d {
+		return
+	}
+	if w, ok := c.want[t]; !ok || off > w {
 		c.want[t] = off
 	}
 }
@@ -283,7 +293,7 @@ func (c *committer) flush() {
 	}
 	c.mu.Unlock()
 
-	if err := c.gen.CommitOffsets(offsets); err != nil {
+	if err := c.commit(offsets); err != nil {
 		c.in.counters.commitErrs.Add(1)
 		c.in.log.Warn("kafka commit failed; will retry", "group", c.in.cfg.Group, "err", &CommitError{Offsets: offsets, Err: err})
 		return
@@ -293,7 +303,7 @@ func (c *committer) flush() {
 	defer c.mu.Unlock()
 	for t, off := range batch {
 		c.done[t] = max(c.done[t], off)
-		if c.want[t] == off {
+		if w, ok := c.want[t]; ok && w <= off {
 			delete(c.want, t)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/kbridge/kbridge/internal/wire"
@@ -29,6 +30,7 @@ type partition struct {
 	logEnd   int64
 	backlog  int64 // exact after an observation, estimated after appends
 	paused   bool
+	stalled  string // why the partition stopped for good (topic recreated), "" if not
 	lastTrim int64
 	observed time.Time
 	snap     snapshot
@@ -48,40 +50,58 @@ func (in *Ingest) newPartition(topic string, id int, committed int64, c *committ
 // observes once more for the final commit. It never returns before ctx is
 // done: in kafka-go an early return would end the whole generation.
 func (p *partition) run(ctx context.Context) {
-	defer p.in.parts.remove(p.stream.key)
+	defer p.in.parts.remove(p.stream.key, p)
 	if err := p.setup(ctx); err != nil {
 		<-ctx.Done()
 		return
 	}
+	backoff := newBackoff()
 	for ctx.Err() == nil {
 		interval := p.in.cfg.CommitInterval
-		if p.paused {
+		if p.paused || p.stalled != "" {
 			interval = p.in.cfg.PausedPollInterval
 		}
 		if time.Since(p.observed) >= interval {
 			p.observe(ctx)
 		}
-		if p.updatePaused() {
+		if p.stalled != "" || p.updatePaused() {
 			sleep(ctx, p.in.cfg.PausedPollInterval)
 			continue
 		}
 		recs, err := p.fetch(ctx)
+		if err == nil && len(recs) > 0 {
+			err = p.append(ctx, recs)
+		}
+		// What a fetch reserved under the global cap and did not append
+		// goes back at once.
+		p.in.parts.set(p, p.status())
 		if err != nil {
 			if ctx.Err() == nil {
-				p.in.counters.kafkaErrs.Add(1)
-				p.log.Warn("fetch failed; retrying", "offset", p.next, "err", err)
-				sleep(ctx, time.Second)
+				// Back to the loop, not a retry in place: observing,
+				// committing and trimming go on between attempts, so a
+				// Redis that is full frees the memory the workers acked.
+				p.log.Warn("retrying", "offset", p.next, "backoff", backoff.d, "err", err)
+				sleep(ctx, backoff.next())
 			}
 			continue
 		}
-		if len(recs) > 0 {
-			p.append(ctx, recs)
-		} else {
-			p.in.parts.set(p.status()) // return an unused reservation
-		}
+		backoff.reset()
 	}
 	p.final()
 }
+
+// backoff doubles from 100ms to 5s.
+type backoff struct{ d time.Duration }
+
+func newBackoff() *backoff { return &backoff{d: 100 * time.Millisecond} }
+
+func (b *backoff) next() time.Duration {
+	d := b.d
+	b.d = min(2*b.d, 5*time.Second)
+	return d
+}
+
+func (b *backoff) reset() { b.d = 100 * time.Millisecond }
 
 // setup creates the worker groups, reads the stream and chooses where to
 // fetch from: max(committed, top+1), retrying while Redis or Kafka is down.
@@ -106,14 +126,27 @@ func (p *partition) setup(ctx context.Context) error {
 		committed = tracker.None
 	}
 	p.tr = tracker.NewPartition(committed, p.snap.Top)
+	// A stream (or a commit) beyond the log end means the topic was
+	// recreated or truncated: nothing of it may be committed to the new log.
+	err = retry(ctx, p.log, "kafka", func() error {
+		var err error
+		p.logEnd, err = p.listOffset(ctx, kafka.LastOffset)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if start := p.tr.Start(); start != tracker.None && start > p.logEnd {
+		p.stall(start, p.logEnd)
+	}
 	// What the stream already holds counts against the caps from the start
 	// (a restart or a hand-over finds a full stream).
 	d := p.tr.Observe(p.snap.Observation)
 	p.backlog = d.Backlog
-	if d.ShouldCommit {
+	if d.ShouldCommit && p.stalled == "" {
 		p.c.offer(p.t, d.Commit)
 	}
-	p.in.parts.set(p.status())
+	p.in.parts.set(p, p.status())
 	if err := p.restart(ctx); err != nil {
 		return err
 	}
@@ -189,7 +222,7 @@ func (p *partition) observe(ctx context.Context) {
 		}
 	}
 	p.backlog = d.Backlog
-	if d.ShouldCommit {
+	if d.ShouldCommit && p.stalled == "" {
 		p.c.offer(p.t, d.Commit)
 	}
 	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim {
@@ -204,7 +237,7 @@ func (p *partition) observe(ctx context.Context) {
 		}
 	}
 	st := p.status()
-	p.in.parts.set(st)
+	p.in.parts.set(p, st)
 	if err := p.stream.publish(ctx, p.in.cfg.StatusTTL, st); err != nil && ctx.Err() == nil {
 		p.log.Warn("publish status failed", "err", err)
 	}
@@ -244,7 +277,7 @@ func (p *partition) updatePaused() bool {
 		global = p.in.parts.backlog()
 	}
 	if p.paused {
-		if p.backlog < cfg.LowWatermark && (cfg.GlobalCap == 0 || global < cfg.GlobalLowWatermark) {
+		if p.backlog <= cfg.LowWatermark && (cfg.GlobalCap == 0 || global <= cfg.GlobalLowWatermark) {
 			p.paused = false
 			p.log.Info("partition resumed", "backlog", p.backlog, "global_backlog", global)
 			p.publishPaused()
@@ -260,7 +293,7 @@ func (p *partition) updatePaused() bool {
 
 func (p *partition) publishPaused() {
 	st := p.status()
-	p.in.parts.set(st)
+	p.in.parts.set(p, st)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_ = p.stream.publish(ctx, p.in.cfg.StatusTTL, st)
@@ -272,7 +305,7 @@ func (p *partition) room() int64 {
 	cfg := p.in.cfg
 	r := cfg.PartitionCap - p.backlog
 	if cfg.GlobalCap > 0 {
-		r = p.in.parts.reserve(p.stream.key, r, cfg.GlobalCap)
+		r = p.in.parts.reserve(p, p.stream.key, r, cfg.GlobalCap)
 	}
 	return r
 }
@@ -283,14 +316,18 @@ func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
 		Topic: p.t.topic, Partition: p.t.partition, Offset: p.next,
 		MinBytes: 1, MaxBytes: int64(p.in.cfg.FetchMaxBytes), MaxWait: p.in.cfg.FetchMaxWait,
 	})
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = res.Error
 	}
-	if res.Error != nil {
-		if errors.Is(res.Error, kafka.OffsetOutOfRange) {
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		p.in.counters.kafkaErrs.Add(1)
+		if errors.Is(err, kafka.OffsetOutOfRange) {
 			return nil, p.outOfRange(ctx)
 		}
-		return nil, res.Error
+		return nil, fmt.Errorf("fetch: %w", err)
 	}
 	p.logEnd = res.HighWatermark
 	limit := p.room()
@@ -324,7 +361,11 @@ func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
 
 // outOfRange handles a fetch offset Kafka no longer (or not yet) has. Below
 // the log start the records are gone to retention: say so loudly and go on
-// from the log start; above the log end, start from the log end.
+// from the log start. Above the log end while the stream holds offsets at or
+// above it, the topic was recreated or its log truncated: going on would skip
+// the new records as duplicates of the old ones and commit old offsets to the
+// new log, so the partition stalls until an operator resets it (runbook in
+// docs/operations.md).
 func (p *partition) outOfRange(ctx context.Context) error {
 	first, err := p.listOffset(ctx, kafka.FirstOffset)
 	if err != nil {
@@ -334,41 +375,46 @@ func (p *partition) outOfRange(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	to := first
 	if p.next > last {
-		to = last
+		p.stall(p.next, last)
+		return nil
 	}
-	p.log.Error("fetch offset out of range: records were deleted by Kafka retention before they were bridged, or the topic was recreated",
-		"offset", p.next, "log_start", first, "log_end", last, "resume_at", to)
-	p.next = to
+	p.log.Error("fetch offset below the log start: records were deleted by Kafka retention before they were bridged",
+		"offset", p.next, "log_start", first, "log_end", last, "resume_at", first)
+	p.next = first
 	return nil
 }
 
-// append writes recs, retrying with backoff while Redis is unreachable: the
-// conditional append makes a retry of a batch that did land harmless.
-func (p *partition) append(ctx context.Context, recs []wire.Record) {
-	var res appendResult
-	err := retry(ctx, p.log, "redis", func() error {
-		var err error
-		res, err = p.stream.append(ctx, p.tr.Appended(), recs)
-		if err != nil {
-			p.in.counters.redisErrs.Add(1)
+// stall stops the partition for good: the stream or the commit is beyond the
+// log end, so the topic was recreated or its log truncated.
+func (p *partition) stall(offset, logEnd int64) {
+	p.stalled = fmt.Sprintf("offset %d is above the log end %d (stream top %d, committed %d): the topic was recreated or its log truncated; not fetching nor committing until the stream and the group's offsets are reset",
+		offset, logEnd, p.tr.Appended(), p.tr.Committed())
+	p.log.Error("partition stalled: "+p.stalled, "offset", offset, "log_end", logEnd)
+}
+
+// append writes recs once. An error leaves p.next where it was: the records
+// are fetched again and the conditional append makes a retry of a batch that
+// did land harmless.
+func (p *partition) append(ctx context.Context, recs []wire.Record) error {
+	res, err := p.stream.append(ctx, p.tr.Appended(), recs)
+	if err != nil {
+		p.in.counters.redisErrs.Add(1)
+		if redis.HasErrorPrefix(err, "OOM") {
+			return fmt.Errorf("redis is full (maxmemory with noeviction): appends wait until trims free memory: %w", err)
 		}
 		return err
-	})
-	if err != nil {
-		return // ctx done: the records are fetched again by the next owner
 	}
 	if res.lost {
 		p.observe(ctx) // sees the loss and recovers
-		return
+		return nil
 	}
 	p.tr.MarkAppended(res.top)
 	p.in.counters.appended.Add(int64(res.added))
 	p.in.counters.dups.Add(int64(len(recs) - res.added))
 	p.backlog += int64(res.added)
 	p.next = max(recs[len(recs)-1].Offset+1, res.top+1)
-	p.in.parts.set(p.status())
+	return nil
 }
 
 // final observes the stream once more after the generation ended, so the
@@ -384,7 +430,7 @@ func (p *partition) final() {
 	if off, ok := p.c.committed(p.t); ok {
 		p.tr.MarkCommitted(off)
 	}
-	if d := p.tr.Observe(snap.Observation); d.ShouldCommit {
+	if d := p.tr.Observe(snap.Observation); d.ShouldCommit && p.stalled == "" {
 		p.c.offer(p.t, d.Commit)
 	}
 	p.log.Info("partition revoked", "committed", p.tr.Committed(), "top", snap.Top)
@@ -394,7 +440,7 @@ func (p *partition) status() PartitionStatus {
 	return PartitionStatus{
 		Topic: p.t.topic, Partition: p.t.partition, Stream: p.stream.key,
 		Committed: p.tr.Committed(), LogEnd: p.logEnd, Top: p.tr.Appended(), Length: p.snap.Length,
-		Backlog: p.backlog, Pending: pendingSum(p.snap), Paused: p.paused,
+		Backlog: p.backlog, Pending: pendingSum(p.snap), Paused: p.paused, Stalled: p.stalled,
 		OldestPending: p.snap.oldest.offset, OldestPendingGroup: p.snap.oldest.group,
 		OldestPendingConsumer: p.snap.oldest.consumer, OldestPendingIdle: p.snap.oldest.idle,
 		OldestPendingDelivery: p.snap.oldest.deliveries,

@@ -161,7 +161,8 @@ func TestGlobalCap(t *testing.T) {
 		}
 		return s
 	}
-	testenv.Eventually(t, 60*time.Second, func() bool { return sum() >= 3000 }, "backlog %d never reached the global cap", sum())
+	testenv.Eventually(t, 60*time.Second, func() bool { return sum() >= 3000 && in.Stats().Appended >= 3000 },
+		"backlog %d never reached the global cap", sum())
 	appended := in.Stats().Appended
 	peak := int64(0)
 	for i := 0; i < 20; i++ {

@@ -27,6 +27,9 @@ type PartitionStatus struct {
 	Pending int64
 	// Paused is true while the partition is not fetched (backpressure).
 	Paused bool
+	// Stalled says why the partition stopped being fetched for good (the
+	// topic was recreated or its log truncated below the stream); "" if not.
+	Stalled string
 	// OldestPending is the lowest pending offset (-1: none), with the group
 	// and consumer that hold it and for how long it has been idle.
 	OldestPending         int64
@@ -58,6 +61,7 @@ const (
 	StatusBacklog         = "backlog"
 	StatusPending         = "pending"
 	StatusPaused          = "paused"
+	StatusStalled         = "stalled"
 	StatusOldestOffset    = "oldest_pending_offset"
 	StatusOldestGroup     = "oldest_pending_group"
 	StatusOldestConsumer  = "oldest_pending_consumer"
@@ -80,6 +84,7 @@ func (s PartitionStatus) fields() []any {
 		StatusBacklog, itoa(s.Backlog),
 		StatusPending, itoa(s.Pending),
 		StatusPaused, b,
+		StatusStalled, s.Stalled,
 		StatusOldestOffset, itoa(s.OldestPending),
 		StatusOldestGroup, s.OldestPendingGroup,
 		StatusOldestConsumer, s.OldestPendingConsumer,
@@ -107,6 +112,7 @@ func ParseStatus(h map[string]string) PartitionStatus {
 		Backlog:               n(StatusBacklog),
 		Pending:               n(StatusPending),
 		Paused:                h[StatusPaused] == "1",
+		Stalled:               h[StatusStalled],
 		OldestPending:         n(StatusOldestOffset),
 		OldestPendingGroup:    h[StatusOldestGroup],
 		OldestPendingConsumer: h[StatusOldestConsumer],
@@ -155,45 +161,56 @@ type Stats struct {
 }
 
 // registry holds the status of the assigned partitions and their backlogs,
-// which the global cap sums.
+// which the global cap sums. Entries are keyed by stream and owned by the
+// partition that set them, so that a partition of an ended generation cannot
+// remove its successor's entry.
 type registry struct {
 	mu    sync.Mutex
-	parts map[string]PartitionStatus
+	parts map[string]regEntry
 }
 
-func (r *registry) set(st PartitionStatus) {
+type regEntry struct {
+	owner any
+	st    PartitionStatus
+}
+
+func (r *registry) set(owner any, st PartitionStatus) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.parts == nil {
-		r.parts = map[string]PartitionStatus{}
+		r.parts = map[string]regEntry{}
 	}
-	r.parts[st.Stream] = st
+	r.parts[st.Stream] = regEntry{owner: owner, st: st}
 }
 
-func (r *registry) remove(stream string) {
+func (r *registry) remove(stream string, owner any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.parts, stream)
+	if e, ok := r.parts[stream]; ok && e.owner == owner {
+		delete(r.parts, stream)
+	}
 }
 
 // reserve grants up to want records of room under the global cap and counts
 // them in the partition's backlog at once, so that partitions fetching at the
 // same moment cannot overshoot the cap together. The partition's next set
 // replaces the reservation with what it really appended.
-func (r *registry) reserve(stream string, want, globalCap int64) int64 {
+func (r *registry) reserve(owner any, stream string, want, globalCap int64) int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.parts == nil {
-		r.parts = map[string]PartitionStatus{}
+		r.parts = map[string]regEntry{}
 	}
 	var sum int64
-	for _, p := range r.parts {
-		sum += p.Backlog
+	for _, e := range r.parts {
+		sum += e.st.Backlog
 	}
 	grant := max(0, min(want, globalCap-sum))
-	st := r.parts[stream]
-	st.Backlog += grant
-	r.parts[stream] = st
+	e := r.parts[stream]
+	e.owner = owner
+	e.st.Stream = stream
+	e.st.Backlog += grant
+	r.parts[stream] = e
 	return grant
 }
 
@@ -201,8 +218,8 @@ func (r *registry) backlog() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var n int64
-	for _, p := range r.parts {
-		n += p.Backlog
+	for _, e := range r.parts {
+		n += e.st.Backlog
 	}
 	return n
 }
@@ -211,8 +228,8 @@ func (r *registry) list() []PartitionStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]PartitionStatus, 0, len(r.parts))
-	for _, p := range r.parts {
-		out = append(out, p)
+	for _, e := range r.parts {
+		out = append(out, e.st)
 	}
 	return out
 }

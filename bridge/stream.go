@@ -18,8 +18,10 @@ import (
 // returns last-generated-id on redis-server 7 and on miniredis alike.
 const luaTop = `
 local function streaminfo(key)
-  local ok, info = pcall(redis.call, 'XINFO', 'STREAM', key)
-  if not ok then return nil end
+  -- only a missing key is "no stream": any other error (ACL, wrong type)
+  -- must reach the caller, not read as Redis having lost the stream
+  if redis.call('EXISTS', key) == 0 then return nil end
+  local info = redis.call('XINFO', 'STREAM', key)
   local last, len = '0-0', 0
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' then last = info[i+1]

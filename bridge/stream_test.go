@@ -185,6 +185,16 @@ func TestObserve(t *testing.T) {
 	if _, ok := snap.Frontier(); ok {
 		t.Errorf("frontier known with a missing group")
 	}
+	// A key of another type (or an ACL that denies XINFO) is an error, not
+	// a stream that Redis lost.
+	rdb.Del(ctx, s.key)
+	rdb.Set(ctx, s.key, "not a stream", 0)
+	if snap, err := s.observe(ctx); err == nil {
+		t.Errorf("observe of a string key: %+v, want an error", snap)
+	}
+	if res, err := s.append(ctx, tracker.None, recs(1)); err == nil {
+		t.Errorf("append to a string key: %+v, want an error (not a loss)", res)
+	}
 	// A missing stream.
 	rdb.Del(ctx, s.key)
 	if snap, err = s.observe(ctx); err != nil || snap.Exists {
@@ -206,7 +216,8 @@ func TestConfigValidate(t *testing.T) {
 		{"watermarks", Config{Brokers: []string{"k:9092"}, Topics: []string{"a b"}, Redis: rdb, PartitionCap: 100, LowWatermark: 500},
 			[]string{`topic "a b"`, "--low-watermark 500 must be at least 0 and below --partition-cap 100"}},
 		{"global and timing", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, GlobalCap: 10, GlobalLowWatermark: 20,
-			StartOffset: "middle", HeartbeatInterval: time.Minute}, []string{"--global-low-watermark 20", `--start-offset "middle"`, "--heartbeat-interval 1m0s"}},
+			StartOffset: "middle", HeartbeatInterval: time.Minute}, []string{"--global-low-watermark 20", `--start-offset "middle"`, "--heartbeat-interval 1m0s",
+			"--rebalance-timeout 30s must be at least --heartbeat-interval + 2 × the final commit timeout = 1m10s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

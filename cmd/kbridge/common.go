@@ -38,12 +38,16 @@ func newRedis(c *cli.Context) (redis.UniversalClient, error) {
 		if err != nil {
 			return nil, cli.Exit(fmt.Sprintf("--redis-url %s: %v", redactURL(raw), err), 2)
 		}
+		opt.ContextTimeoutEnabled = true
 		return redis.NewClusterClient(opt), nil
 	}
 	opt, err := redis.ParseURL(raw)
 	if err != nil {
 		return nil, cli.Exit(fmt.Sprintf("--redis-url %s: %v", redactURL(raw), err), 2)
 	}
+	// Context deadlines bound every call (shutdown and rebalances must not
+	// wait on a hung Redis); go-redis ignores them unless told.
+	opt.ContextTimeoutEnabled = true
 	return redis.NewClient(opt), nil
 }
 

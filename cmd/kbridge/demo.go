@@ -322,7 +322,7 @@ func runDemoPipeline(ctx context.Context, o demoOptions, log *slog.Logger, progr
 	in, err := bridge.New(bridge.Config{
 		Brokers: brokers, Topics: []string{sum.Topic}, Group: group, Redis: rdb, Prefix: prefix,
 		PartitionCap: o.cap, LowWatermark: o.cap / 2, CommitInterval: 250 * time.Millisecond,
-		FetchMaxWait: 100 * time.Millisecond, SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second,
+		FetchMaxWait: 100 * time.Millisecond, SessionTimeout: 6 * time.Second, RebalanceTimeout: 15 * time.Second,
 		HeartbeatInterval: time.Second, AllowEviction: true, Logger: log,
 	})
 	if err != nil {

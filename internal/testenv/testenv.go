@@ -69,7 +69,7 @@ type Redis struct {
 
 // Client returns a new client of r, closed when the test ends.
 func (r *Redis) Client(t testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: r.Addr})
+	c := redis.NewClient(&redis.Options{Addr: r.Addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -143,13 +143,19 @@ func CreateTopic(t testing.TB, brokers []string, topic string, partitions int) {
 // "k<i>", values "v<i>", and fails the test on any error.
 func Produce(t testing.TB, brokers []string, topic string, from, n int) {
 	t.Helper()
+	ProduceSized(t, brokers, topic, from, n, 0)
+}
+
+// ProduceSized is Produce with values padded to size bytes.
+func ProduceSized(t testing.TB, brokers []string, topic string, from, n, size int) {
+	t.Helper()
 	msgs := make([]kafka.Message, 0, 1000)
 	w := &kafka.Writer{
 		Addr:         kafka.TCP(brokers...),
 		Topic:        topic,
 		Balancer:     &kafka.Hash{},
 		BatchSize:    1000,
-		BatchBytes:   4 << 20,
+		BatchBytes:   900 << 10, // under the broker's default max message size
 		BatchTimeout: 5 * time.Millisecond,
 		RequiredAcks: kafka.RequireAll,
 	}
@@ -166,7 +172,11 @@ func Produce(t testing.TB, brokers []string, topic string, from, n int) {
 		msgs = msgs[:0]
 	}
 	for i := from; i < from+n; i++ {
-		msgs = append(msgs, kafka.Message{Key: []byte("k" + strconv.Itoa(i)), Value: []byte("v" + strconv.Itoa(i))})
+		v := []byte("v" + strconv.Itoa(i))
+		if len(v) < size {
+			v = append(v, make([]byte, size-len(v))...)
+		}
+		msgs = append(msgs, kafka.Message{Key: []byte("k" + strconv.Itoa(i)), Value: v})
 		if len(msgs) == cap(msgs) {
 			flush()
 		}
