@@ -14,10 +14,12 @@ Usage: scripts/test.sh [--no-services] [GO TEST ARGS...]
 
 Runs the whole kbridge test suite:
   1. installs what is missing (redis-server, Java/Maven, Kafka jars, gcc for -race)
-  2. starts a real Kafka (127.0.0.1:$KAFKA_TEST_PORT, fresh data) and a real Redis
-     (127.0.0.1:$REDIS_TEST_PORT, no persistence) unless they already run
-  3. exports KAFKA_BROKERS, REDIS_ADDR and KBRIDGE_SCRIPTS (this scripts/ dir, so
-     tests can start extra brokers/redis with scripts/kafka.sh and scripts/redis.sh)
+  2. starts a real Kafka (127.0.0.1:$KAFKA_TEST_PORT, fresh data), a real Redis
+     (127.0.0.1:$REDIS_TEST_PORT, no persistence) and a 3-master Redis Cluster
+     (127.0.0.1:17000-17002, scripts/redis-cluster.sh) unless they already run
+  3. exports KAFKA_BROKERS, REDIS_ADDR, REDIS_CLUSTER_ADDRS and KBRIDGE_SCRIPTS
+     (this scripts/ dir, so tests can start extra brokers/redis with
+     scripts/kafka.sh and scripts/redis.sh)
   4. go vet ./...
   5. go test -race -count=1 -timeout 40m ./... GO TEST ARGS...
   6. stops every service it (or a test, through the scripts) started; exits with
@@ -67,6 +69,7 @@ REDIS_ENV=(REDIS_PORT="$REDIS_TEST_PORT" REDIS_PERSIST=none REDIS_DATA_DIR="$RED
 REGISTRY=""
 GO_PID=""
 KEEP_DIRS=()   # data dirs of services that ran before us: never stopped by us
+CLUSTER_STARTED=0
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 finish() {
   local rc=$?
@@ -95,6 +98,7 @@ finish() {
     done < <(tac "$REGISTRY" | awk -F'\t' '!seen[$2]++')
     rm -f "$REGISTRY"
   fi
+  (( CLUSTER_STARTED )) && bash "$SCRIPT_DIR/redis-cluster.sh" stop >/dev/null 2>&1
   if (( rc == 0 )); then
     log "PASS — whole run took $(human_duration $((SECONDS - T0)))"
   else
@@ -178,14 +182,22 @@ if (( services )); then
   else
     env "${REDIS_ENV[@]}" bash "$SCRIPT_DIR/redis.sh" start
   fi
+  # A 3-master Redis Cluster for TestRedisCluster (ports 17000-17002).
+  if bash "$SCRIPT_DIR/redis-cluster.sh" status >/dev/null 2>&1; then
+    log "Redis Cluster already running: reusing it (left running)"
+  else
+    bash "$SCRIPT_DIR/redis-cluster.sh" start
+    CLUSTER_STARTED=1
+  fi
   log "services ready in $(human_duration $((SECONDS - ts)))"
 
   export KAFKA_BROKERS=127.0.0.1:$KAFKA_TEST_PORT
   export REDIS_ADDR=127.0.0.1:$REDIS_TEST_PORT
   export KBRIDGE_SCRIPTS=$SCRIPT_DIR
-  log "KAFKA_BROKERS=$KAFKA_BROKERS REDIS_ADDR=$REDIS_ADDR KBRIDGE_SCRIPTS=$KBRIDGE_SCRIPTS"
+  export REDIS_CLUSTER_ADDRS=127.0.0.1:17000,127.0.0.1:17001,127.0.0.1:17002
+  log "KAFKA_BROKERS=$KAFKA_BROKERS REDIS_ADDR=$REDIS_ADDR REDIS_CLUSTER_ADDRS=$REDIS_CLUSTER_ADDRS KBRIDGE_SCRIPTS=$KBRIDGE_SCRIPTS"
 else
-  unset KAFKA_BROKERS REDIS_ADDR KBRIDGE_SCRIPTS KBRIDGE_REGISTRY
+  unset KAFKA_BROKERS REDIS_ADDR REDIS_CLUSTER_ADDRS KBRIDGE_SCRIPTS KBRIDGE_REGISTRY
 fi
 
 log "go test -race -count=1 -timeout $TEST_TIMEOUT ${pkgs[*]} ${go_args[*]}"
