@@ -145,6 +145,7 @@ func newIngestCollector(stats func() bridge.Stats) *ingestCollector {
 			g("stream_backlog", "Records in the stream not yet acknowledged by every worker group (what the cap applies to).", func(s bridge.PartitionStatus) (float64, bool) { return float64(s.Backlog), true }),
 			g("pending_entries", "Entries delivered to workers and not yet acknowledged, summed over the groups.", func(s bridge.PartitionStatus) (float64, bool) { return float64(s.Pending), true }),
 			g("partition_paused", "1 while the partition is not fetched because of backpressure.", func(s bridge.PartitionStatus) (float64, bool) { return b2f(s.Paused), true }),
+			g("partition_stalled", "1 while the partition is stopped for good: its stream or commit is beyond the log end (topic recreated or truncated).", func(s bridge.PartitionStatus) (float64, bool) { return b2f(s.Stalled != ""), true }),
 			g("oldest_pending_age_seconds", "Idle time of the lowest pending entry: how long the entry that holds the commit has been with its worker.", func(s bridge.PartitionStatus) (float64, bool) {
 				return s.OldestPendingIdle.Seconds(), s.OldestPending >= 0
 			}),
