@@ -140,10 +140,8 @@ func dlqShow(c *cli.Context) error {
 	if c.NArg() == 0 {
 		return cli.Exit("give one or more REFs, as \"kbridge dlq list\" prints them", 2)
 	}
-	for _, ref := range c.Args().Slice() {
-		if _, _, _, err := worker.ParseRef(ref); err != nil {
-			return cli.Exit(err.Error(), 2)
-		}
+	if err := checkRefs(c); err != nil {
+		return err
 	}
 	rdb, err := newRedis(c)
 	if err != nil {
@@ -208,10 +206,8 @@ func dlqMove(c *cli.Context, verb string) error {
 	case !all && (f.Topic != "" || f.Group != ""):
 		return cli.Exit("--topic, --partition and --group go with --all", 2)
 	}
-	for _, ref := range c.Args().Slice() {
-		if _, _, _, err := worker.ParseRef(ref); err != nil {
-			return cli.Exit(err.Error(), 2)
-		}
+	if err := checkRefs(c); err != nil {
+		return err
 	}
 	rdb, err := newRedis(c)
 	if err != nil {
@@ -305,4 +301,14 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-1] + "…"
+}
+
+// checkRefs rejects (exit 2) any argument that is not a dead-letter REF.
+func checkRefs(c *cli.Context) error {
+	for _, ref := range c.Args().Slice() {
+		if _, _, _, err := worker.ParseRef(ref); err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+	}
+	return nil
 }

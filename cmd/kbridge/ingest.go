@@ -116,18 +116,6 @@ func runIngest(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
-	ml, err := metricsListener(c)
-	if err != nil {
-		return err
-	}
-	ctx, stop := signalContext(log)
-	defer stop()
-	reg := newRegistry()
-	reg.MustRegister(newIngestCollector(in.Stats))
-	serveMetrics(ctx, ml, reg, log)
 	log.Info("redis", "url", redactURL(c.String("redis-url")), "prefix", cfg.Prefix)
-	if err := in.Run(ctx); err != nil {
-		return cli.Exit(err.Error(), 1)
-	}
-	return nil
+	return serve(c, log, newIngestCollector(in.Stats), in.Run)
 }

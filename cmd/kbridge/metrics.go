@@ -45,6 +45,24 @@ func metricsListener(c *cli.Context) (net.Listener, error) {
 
 // newRegistry returns a registry with the Go runtime and process collectors
 // and kbridge_build_info.
+// serve runs run until the first SIGINT or SIGTERM cancels its context,
+// with col served on --metrics-addr meanwhile. A run error exits 1.
+func serve(c *cli.Context, log *slog.Logger, col prometheus.Collector, run func(context.Context) error) error {
+	ml, err := metricsListener(c)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext(log)
+	defer stop()
+	reg := newRegistry()
+	reg.MustRegister(col)
+	serveMetrics(ctx, ml, reg, log)
+	if err := run(ctx); err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	return nil
+}
+
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(

@@ -148,18 +148,6 @@ func runWorker(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
-	ml, err := metricsListener(c)
-	if err != nil {
-		return err
-	}
-	ctx, stop := signalContext(log)
-	defer stop()
 	metrics.stats = w.Stats
-	reg := newRegistry()
-	reg.MustRegister(metrics)
-	serveMetrics(ctx, ml, reg, log)
-	if err := w.Run(ctx); err != nil {
-		return cli.Exit(err.Error(), 1)
-	}
-	return nil
+	return serve(c, log, metrics, w.Run)
 }
