@@ -220,17 +220,7 @@ func TestSecondIngestJoinsAndLeaves(t *testing.T) {
 func TestRedisRestartedEmpty(t *testing.T) {
 	const n = 20_000
 	srv := testenv.StartRedisServer(t, "none")
-	e := newEnv(t, 4)
-	e.useRedis(t, srv.Addr())
-	testenv.Produce(t, e.brokers, e.topic, 0, n)
-	cfg := e.config(t)
-	cfg.PartitionCap = 1000
-	in := startIngest(t, cfg)
-	l := newLedger()
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := e.work(ctx, t, l, 200*time.Microsecond)
-	defer func() { cancel(); wg.Wait() }()
-	watch := e.watchCommits(t)
+	e, in, l, watch := newRedisScenario(t, srv, n, false)
 
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= n/4 }, "processed %d", l.total())
 	srv.Stop(t)
@@ -288,4 +278,25 @@ func TestSlowWorkersNoRebalance(t *testing.T) {
 	st := in.Stats()
 	t.Logf("slow workers (10 ms/record) for %v: %d processed, commits moved by %d, generations=%d, pauses=%d",
 		run, l.total(), moved, st.Rebalances, st.Pauses)
+}
+
+// newRedisScenario is the set-up of the tests that do things to a Redis of
+// their own: n records in 4 partitions, an ingest (cap 1000), a test worker
+// (and a reclaimer of entries idle 3 s, when asked), a commit watch.
+func newRedisScenario(t *testing.T, srv *testenv.RedisServer, n int, reclaim bool) (*env, *running, *ledger, *commitWatch) {
+	e := newEnv(t, 4)
+	e.useRedis(t, srv.Addr())
+	testenv.Produce(t, e.brokers, e.topic, 0, n)
+	cfg := e.config(t)
+	cfg.PartitionCap = 1000
+	in := startIngest(t, cfg)
+	l := newLedger()
+	ctx, cancel := context.WithCancel(context.Background())
+	wg := e.work(ctx, t, l, 200*time.Microsecond)
+	if reclaim {
+		rwg := e.reclaimer(ctx, l, 3*time.Second)
+		t.Cleanup(rwg.Wait)
+	}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return e, in, l, e.watchCommits(t)
 }

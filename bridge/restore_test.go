@@ -55,18 +55,8 @@ func (e *env) reclaimer(ctx context.Context, l *ledger, minIdle time.Duration) *
 func TestRedisRestoredFromOldSnapshot(t *testing.T) {
 	const n = 20_000
 	srv := testenv.StartRedisServer(t, "rdb")
-	e := newEnv(t, 4)
-	e.useRedis(t, srv.Addr())
-	testenv.Produce(t, e.brokers, e.topic, 0, n)
-	cfg := e.config(t)
-	cfg.PartitionCap = 1000
-	in := startIngest(t, cfg)
-	l := newLedger()
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := e.work(ctx, t, l, 200*time.Microsecond)
-	rwg := e.reclaimer(ctx, l, 3*time.Second)
-	defer func() { cancel(); wg.Wait(); rwg.Wait() }()
-	watch := e.watchCommits(t)
+	e, in, l, watch := newRedisScenario(t, srv, n, true)
+	ctx := context.Background()
 
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= n/5 }, "processed %d", l.total())
 	if err := e.rdb.Save(ctx).Err(); err != nil {
