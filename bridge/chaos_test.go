@@ -225,6 +225,14 @@ func TestRedisRestartedEmpty(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= n/4 }, "processed %d", l.total())
 	srv.Stop(t)
 	t.Logf("redis stopped after %d records processed", l.total())
+	// While Redis is down the ingest retries, says so, and commits nothing.
+	errs := in.Stats().RedisErrors
+	testenv.Eventually(t, 30*time.Second, func() bool { return in.Stats().RedisErrors > errs }, "no Redis error seen while Redis is down")
+	down := testenv.Committed(t, e.brokers, e.group, e.topic, e.partitions)
+	time.Sleep(5 * cfgCommitInterval)
+	if still := testenv.Committed(t, e.brokers, e.group, e.topic, e.partitions); !sameOffsets(down, still) {
+		t.Errorf("commits moved while Redis was down: %v → %v", down, still)
+	}
 	srv.Start(t)
 	if keys, _ := e.rdb.Keys(context.Background(), "*").Result(); len(keys) > 0 && !strings.Contains(keys[0], "status") {
 		t.Logf("keys after restart: %v", keys)
@@ -299,4 +307,52 @@ func newRedisScenario(t *testing.T, srv *testenv.RedisServer, n int, reclaim boo
 	}
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	return e, in, l, e.watchCommits(t)
+}
+
+// cfgCommitInterval is the commit interval of env.config.
+const cfgCommitInterval = 50 * time.Millisecond
+
+func sameOffsets(a, b map[int]int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for p, off := range a {
+		if b[p] != off {
+			return false
+		}
+	}
+	return true
+}
+
+// TestKafkaRestart: the broker goes away mid-stream (a clean stop, then a
+// start with its data). The ingest retries with backoff and says so, the
+// group comes back, and nothing is lost.
+func TestKafkaRestart(t *testing.T) {
+	const n = 20_000
+	broker := testenv.StartKafkaBroker(t)
+	// newEnv's topic is on the shared broker; this test uses its own.
+	e := newEnv(t, 1)
+	e2 := &env{brokers: []string{broker.Addr()}, redis: e.redis, rdb: e.rdb, partitions: 4,
+		topic: e.topic, group: e.group, prefix: e.prefix}
+	testenv.CreateTopic(t, e2.brokers, e2.topic, 4)
+	testenv.Produce(t, e2.brokers, e2.topic, 0, n)
+	cfg := e2.config(t)
+	cfg.PartitionCap = 1000
+	in := startIngest(t, cfg)
+	l := newLedger()
+	ctx, cancel := context.WithCancel(context.Background())
+	wg := e2.work(ctx, t, l, 200*time.Microsecond)
+	defer func() { cancel(); wg.Wait() }()
+
+	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= n/4 }, "processed %d", l.total())
+	broker.Stop(t)
+	at := l.total()
+	errs := in.Stats().KafkaErrors + in.Stats().CommitErrors
+	testenv.Eventually(t, 30*time.Second, func() bool { return in.Stats().KafkaErrors+in.Stats().CommitErrors > errs },
+		"no Kafka error seen while the broker is down")
+	broker.Start(t)
+	lost, dups := e2.waitDone(t, l, 3*time.Minute)
+	st := in.Stats()
+	t.Logf("kafka restarted after %d records: %d records, lost=%d duplicates=%d, generations=%d, kafka errors retried=%d, commit errors=%d",
+		at, n, lost, dups, st.Rebalances, st.KafkaErrors, st.CommitErrors)
 }

@@ -46,7 +46,7 @@ func (e *env) config(t *testing.T) bridge.Config {
 	return bridge.Config{
 		Brokers: e.brokers, Topics: []string{e.topic}, Group: e.group,
 		Redis: e.rdb, Prefix: e.prefix,
-		CommitInterval:    50 * time.Millisecond,
+		CommitInterval:    cfgCommitInterval,
 		SessionTimeout:    6 * time.Second,
 		RebalanceTimeout:  15 * time.Second,
 		HeartbeatInterval: 500 * time.Millisecond,

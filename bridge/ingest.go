@@ -105,6 +105,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			// Join/sync errors: kafka-go already backs off; say so and go on.
+			in.counters.kafkaErrs.Add(1)
 			in.log.Warn("joining the consumer group failed; retrying", "group", in.cfg.Group, "err", err)
 			continue
 		}

@@ -132,7 +132,7 @@ type Counters struct {
 	Commits           int64 // successful Kafka commits
 	CommitErrors      int64
 	RedisErrors       int64 // failed Redis calls (each retried with backoff)
-	KafkaErrors       int64 // failed fetches (each retried with backoff)
+	KafkaErrors       int64 // failed fetches and group joins (each retried with backoff)
 	Losses            int64 // times Redis was found to have lost writes
 	Trimmed           int64 // entries trimmed below the commit
 	Rebalances        int64 // generations joined

@@ -194,7 +194,11 @@ func LogEnd(t testing.TB, brokers []string, topic string, partitions int) map[in
 	for p := range reqs {
 		reqs[p] = kafka.LastOffsetOf(p)
 	}
-	res, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	var res *kafka.ListOffsetsResponse
+	err := retryKafka(ctx, func() (err error) {
+		res, err = cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+		return err
+	})
 	if err != nil {
 		t.Fatalf("list offsets of %s: %v", topic, err)
 	}
@@ -219,7 +223,14 @@ func Committed(t testing.TB, brokers []string, group, topic string, partitions i
 	for i := range ps {
 		ps[i] = i
 	}
-	res, err := cl.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ps}})
+	var res *kafka.OffsetFetchResponse
+	err := retryKafka(ctx, func() (err error) {
+		res, err = cl.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ps}})
+		if err == nil && res.Error != nil {
+			err = res.Error
+		}
+		return err
+	})
 	if err != nil {
 		t.Fatalf("offset fetch %s: %v", group, err)
 	}
@@ -371,4 +382,75 @@ func (s *RedisServer) Crash(t testing.TB) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("redis on %s still answers after SHUTDOWN NOSAVE", addr)
+}
+
+// KafkaBroker is a Kafka broker of the test's own, started by
+// scripts/kafka.sh, that the test may stop and start again (its data kept).
+type KafkaBroker struct {
+	Port int
+	Dir  string
+}
+
+// Addr returns the broker's address.
+func (k *KafkaBroker) Addr() string { return "127.0.0.1:" + strconv.Itoa(k.Port) }
+
+// StartKafkaBroker starts a Kafka broker of the test's own on a free port
+// (needs KAFKA_BROKERS, i.e. the real services, so the jars are cached); it
+// is stopped when the test ends.
+func StartKafkaBroker(t testing.TB) *KafkaBroker {
+	t.Helper()
+	if !RealKafka() {
+		t.Skip("needs a real Kafka broker (run scripts/test.sh, which sets KAFKA_BROKERS)")
+	}
+	k := &KafkaBroker{Dir: t.TempDir()}
+	for k.Port == 0 || portTaken(k.Port+1) {
+		k.Port = FreePort(t)
+	}
+	k.run(t, "start", "KAFKA_FRESH=1")
+	t.Cleanup(func() { k.run(t, "stop") })
+	return k
+}
+
+func portTaken(p int) bool {
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+	if err != nil {
+		return true
+	}
+	l.Close()
+	return false
+}
+
+// Start starts the broker again, with its data.
+func (k *KafkaBroker) Start(t testing.TB) { t.Helper(); k.run(t, "start") }
+
+// Stop stops the broker (SIGTERM, a clean shutdown).
+func (k *KafkaBroker) Stop(t testing.TB) { t.Helper(); k.run(t, "stop") }
+
+func (k *KafkaBroker) run(t testing.TB, verb string, env ...string) {
+	t.Helper()
+	cmd := exec.Command("bash", filepath.Join(ScriptsDir(), "kafka.sh"), verb)
+	cmd.Env = append(append(os.Environ(),
+		"KAFKA_PORT="+strconv.Itoa(k.Port),
+		"KAFKA_CONTROLLER_PORT="+strconv.Itoa(k.Port+1),
+		"KAFKA_DATA_DIR="+k.Dir), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kafka.sh %s: %v\n%s", verb, err, out)
+	}
+}
+
+// retryKafka retries op while it fails and ctx lasts: a broker that just
+// restarted, or a coordinator moving, answers with transient errors.
+func retryKafka(ctx context.Context, op func() error) error {
+	for {
+		err := op()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
