@@ -89,8 +89,8 @@ func (in *Ingest) Run(ctx context.Context) error {
 		WatchPartitionChanges: true,
 		// Bounds every coordinator request, the final commit included:
 		// a member that overstays RebalanceTimeout is evicted.
-		Timeout: in.cfg.FinalCommitTimeout,
-		ErrorLogger:           kafka.LoggerFunc(func(msg string, args ...any) { in.log.Warn("kafka group: " + fmt.Sprintf(msg, args...)) }),
+		Timeout:     in.cfg.FinalCommitTimeout,
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) { in.log.Warn("kafka group: " + fmt.Sprintf(msg, args...)) }),
 	})
 	if err != nil {
 		return fmt.Errorf("kafka consumer group: %w", err)
@@ -224,7 +224,7 @@ type tp struct {
 type committer struct {
 	in     *Ingest
 	commit func(map[string]map[int]int64) error // the generation's CommitOffsets
-	wg     sync.WaitGroup                        // the generation's partition functions
+	wg     sync.WaitGroup                       // the generation's partition functions
 
 	mu   sync.Mutex
 	want map[tp]int64 // offered, not yet committed

@@ -269,4 +269,3 @@ func compareIDs(a, b string) int {
 	}
 	return 0
 }
-
