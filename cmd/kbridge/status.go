@@ -139,6 +139,7 @@ type groupView struct {
 // ago).
 type ingestStatus struct {
 	Paused    bool      `json:"paused"`
+	Stalled   string    `json:"stalled,omitempty"` // why the partition stopped for good, if it did
 	Owner     string    `json:"owner"`
 	Updated   time.Time `json:"updated"`
 	Committed int64     `json:"committed"`
@@ -471,7 +472,7 @@ func (p *partitionView) parseRedis(v []any, onlyGroups []string, now time.Time) 
 			m[fmt.Sprint(h[i])] = fmt.Sprint(h[i+1])
 		}
 		st := bridge.ParseStatus(m)
-		p.Ingest = &ingestStatus{Paused: st.Paused, Owner: st.Owner, Updated: st.Updated, Committed: st.Committed, Backlog: st.Backlog}
+		p.Ingest = &ingestStatus{Paused: st.Paused, Stalled: st.Stalled, Owner: st.Owner, Updated: st.Updated, Committed: st.Committed, Backlog: st.Backlog}
 	}
 	p.Pending, p.Backlog = 0, 0
 	if n, _ := v[0].(int64); n == 0 {
@@ -556,6 +557,9 @@ func printStatus(w io.Writer, rep statusReport) error {
 			paused, owner := "-", "(no ingest status)"
 			if s := p.Ingest; s != nil {
 				paused = map[bool]string{true: "yes", false: "no"}[s.Paused]
+				if s.Stalled != "" {
+					paused = "STALLED"
+				}
 				owner = fmt.Sprintf("%s (%s ago)", s.Owner, fmtDuration(rep.Time.Sub(s.Updated)))
 			}
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
