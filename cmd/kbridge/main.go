@@ -4,8 +4,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/urfave/cli/v2"
 )
@@ -18,6 +21,9 @@ func main() {
 }
 
 func run(args []string) int {
+	// go-redis logs dial failures on its own, unstructured, on stderr; every
+	// command here reports Redis errors itself, in its slog format.
+	redis.SetLogger(quietRedis{})
 	app := newApp()
 	if err := app.Run(args); err != nil {
 		if ec, ok := err.(cli.ExitCoder); ok {
@@ -123,3 +129,8 @@ func setUsageError(c *cli.Command) {
 		setUsageError(s)
 	}
 }
+
+// quietRedis discards go-redis's internal logging.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
