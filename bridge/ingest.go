@@ -74,6 +74,9 @@ func (in *Ingest) Run(ctx context.Context) error {
 	if err := in.checkRedis(ctx); err != nil {
 		return err
 	}
+	if ctx.Err() != nil {
+		return nil // stopped while waiting for Redis: never joined
+	}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                in.cfg.Group,
 		Brokers:           in.cfg.Brokers,
