@@ -238,3 +238,82 @@ func TestIdleConsumersRemoved(t *testing.T) {
 		t.Errorf("consumer with a pending entry was deleted: %+v", cs)
 	}
 }
+
+// failLease is a go-redis hook that fails the lease extensions (the
+// pipelined leaseScript) while on is set, as a Redis too slow to answer them
+// in time would.
+type failLease struct{ on atomic.Bool }
+
+func (f *failLease) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f *failLease) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (f *failLease) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if f.on.Load() {
+			for _, c := range cmds {
+				if a := c.Args(); len(a) > 1 && a[1] == leaseSource {
+					err := errors.New("test: lease extension failed")
+					for _, c := range cmds {
+						c.SetErr(err)
+					}
+					return err
+				}
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestNoSelfReclaim: when a worker cannot extend its leases for longer than
+// the visibility timeout, its own reclaim must not take back and run again
+// the entry its handler is still running: the record runs once, and its
+// delivery count is not raised.
+func TestNoSelfReclaim(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 1)
+	hook := &failLease{}
+	e.rdb.AddHook(hook)
+	var calls atomic.Int64
+	started, release := make(chan struct{}, 2), make(chan struct{})
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		calls.Add(1)
+		started <- struct{}{}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	cfg.VisibilityTimeout = 300 * time.Millisecond
+	cfg.ReclaimInterval = 20 * time.Millisecond
+	w := mustNew(t, cfg)
+	stop := running(t, w)
+	<-started
+	hook.on.Store(true)
+	deadline := time.Now().Add(3 * cfg.VisibilityTimeout)
+	for time.Now().Before(deadline) {
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("handler calls = %d while the first still runs and its lease cannot be extended, want 1", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	hook.on.Store(false)
+	ps, err := e.rdb.XPendingExt(context.Background(), &redis.XPendingExtArgs{Stream: s, Group: DefaultGroup, Start: "-", End: "+", Count: 10}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 1 || ps[0].Consumer != w.Consumer() || ps[0].RetryCount != 1 {
+		t.Errorf("pending = %+v, want the entry under %s with delivery count 1", ps, w.Consumer())
+	}
+	close(release)
+	testenv.Eventually(t, 5*time.Second, func() bool { return e.pending(t, s, DefaultGroup) == 0 }, "entry still pending")
+	_ = stop()
+	if n := calls.Load(); n != 1 {
+		t.Errorf("handler calls = %d, want 1", n)
+	}
+	if st := w.Stats(); st.Reclaimed != 0 {
+		t.Errorf("Stats.Reclaimed = %d, want 0 (nothing was abandoned)", st.Reclaimed)
+	}
+}

@@ -290,7 +290,9 @@ func isNoSuchKey(err error) bool {
 
 // reclaim claims entries of other consumers idle for VisibilityTimeout
 // (XAUTOCLAIM), at most Concurrency per round, continuing each stream's scan
-// where the last round stopped.
+// where the last round stopped. Entries this consumer holds itself are left
+// alone (see reclaimScript): their lease failed to be extended, they are not
+// abandoned.
 func (w *Worker) reclaim(ctx context.Context, streams []string, cursors map[string]string) []*Message {
 	budget := w.cfg.Concurrency
 	var out []*Message
@@ -302,8 +304,8 @@ func (w *Worker) reclaim(ctx context.Context, streams []string, cursors map[stri
 		if cur == "" {
 			cur = "0-0"
 		}
-		res, err := reclaimScript.Run(ctx, w.rdb, []string{s}, w.cfg.Group, w.cfg.Consumer,
-			w.cfg.VisibilityTimeout.Milliseconds(), cur, budget).Slice()
+		args := append([]any{w.cfg.Group, w.cfg.Consumer, w.cfg.VisibilityTimeout.Milliseconds(), cur, budget}, w.heldIn(s)...)
+		res, err := reclaimScript.Run(ctx, w.rdb, []string{s}, args...).Slice()
 		if err != nil {
 			if !isNoSuchKey(err) && !redis.HasErrorPrefix(err, "NOGROUP") {
 				w.log.Warn("reclaim failed", "stream", s, "err", err)

@@ -15,7 +15,9 @@ import "github.com/redis/go-redis/v9"
 // leaseScript resets the idle time of the entries that the consumer still
 // owns and returns the IDs it no longer owns.
 // KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3...] entry IDs.
-var leaseScript = redis.NewScript(`
+var leaseScript = redis.NewScript(leaseSource)
+
+const leaseSource = `
 local lost = {}
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
@@ -26,7 +28,7 @@ for i = 3, #ARGV do
   end
 end
 return lost
-`)
+`
 
 // redeliverScript counts a new delivery of an entry the consumer owns (a
 // retry) and returns the new delivery count, or -1 if the consumer no longer
@@ -53,10 +55,18 @@ return 1
 `)
 
 // reclaimScript is XAUTOCLAIM that also returns the delivery count of each
-// entry it claimed: {next cursor, entries, counts}.
+// entry it claimed: {next cursor, entries, counts}. The entries this
+// consumer still holds (ARGV[6...]: running, queued or waiting for a retry,
+// their lease extension failed for a visibility timeout) are not returned:
+// XAUTOCLAIM just reset their idle time, which is a lease extension, and
+// their delivery count is put back to what it was, since nothing new was
+// delivered. Running them a second time, in parallel, would be a duplicate
+// that no lease check can see (the owner did not change).
 // KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] min idle (ms),
-// ARGV[4] cursor, ARGV[5] count.
+// ARGV[4] cursor, ARGV[5] count, ARGV[6...] IDs held by the consumer.
 var reclaimScript = redis.NewScript(`
+local held = {}
+for i = 6, #ARGV do held[ARGV[i]] = true end
 local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
 local entries, counts = {}, {}
 for _, e in ipairs(r[2]) do
@@ -64,8 +74,12 @@ for _, e in ipairs(r[2]) do
     local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
     local n = 1
     if #p == 1 then n = p[1][4] end
-    entries[#entries + 1] = e
-    counts[#counts + 1] = n
+    if held[e[1]] then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1], 'JUSTID', 'RETRYCOUNT', math.max(n - 1, 0))
+    else
+      entries[#entries + 1] = e
+      counts[#counts + 1] = n
+    end
   end
 end
 return {r[1], entries, counts}

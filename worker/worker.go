@@ -133,6 +133,19 @@ func (w *Worker) release(stream, id string) {
 	w.mu.Unlock()
 }
 
+// heldIn returns the IDs this consumer holds in stream.
+func (w *Worker) heldIn(stream string) []any {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var ids []any
+	for ref := range w.held {
+		if ref.stream == stream {
+			ids = append(ids, ref.id)
+		}
+	}
+	return ids
+}
+
 // leaseLoop extends the lease of every held entry every VisibilityTimeout/3.
 func (w *Worker) leaseLoop(stop <-chan struct{}) {
 	t := time.NewTicker(w.cfg.VisibilityTimeout / 3)
