@@ -317,3 +317,52 @@ func TestNoSelfReclaim(t *testing.T) {
 		t.Errorf("Stats.Reclaimed = %d, want 0 (nothing was abandoned)", st.Reclaimed)
 	}
 }
+
+// TestShutdownTimeoutCancelledHandler: a handler cancelled at the end of the
+// shutdown timeout is neither counted as failed nor dead-lettered (even on
+// its last delivery): its entry stays pending for another worker, also once
+// its goroutine is gone after Run returned. A handler that returns nil at
+// the cancellation gets its ack sent before Run returns.
+func TestShutdownTimeoutCancelledHandler(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		result      error
+		wantPending int64
+	}{
+		{"killed", errors.New("signal: killed"), 1},
+		{"finishes-at-cancel", nil, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			s := e.stream(t, "t", 0)
+			e.add(t, s, 0, 1)
+			started := make(chan struct{})
+			cfg := e.config(func(ctx context.Context, m *Message) error {
+				close(started)
+				<-ctx.Done()
+				return tt.result
+			})
+			cfg.MaxDeliveries = 1
+			cfg.ShutdownTimeout = 200 * time.Millisecond
+			cfg.AckInterval = time.Hour // only the shutdown flush sends the ack
+			w := mustNew(t, cfg)
+			stop := running(t, w)
+			<-started
+			if err := stop(); !errors.Is(err, ErrShutdownTimeout) {
+				t.Fatalf("Run = %v, want %v", err, ErrShutdownTimeout)
+			}
+			w.handlers.Wait() // whatever the handler goroutine does after Run, it has done
+			ctx := context.Background()
+			if n, _ := e.rdb.XLen(ctx, s+":dlq").Result(); n != 0 {
+				dl, _ := e.rdb.XRange(ctx, s+":dlq", "-", "+").Result()
+				t.Errorf("dead letters = %d (%v), want 0", n, dl)
+			}
+			if n := e.pending(t, s, DefaultGroup); n != tt.wantPending {
+				t.Errorf("pending = %d, want %d", n, tt.wantPending)
+			}
+			if st := w.Stats(); st.Failed != 0 || st.DeadLettered != 0 {
+				t.Errorf("Stats: Failed %d, DeadLettered %d; want 0, 0", st.Failed, st.DeadLettered)
+			}
+		})
+	}
+}

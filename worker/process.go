@@ -48,6 +48,15 @@ func (w *Worker) process(ctx, hctx context.Context, m *Message) {
 			w.acks.add(m.Stream, m.ID)
 			return
 		}
+		if hctx.Err() != nil {
+			// The shutdown timeout passed and the handler was cancelled:
+			// its error says nothing about the record (an exec handler's
+			// "signal: killed"). Leave the entry pending, with its delivery
+			// count, for another worker to reclaim; never dead-letter it
+			// from here, after Run has returned.
+			w.release(m.Stream, m.ID)
+			return
+		}
 		var (
 			perm  *PermanentError
 			retry *RetryError
@@ -79,10 +88,6 @@ func (w *Worker) process(ctx, hctx context.Context, m *Message) {
 			wait = w.cfg.backoff(m.Deliveries)
 			w.log.Info("handler failed; will retry", "stream", m.Stream, "offset", m.Offset,
 				"deliveries", m.Deliveries, "retry_in", wait, "err", err)
-		}
-		if hctx.Err() != nil {
-			w.release(m.Stream, m.ID)
-			return
 		}
 		sleep(ctx, wait)
 		if ctx.Err() != nil {

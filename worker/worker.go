@@ -34,6 +34,10 @@ type Worker struct {
 	slotReads *slotReads // the blocking reads running, when perSlot
 }
 
+// cancelGrace is how long Run waits, after cancelling the handlers at the
+// end of ShutdownTimeout, for them to return before the last acks are sent.
+const cancelGrace = time.Second
+
 type entryRef struct{ stream, id string }
 
 type heldEntry struct {
@@ -66,7 +70,8 @@ func (w *Worker) Consumer() string { return w.cfg.Consumer }
 // Run processes messages until ctx is cancelled, then shuts down in this
 // order: stop reading (at most BlockTimeout later); wait for the running
 // handlers up to ShutdownTimeout, still extending their leases, so that what
-// is in flight finishes rather than being handed to another worker; send the
+// is in flight finishes rather than being handed to another worker; then
+// cancel the handlers' context and wait for them a second more; send the
 // last acknowledgements; stop extending leases; delete this consumer from
 // every stream where it has nothing pending (what it still holds is
 // reclaimed by the others after VisibilityTimeout). Acks go before the lease
@@ -107,6 +112,15 @@ func (w *Worker) Run(ctx context.Context) error {
 		err = fmt.Errorf("%w: %d handlers did not finish in %v; their entries stay pending and will be reclaimed",
 			ErrShutdownTimeout, n, w.cfg.ShutdownTimeout)
 		w.log.Warn("shutdown timeout", "running", n)
+		// Handlers that return at the cancellation (those that heed ctx)
+		// get a moment to do so, so that the acks of those that finished
+		// are still sent; a handler that ignores ctx is not waited for.
+		grace := time.NewTimer(cancelGrace)
+		select {
+		case <-done:
+		case <-grace.C:
+		}
+		grace.Stop()
 	}
 	close(ackStop)
 	<-ackDone
