@@ -366,3 +366,49 @@ func TestShutdownTimeoutCancelledHandler(t *testing.T) {
 		})
 	}
 }
+
+// TestDeadLetterOnlyIfOwned: a worker dead-letters (and so acknowledges) an
+// entry only while it is pending under its own consumer; one that another
+// consumer reclaimed is left alone, pending under the new owner.
+func TestDeadLetterOnlyIfOwned(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		reclaimedBy string // "" = still ours
+		wantDLQ     int64
+		wantPending int64
+	}{
+		{"owned", "", 1, 0},
+		{"reclaimed-by-another", "other", 0, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			s := e.stream(t, "t", 0)
+			e.add(t, s, 0, 1)
+			ctx := context.Background()
+			cfg := e.config(func(context.Context, *Message) error { return nil })
+			cfg.Consumer = "me"
+			w := mustNew(t, cfg)
+			res, err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "me", Streams: []string{s, ">"}, Count: 1}).Result()
+			if err != nil || len(res) != 1 || len(res[0].Messages) != 1 {
+				t.Fatalf("XREADGROUP = %v, %v", res, err)
+			}
+			xm := res[0].Messages[0]
+			if tt.reclaimedBy != "" {
+				if err := e.rdb.XClaim(ctx, &redis.XClaimArgs{Stream: s, Group: DefaultGroup, Consumer: tt.reclaimedBy, Messages: []string{xm.ID}}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m, err := newMessage(s, xm.ID, xm.Values, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.deadLetter(ctx, m, "max-deliveries", errors.New("test failure"))
+			if n, _ := e.rdb.XLen(ctx, s+":dlq").Result(); n != tt.wantDLQ {
+				t.Errorf("dead letters = %d, want %d", n, tt.wantDLQ)
+			}
+			if n := e.pending(t, s, DefaultGroup); n != tt.wantPending {
+				t.Errorf("pending = %d, want %d", n, tt.wantPending)
+			}
+		})
+	}
+}

@@ -127,7 +127,7 @@ func (w *Worker) call(ctx context.Context, m *Message) (err error) {
 }
 
 // deadLetter writes m to its partition's dead-letter stream and acknowledges
-// it, atomically; on a Redis error it retries a few times, then leaves the
+// it, atomically, if this consumer still holds it; on a Redis error it retries a few times, then leaves the
 // entry pending (it will be reclaimed and dead-lettered again).
 func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, cause error) {
 	defer w.release(m.Stream, m.ID)
@@ -142,7 +142,7 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 		Time:       time.Now(),
 	}
 	fields := wire.DeadLetterFields(m.fields, info)
-	args := append([]any{w.cfg.Group, m.ID}, fields...)
+	args := append([]any{w.cfg.Group, w.cfg.Consumer, m.ID}, fields...)
 	dlq := wire.DLQKey(wire.PartitionStreamOf(m.Stream))
 	bctx := context.WithoutCancel(ctx)
 	var err error
@@ -159,6 +159,9 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 				w.stats.deadLettered.Add(1)
 				w.log.Warn("entry dead-lettered", "stream", m.Stream, "id", m.ID, "offset", m.Offset,
 					"reason", reason, "deliveries", m.Deliveries, "err", cause)
+			} else {
+				w.log.Warn("not dead-lettering an entry this consumer no longer holds (acknowledged, or reclaimed by another)",
+					"stream", m.Stream, "id", m.ID, "offset", m.Offset, "reason", reason)
 			}
 			return
 		}

@@ -42,15 +42,16 @@ return n
 `)
 
 // deadLetterScript appends a dead letter and acknowledges the entry, both or
-// neither. It does nothing (returns 0) if the entry is no longer pending in
-// the group: somebody acknowledged or dead-lettered it already.
-// KEYS[1] stream, KEYS[2] dead-letter stream; ARGV[1] group, ARGV[2] ID,
-// ARGV[3...] the dead letter's field/value pairs.
+// neither. It does nothing (returns 0) unless the entry is pending under
+// this consumer: somebody acknowledged or dead-lettered it already, or
+// another worker reclaimed it (our lease lapsed) and is running it now.
+// KEYS[1] stream, KEYS[2] dead-letter stream; ARGV[1] group, ARGV[2]
+// consumer, ARGV[3] ID, ARGV[4...] the dead letter's field/value pairs.
 var deadLetterScript = redis.NewScript(`
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
 if #p == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 return 1
 `)
 
