@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -18,7 +19,8 @@ import (
 // input, the rest in environment variables (see Env); exit status 0 means
 // done, anything else failed (retried, then dead-lettered). The command is
 // killed, with its process group, when the handler's context is cancelled or
-// Timeout passes.
+// Timeout passes, or by KillAll. Its methods are safe for concurrent use; do
+// not copy an ExecHandler after first use.
 type ExecHandler struct {
 	// Command is run with "sh -c", so it may be a pipeline.
 	Command string
@@ -26,6 +28,47 @@ type ExecHandler struct {
 	Timeout time.Duration
 	// Stdout receives the command's standard output; nil discards it.
 	Stdout func(m *Message, out []byte)
+
+	mu     sync.Mutex
+	groups map[int]struct{} // process groups of the commands running
+	killed bool             // KillAll was called: kill what starts later too
+}
+
+// KillAll kills (SIGKILL) the process groups of every command running, and
+// of any started afterwards. It is for a process about to exit at once (a
+// second signal): each command runs in a process group of its own, so it
+// would not die with the worker and would go on doing its side effect while
+// its entry is reclaimed and run by another worker.
+//
+// The children are not given PR_SET_PDEATHSIG instead: Linux sends it when
+// the OS thread that forked the child exits, and the Go runtime starts and
+// ends threads as it likes, so it could kill a healthy command mid-run.
+func (h *ExecHandler) KillAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.killed = true
+	for pgid := range h.groups {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	}
+}
+
+// track records the process group of a started command (killing it at once
+// after KillAll); the returned func forgets it.
+func (h *ExecHandler) track(pgid int) (untrack func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.killed {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	}
+	if h.groups == nil {
+		h.groups = map[int]struct{}{}
+	}
+	h.groups[pgid] = struct{}{}
+	return func() {
+		h.mu.Lock()
+		delete(h.groups, pgid)
+		h.mu.Unlock()
+	}
 }
 
 // Env returns the environment variables ExecHandler sets for m:
@@ -90,7 +133,12 @@ func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		untrack := h.track(cmd.Process.Pid) // Setpgid: the group ID is the shell's PID
+		err = cmd.Wait()
+		untrack()
+	}
 	if h.Stdout != nil && stdout.Len() > 0 {
 		h.Stdout(m, stdout.Bytes())
 	}

@@ -7,9 +7,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -65,6 +67,47 @@ func TestExecTimeout(t *testing.T) {
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("Handle took %v; the timeout is 100ms", took)
+	}
+}
+
+// TestExecKillAll: KillAll kills the commands running, children included
+// (they run in process groups of their own, so they would outlive the
+// worker's exit), before their side effect; and a command started after it
+// is killed at once.
+func TestExecKillAll(t *testing.T) {
+	dir := t.TempDir()
+	h := &ExecHandler{Command: `echo $$ > "` + dir + `/pgid.tmp" && mv "` + dir + `/pgid.tmp" "` + dir + `/pgid"; (sleep 5; touch "` + dir + `/done") & wait`}
+	errc := make(chan error, 1)
+	go func() { errc <- h.Handle(context.Background(), &Message{Value: []byte("x")}) }()
+	var pgid int
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, "pgid"))
+		if err != nil {
+			return false
+		}
+		pgid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	}, "the command did not start")
+	start := time.Now()
+	h.KillAll()
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Error("Handle = nil for a killed command, want an error")
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Handle still running 3s after KillAll")
+	}
+	// The whole process group is gone (the background subshell included),
+	// so nothing can create the file any more.
+	testenv.Eventually(t, 3*time.Second, func() bool {
+		return syscall.Kill(-pgid, 0) == syscall.ESRCH
+	}, "process group %d still has processes after KillAll", pgid)
+	if _, err := os.Stat(filepath.Join(dir, "done")); !os.IsNotExist(err) {
+		t.Errorf("the killed command did its side effect: %v", err)
+	}
+	if err := h.Handle(context.Background(), &Message{}); err == nil || time.Since(start) > 3*time.Second {
+		t.Errorf("a command started after KillAll: Handle = %v after %v; want it killed at once", err, time.Since(start))
 	}
 }
 

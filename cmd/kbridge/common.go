@@ -76,9 +76,16 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	return nil, cli.Exit(fmt.Sprintf("--log-format %q: want text or json", c.String("log-format")), 2)
 }
 
+// exit is os.Exit; tests replace it.
+var exit = osExit
+
+var osExit = os.Exit
+
 // signalContext is cancelled by the first SIGINT or SIGTERM (graceful
-// shutdown); a second one exits at once with status 130.
-func signalContext(log *slog.Logger) (context.Context, context.CancelFunc) {
+// shutdown); a second one calls onForceExit (if not nil: e.g. kill the
+// child processes, which would otherwise outlive the exit) and exits at once
+// with status 130.
+func signalContext(log *slog.Logger, onForceExit func()) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan os.Signal, 2)
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
@@ -92,7 +99,10 @@ func signalContext(log *slog.Logger) (context.Context, context.CancelFunc) {
 		}
 		s := <-ch
 		log.Warn("second signal: exiting now", "signal", s.String())
-		os.Exit(130)
+		if onForceExit != nil {
+			onForceExit()
+		}
+		exit(130)
 	}()
 	return ctx, func() { signal.Stop(ch); cancel() }
 }

@@ -159,7 +159,7 @@ func runDemo(c *cli.Context) error {
 			return err
 		}
 	}
-	ctx, stop := signalContext(log)
+	ctx, stop := signalContext(log, nil)
 	defer stop()
 	var progress io.Writer = c.App.ErrWriter
 	if c.Bool("quiet") {

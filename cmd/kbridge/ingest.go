@@ -117,5 +117,5 @@ func runIngest(c *cli.Context) error {
 		return cli.Exit(err.Error(), 2)
 	}
 	log.Info("redis", "url", redactURL(c.String("redis-url")), "prefix", cfg.Prefix)
-	return serve(c, log, newIngestCollector(in.Stats), in.Run)
+	return serve(c, log, newIngestCollector(in.Stats), in.Run, nil)
 }

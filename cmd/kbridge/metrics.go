@@ -46,13 +46,14 @@ func metricsListener(c *cli.Context) (net.Listener, error) {
 // newRegistry returns a registry with the Go runtime and process collectors
 // and kbridge_build_info.
 // serve runs run until the first SIGINT or SIGTERM cancels its context,
-// with col served on --metrics-addr meanwhile. A run error exits 1.
-func serve(c *cli.Context, log *slog.Logger, col prometheus.Collector, run func(context.Context) error) error {
+// with col served on --metrics-addr meanwhile. A run error exits 1. A second
+// signal calls onForceExit (may be nil) and exits (see signalContext).
+func serve(c *cli.Context, log *slog.Logger, col prometheus.Collector, run func(context.Context) error, onForceExit func()) error {
 	ml, err := metricsListener(c)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signalContext(log)
+	ctx, stop := signalContext(log, onForceExit)
 	defer stop()
 	reg := newRegistry()
 	reg.MustRegister(col)

@@ -126,7 +126,7 @@ func runProduce(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signalContext(log)
+	ctx, stop := signalContext(log, nil)
 	defer stop()
 	if o.partitions > 0 {
 		if err := ensureTopic(ctx, o.brokers, o.transport, o.topic, o.partitions, o.replicas); err != nil {

@@ -220,7 +220,7 @@ func runStatus(c *cli.Context) error {
 		}
 		return nil
 	}
-	ctx, stop := signalContext(log)
+	ctx, stop := signalContext(log, nil)
 	defer stop()
 	clear := !asJSON && isTerminal(out)
 	t := time.NewTicker(c.Duration("interval"))

@@ -80,13 +80,16 @@ func runWorker(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return cli.Exit(fmt.Sprintf("worker takes no arguments, got %q (quote the --exec command)", c.Args().Slice()), 2)
 	}
-	var h worker.Handler
+	var (
+		h           worker.Handler
+		onForceExit func() // a second signal: kill the --exec commands, which run in process groups of their own
+	)
 	switch execCmd, httpURL := c.String("exec"), c.String("http"); {
 	case execCmd != "" && httpURL != "":
 		return cli.Exit("--exec and --http exclude each other: pick one", 2)
 	case execCmd != "":
 		eh := &worker.ExecHandler{Command: execCmd, Timeout: c.Duration("handler-timeout")}
-		h = eh.Handle
+		h, onForceExit = eh.Handle, eh.KillAll
 	case httpURL != "":
 		u, err := url.Parse(httpURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -149,5 +152,5 @@ func runWorker(c *cli.Context) error {
 		return cli.Exit(err.Error(), 2)
 	}
 	metrics.stats = w.Stats
-	return serve(c, log, metrics, w.Run)
+	return serve(c, log, metrics, w.Run, onForceExit)
 }
