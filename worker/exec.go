@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -28,6 +29,9 @@ type ExecHandler struct {
 	Timeout time.Duration
 	// Stdout receives the command's standard output; nil discards it.
 	Stdout func(m *Message, out []byte)
+	// Logger receives warnings (a command that exited 0 but left a
+	// background process holding its output). Default: discard.
+	Logger *slog.Logger
 
 	mu     sync.Mutex
 	groups map[int]struct{} // process groups of the commands running
@@ -141,6 +145,16 @@ func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
 	}
 	if h.Stdout != nil && stdout.Len() > 0 {
 		h.Stdout(m, stdout.Bytes())
+	}
+	if errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState != nil && cmd.ProcessState.Success() {
+		// The command exited 0 but left a process in the background with
+		// its stdout or stderr open (e.g. "job &"): Wait gave up on the
+		// pipes after WaitDelay. The command itself succeeded.
+		if h.Logger != nil {
+			h.Logger.Warn("command exited 0 but left a background process holding its output; counted as done",
+				"stream", m.Stream, "id", m.ID, "offset", m.Offset)
+		}
+		err = nil
 	}
 	if err == nil {
 		return nil

@@ -111,6 +111,33 @@ func TestExecKillAll(t *testing.T) {
 	}
 }
 
+// TestExecBackgroundChild: a command that exits while a process it started
+// in the background still holds its output succeeds if it exited 0 (Wait
+// gives up on the pipes after WaitDelay), and fails with its exit code
+// otherwise.
+func TestExecBackgroundChild(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		command  string
+		wantCode int // 0: success
+	}{
+		{"exit 0", "echo hi; (sleep 3) & exit 0", 0},
+		{"exit 4", "echo hi; (sleep 3) & exit 4", 4},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := &ExecHandler{Command: tt.command}
+			err := h.Handle(context.Background(), &Message{Value: []byte("x")})
+			var ee *ExecError
+			switch {
+			case tt.wantCode == 0 && err != nil:
+				t.Errorf("Handle = %v, want success", err)
+			case tt.wantCode != 0 && (!asExecError(err, &ee) || ee.ExitCode != tt.wantCode):
+				t.Errorf("Handle = %v, want an *ExecError with exit code %d", err, tt.wantCode)
+			}
+		})
+	}
+}
+
 func asExecError(err error, target **ExecError) bool {
 	e, ok := err.(*ExecError)
 	if ok {

@@ -82,13 +82,14 @@ func runWorker(c *cli.Context) error {
 	}
 	var (
 		h           worker.Handler
+		eh          *worker.ExecHandler
 		onForceExit func() // a second signal: kill the --exec commands, which run in process groups of their own
 	)
 	switch execCmd, httpURL := c.String("exec"), c.String("http"); {
 	case execCmd != "" && httpURL != "":
 		return cli.Exit("--exec and --http exclude each other: pick one", 2)
 	case execCmd != "":
-		eh := &worker.ExecHandler{Command: execCmd, Timeout: c.Duration("handler-timeout")}
+		eh = &worker.ExecHandler{Command: execCmd, Timeout: c.Duration("handler-timeout")}
 		h, onForceExit = eh.Handle, eh.KillAll
 	case httpURL != "":
 		u, err := url.Parse(httpURL)
@@ -108,6 +109,9 @@ func runWorker(c *cli.Context) error {
 	log, err := newLogger(c)
 	if err != nil {
 		return err
+	}
+	if eh != nil {
+		eh.Logger = log
 	}
 	rdb, err := newRedis(c)
 	if err != nil {
