@@ -412,3 +412,102 @@ func TestDeadLetterOnlyIfOwned(t *testing.T) {
 		})
 	}
 }
+
+// TestReclaimBudget: a worker whose handler slots are all busy reclaims
+// nothing more (it would hold the entries leased, out of reach of idle
+// workers): a second, idle worker gets every remaining entry of a dead
+// consumer while the first is busy.
+func TestReclaimBudget(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 10)
+	ctx := context.Background()
+	if err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "dead", Streams: []string{s, ">"}, Count: 10}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	var busy atomic.Int64
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		busy.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	cfg.Concurrency = 2
+	cfg.VisibilityTimeout = 300 * time.Millisecond
+	cfg.ReclaimInterval = 20 * time.Millisecond
+	w1 := mustNew(t, cfg)
+	running(t, w1)
+	testenv.Eventually(t, 5*time.Second, func() bool { return busy.Load() == 2 }, "first worker runs %d handlers, want 2", busy.Load())
+	held := func() int64 {
+		p, err := e.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: s, Group: DefaultGroup, Start: "-", End: "+", Count: 100, Consumer: w1.Consumer()}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int64(len(p))
+	}
+	for deadline := time.Now().Add(10 * cfg.ReclaimInterval); time.Now().Before(deadline); {
+		if n := held(); n != 2 {
+			t.Fatalf("busy worker holds %d entries, want 2 (its running handlers)", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := newSeen()
+	cfg2 := cfg
+	cfg2.Handler = func(ctx context.Context, m *Message) error { got.add(m); return nil }
+	running(t, mustNew(t, cfg2))
+	testenv.Eventually(t, 5*time.Second, func() bool { return got.distinct() == 8 }, "idle worker handled %d of the 8 entries the busy one could not start", got.distinct())
+}
+
+// TestUnclaim: entries a stopping worker read or reclaimed but did not start
+// are handed back: pending under it still (nothing is lost), but idle for
+// the visibility timeout, so another worker's next XAUTOCLAIM takes them,
+// with the delivery that never ran not counted.
+func TestUnclaim(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 2)
+	ctx := context.Background()
+	cfg := e.config(func(context.Context, *Message) error { return nil })
+	cfg.Consumer = "me"
+	cfg.VisibilityTimeout = time.Minute
+	w := mustNew(t, cfg)
+	res, err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "me", Streams: []string{s, ">"}, Count: 2}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []*Message
+	for _, xm := range res[0].Messages {
+		w.hold(s, xm.ID)
+		m, err := newMessage(s, xm.ID, xm.Values, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m)
+	}
+	w.unclaim(msgs)
+	if st := w.Stats(); st.Held != 0 {
+		t.Errorf("Stats.Held = %d after unclaim, want 0", st.Held)
+	}
+	if n := e.pending(t, s, DefaultGroup); n != 2 {
+		t.Errorf("pending = %d after unclaim, want 2", n)
+	}
+	claimed, _, err := e.rdb.XAutoClaimJustID(ctx, &redis.XAutoClaimArgs{Stream: s, Group: DefaultGroup, Consumer: "other",
+		MinIdle: cfg.VisibilityTimeout, Start: "0-0", Count: 10}).Result()
+	if err != nil || len(claimed) != 2 {
+		t.Fatalf("XAUTOCLAIM MinIdle %v at once = %v, %v; want both entries", cfg.VisibilityTimeout, claimed, err)
+	}
+	ps, err := e.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: s, Group: DefaultGroup, Start: "-", End: "+", Count: 10}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		// JUSTID counts no delivery on redis-server and one on miniredis.
+		if p.Consumer != "other" || p.RetryCount > 1 {
+			t.Errorf("pending %+v: want under other, delivery count at most 1", p)
+		}
+	}
+}

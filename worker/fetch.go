@@ -23,13 +23,14 @@ import (
 // nothing. So every stream is served each round whatever the others hold.
 // Entries that arrive beyond the free slots (a blocking read woken by several
 // streams, or a reclaim) wait in a local queue, leased like the others, and
-// are started before anything new is read.
+// are started before anything new is read; at shutdown they are handed
+// back (unclaim).
 func (w *Worker) fetchLoop(ctx, hctx context.Context) []string {
 	var (
 		streams                                 []string
 		nextDiscovery, nextReclaim, nextJanitor time.Time
 		queue                                   []*Message
-		rr                                      int
+		rr, rrReclaim                           int
 		cursors                                 = map[string]string{}
 		errDelay                                time.Duration
 	)
@@ -56,7 +57,8 @@ func (w *Worker) fetchLoop(ctx, hctx context.Context) []string {
 			continue
 		}
 		if !now.Before(nextReclaim) {
-			queue = w.reclaim(ctx, streams, cursors)
+			rrReclaim++
+			queue = append(queue, w.reclaim(ctx, rotate(streams, rrReclaim%len(streams)), cursors)...)
 			nextReclaim = now.Add(w.cfg.ReclaimInterval)
 			if len(queue) > 0 {
 				continue
@@ -106,8 +108,38 @@ func (w *Worker) fetchLoop(ctx, hctx context.Context) []string {
 			<-w.slots
 		}
 	}
-	w.stopSlotReads()
+	// What was read or reclaimed but not started goes back at once, rather
+	// than staying leased by a worker that will not run it.
+	w.unclaim(append(queue, w.stopSlotReads()...))
 	return streams
+}
+
+// unclaim hands entries this consumer holds but has not started back to
+// the group: each stays pending under this consumer, but with an idle time
+// of VisibilityTimeout, so that any worker's next XAUTOCLAIM takes it, and
+// with the delivery that was never run taken off its count.
+func (w *Worker) unclaim(msgs []*Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	byStream := map[string][]any{}
+	for _, m := range msgs {
+		byStream[m.Stream] = append(byStream[m.Stream], m.ID)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for stream, ids := range byStream {
+		args := append([]any{w.cfg.Group, w.cfg.Consumer, w.cfg.VisibilityTimeout.Milliseconds()}, ids...)
+		if err := unclaimScript.Run(ctx, w.rdb, []string{stream}, args...).Err(); err != nil {
+			w.log.Warn("cannot hand back entries not started; they are reclaimed after the visibility timeout",
+				"stream", stream, "entries", len(ids), "err", err)
+		} else {
+			w.log.Info("handed back entries not started", "stream", stream, "entries", len(ids))
+		}
+		for _, id := range ids {
+			w.release(stream, id.(string))
+		}
+	}
 }
 
 // acquire takes a handler slot, waiting until one is free, ctx is done
@@ -289,12 +321,15 @@ func isNoSuchKey(err error) bool {
 }
 
 // reclaim claims entries of other consumers idle for VisibilityTimeout
-// (XAUTOCLAIM), at most Concurrency per round, continuing each stream's scan
-// where the last round stopped. Entries this consumer holds itself are left
+// (XAUTOCLAIM), at most as many per round as there are free handler slots
+// (none when all are busy: what this worker could not start at once would
+// stay leased by it, out of reach of idle workers), continuing each stream's
+// scan where the last round stopped. The caller rotates streams, so that the
+// first ones cannot take the whole budget every round. Entries this consumer holds itself are left
 // alone (see reclaimScript): their lease failed to be extended, they are not
 // abandoned.
 func (w *Worker) reclaim(ctx context.Context, streams []string, cursors map[string]string) []*Message {
-	budget := w.cfg.Concurrency
+	budget := cap(w.slots) - len(w.slots)
 	var out []*Message
 	for _, s := range streams {
 		if budget <= 0 || ctx.Err() != nil {

@@ -86,6 +86,21 @@ end
 return {r[1], entries, counts}
 `)
 
+// unclaimScript hands back entries the consumer holds but did not start
+// (shutdown): each one it still owns gets an idle time of ARGV[3] ms, so the
+// next XAUTOCLAIM of any worker takes it, and its delivery count less the
+// delivery that was never run. KEYS[1] stream; ARGV[1] group, ARGV[2]
+// consumer, ARGV[3] idle (ms), ARGV[4...] IDs.
+var unclaimScript = redis.NewScript(`
+for i = 4, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID', 'RETRYCOUNT', math.max(p[1][4] - 1, 0))
+  end
+end
+return 0
+`)
+
 // delConsumerScript deletes a consumer only if it has nothing pending
 // (XGROUP DELCONSUMER would drop its pending entries, and the ingest's commit
 // would pass them). Returns -1 when the consumer still has pending entries.

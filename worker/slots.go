@@ -161,17 +161,15 @@ func (w *Worker) collectSlotReads() ([]*Message, error) {
 }
 
 // stopSlotReads waits for the blocking reads still running (at most
-// BlockTimeout). What they delivered stays pending under this consumer, like
-// the local queue at shutdown: reclaimed by other workers later.
-func (w *Worker) stopSlotReads() {
+// BlockTimeout) and returns what they delivered, to be handed back like the
+// local queue at shutdown (unclaim).
+func (w *Worker) stopSlotReads() []*Message {
 	if !w.perSlot {
-		return
+		return nil
 	}
 	w.slotReads.wg.Wait()
 	msgs, _ := w.collectSlotReads()
-	if len(msgs) > 0 {
-		w.log.Info("entries read while stopping stay pending; other workers will reclaim them", "entries", len(msgs))
-	}
+	return msgs
 }
 
 // someOrErr returns the messages if there are any (logging err: some slot
