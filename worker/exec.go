@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -17,7 +18,8 @@ import (
 )
 
 // ExecHandler runs a command for each message: the value on its standard
-// input, the rest in environment variables (see Env); exit status 0 means
+// input, the rest in environment variables (see Env; the worker's own
+// KBRIDGE_ variables are not passed on); exit status 0 means
 // done, anything else failed (retried, then dead-lettered). The command is
 // killed, with its process group, when the handler's context is cancelled or
 // Timeout passes, or by KillAll. Its methods are safe for concurrent use; do
@@ -117,6 +119,21 @@ func Env(m *Message) []string {
 	return env
 }
 
+// inheritedEnv returns the worker's environment without its KBRIDGE_
+// variables: those are the worker's own configuration, secrets among them
+// (KBRIDGE_REDIS_URL may hold a password, KBRIDGE_KAFKA_PASSWORD), and a
+// stale KBRIDGE_KEY or KBRIDGE_REPLAYED of the worker's would pass for the
+// record's. The command's KBRIDGE_ variables are exactly those of Env.
+func inheritedEnv(environ []string) []string {
+	out := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		if !strings.HasPrefix(kv, "KBRIDGE_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 // Handle runs the command for m. It is a Handler.
 func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
 	if h.Timeout > 0 {
@@ -125,7 +142,7 @@ func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
 		defer cancel()
 	}
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", h.Command)
-	cmd.Env = append(os.Environ(), Env(m)...)
+	cmd.Env = append(inheritedEnv(os.Environ()), Env(m)...)
 	cmd.Stdin = bytes.NewReader(m.Value)
 	var stdout bytes.Buffer
 	stderr := &tailBuffer{max: 2048}
