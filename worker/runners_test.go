@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -135,6 +136,70 @@ func TestExecBackgroundChild(t *testing.T) {
 				t.Errorf("Handle = %v, want an *ExecError with exit code %d", err, tt.wantCode)
 			}
 		})
+	}
+}
+
+// TestExecEnvNoSecrets: the command does not inherit the worker's KBRIDGE_
+// variables (secrets among them); it gets the record's, and the rest of the
+// environment.
+func TestExecEnvNoSecrets(t *testing.T) {
+	t.Setenv("KBRIDGE_REDIS_URL", "redis://:s3cret@redis:6379/0")
+	t.Setenv("KBRIDGE_KAFKA_PASSWORD", "s3cret")
+	t.Setenv("KBRIDGE_KEY", "stale") // the record's key is null: must not show through
+	t.Setenv("KBRIDGE_TEST_OTHER_VAR", "")
+	t.Setenv("OTHER_VAR_FOR_TEST", "kept")
+	var out []byte
+	h := &ExecHandler{Command: "env", Stdout: func(_ *Message, b []byte) { out = append(out, b...) }}
+	if err := h.Handle(context.Background(), &Message{Topic: "t", Offset: 7, Value: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	env := string(out)
+	for _, bad := range []string{"s3cret", "KBRIDGE_REDIS_URL", "KBRIDGE_KAFKA_PASSWORD", "KBRIDGE_KEY=", "KBRIDGE_TEST_OTHER_VAR"} {
+		if strings.Contains(env, bad) {
+			t.Errorf("command environment contains %q:\n%s", bad, env)
+		}
+	}
+	for _, want := range []string{"OTHER_VAR_FOR_TEST=kept", "KBRIDGE_OFFSET=7", "KBRIDGE_KEY_NULL=1"} {
+		if !strings.Contains(env, want) {
+			t.Errorf("command environment lacks %q:\n%s", want, env)
+		}
+	}
+}
+
+// TestHTTPHandlerReusesConnections: NewHTTPHandler's client keeps enough
+// idle connections for a worker's concurrent handlers: 16 handlers making
+// 50 requests each open about 16 connections, not one per request or so
+// (net/http keeps 2 idle per host by default).
+func TestHTTPHandlerReusesConnections(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		time.Sleep(time.Millisecond)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	h := NewHTTPHandler(srv.URL, 5*time.Second)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				if err := h.Handle(context.Background(), &Message{Value: []byte("x")}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := conns.Load(); n > 24 {
+		t.Errorf("%d connections for 16 handlers × 50 requests, want at most 24", n)
 	}
 }
 
