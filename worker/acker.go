@@ -10,7 +10,8 @@ import (
 
 // acker batches acknowledgements: it sends them every AckInterval, or at once
 // when AckBatch are waiting, one XACK per stream in one pipeline. Acks that
-// fail stay queued and go with the next flush; the entries are still pending
+// fail stay queued and go with the next flush (unless the error is
+// permanent: permanentAckError); the entries are still pending
 // in Redis meanwhile, so a crash costs duplicates, never records.
 type acker struct {
 	w       *Worker
@@ -66,6 +67,13 @@ func (a *acker) run(stop <-chan struct{}) {
 	}
 }
 
+// permanentAckError reports whether an XACK error will not go away by
+// retrying: WRONGTYPE (the key is not a stream), NOGROUP (some servers and
+// emulators; redis-server answers 0 for a missing group).
+func permanentAckError(err error) bool {
+	return redis.HasErrorPrefix(err, "NOGROUP") || redis.HasErrorPrefix(err, "WRONGTYPE")
+}
+
 func (a *acker) flush(ctx context.Context) error {
 	a.mu.Lock()
 	batch := a.pending
@@ -87,7 +95,15 @@ func (a *acker) flush(ctx context.Context) error {
 	})
 	var failed error
 	for stream, ids := range batch {
-		if cerr := cmds[stream].Err(); cerr != nil {
+		if cerr := cmds[stream].Err(); permanentAckError(cerr) {
+			// Retrying cannot help (the key is no stream any more, or the
+			// group is gone): stop holding the entries, drop the acks.
+			a.w.log.Error("XACK failed for good; dropping the acknowledgements", "stream", stream, "group", a.w.cfg.Group, "entries", len(ids), "err", cerr)
+			for _, id := range ids {
+				a.w.release(stream, id)
+			}
+			continue
+		} else if cerr != nil {
 			failed = cerr
 			a.w.log.Warn("XACK failed; will retry", "stream", stream, "group", a.w.cfg.Group, "entries", len(ids), "err", cerr)
 			a.mu.Lock()

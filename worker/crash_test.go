@@ -511,3 +511,29 @@ func TestUnclaim(t *testing.T) {
 		}
 	}
 }
+
+// TestAckPermanentError: an acknowledgement that fails for good (the key is
+// no stream any more) is dropped and its entry released, not retried for
+// ever.
+func TestAckPermanentError(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	key := e.prefix + ":{t:0}"
+	if err := e.rdb.Set(ctx, key, "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.rdb.Del(context.Background(), key) })
+	w := mustNew(t, e.config(func(context.Context, *Message) error { return nil }))
+	w.hold(key, "0-1")
+	w.acks.add(key, "0-1")
+	_ = w.acks.flush(ctx)
+	w.acks.mu.Lock()
+	left := w.acks.n
+	w.acks.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d acks queued again after WRONGTYPE, want 0", left)
+	}
+	if st := w.Stats(); st.Held != 0 {
+		t.Errorf("Stats.Held = %d, want 0", st.Held)
+	}
+}
