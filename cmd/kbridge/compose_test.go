@@ -22,6 +22,7 @@ type composeFile struct {
 			Test []string `yaml:"test"`
 		} `yaml:"healthcheck"`
 		Profiles []string `yaml:"profiles"`
+		Init     bool     `yaml:"init"`
 	} `yaml:"services"`
 }
 
@@ -90,6 +91,12 @@ func TestComposeFlagsExist(t *testing.T) {
 		}
 		if (cmd.Name == "ingest" || cmd.Name == "worker") && (svc.Healthcheck == nil || len(svc.Healthcheck.Test) == 0) {
 			t.Errorf("service %s has no health check", name)
+		}
+		if (cmd.Name == "ingest" || cmd.Name == "worker") && !svc.Init {
+			t.Errorf("service %s: want init: true (PID 1 must reap the orphans of --exec commands)", name)
+		}
+		if cmd.Name == "worker" && (slices.Contains(args, "--consumer") || svc.Environment["KBRIDGE_WORKER_CONSUMER"] != "") {
+			t.Errorf("service %s sets a fixed consumer name: replicas (docker compose --scale) would share it", name)
 		}
 	}
 	for _, want := range []string{"ingest", "worker"} {
