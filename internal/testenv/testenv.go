@@ -197,6 +197,15 @@ func LogEnd(t testing.TB, brokers []string, topic string, partitions int) map[in
 	var res *kafka.ListOffsetsResponse
 	err := retryKafka(ctx, func() (err error) {
 		res, err = cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+		if err == nil {
+			for _, p := range res.Topics[topic] {
+				if p.Error != nil {
+					// e.g. Not Leader For Partition right after a topic
+					// was (re)created: transient
+					return fmt.Errorf("partition %d: %w", p.Partition, p.Error)
+				}
+			}
+		}
 		return err
 	})
 	if err != nil {
