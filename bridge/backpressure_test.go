@@ -86,10 +86,7 @@ func TestBackpressure(t *testing.T) {
 		float64(h0)/(1<<20), float64(hMax)/(1<<20))
 
 	// A worker drains: fetching resumes and everything gets through.
-	l := newLedger()
-	wctx, cancel := context.WithCancel(ctx)
-	wg := e.work(wctx, t, l, 0)
-	defer func() { cancel(); wg.Wait() }()
+	l := e.startWork(t, 0)
 	// Draining, the cap bounds what is not yet acknowledged; acknowledged
 	// entries stay in the stream until the next commit trims them.
 	var peakUnacked int64

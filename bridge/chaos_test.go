@@ -109,10 +109,7 @@ func TestIngestSIGKILL(t *testing.T) {
 		return cmd
 	}
 	ingest := start()
-	l := newLedger()
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := e.work(ctx, t, l, 100*time.Microsecond)
-	defer func() { cancel(); wg.Wait() }()
+	l := e.startWork(t, 100*time.Microsecond)
 	watch := e.watchCommits(t)
 
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= n/4 }, "processed %d", l.total())
@@ -178,10 +175,7 @@ func TestSecondIngestJoinsAndLeaves(t *testing.T) {
 	cfg := e.config(t)
 	cfg.PartitionCap = 1000
 	a := startIngest(t, cfg)
-	l := newLedger()
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := e.work(ctx, t, l, 200*time.Microsecond)
-	defer func() { cancel(); wg.Wait() }()
+	l := e.startWork(t, 200*time.Microsecond)
 	watch := e.watchCommits(t)
 
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= 2000 }, "processed %d", l.total())
@@ -257,10 +251,7 @@ func TestSlowWorkersNoRebalance(t *testing.T) {
 	cfg := e.config(t)
 	cfg.PartitionCap, cfg.LowWatermark = 200, 100
 	in := startIngest(t, cfg)
-	l := newLedger()
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := e.work(ctx, t, l, 10*time.Millisecond)
-	defer func() { cancel(); wg.Wait() }()
+	l := e.startWork(t, 10*time.Millisecond)
 
 	testenv.Eventually(t, 30*time.Second, func() bool { return in.Stats().Rebalances == 1 && len(in.Stats().Partitions) == 4 },
 		"the ingest did not join")
@@ -336,10 +327,7 @@ func TestKafkaRestart(t *testing.T) {
 	cfg := e2.config(t)
 	cfg.PartitionCap = 1000
 	in := startIngest(t, cfg)
-	l := newLedger()
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := e2.work(ctx, t, l, 200*time.Microsecond)
-	defer func() { cancel(); wg.Wait() }()
+	l := e2.startWork(t, 200*time.Microsecond)
 
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= n/4 }, "processed %d", l.total())
 	broker.Stop(t)

@@ -30,10 +30,7 @@ func TestRedisFull(t *testing.T) {
 	cfg.FetchMaxBytes = 256 << 10
 	in := startIngest(t, cfg)
 	testenv.Eventually(t, 60*time.Second, func() bool { return in.Stats().RedisErrors > 0 }, "Redis never said OOM")
-	l := newLedger()
-	wctx, cancel := context.WithCancel(ctx)
-	wg := e.work(wctx, t, l, 0)
-	defer func() { cancel(); wg.Wait() }()
+	l := e.startWork(t, 0)
 	lost, dups := e.waitDone(t, l, 2*time.Minute)
 	st := in.Stats()
 	t.Logf("redis at maxmemory 4mb, %d records of %d bytes: lost=%d duplicates=%d, OOM refusals retried=%d, trimmed=%d",
@@ -51,10 +48,7 @@ func TestCapOfOne(t *testing.T) {
 	cfg.PausedPollInterval = 5 * time.Millisecond
 	cfg.CommitInterval = 20 * time.Millisecond
 	in := startIngest(t, cfg)
-	l := newLedger()
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := e.work(ctx, t, l, 0)
-	defer func() { cancel(); wg.Wait() }()
+	l := e.startWork(t, 0)
 	lost, _ := e.waitDone(t, l, time.Minute)
 	if st := in.Stats(); st.Pauses < n/2 {
 		t.Errorf("pauses = %d, want about one per record", st.Pauses)

@@ -198,6 +198,16 @@ func (e *env) work(ctx context.Context, t *testing.T, l *ledger, delay time.Dura
 	return &wg
 }
 
+// startWork starts e.work with a fresh ledger, stopped when the test ends
+// (before the ingest, whose clean-up was registered earlier).
+func (e *env) startWork(t *testing.T, delay time.Duration) *ledger {
+	l := newLedger()
+	ctx, cancel := context.WithCancel(context.Background())
+	wg := e.work(ctx, t, l, delay)
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return l
+}
+
 // duplicateEntries counts entries of the streams with the same offset twice
 // (impossible by construction: IDs are offsets), and checks each stream holds
 // a gap-free run of offsets.
