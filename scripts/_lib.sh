@@ -41,6 +41,17 @@ wait_pid_gone() {
   return 0
 }
 
+# terminate PID SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL (and wait
+# 10 s more); dies if the process is still there.
+terminate() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || true
+  wait_pid_gone "$pid" "$2" && return 0
+  log "pid $pid still running after ${2}s; sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  wait_pid_gone "$pid" 10 || die "could not kill pid $pid"
+}
+
 # apt_install PKG... : installs Debian packages, running `apt-get update` at most
 # once per run (KBRIDGE_APT_UPDATED is exported so child scripts see it) and only
 # when the plain install cannot find the packages.

@@ -33,7 +33,7 @@ N=${BENCH_RECORDS:-300000}
 export KAFKA_PORT REDIS_PORT
 started=()
 cleanup() {
-  [[ -n ${ingest_pid:-} ]] && kill "$ingest_pid" 2>/dev/null || true
+  if [[ -n ${ingest_pid:-} ]]; then kill "$ingest_pid" 2>/dev/null || true; fi
   for s in "${started[@]}"; do bash "$here/$s.sh" stop >/dev/null 2>&1 || true; done
 }
 trap cleanup EXIT

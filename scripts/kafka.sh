@@ -356,12 +356,7 @@ cmd_stop() {
     return 0
   fi
   log "stopping broker pid $pid on $ADDR (SIGTERM, up to ${KAFKA_STOP_TIMEOUT}s)"
-  kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_pid_gone "$pid" "$KAFKA_STOP_TIMEOUT"; then
-    log "still running after ${KAFKA_STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_pid_gone "$pid" 10 || die "could not kill pid $pid"
-  fi
+  terminate "$pid" "$KAFKA_STOP_TIMEOUT"
   rm -f "$PID_FILE"
   log "stopped"
 }

@@ -142,13 +142,8 @@ cmd_stop() {
     log "stopping node pid $pid on 127.0.0.1:$port (shutdown nosave)"
     rcli "$port" shutdown nosave >/dev/null 2>&1 || true
     if ! wait_pid_gone "$pid" 30; then
-      log "still running; sending SIGTERM"
-      kill -TERM "$pid" 2>/dev/null || true
-      if ! wait_pid_gone "$pid" 10; then
-        log "still running; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        wait_pid_gone "$pid" 10 || die "could not kill pid $pid"
-      fi
+      log "still running after SHUTDOWN; sending SIGTERM"
+      terminate "$pid" 10
     fi
   done
   (( any )) || log "not running (data dir $REDIS_CLUSTER_DIR)"

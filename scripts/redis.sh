@@ -143,13 +143,8 @@ cmd_stop() {
   log "stopping redis pid $pid on $ADDR (${how[*]})"
   rcli "${how[@]}" >/dev/null 2>&1 || true
   if ! wait_pid_gone "$pid" "$REDIS_STOP_TIMEOUT"; then
-    log "still running; sending SIGTERM"
-    kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_pid_gone "$pid" 10; then
-      log "still running; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      wait_pid_gone "$pid" 10 || die "could not kill pid $pid"
-    fi
+    log "still running after SHUTDOWN; sending SIGTERM"
+    terminate "$pid" 10
   fi
   rm -f "$PID_FILE"
   log "stopped"
