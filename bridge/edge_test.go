@@ -102,7 +102,13 @@ func TestTopicRecreated(t *testing.T) {
 	if st := second.Stats(); st.DuplicatesSkipped != 0 || st.Appended != 0 {
 		t.Errorf("appended %d and skipped %d records of the new topic as duplicates, want 0 and 0", st.Appended, st.DuplicatesSkipped)
 	}
-	time.Sleep(3 * cfg.CommitInterval) // let a wrong commit happen, if one would
+	// Let the stalled partition observe (and so commit, if it wrongly would)
+	// a few more times: its status is refreshed at each observation.
+	since := time.Now().Add(3 * cfg.CommitInterval)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		ps := second.Stats().Partitions
+		return len(ps) == 1 && ps[0].Updated.After(since)
+	}, "the stalled partition stopped observing")
 	if after := testenv.Committed(t, e.brokers, e.group, e.topic, 1)[0]; after != before {
 		t.Errorf("committed %d → %d on the recreated topic, want no commit", before, after)
 	}
