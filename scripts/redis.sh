@@ -37,6 +37,18 @@ Environment (defaults in brackets):
   REDIS_EXTRA_ARGS    extra redis-server arguments (word-split)
   REDIS_START_TIMEOUT seconds to wait for PONG [30]
   REDIS_STOP_TIMEOUT  seconds to wait for exit before SIGKILL [30]
+
+Security (off by default):
+  REDIS_TLS=1             serve TLS only, on REDIS_PORT (no plain port), with the
+                          certificates of REDIS_TLS_DIR
+  REDIS_TLS_DIR           certificates as scripts/certs.sh writes them (ca.crt,
+                          server.crt/key; client.crt/key for redis-cli)
+                          [\$REDIS_DATA_DIR/tls, made by certs.sh when missing]
+  REDIS_TLS_AUTH_CLIENTS  tls-auth-clients: yes (a client certificate signed by the
+                          CA is required), optional or no [no]
+  REDIS_PASSWORD          requirepass of the default user, written to a config
+                          file (never on the command line); redis-cli here reads
+                          it from REDISCLI_AUTH
 EOF
 }
 
@@ -47,6 +59,10 @@ REDIS_DATA_DIR=${REDIS_DATA_DIR:-${TMPDIR:-/tmp}/kbridge-redis-$REDIS_PORT}
 REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-0}
 REDIS_START_TIMEOUT=${REDIS_START_TIMEOUT:-30}
 REDIS_STOP_TIMEOUT=${REDIS_STOP_TIMEOUT:-30}
+REDIS_TLS=${REDIS_TLS:-0}
+REDIS_TLS_DIR=${REDIS_TLS_DIR:-$REDIS_DATA_DIR/tls}
+REDIS_TLS_AUTH_CLIENTS=${REDIS_TLS_AUTH_CLIENTS:-no}
+REDIS_PASSWORD=${REDIS_PASSWORD:-}
 
 PID_FILE=$REDIS_DATA_DIR/redis.pid
 LOG_FILE=$REDIS_DATA_DIR/redis.log
@@ -63,7 +79,22 @@ ensure_redis() {
   ensure_cmds redis-server:redis-server redis-cli:redis-tools
 }
 
-rcli() { timeout 10 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+case $REDIS_TLS_AUTH_CLIENTS in yes|optional|no) ;; *) die "REDIS_TLS_AUTH_CLIENTS must be yes, optional or no" ;; esac
+
+# cli_args: how redis-cli reaches this instance (TLS with the test client
+# certificate when REDIS_TLS=1)
+cli_args() {
+  CLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+  if [[ $REDIS_TLS == 1 ]]; then
+    CLI+=(--tls --cacert "$REDIS_TLS_DIR/ca.crt" --cert "$REDIS_TLS_DIR/client.crt" --key "$REDIS_TLS_DIR/client.key")
+  fi
+}
+cli_args
+
+# The password reaches redis-cli through its environment, not argv (an empty
+# REDISCLI_AUTH would send AUTH "": only set when there is one).
+[[ -n $REDIS_PASSWORD ]] && export REDISCLI_AUTH=$REDIS_PASSWORD
+rcli() { timeout 10 "${CLI[@]}" "$@"; }
 
 read_pid() {
   [[ -f $PID_FILE ]] || return 1
@@ -97,12 +128,30 @@ cmd_start() {
   fi
   mkdir -p "$REDIS_DATA_DIR"
   rm -f "$PID_FILE"
-  local extra=()
+  local extra=() conf=()
   # shellcheck disable=SC2206
   [[ -n ${REDIS_EXTRA_ARGS:-} ]] && extra=($REDIS_EXTRA_ARGS)
-  log "starting redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') on $ADDR (persistence $REDIS_PERSIST, data $REDIS_DATA_DIR)"
-  redis-server \
-    --bind 127.0.0.1 --port "$REDIS_PORT" \
+  local listen=(--port "$REDIS_PORT")
+  if [[ $REDIS_TLS == 1 ]]; then
+    [[ -s $REDIS_TLS_DIR/server.crt && -s $REDIS_TLS_DIR/client.key ]] || bash "$SCRIPT_DIR/certs.sh" "$REDIS_TLS_DIR" >&2
+    listen=(--port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$REDIS_TLS_DIR/server.crt"
+      --tls-key-file "$REDIS_TLS_DIR/server.key" --tls-ca-cert-file "$REDIS_TLS_DIR/ca.crt"
+      --tls-auth-clients "$REDIS_TLS_AUTH_CLIENTS")
+  fi
+  # Secrets go in a config file of mode 0600, not on the command line (ps).
+  if [[ -n $REDIS_PASSWORD ]]; then
+    [[ $REDIS_PASSWORD =~ ^[A-Za-z0-9._~-]+$ ]] || die "REDIS_PASSWORD: limited to [A-Za-z0-9._~-] in these test scripts"
+    (umask 077; printf 'requirepass %s\n' "$REDIS_PASSWORD" >"$REDIS_DATA_DIR/secrets.conf")
+    conf=("$REDIS_DATA_DIR/secrets.conf")
+  else
+    rm -f "$REDIS_DATA_DIR/secrets.conf"
+  fi
+  local sec=""
+  [[ $REDIS_TLS == 1 ]] && sec+=", TLS only (tls-auth-clients $REDIS_TLS_AUTH_CLIENTS, certificates $REDIS_TLS_DIR)"
+  [[ -n $REDIS_PASSWORD ]] && sec+=", requirepass"
+  log "starting redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') on $ADDR (persistence $REDIS_PERSIST, data $REDIS_DATA_DIR$sec)"
+  redis-server "${conf[@]}" \
+    --bind 127.0.0.1 "${listen[@]}" \
     --daemonize yes --pidfile "$PID_FILE" --logfile "$LOG_FILE" --dir "$REDIS_DATA_DIR" \
     --maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy noeviction \
     "${PERSIST_ARGS[@]}" "${extra[@]}" </dev/null 8>&- 9>&- ||
@@ -167,7 +216,7 @@ main() {
     stop)    cmd_stop ;;
     status)  cmd_status ;;
     restart) cmd_stop; cmd_start ;;
-    cli)     shift; ensure_redis; exec redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" ;;
+    cli)     shift; ensure_redis; exec "${CLI[@]}" "$@" ;;
     -h|--help|help) usage ;;
     "") usage >&2; exit 2 ;;
     *) log "unknown command: $cmd"; usage >&2; exit 2 ;;
