@@ -4,10 +4,11 @@ import (
 	"encoding/json"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 
 	"github.com/kbridge/kbridge/internal/testenv"
 )
@@ -127,5 +128,137 @@ func committedNothing(t *testing.T, k *kafkaServer, group, topic string, partiti
 	}
 }
 
-var _ = strconv.Itoa
-var _ = strings.Join
+// expectFatal waits for p to exit with a non-zero status within the time
+// allowed, having said why in a line that contains every one of why
+// (case-insensitive).
+func expectFatal(t *testing.T, p *proc, within time.Duration, why ...string) {
+	t.Helper()
+	began := time.Now()
+	code, exited := p.exitCode(within)
+	switch {
+	case !exited:
+		t.Errorf("%s still running after %v, want a non-zero exit (issue 7 point 8: authentication and authorisation errors are fatal at start)%s",
+			p.name, within, lastLines(p, 3))
+	case code == 0:
+		t.Errorf("%s exited with status 0, want non-zero", p.name)
+	}
+	if l := p.line(why...); l == "" {
+		t.Errorf("%s: no line says %q%s", p.name, why, lastLines(p, 3))
+	} else if exited {
+		t.Logf("%s: exit %d after %v; it said: %s", p.name, code, time.Since(began).Round(time.Millisecond), l)
+	} else {
+		t.Logf("%s: still running; it said: %s", p.name, l)
+	}
+}
+
+// lastLines returns the last n lines of a process's output, for messages.
+func lastLines(p *proc, n int) string {
+	ls := p.allLines()
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return "; last lines:\n\t" + strings.Join(ls, "\n\t")
+}
+
+// TestKafkaBadCredentials: an ingest with a wrong password, an unknown user,
+// a SASL mechanism the listener does not offer, or a CA that did not sign
+// the broker's certificate exits non-zero with a message that names the
+// cause, never joins the group and commits nothing.
+func TestKafkaBadCredentials(t *testing.T) {
+	k := secureKafka(t)
+	rd := testenv.NewRedis(t)
+	good := writeSecret(t, k.users["kbridge"])
+	wrong := writeSecret(t, secret("wrong"))
+	otherCA := filepath.Join(certs(t), "ca.crt")
+	for _, tc := range []struct {
+		login kafkaLogin
+		why   []string
+	}{
+		{kafkaLogin{name: "wrong-password", port: k.saslSSL, tls: true, mech: "scram-sha-256", user: "kbridge", pwFile: wrong},
+			[]string{"SASL Authentication Failed"}},
+		{kafkaLogin{name: "unknown-user", port: k.saslTxt, mech: "plain", user: "nobody", pwFile: wrong},
+			[]string{"SASL Authentication Failed"}},
+		{kafkaLogin{name: "PLAIN-on-the-SCRAM-listener", port: k.saslSSL, tls: true, mech: "plain", user: "kbridge", pwFile: good},
+			[]string{"Unsupported SASL Mechanism"}},
+		{kafkaLogin{name: "SCRAM-on-the-PLAIN-listener", port: k.saslTxt, mech: "scram-sha-512", user: "kbridge", pwFile: good},
+			[]string{"Unsupported SASL Mechanism"}},
+		{kafkaLogin{name: "wrong-CA", port: k.saslSSL, tls: true, mech: "scram-sha-256", user: "kbridge", pwFile: good, caFile: otherCA},
+			[]string{"certificate signed by unknown authority"}},
+	} {
+		t.Run(tc.login.name, func(t *testing.T) {
+			topic, group, prefix := testenv.Name(t), testenv.Name(t), testenv.Name(t)
+			t.Cleanup(func() { delPrefix(rd.Client(t), prefix) })
+			testenv.CreateTopic(t, k.adminBrokers(), topic, 2)
+			k.grantIngest(t, "kbridge", group, topic)
+			testenv.Produce(t, k.adminBrokers(), topic, 0, 20)
+			in := startKbridge(t, "ingest", nil, append(append([]string{"--redis-url", "redis://" + rd.Addr, "--prefix", prefix,
+				"ingest", "--topics", topic, "--group", group}, tc.login.args(k)...), fastIngest...)...)
+			expectFatal(t, in, 30*time.Second, tc.why...)
+			if n := k.groupMembers(t, group); n != 0 {
+				t.Errorf("group %s has %d members, want none", group, n)
+			}
+			committedNothing(t, k, group, topic, 2)
+		})
+	}
+}
+
+// TestKafkaNotAuthorized: the kbridge user lacks an ACL the ingest needs.
+// A topic it may not describe, or not read, gives a log line that names the
+// topic and says it is not authorised — never a silent stall: either the
+// ingest exits non-zero, or it bridges the topics it may read (a worker
+// handles them and the commits reach the log end) — and nothing of the
+// forbidden topic is committed. A group it may not use is fatal: non-zero
+// exit, nothing committed.
+func TestKafkaNotAuthorized(t *testing.T) {
+	k := secureKafka(t)
+	rd := testenv.NewRedis(t)
+	login := k.logins(t)[0]
+	for _, tc := range []string{"topic-without-any-ACL", "topic-without-READ", "group-without-READ"} {
+		t.Run(tc, func(t *testing.T) {
+			ok, bad, group, prefix := testenv.Name(t), testenv.Name(t)+"-forbidden", testenv.Name(t), testenv.Name(t)
+			t.Cleanup(func() { delPrefix(rd.Client(t), prefix) })
+			testenv.CreateTopic(t, k.adminBrokers(), ok, 2)
+			testenv.CreateTopic(t, k.adminBrokers(), bad, 2)
+			testenv.Produce(t, k.adminBrokers(), ok, 0, 100)
+			testenv.Produce(t, k.adminBrokers(), bad, 0, 100)
+			topics := ok + "," + bad
+			switch tc {
+			case "topic-without-any-ACL":
+				k.grantIngest(t, "kbridge", group, ok)
+			case "topic-without-READ":
+				k.grantIngest(t, "kbridge", group, ok)
+				k.allow(t, "kbridge", kafka.ResourceTypeTopic, bad, kafka.ACLOperationTypeDescribe)
+			case "group-without-READ":
+				k.allow(t, "kbridge", kafka.ResourceTypeTopic, ok, kafka.ACLOperationTypeRead)
+				topics = ok
+			}
+			redisArgs := []string{"--redis-url", "redis://" + rd.Addr, "--prefix", prefix}
+			in := startKbridge(t, "ingest", nil, append(append(append(redisArgs, "ingest", "--topics", topics, "--group", group),
+				login.args(k)...), fastIngest...)...)
+			if tc == "group-without-READ" {
+				expectFatal(t, in, 30*time.Second, "group authorization failed")
+				committedNothing(t, k, group, ok, 2)
+				return
+			}
+			l := newLedger(t)
+			startKbridge(t, "worker", []string{l.env()}, append(redisArgs, "worker", "--exec", execCmd, "--discovery-interval", "200ms")...)
+			ends := testenv.LogEnd(t, k.adminBrokers(), ok, 2)
+			var said string
+			var code int
+			var exited, flowed bool
+			testenv.Eventually(t, 30*time.Second, func() bool {
+				said = in.line(bad, "authorization failed")
+				code, exited = in.exitCode(0)
+				c := testenv.Committed(t, k.adminBrokers(), group, ok, 2)
+				flowed = c[0] == ends[0] && c[1] == ends[1]
+				return said != "" && (exited || flowed)
+			}, "no clear error: a line naming %s and its authorisation %v, exited %v (status %d), readable topic committed to the log end %v%s",
+				bad, said != "", exited, code, flowed, lastLines(in, 3))
+			if exited && code == 0 {
+				t.Errorf("ingest exited with status 0")
+			}
+			committedNothing(t, k, group, bad, 2)
+			t.Logf("%s: exited %v (status %d), readable topic bridged %v; the ingest said: %s", tc, exited, code, flowed, said)
+		})
+	}
+}
