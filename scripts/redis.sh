@@ -81,19 +81,31 @@ ensure_redis() {
 
 case $REDIS_TLS_AUTH_CLIENTS in yes|optional|no) ;; *) die "REDIS_TLS_AUTH_CLIENTS must be yes, optional or no" ;; esac
 
-# cli_args: how redis-cli reaches this instance (TLS with the test client
-# certificate when REDIS_TLS=1)
+# cli_args: how redis-cli reaches this instance. A started instance
+# remembers its TLS dir (tls-dir) and password (secrets.conf) in its data dir,
+# so stop/status/cli work without the start's environment (scripts/test.sh
+# stops what tests started knowing only port and data dir).
 cli_args() {
   CLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+  local tls_dir=""
   if [[ $REDIS_TLS == 1 ]]; then
-    CLI+=(--tls --cacert "$REDIS_TLS_DIR/ca.crt" --cert "$REDIS_TLS_DIR/client.crt" --key "$REDIS_TLS_DIR/client.key")
+    tls_dir=$REDIS_TLS_DIR
+  elif [[ -s $REDIS_DATA_DIR/tls-dir ]]; then
+    tls_dir=$(<"$REDIS_DATA_DIR/tls-dir")
   fi
+  if [[ -n $tls_dir ]]; then
+    CLI+=(--tls --cacert "$tls_dir/ca.crt" --cert "$tls_dir/client.crt" --key "$tls_dir/client.key")
+  fi
+  # The password reaches redis-cli through its environment, not argv (an
+  # empty REDISCLI_AUTH would send AUTH "": only set when there is one).
+  local pw=$REDIS_PASSWORD
+  if [[ -z $pw && -s $REDIS_DATA_DIR/secrets.conf ]]; then
+    pw=$(awk '$1 == "requirepass" {print $2}' "$REDIS_DATA_DIR/secrets.conf")
+  fi
+  if [[ -n $pw ]]; then export REDISCLI_AUTH=$pw; else unset REDISCLI_AUTH; fi
 }
 cli_args
 
-# The password reaches redis-cli through its environment, not argv (an empty
-# REDISCLI_AUTH would send AUTH "": only set when there is one).
-[[ -n $REDIS_PASSWORD ]] && export REDISCLI_AUTH=$REDIS_PASSWORD
 rcli() { timeout 10 "${CLI[@]}" "$@"; }
 
 read_pid() {
@@ -156,8 +168,11 @@ cmd_start() {
     --maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy noeviction \
     "${PERSIST_ARGS[@]}" "${extra[@]}" </dev/null 8>&- 9>&- ||
     { tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true; die "redis-server failed to start"; }
-  # remembered so that stop saves (or not) the way this instance was started
+  # remembered so that stop saves (or not) the way this instance was started,
+  # and reaches it over TLS (cli_args)
   echo "$REDIS_PERSIST" >"$REDIS_DATA_DIR/persist-mode"
+  if [[ $REDIS_TLS == 1 ]]; then echo "$REDIS_TLS_DIR" >"$REDIS_DATA_DIR/tls-dir"; else rm -f "$REDIS_DATA_DIR/tls-dir"; fi
+  cli_args
   register_instance redis "$REDIS_DATA_DIR" "$REDIS_PORT"
   if ! wait_pong; then
     tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true
