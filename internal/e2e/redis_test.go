@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -273,4 +274,72 @@ func commandStats(t *testing.T, rdb *redis.Client) (used []string, rejected map[
 	}
 	slices.Sort(used)
 	return used, rejected
+}
+
+// TestRedisBadCredentials: against a Redis with TLS, client certificates and
+// an ACL user, a wrong password, a CA that did not sign the server's
+// certificate, a missing client certificate, or an ACL rule without a
+// command kbridge needs make each long-running command (ingest, worker) exit
+// non-zero with a message naming the cause, and the one-shot ones (status,
+// dlq list) too; the ingest commits nothing.
+func TestRedisBadCredentials(t *testing.T) {
+	testenv.RequireReal(t, "a redis-server with TLS and ACLs of the test's own")
+	adminPW, userPW := secret("redis-admin-pw"), secret("redis-kbridge-pw")
+	rs := startRedis(t, redisOpts{tls: true, authClients: "yes", password: adminPW})
+	admin := rs.admin(t)
+	ctx := context.Background()
+	brokers := testenv.Kafka(t)
+	otherCA := filepath.Join(certs(t), "ca.crt")
+	good, wrong := writeSecret(t, userPW), writeSecret(t, secret("wrong"))
+	ca := filepath.Join(rs.tlsDir, "ca.crt")
+	cert, key := filepath.Join(rs.tlsDir, "client.crt"), filepath.Join(rs.tlsDir, "client.key")
+	for _, tc := range []struct {
+		name  string
+		user  string   // ACL user kbridge logs in as
+		omit  []string // commands left out of that user's rule
+		flags []string // Redis flags after --redis-url
+		why   string   // regexp
+	}{
+		{"wrong-password", "kbridge", nil, []string{"--redis-password-file", wrong, "--redis-tls-ca", ca, "--redis-tls-cert", cert, "--redis-tls-key", key}, "WRONGPASS"},
+		{"wrong-CA", "kbridge", nil, []string{"--redis-password-file", good, "--redis-tls-ca", otherCA, "--redis-tls-cert", cert, "--redis-tls-key", key}, "certificate signed by unknown authority"},
+		{"no-client-certificate", "kbridge", nil, []string{"--redis-password-file", good, "--redis-tls-ca", ca}, "certificate required"},
+		{"ACL-without-xadd-and-smembers", "kbridge-limited", []string{"xadd", "smembers"},
+			[]string{"--redis-password-file", good, "--redis-tls-ca", ca, "--redis-tls-cert", cert, "--redis-tls-key", key},
+			// NOPERM, or from inside a script: "ERR The user executing the script can't run this command"
+			"NOPERM|can't run this command"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic, group, prefix := testenv.Name(t), testenv.Name(t), testenv.Name(t)
+			var cmds []string
+			for _, c := range aclCommands {
+				if !slices.Contains(tc.omit, c) {
+					cmds = append(cmds, c)
+				}
+			}
+			if err := admin.Do(ctx, append(append([]any{"acl", "setuser", tc.user}, aclRule(prefix, cmds)...), ">"+userPW)...).Err(); err != nil {
+				t.Fatal(err)
+			}
+			testenv.CreateTopic(t, brokers, topic, 2)
+			testenv.Produce(t, brokers, topic, 0, 20)
+			redisArgs := append([]string{"--redis-url", rs.url(tc.user)}, tc.flags...)
+			redisArgs = append(redisArgs, "--prefix", prefix)
+			in := startKbridge(t, "ingest", nil, append(append(slices.Clone(redisArgs), "ingest", "--brokers", strings.Join(brokers, ","),
+				"--topics", topic, "--group", group), fastIngest...)...)
+			w := startKbridge(t, "worker", nil, append(slices.Clone(redisArgs), "worker", "--exec", "true")...)
+			expectFatal(t, 30*time.Second, tc.why, in, w)
+			for _, args := range [][]string{{"status", "--brokers", strings.Join(brokers, ","), "--group", group, "--topics", topic}, {"dlq", "list"}} {
+				cmd := exec.Command(testenv.BuildKbridge(t), append(slices.Clone(redisArgs), args...)...)
+				cmd.Env = cleanEnv()
+				out, _ := cmd.CombinedOutput()
+				if code := cmd.ProcessState.ExitCode(); code == 0 || !regexp.MustCompile(tc.why).Match(out) {
+					t.Errorf("kbridge %s: exit %d, output %q; want a non-zero exit and %q", args[0], code, out, tc.why)
+				}
+			}
+			for p, off := range testenv.Committed(t, brokers, group, topic, 2) {
+				if off >= 0 {
+					t.Errorf("partition %d: committed %d, want nothing committed", p, off)
+				}
+			}
+		})
+	}
 }
