@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
@@ -66,11 +67,22 @@ func newRedis(c *cli.Context) (redis.UniversalClient, error) {
 	// wait on a hung Redis); go-redis ignores them unless told.
 	if clusterOpt != nil {
 		clusterOpt.ContextTimeoutEnabled = true
+		clusterOpt.ClusterStateReloadInterval = ClusterStateReloadInterval
 		return redis.NewClusterClient(clusterOpt), nil
 	}
 	opt.ContextTimeoutEnabled = true
 	return redis.NewClient(opt), nil
 }
+
+// ClusterStateReloadInterval is how old go-redis lets its copy of a Redis
+// Cluster's slot map get before it reads CLUSTER SLOTS again (in the
+// background, when a command runs). go-redis reloads the map at once on
+// MOVED, but not when a master dies: it keeps sending that master's slots to
+// the dead address until the map is this old. Its default, 60s, held the
+// streams of a failed-over master for up to a minute
+// (internal/e2e TestClusterFailover); one read of CLUSTER SLOTS a second is
+// cheap.
+const ClusterStateReloadInterval = time.Second
 
 // redisSecurity applies --redis-password-file and --redis-tls-* to the
 // options parsed from the URL (tlsCfg is non-nil for rediss://) and returns

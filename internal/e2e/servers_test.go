@@ -25,6 +25,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// go-redis logs dial failures on its own (a killed cluster node): the
+	// tests say what matters.
+	redis.SetLogger(quietRedis{})
 	code := m.Run()
 	shared.stop()
 	os.Exit(code)
@@ -396,3 +399,7 @@ func delPrefix(rdb *redis.Client, prefix string) {
 		rdb.Del(ctx, iter.Val())
 	}
 }
+
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
