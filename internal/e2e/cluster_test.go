@@ -609,3 +609,74 @@ func lastLine(s string) string {
 	}
 	return last
 }
+
+// aclClusterCommands are what kbridge needs beyond aclCommands on a Redis
+// Cluster: go-redis reads the slot map with CLUSTER SLOTS and the key
+// positions of commands with COMMAND (refused, it asks again and again).
+var aclClusterCommands = []string{"cluster|slots", "command"}
+
+// TestClusterACLUser runs ingest, worker, status and dlq list with
+// --redis-cluster as the ACL user of TestRedisACLUser, created on every node
+// with aclCommands and aclClusterCommands: everything flows, and INFO
+// commandstats of every node shows no command outside the rule and none
+// rejected.
+func TestClusterACLUser(t *testing.T) {
+	c := startCluster(t)
+	ctx := context.Background()
+	pw := secret("redis-kbridge-pw")
+	url := strings.Replace(c.url(), "redis://", "redis://kbridge@", 1)
+	r := newPipeline(t, 4, 400, "--redis-url", url, "--redis-cluster", "--redis-password-file", writeSecret(t, pw))
+	rule := append(aclRule(r.prefix, append(slices.Clone(aclCommands), aclClusterCommands...)), ">"+pw)
+	replicas := map[string]bool{} // read before the stats are reset: CLUSTER NODES is the test's
+	for _, n := range c.nodes(t) {
+		replicas[n.addr] = !n.master
+	}
+	clients := map[string]*redis.Client{}
+	for _, a := range c.addrs() {
+		cl := c.node(t, a)
+		clients[a] = cl
+		if err := cl.Do(ctx, append([]any{"acl", "setuser", "kbridge"}, rule...)...).Err(); err != nil {
+			t.Fatalf("ACL SETUSER on %s: %v", a, err)
+		}
+		if err := cl.ConfigResetStat(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.start(t, nil)
+	took := r.waitCommitted(t, 60*time.Second)
+	if n, first := r.ledger.missing(t, r.ends); n != 0 {
+		t.Errorf("%d records never handled (first %s)", n, first)
+	}
+	lag := r.statusLag(t)
+	r.kbridge(t, "dlq", "list")
+	r.worker.stop(t)
+	r.ingest.stop(t)
+	allowed := append(slices.Clone(aclCommands), aclClusterCommands...)
+	var used []string
+	for a, cl := range clients {
+		u, rejected := commandStats(t, cl)
+		delete(rejected, "config|get") // the ingest's eviction check, left out of the rule on purpose
+		if len(rejected) > 0 {
+			t.Errorf("%s rejected %v", a, rejected)
+		}
+		for _, cmd := range u {
+			// the test's own ACL SETUSER/RESETSTAT; HELLO/AUTH need no permission; replication
+			if slices.Contains([]string{"config|resetstat", "config|get", "hello", "auth", "acl|setuser", "ping", "replconf", "psync", "sync"}, cmd) {
+				continue
+			}
+			// A replica counts what its master's replication stream runs.
+			if replicas[a] && slices.Contains([]string{"select", "multi", "exec", "pexpireat"}, cmd) {
+				continue
+			}
+			if !slices.Contains(allowed, cmd) {
+				t.Errorf("%s: kbridge called %s, which is not in the rule", a, cmd)
+			}
+			if !slices.Contains(used, cmd) {
+				used = append(used, cmd)
+			}
+		}
+	}
+	slices.Sort(used)
+	t.Logf("Redis Cluster, ACL user ~%s:* with %d commands: %d records committed in %v, status lag %d; called: %s",
+		r.prefix, len(allowed), r.records, took.Round(time.Millisecond), lag, strings.Join(used, " "))
+}
