@@ -450,6 +450,12 @@ func TestClusterFailover(t *testing.T) {
 	}
 	rpid := pid(r.addr)
 	mcl := c.node(t, m.addr)
+	// However long the replica stays cut off on a slow machine, it must still
+	// stand for election (by default a replica whose data is older than 10 ×
+	// cluster-node-timeout does not).
+	if err := c.node(t, r.addr).ConfigSet(ctx, "cluster-replica-validity-factor", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
 
 	// Cut the replica off: stop it, drop its link on the master. From now on
 	// the master's writes reach no replica.
