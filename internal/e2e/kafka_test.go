@@ -1,7 +1,12 @@
 package e2e
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -10,6 +15,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/kbridge/kbridge/internal/testenv"
 )
@@ -117,6 +123,63 @@ func TestKafkaSASL(t *testing.T) {
 				login.name, records, partitions, took.Round(time.Millisecond), st.Totals.KafkaLag)
 		})
 	}
+}
+
+// TestKafkaUserMayDoNothingElse: the ACLs TestKafkaSASL grants (READ on the
+// topic, READ on the group) are all the kbridge user has — it may not write
+// to its topic, create a topic, or read another group's offsets. What
+// kbridge needs is exactly what docs/operations.md tells operators to grant.
+func TestKafkaUserMayDoNothingElse(t *testing.T) {
+	k := secureKafka(t)
+	topic, group := testenv.Name(t), testenv.Name(t)
+	testenv.CreateTopic(t, k.adminBrokers(), topic, 1)
+	k.grantIngest(t, "kbridge", group, topic)
+	mech, err := scram.Mechanism(scram.SHA512, "kbridge", k.users["kbridge"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(filepath.Join(k.tlsDir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	tr := &kafka.Transport{SASL: mech, TLS: &tls.Config{RootCAs: pool}}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cl := &kafka.Client{Addr: kafka.TCP(addr(k.saslSSL)), Timeout: 10 * time.Second, Transport: tr}
+
+	// What it may: read metadata of its topic and fetch its group's offsets.
+	if _, err := cl.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: {0}}}); err != nil {
+		t.Errorf("the user may not fetch its own group's offsets: %v", err)
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(addr(k.saslSSL)), Topic: topic, Transport: tr, MaxAttempts: 1, RequiredAcks: kafka.RequireAll}
+	defer w.Close()
+	werr := w.WriteMessages(ctx, kafka.Message{Value: []byte("x")})
+	var wes kafka.WriteErrors
+	if errors.As(werr, &wes) && len(wes) == 1 {
+		werr = wes[0] // one message, one error
+	}
+	if !errors.Is(werr, kafka.TopicAuthorizationFailed) {
+		t.Errorf("produce as kbridge: %v, want Topic Authorization Failed", werr)
+	}
+	res, err := cl.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: topic + "-new", NumPartitions: 1, ReplicationFactor: 1}}})
+	var cerr error = err
+	if err == nil {
+		cerr = res.Errors[topic+"-new"]
+	}
+	if !errors.Is(cerr, kafka.TopicAuthorizationFailed) && !errors.Is(cerr, kafka.ClusterAuthorizationFailed) {
+		t.Errorf("create a topic as kbridge: %v, want an authorization error", cerr)
+	}
+	of, err := cl.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group + "-other", Topics: map[string][]int{topic: {0}}})
+	var ferr error = err
+	if err == nil {
+		ferr = of.Error
+	}
+	if !errors.Is(ferr, kafka.GroupAuthorizationFailed) {
+		t.Errorf("fetch another group's offsets as kbridge: %v, want Group Authorization Failed", ferr)
+	}
+	t.Logf("as kbridge: produce → %v; create topic → %v; another group's offsets → %v", werr, cerr, ferr)
 }
 
 // committedNothing fails the test if the group committed anything on topic.
