@@ -269,6 +269,14 @@ func TestKafkaBadCredentials(t *testing.T) {
 			in := startKbridge(t, "ingest", nil, append(append([]string{"--redis-url", "redis://" + rd.Addr, "--prefix", prefix,
 				"ingest", "--topics", topic, "--group", group}, tc.login.args(k)...), fastIngest...)...)
 			expectFatal(t, 30*time.Second, tc.why, in)
+			// kbridge status through the same login says why, and fails.
+			cmd := exec.Command(testenv.BuildKbridge(t), append(append([]string{"--redis-url", "redis://" + rd.Addr, "--prefix", prefix,
+				"status", "--topics", topic, "--group", group}, tc.login.args(k)...), "--timeout", "10s")...)
+			cmd.Env = cleanEnv()
+			out, _ := cmd.CombinedOutput()
+			if code := cmd.ProcessState.ExitCode(); code == 0 || !regexp.MustCompile("(?i)"+tc.why).Match(out) {
+				t.Errorf("kbridge status: exit %d, output %q; want a non-zero exit and %q", code, out, tc.why)
+			}
 			if n := k.groupMembers(t, group); n != 0 {
 				t.Errorf("group %s has %d members, want none", group, n)
 			}
