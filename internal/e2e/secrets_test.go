@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,6 +118,26 @@ func TestSecretsNeverShown(t *testing.T) {
 	worker.stop(t)
 	ingest.stop(t)
 
+	// The error paths: an ingest and a worker whose passwords are real
+	// secrets, of the wrong users, run until each has logged its failure.
+	badPW := writeSecret(t, k.users["admin"])
+	badIngest := startKbridge(t, "ingest with wrong passwords", []string{"KBRIDGE_REDIS_URL=" + wrongURL},
+		append(append(append(append([]string{"--prefix", prefix, "--log-level", "debug"}, rs.tlsFlags()...), "ingest", "--topics", topic, "--group", group,
+			"--kafka-password-file", badPW), kafkaArgs...), fastIngest...)...)
+	badWorker := startKbridge(t, "worker with a wrong password", []string{"KBRIDGE_REDIS_URL=" + wrongURL},
+		append(append([]string{"--prefix", prefix, "--log-level", "debug"}, rs.tlsFlags()...), "worker", "--exec", "true")...)
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		return (badIngest.has("WRONGPASS") || badIngest.has("SASL Authentication Failed")) && badWorker.has("WRONGPASS")
+	}, "the processes with wrong passwords did not log their failures")
+	for _, p := range []*proc{badIngest, badWorker} {
+		if !p.exited() {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			if _, ok := p.exitCode(30 * time.Second); !ok {
+				_ = p.cmd.Process.Kill()
+			}
+		}
+	}
+
 	lines := 0
 	check := func(where, text string) {
 		for what, s := range secrets {
@@ -125,7 +146,7 @@ func TestSecretsNeverShown(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range []*proc{ingest, worker} {
+	for _, p := range []*proc{ingest, worker, badIngest, badWorker} {
 		for _, line := range p.allLines() {
 			check(p.name+"'s log", line)
 			lines++
@@ -141,6 +162,6 @@ func TestSecretsNeverShown(t *testing.T) {
 	if !worker.has("dead-lettered") {
 		t.Errorf("the poison record was not dead-lettered: the run did not reach the error paths it should")
 	}
-	t.Logf("no secret (%d of them) in %d log lines of ingest and worker (debug level), nor in status, status --json, dlq list, --help, a WRONGPASS error, /metrics (%d bytes), ps, or the --exec environment",
+	t.Logf("no secret (%d of them) in %d log lines of ingest and worker (debug level; with right and with wrong passwords), nor in status, status --json, dlq list, --help, a WRONGPASS error, /metrics (%d bytes), ps, or the --exec environment",
 		len(secrets), lines, len(page))
 }
