@@ -148,8 +148,8 @@ type backlogResult struct {
 	Records      int     `json:"records"`
 	Partitions   int     `json:"partitions"`
 	Cap          int     `json:"cap"`
-	PeakLength   int64   `json:"peak_length"`    // summed stream length
-	PeakStream   int64   `json:"peak_stream"`    // longest single stream
+	PeakLength   int64   `json:"peak_length"` // summed stream length
+	PeakStream   int64   `json:"peak_stream"` // longest single stream
 	PeakUsedMem  int64   `json:"peak_used_memory"`
 	BaseUsedMem  int64   `json:"base_used_memory"`
 	PeakRSS      int64   `json:"peak_ingest_rss"`

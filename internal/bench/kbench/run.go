@@ -176,6 +176,11 @@ func cmdRun(args []string) error {
 		m := meta{Date: time.Now().UTC().Format("2006-01-02 15:04 MST"), Command: *command, Quick: *quick,
 			Commit: *commit, Load: strings.Join(strings.Fields(string(load))[:3], " ")}
 		e.logf("==== %s: %s", b.id, b.title)
+		// Profiles of an earlier run of this benchmark are stale now.
+		old, _ := filepath.Glob(filepath.Join(e.profDir, b.id+"-*"))
+		for _, f := range old {
+			_ = os.Remove(f)
+		}
 		t0 := time.Now()
 		out, err := b.run(e)
 		e.stopAll()

@@ -1,3 +1,0 @@
-package main
-
-func cmdReport(args []string) error { return nil }
