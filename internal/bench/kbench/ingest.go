@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/redis/go-redis/v9"
@@ -29,8 +30,31 @@ func cmdIngest(args []string) error {
 	pcap := fs.Int64("partition-cap", 0, "partition cap (0: default)")
 	cpuprofile := fs.String("cpuprofile", "", "CPU profile of the whole run")
 	memprofile := fs.String("memprofile", "", "heap profile at the end")
+	onSignal := fs.Bool("profile-on-sigusr1", false, "start the CPU profile at SIGUSR1 instead of at once")
 	_ = fs.Parse(args)
-	if *cpuprofile != "" {
+	if *cpuprofile != "" && *onSignal {
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		var mu sync.Mutex
+		var f *os.File
+		go func() {
+			<-usr1
+			mu.Lock()
+			defer mu.Unlock()
+			var err error
+			if f, err = os.Create(*cpuprofile); err == nil {
+				_ = pprof.StartCPUProfile(f)
+			}
+		}()
+		defer func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if f != nil {
+				pprof.StopCPUProfile()
+				f.Close()
+			}
+		}()
+	} else if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
 			return err

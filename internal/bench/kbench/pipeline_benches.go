@@ -6,12 +6,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/kbridge/kbridge/internal/bench"
 )
 
-// e2eResult is 10b.
+// e2eResult is 10b for one kind of worker.
 type e2eResult struct {
 	Records     int                      `json:"records"`
 	Partitions  int                      `json:"partitions"`
@@ -26,6 +27,10 @@ type e2eResult struct {
 	CPUProcList []string                 `json:"cpu_procs"`
 }
 
+// runEndToEnd (10b) runs ingest + 2 worker processes over a produced topic
+// until every offset is committed, two kinds of worker interleaved:
+// "kbridge worker --http" against a no-op endpoint (kbench sink), and the
+// worker library with a no-op Go handler (kbench worker).
 func runEndToEnd(e *env) (any, error) {
 	const parts, size = 8, 256
 	n := pick(e, 200000, 50000)
@@ -41,94 +46,134 @@ func runEndToEnd(e *env) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := e2eResult{Records: n, Partitions: parts, Size: size, Workers: "2 × kbridge worker --http (no-op endpoint, kbench sink) --concurrency 32",
-		CPU: map[string]bench.Summary{}, CPUProcList: []string{"ingest", "worker 1", "worker 2", "redis-server", "sink"}}
-	var rates, ratesC, cmds []float64
-	cpu := map[string][]float64{}
+	kinds := []struct {
+		name, workers string
+		procs         []string
+	}{
+		{"http", "2 × `kbridge worker --http --concurrency 32` against a no-op endpoint (`kbench sink`)", []string{"ingest", "worker 1", "worker 2", "redis-server", "sink"}},
+		{"library", "2 × `kbench worker --concurrency 32` (the worker library, no-op Go handler)", []string{"ingest", "worker 1", "worker 2", "redis-server"}},
+	}
+	type acc struct {
+		rates, ratesC, cmds []float64
+		cpu                 map[string][]float64
+		byName              map[string]float64
+		dups                int64
+	}
+	accs := make([]acc, len(kinds))
 	for round := range e.rounds {
-		prefix, group := e.name("e"), e.name("g")
-		sink, err := e.startSink("sink", 0)
-		if err != nil {
-			return r, err
-		}
-		c0, err := bench.CommandCalls(e.ctx, e.rdb)
-		if err != nil {
-			return r, err
-		}
-		redis0, _ := bench.ReadProc(e.redisPid)
-		start := time.Now()
-		in, err := e.startIngest("ingest", prefix, group, []string{topic})
-		if err != nil {
-			return r, err
-		}
-		var ws []*child
-		for i := range 2 {
-			w, err := e.startHTTPWorker(fmt.Sprintf("worker%d", i+1), prefix, "http://"+sink.addr+"/", "--concurrency", "32")
+		for i := range kinds {
+			k := (i + round) % len(kinds)
+			kind := kinds[k]
+			a := &accs[k]
+			if a.cpu == nil {
+				a.cpu = map[string][]float64{}
+			}
+			prefix, group := e.name("e"), e.name("g")
+			var sink *child
+			if kind.name == "http" {
+				if sink, err = e.startSink("sink", 0); err != nil {
+					return nil, err
+				}
+			}
+			c0, err := bench.CommandCalls(e.ctx, e.rdb)
 			if err != nil {
-				return r, err
+				return nil, err
 			}
-			ws = append(ws, w)
-		}
-		var t0, t1 time.Time
-		var n0 int64
-		err = waitFor(e.ctx, 10*time.Minute, 50*time.Millisecond, "every record handled", func() bool {
-			c := sink.counts(e.ctx)
-			if c.Total > 0 && t0.IsZero() {
-				t0, n0 = time.Now(), c.Total
+			redis0, _ := bench.ReadProc(e.redisPid)
+			start := time.Now()
+			in, err := e.startIngest("ingest", prefix, group, []string{topic})
+			if err != nil {
+				return nil, err
 			}
-			return c.Total-c.Dups >= int64(n) || in.exited()
-		})
-		t1 = time.Now()
-		if err == nil {
-			err = waitFor(e.ctx, 2*time.Minute, 20*time.Millisecond, "every offset committed", func() bool { return e.allCommitted(group, topic, ends) })
-		}
-		t2 := time.Now()
-		if err != nil {
-			return r, err
-		}
-		procs := []*child{in, ws[0], ws[1]}
-		var cpus []float64
-		for i, c := range procs {
-			s := c.sample()
-			cpu[r.CPUProcList[i]] = append(cpu[r.CPUProcList[i]], float64(s.CPU.Microseconds())/float64(n))
-			cpus = append(cpus, float64(s.CPU.Microseconds())/float64(n))
-		}
-		redis1, _ := bench.ReadProc(e.redisPid)
-		cpu["redis-server"] = append(cpu["redis-server"], float64((redis1.CPU-redis0.CPU).Microseconds())/float64(n))
-		ss := sink.sample()
-		cpu["sink"] = append(cpu["sink"], float64(ss.CPU.Microseconds())/float64(n))
-		c1, err := bench.CommandCalls(e.ctx, e.rdb)
-		if err != nil {
-			return r, err
-		}
-		var total int64
-		byName := map[string]float64{}
-		for name, v := range c1 {
-			if name == "info" || name == "xlen" || name == "ping" || name == "config|get" && false {
-				continue
+			var ws []*child
+			for j := range 2 {
+				var w *child
+				if kind.name == "http" {
+					w, err = e.startHTTPWorker(fmt.Sprintf("worker%d", j+1), prefix, "http://"+sink.addr+"/", "--concurrency", "32")
+				} else {
+					w, err = e.startWorker(fmt.Sprintf("worker%d", j+1), prefix, "default=noop", "--concurrency", "32")
+				}
+				if err != nil {
+					return nil, err
+				}
+				ws = append(ws, w)
 			}
-			if d := v - c0[name]; d > 0 {
-				total += d
-				byName[name] = float64(d) / float64(n)
+			handled := func() counts {
+				if sink != nil {
+					return sink.counts(e.ctx)
+				}
+				var c counts
+				for _, w := range ws {
+					x := w.counts(e.ctx)
+					c.Total += x.Total
+					c.Dups += x.Dups
+				}
+				return c
 			}
+			var t0 time.Time
+			var n0 int64
+			err = waitFor(e.ctx, 10*time.Minute, 50*time.Millisecond, "every record handled", func() bool {
+				c := handled()
+				if c.Total > 0 && t0.IsZero() {
+					t0, n0 = time.Now(), c.Total
+				}
+				return c.Total-c.Dups >= int64(n) || in.exited()
+			})
+			t1 := time.Now()
+			if err == nil {
+				err = waitFor(e.ctx, 2*time.Minute, 20*time.Millisecond, "every offset committed", func() bool { return e.allCommitted(group, topic, ends) })
+			}
+			t2 := time.Now()
+			if err != nil {
+				return nil, err
+			}
+			per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+			for j, c := range []*child{in, ws[0], ws[1]} {
+				a.cpu[kind.procs[j]] = append(a.cpu[kind.procs[j]], per(c.sample().CPU))
+			}
+			redis1, _ := bench.ReadProc(e.redisPid)
+			a.cpu["redis-server"] = append(a.cpu["redis-server"], per(redis1.CPU-redis0.CPU))
+			if sink != nil {
+				a.cpu["sink"] = append(a.cpu["sink"], per(sink.sample().CPU))
+			}
+			c1, err := bench.CommandCalls(e.ctx, e.rdb)
+			if err != nil {
+				return nil, err
+			}
+			var total int64
+			a.byName = map[string]float64{}
+			for name, v := range c1 {
+				if name == "info" || name == "xlen" { // the benchmark's own
+					continue
+				}
+				if d := v - c0[name]; d > 0 {
+					total += d
+					a.byName[name] = float64(d) / float64(n)
+				}
+			}
+			a.cmds = append(a.cmds, float64(total)/float64(n))
+			rate := float64(int64(n)-n0) / t1.Sub(t0).Seconds()
+			a.rates, a.ratesC = append(a.rates, rate), append(a.ratesC, float64(n)/t2.Sub(start).Seconds())
+			a.dups += handled().Dups
+			e.logf("10b round %d, %s workers: %.0f records/s handled, %.0f/s start→committed; CPU µs/record ingest %.1f, workers %.1f %.1f, redis %.1f; %.2f Redis commands/record",
+				round+1, kind.name, rate, a.ratesC[len(a.ratesC)-1], a.cpu["ingest"][len(a.cpu["ingest"])-1], a.cpu["worker 1"][len(a.cpu["worker 1"])-1],
+				a.cpu["worker 2"][len(a.cpu["worker 2"])-1], a.cpu["redis-server"][len(a.cpu["redis-server"])-1], float64(total)/float64(n))
+			e.stopAll()
+			e.cleanRedis(prefix)
 		}
-		r.CmdsByName = byName
-		cmds = append(cmds, float64(total)/float64(n))
-		rate := float64(int64(n)-n0) / t1.Sub(t0).Seconds()
-		rates, ratesC = append(rates, rate), append(ratesC, float64(n)/t2.Sub(start).Seconds())
-		r.Duplicates += sink.counts(e.ctx).Dups
-		e.logf("10b round %d: %.0f records/s handled, %.0f/s start→committed; CPU µs/record ingest %.1f, workers %.1f %.1f, redis %.1f, sink %.1f; %.2f Redis commands/record",
-			round+1, rate, ratesC[len(ratesC)-1], cpus[0], cpus[1], cpus[2], cpu["redis-server"][round], cpu["sink"][round], float64(total)/float64(n))
-		for _, c := range append(procs, sink) {
-			c.stop()
-		}
-		e.cleanRedis(prefix)
 	}
-	r.Rate, r.RateCommit, r.Cmds = bench.Summarize(rates), bench.Summarize(ratesC), bench.Summarize(cmds)
-	for k, v := range cpu {
-		r.CPU[k] = bench.Summarize(v)
+	var out []e2eResult
+	for k, kind := range kinds {
+		a := accs[k]
+		r := e2eResult{Records: n, Partitions: parts, Size: size, Workers: kind.workers, CPUProcList: kind.procs,
+			Rate: bench.Summarize(a.rates), RateCommit: bench.Summarize(a.ratesC), Cmds: bench.Summarize(a.cmds),
+			CmdsByName: a.byName, Duplicates: a.dups, CPU: map[string]bench.Summary{}}
+		for p, v := range a.cpu {
+			r.CPU[p] = bench.Summarize(v)
+		}
+		out = append(out, r)
 	}
-	return r, nil
+	return out, nil
 }
 
 // point is one sample of a time series.
@@ -300,6 +345,8 @@ func runManyPartitions(e *env) (any, error) {
 	sleepCtx(e.ctx, win/3)
 	b, _ := bench.ReadProc(e.redisPid)
 	r.RedisBase = bench.CPUShare(a, b)
+
+	// Idle: no record at all.
 	prefix, group := e.name("m"), e.name("g")
 	defer e.cleanRedis(prefix)
 	start := time.Now()
@@ -307,21 +354,7 @@ func runManyPartitions(e *env) (any, error) {
 	if err != nil {
 		return r, err
 	}
-	err = waitFor(e.ctx, 10*time.Minute, time.Second, "every partition's status", func() bool {
-		pipe := e.rdb.Pipeline()
-		var cs []func() int64
-		for p := range parts {
-			cs = append(cs, pipe.Exists(e.ctx, streamKey(prefix, topic, p)+":status").Val)
-		}
-		_, _ = pipe.Exec(e.ctx)
-		for _, c := range cs {
-			if c() == 0 {
-				return in.exited()
-			}
-		}
-		return true
-	})
-	if err != nil {
+	if err := e.waitStatuses(in, prefix, topic, parts); err != nil {
 		return r, err
 	}
 	r.SetupSeconds = time.Since(start).Seconds()
@@ -334,11 +367,29 @@ func runManyPartitions(e *env) (any, error) {
 	r.IngestIdle, r.RedisIdle, r.IdleRSS = bench.CPUShare(i0, i1), bench.CPUShare(a, b), i1.RSS
 	e.logf("10d: %d idle partitions: ingest %.1f%% of a core, Redis %.1f%% (%.1f%% before the ingest); ingest RSS %d MiB",
 		parts, 100*r.IngestIdle, 100*r.RedisIdle, 100*r.RedisBase, r.IdleRSS>>20)
-	// A backlog on every partition, larger than the cap.
+	in.stop()
+	e.cleanRedis(prefix)
+	if r.IngestIdle > 0.03 {
+		r.Profile = e.profilePath("10d-ingest-idle-1000-partitions.txt")
+		if err := e.profileIdle(topic, parts, win, r.Profile); err != nil {
+			e.logf("10d: profile: %v", err)
+			r.Profile = ""
+		}
+	}
+
+	// A backlog on every partition, larger than the cap: a fresh ingest.
+	prefix, group = e.name("m"), e.name("g")
+	defer e.cleanRedis(prefix)
+	in, err = e.startIngest("ingest", prefix, group, []string{topic}, "--partition-cap", strconv.Itoa(r.Cap))
+	if err != nil {
+		return r, err
+	}
+	if err := e.waitStatuses(in, prefix, topic, parts); err != nil {
+		return r, err
+	}
 	done := make(chan error, 1)
 	go func() { done <- e.k.Produce(e.ctx, topic, bench.Partitions(parts), parts*r.PerPartition, r.Size) }()
 	r.BacklogInKafk = int64(parts * r.PerPartition * r.Size)
-	r.PeakRSS = r.IdleRSS
 	var produced time.Time
 	err = waitFor(e.ctx, 10*time.Minute, 250*time.Millisecond, "the backlog phase", func() bool {
 		r.PeakRSS = max(r.PeakRSS, in.sample().RSS)
@@ -358,29 +409,47 @@ func runManyPartitions(e *env) (any, error) {
 	r.Appended = e.xlenSum(prefix, topic, parts)
 	e.logf("10d: backlog of %d × %d records of %d B: peak ingest RSS %d MiB, %d entries in Redis", parts, r.PerPartition, r.Size, r.PeakRSS>>20, r.Appended)
 	in.stop()
-	if r.IngestIdle > 0.03 {
-		r.Profile = e.profilePath("10d-ingest-idle-1000-partitions.txt")
-		if err := e.profileIdle(topic, win, r.Profile); err != nil {
-			e.logf("10d: profile: %v", err)
-			r.Profile = ""
-		}
-	}
 	return r, nil
 }
 
-// profileIdle runs kbench ingest (the library) on topic with a new group,
-// lets it settle, and profiles it for window. The topic holds a backlog
-// now: a cap of 1 keeps it idle after the first append.
-func (e *env) profileIdle(topic string, window time.Duration, out string) error {
+// waitStatuses waits until the ingest published the status hash of every
+// partition (each partition set up).
+func (e *env) waitStatuses(in *child, prefix, topic string, parts int) error {
+	return waitFor(e.ctx, 10*time.Minute, time.Second, "every partition's status", func() bool {
+		pipe := e.rdb.Pipeline()
+		var cs []func() int64
+		for p := range parts {
+			cs = append(cs, pipe.Exists(e.ctx, streamKey(prefix, topic, p)+":status").Val)
+		}
+		_, _ = pipe.Exec(e.ctx)
+		for _, c := range cs {
+			if c() == 0 {
+				return in.exited()
+			}
+		}
+		return true
+	})
+}
+
+// profileIdle runs kbench ingest (the library, bridge.Config defaults) on
+// the idle topic with a new group, waits until every partition is set up,
+// and profiles the window after.
+func (e *env) profileIdle(topic string, parts int, window time.Duration, out string) error {
 	prefix, group := e.name("p"), e.name("g")
 	defer e.cleanRedis(prefix)
 	prof := out + ".pprof"
 	c, err := e.start("ingest-prof", e.self, "ingest", "--brokers", e.brokers[0], "--redis", e.redisAddr,
-		"--prefix", prefix, "--group", group, "--topics", topic, "--partition-cap", "1", "--cpuprofile", prof)
+		"--prefix", prefix, "--group", group, "--topics", topic, "--cpuprofile", prof, "--profile-on-sigusr1")
 	if err != nil {
 		return err
 	}
-	sleepCtx(e.ctx, window+30*time.Second)
+	if err := e.waitStatuses(c, prefix, topic, parts); err != nil {
+		c.stop()
+		return err
+	}
+	sleepCtx(e.ctx, 10*time.Second)
+	_ = c.cmd.Process.Signal(syscall.SIGUSR1)
+	sleepCtx(e.ctx, window)
 	c.stop()
 	return e.pprofTop(prof, out)
 }

@@ -192,31 +192,53 @@ func renderBenchmark(w func(string, ...any), id string, raw json.RawMessage, rel
 			prof(c.Profile)
 		}
 	case "10b":
-		var r e2eResult
-		_ = json.Unmarshal(raw, &r)
-		w("%d records of %d B on %d partitions, produced first; then one `kbridge ingest` and %s, until every\n", r.Records, r.Size, r.Partitions, r.Workers)
-		w("offset is committed. Records/s from the first record handled to the last, and from the start to the\n")
-		w("last commit. CPU per record = the process's CPU time ÷ records (Redis: its CPU during the run).\n")
-		w("Redis commands per record from `INFO commandstats` before and after (the benchmark's own polling excluded).\n\n")
-		w("| figure | median (spread) |\n| --- | --- |\n")
-		w("| records/s, first → last handled | %s |\n| records/s, start → all committed | %s |\n", sum(r.Rate, "%.0f"), sum(r.RateCommit, "%.0f"))
-		for _, p := range r.CPUProcList {
-			w("| CPU µs per record: %s | %s |\n", p, sum(r.CPU[p], "%.1f"))
+		var rs []e2eResult
+		_ = json.Unmarshal(raw, &rs)
+		if len(rs) == 0 {
+			break
 		}
-		w("| Redis commands per record | %s |\n| records handled twice | %d |\n\n", sum(r.Cmds, "%.2f"), r.Duplicates)
-		var names []string
-		for k := range r.CmdsByName {
-			names = append(names, k)
+		r0 := rs[0]
+		w("%d records of %d B on %d partitions, produced first; then one `kbridge ingest` and two worker processes until\n", r0.Records, r0.Size, r0.Partitions)
+		w("every offset is committed, two kinds of worker interleaved. Records/s from the first record handled to\n")
+		w("the last, and from the start to the last commit. CPU per record = the process's CPU time ÷ records\n")
+		w("(Redis: its CPU during the run). Redis commands per record from `INFO commandstats` before and after\n")
+		w("(the benchmark's own polling excluded).\n\n| figure |")
+		for _, r := range rs {
+			w(" %s |", r.Workers)
 		}
-		sort.Slice(names, func(i, j int) bool { return r.CmdsByName[names[i]] > r.CmdsByName[names[j]] })
-		w("Redis commands per record by name (last round): ")
-		for i, k := range names {
-			if i > 0 {
-				w(", ")
+		w("\n| --- |%s\n", strings.Repeat(" --- |", len(rs)))
+		row := func(name string, f func(r e2eResult) string) {
+			w("| %s |", name)
+			for _, r := range rs {
+				w(" %s |", f(r))
 			}
-			w("`%s` %.3f", k, r.CmdsByName[k])
+			w("\n")
 		}
-		w(".\n\n")
+		row("records/s, first → last handled", func(r e2eResult) string { return sum(r.Rate, "%.0f") })
+		row("records/s, start → all committed", func(r e2eResult) string { return sum(r.RateCommit, "%.0f") })
+		for _, p := range []string{"ingest", "worker 1", "worker 2", "redis-server", "sink"} {
+			row("CPU µs per record: "+p, func(r e2eResult) string { return sum(r.CPU[p], "%.1f") })
+		}
+		row("Redis commands per record", func(r e2eResult) string { return sum(r.Cmds, "%.2f") })
+		row("records handled twice", func(r e2eResult) string { return fmt.Sprint(r.Duplicates) })
+		w("\n")
+		for _, r := range rs {
+			var names []string
+			for k := range r.CmdsByName {
+				if r.CmdsByName[k] >= 0.0005 {
+					names = append(names, k)
+				}
+			}
+			sort.Slice(names, func(i, j int) bool { return r.CmdsByName[names[i]] > r.CmdsByName[names[j]] })
+			w("Redis commands per record by name, %s (last round): ", r.Workers)
+			for i, k := range names {
+				if i > 0 {
+					w(", ")
+				}
+				w("`%s` %.3f", k, r.CmdsByName[k])
+			}
+			w(".\n\n")
+		}
 	case "10c":
 		var r backlogResult
 		_ = json.Unmarshal(raw, &r)
