@@ -22,10 +22,9 @@ func Summarize(v []float64) Summary {
 			xs = append(xs, x)
 		}
 	}
-	s := Summary{N: len(xs), Values: slices.Clone(v)}
+	s := Summary{N: len(xs), Values: slices.Clone(xs)}
 	if len(xs) == 0 {
-		s.Median, s.Min, s.Max = math.NaN(), math.NaN(), math.NaN()
-		return s
+		return s // N = 0: no figure (JSON has no NaN)
 	}
 	slices.Sort(xs)
 	s.Min, s.Max = xs[0], xs[len(xs)-1]

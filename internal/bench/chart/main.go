@@ -107,6 +107,11 @@ func ceiling(raw json.RawMessage, dir string) error {
 		p.Legend.Add(s.name, bars)
 	}
 	p.Legend.Top = true
+	top := 0.0
+	for _, c := range cs {
+		top = max(top, c.Fetch.Median, c.XAdd.Median, c.Ingest.Median)
+	}
+	p.Y.Max = top / 1000 * 1.3 // room for the legend
 	p.NominalX(names...)
 	return p.Save(16*vg.Centimeter, 10*vg.Centimeter, filepath.Join(dir, "10a-ceiling.png"))
 }
@@ -214,6 +219,11 @@ func rebalance(raw json.RawMessage, dir string) error {
 	p.X.Label.Text = "seconds after the second ingest started"
 	p.Y.Label.Text = "records/s"
 	p.Y.Min = 0
+	top := r.Steady.Median
+	for _, q := range pts {
+		top = max(top, q.Y)
+	}
+	p.Y.Max = top * 1.35 // room for the legend
 	p.Legend.Top = true
 	if err := plotutil.AddLinePoints(p, "records handled per second", pts, "steady state (median)", steady); err != nil {
 		return err

@@ -15,13 +15,18 @@ type windowRun struct {
 	Total   int64            // handled from the start to the end of the window
 	Seconds float64          // the window's real length
 	Worker  map[string]int64 // the worker library's counters at the end
+	Drained bool             // the counted records ran out: the window ended early
 }
 
 // workerWindow starts a fresh ingest (own prefix and group) on topics and
 // one kbench worker with spec and args, waits until the worker handled its
-// first record, then warmup, and measures the window. With profile set, the
-// worker runs under a CPU profile whose top is written there.
-func (e *env) workerWindow(topics []string, spec string, args []string, warmup, window time.Duration, profile string) (windowRun, error) {
+// first record, then warmup, and measures the window; counts are polled
+// every 100 ms. When the records counted under key (a "topic/partition", or
+// "" for all) reach expect before the window ends, the window ends there
+// (and starts at the first record if that was still in the warm-up), so a
+// fast run is measured over what it had. With profile set, the worker runs
+// under a CPU profile whose top is written there.
+func (e *env) workerWindow(topics []string, spec string, args []string, warmup, window time.Duration, key string, expect int64, profile string) (windowRun, error) {
 	var r windowRun
 	prefix, group := e.name("w"), e.name("g")
 	defer e.cleanRedis(prefix)
@@ -40,8 +45,23 @@ func (e *env) workerWindow(topics []string, spec string, args []string, warmup, 
 		return r, err
 	}
 	defer w.stop()
+	type sample struct {
+		t time.Time
+		c counts
+	}
+	count := func(c counts) int64 {
+		if key == "" {
+			return c.Total
+		}
+		return c.Per[key]
+	}
+	var first sample
 	err = waitFor(e.ctx, 5*time.Minute, 50*time.Millisecond, "the first record handled", func() bool {
-		return in.exited() || w.exited() || w.counts(e.ctx).Total > 0
+		if in.exited() || w.exited() {
+			return true
+		}
+		first = sample{time.Now(), w.counts(e.ctx)}
+		return first.c.Total > 0
 	})
 	if err != nil {
 		return r, err
@@ -49,17 +69,33 @@ func (e *env) workerWindow(topics []string, spec string, args []string, warmup, 
 	if in.exited() || w.exited() {
 		return r, fmt.Errorf("a process exited early: ingest %v (%s), worker %v (%s)", in.err, in.log, w.err, w.log)
 	}
-	sleepCtx(e.ctx, warmup)
-	c0, t0 := w.counts(e.ctx), time.Now()
-	sleepCtx(e.ctx, window)
-	c1, t1 := w.counts(e.ctx), time.Now()
-	r.Seconds = t1.Sub(t0).Seconds()
-	r.Rate = float64(c1.Total-c0.Total) / r.Seconds
-	r.Total = c1.Total
-	r.Worker = c1.Worker
+	var from, to sample
+	for {
+		sleepCtx(e.ctx, 100*time.Millisecond)
+		s := sample{time.Now(), w.counts(e.ctx)}
+		if from.t.IsZero() && s.t.Sub(first.t) >= warmup {
+			from = s
+		}
+		if expect > 0 && count(s.c) >= expect {
+			if from.t.IsZero() {
+				from = first
+			}
+			to = s
+			r.Drained = true
+			break
+		}
+		if !from.t.IsZero() && s.t.Sub(from.t) >= window || e.ctx.Err() != nil {
+			to = s
+			break
+		}
+	}
+	r.Seconds = to.t.Sub(from.t).Seconds()
+	r.Rate = float64(count(to.c)-count(from.c)) / r.Seconds
+	r.Total = to.c.Total
+	r.Worker = to.c.Worker
 	r.Per = map[string]int64{}
-	for k, v := range c1.Per {
-		r.Per[k] = v - c0.Per[k]
+	for k, v := range to.c.Per {
+		r.Per[k] = v - from.c.Per[k]
 	}
 	w.stop()
 	in.stop()

@@ -51,14 +51,12 @@ func runHotPartition(e *env) (any, error) {
 			order = []string{many, one}
 		}
 		for _, t := range order {
-			w, err := e.workerWindow([]string{t}, spec, args, 3*time.Second, win, "")
+			w, err := e.workerWindow([]string{t}, spec, args, 2*time.Second, win, "", int64(n), "")
 			if err != nil {
 				return r, err
 			}
 			rates[t] = w.Rate
-			if w.Total >= int64(n) {
-				r.Drained = true
-			}
+			r.Drained = r.Drained || w.Drained
 		}
 		e.logf("8-i round %d: 1 partition %.0f/s, 1,000 partitions %.0f/s: ratio %.2f", round+1, rates[one], rates[many], rates[many]/rates[one])
 		ones, manys, ratios = append(ones, rates[one]), append(manys, rates[many]), append(ratios, rates[many]/rates[one])
@@ -66,7 +64,7 @@ func runHotPartition(e *env) (any, error) {
 	r.One, r.Many, r.Ratio = bench.Summarize(ones), bench.Summarize(manys), bench.Summarize(ratios)
 	if r.Ratio.Median < 0.8 {
 		path := e.profilePath("8-i-worker-1000-partitions.txt")
-		if _, err := e.workerWindow([]string{many}, spec, args, 3*time.Second, win, path); err == nil {
+		if _, err := e.workerWindow([]string{many}, spec, args, 2*time.Second, win, "", int64(n), path); err == nil {
 			r.Profile = path
 		}
 	}
@@ -114,7 +112,7 @@ func runHeadOfLine(e *env) (any, error) {
 		order := []string{alone, slow, fail}
 		order = append(order[round%3:], order[:round%3]...)
 		for _, t := range order {
-			w, err := e.workerWindow([]string{t}, spec, nil, 3*time.Second, win, "")
+			w, err := e.workerWindow([]string{t}, spec, nil, 2*time.Second, win, t+"/1", int64(fast), "")
 			if err != nil {
 				return r, err
 			}
@@ -139,7 +137,7 @@ func runHeadOfLine(e *env) (any, error) {
 			t = fail
 		}
 		path := e.profilePath("8-ii-worker.txt")
-		if _, err := e.workerWindow([]string{t}, spec, nil, 3*time.Second, win, path); err == nil {
+		if _, err := e.workerWindow([]string{t}, spec, nil, 2*time.Second, win, t+"/1", int64(fast), path); err == nil {
 			r.Profile = path
 		}
 	}
@@ -267,13 +265,11 @@ func runLittle(e *env) (any, error) {
 			c := ns[(i+round)%len(ns)]
 			ideal := float64(c) / 0.010
 			p := sleepPool(c, 10*time.Millisecond, win)
-			w, err := e.workerWindow([]string{topic}, "default=sleep:10ms", []string{"--concurrency", strconv.Itoa(c)}, 3*time.Second, win, "")
+			w, err := e.workerWindow([]string{topic}, "default=sleep:10ms", []string{"--concurrency", strconv.Itoa(c)}, 2*time.Second, win, "", int64(n), "")
 			if err != nil {
 				return nil, err
 			}
-			if w.Total >= int64(n) {
-				drained[c] = true
-			}
+			drained[c] = drained[c] || w.Drained
 			e.logf("8-iv round %d N=%d: worker %.0f/s (%.3f of ideal), goroutine pool %.0f/s (%.3f)", round+1, c, w.Rate, w.Rate/ideal, p, p/ideal)
 			wr[c], pr[c] = append(wr[c], w.Rate), append(pr[c], p)
 		}
@@ -289,7 +285,7 @@ func runLittle(e *env) (any, error) {
 		r.Efficiency, r.PoolEff = bench.Summarize(eff), bench.Summarize(peff)
 		if r.Target > 0 && r.Efficiency.Median < r.Target {
 			path := e.profilePath(fmt.Sprintf("8-iv-worker-N%d.txt", c))
-			if _, err := e.workerWindow([]string{topic}, "default=sleep:10ms", []string{"--concurrency", strconv.Itoa(c)}, 3*time.Second, win, path); err == nil {
+			if _, err := e.workerWindow([]string{topic}, "default=sleep:10ms", []string{"--concurrency", strconv.Itoa(c)}, 2*time.Second, win, "", int64(n), path); err == nil {
 				r.Profile = path
 			}
 		}
