@@ -63,7 +63,7 @@ type child struct {
 }
 
 func (e *env) start(name, bin string, args ...string) (*child, error) {
-	logPath := filepath.Join(e.dir, fmt.Sprintf("%s-%d.log", name, e.seq))
+	logPath := filepath.Join(e.dir, fmt.Sprintf("%s-%d-%d.log", name, os.Getpid(), e.seq))
 	e.seq++
 	f, err := os.Create(logPath)
 	if err != nil {
@@ -145,7 +145,7 @@ func (e *env) startHTTPWorker(name, prefix, url string, extra ...string) (*child
 
 // startWorker runs "kbench worker" (the worker library, synthetic handler).
 func (e *env) startWorker(name, prefix, spec string, extra ...string) (*child, error) {
-	pf := filepath.Join(e.dir, fmt.Sprintf("%s-%d.port", name, e.seq))
+	pf := e.portFile(name)
 	args := []string{"worker", "--redis", e.redisAddr, "--prefix", prefix, "--handle", spec, "--port-file", pf}
 	c, err := e.start(name, e.self, append(args, extra...)...)
 	if err != nil {
@@ -156,12 +156,21 @@ func (e *env) startWorker(name, prefix, spec string, extra ...string) (*child, e
 
 // startSink runs "kbench sink".
 func (e *env) startSink(name string, sleep time.Duration) (*child, error) {
-	pf := filepath.Join(e.dir, fmt.Sprintf("%s-%d.port", name, e.seq))
+	pf := e.portFile(name)
 	c, err := e.start(name, e.self, "sink", "--port-file", pf, "--sleep", sleep.String())
 	if err != nil {
 		return nil, err
 	}
 	return c, e.readPort(c, pf)
+}
+
+// portFile returns a fresh path for a child's port file (none left from an
+// earlier run in the same directory).
+func (e *env) portFile(name string) string {
+	pf := filepath.Join(e.dir, fmt.Sprintf("%s-%d-%d.port", name, os.Getpid(), e.seq))
+	e.seq++
+	_ = os.Remove(pf)
+	return pf
 }
 
 func (e *env) readPort(c *child, pf string) error {
