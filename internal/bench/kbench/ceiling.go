@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
 	"strconv"
 	"sync"
 	"time"
@@ -245,14 +243,9 @@ func ingestRate(e *env, topic string, ends map[int]int64, profile string) (float
 	}
 	c.stop()
 	if prof != "" {
-		top, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=40", e.self, prof).CombinedOutput()
-		if err != nil {
-			return 0, 0, fmt.Errorf("pprof: %v: %s", err, top)
-		}
-		if err := os.WriteFile(profile, top, 0o644); err != nil {
+		if err := e.pprofTop(prof, profile); err != nil {
 			return 0, 0, err
 		}
-		_ = os.Remove(prof)
 	}
 	if t1.Sub(t0) <= 0 || n0 >= total {
 		return 0, peak, fmt.Errorf("ingest too fast to measure: %d of %d records at the first poll", n0, total)

@@ -110,9 +110,14 @@ func (e *env) workerWindow(topics []string, spec string, args []string, warmup, 
 // pprofTop writes the top of a CPU profile as text.
 func (e *env) pprofTop(prof, out string) error {
 	defer os.Remove(prof)
-	top, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=40", e.self, prof).CombinedOutput()
+	flat, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=40", e.self, prof).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("pprof: %v: %s", err, top)
+		return fmt.Errorf("pprof: %v: %s", err, flat)
 	}
-	return os.WriteFile(out, top, 0o644)
+	cum, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=40", e.self, prof).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pprof: %v: %s", err, cum)
+	}
+	text := "# go tool pprof -top (flat)\n\n" + string(flat) + "\n# go tool pprof -top -cum (where the time goes, callers included)\n\n" + string(cum)
+	return os.WriteFile(out, []byte(text), 0o644)
 }
