@@ -65,7 +65,9 @@ func cmdReport(args []string) error {
 	for _, t := range targets(res) {
 		w("| %s | %s | %s |\n", t.what, t.got, t.verdict)
 	}
-	w("\nA target marked **missed** has a CPU profile of the process that missed it (see its section).\n\n")
+	w("\nWhere a missed target is a matter of CPU or throughput (10a, 10d idle, 8-i, 8-ii, 8-iv), its section links a CPU\n")
+	w("profile of the process that missed it (`docs/profiles/`, flat and cumulative `go tool pprof -top`). The commit lag\n")
+	w("(10f) and the reclaim time (8-iii) are waits, not CPU, and the RSS figures are memory: no CPU profile stands behind them.\n\n")
 
 	for _, bm := range benchmarks() {
 		raw, ok := res.Benchmarks[bm.id]
