@@ -30,22 +30,27 @@ type decoder struct {
 
 // decoded is what decoding one result produced.
 type decoded struct {
-	records []wire.Record
-	bufs    [][]byte // decompression buffers, pooled
-	charged int64    // bytes beyond the fetched record set
-	next    int64    // on error: the first offset not decoded
+	records []wire.Record // capacity recordsCap(records in the batches)
+	bufs    [][]byte      // decompression buffers, pooled
+	charged int64         // bytes beyond the record set and the records slice
+	next    int64         // on error: the first offset not decoded
 	err     error
+}
+
+// countRecords is the number of records the batches announce.
+func countRecords(bs []batch) int {
+	n := 0
+	for i := range bs {
+		n += int(bs[i].count)
+	}
+	return n
 }
 
 // decode appends the records of bs at offsets ≥ from. On a malformed batch
 // it stops there: out.next is that batch's first offset (or from), out.err
 // says why, and the records before it are kept.
 func (d *decoder) decode(bs []batch, from int64, out *decoded) {
-	n := 0
-	for i := range bs {
-		n += int(bs[i].count)
-	}
-	out.records = getRecords(n)
+	out.records = getRecords(countRecords(bs))
 	var slab []wire.Header
 	for i := range bs {
 		b := &bs[i]
@@ -106,7 +111,6 @@ func (d *decoder) decode(bs []batch, from int64, out *decoded) {
 			break
 		}
 	}
-	out.charged += int64(cap(out.records)) * recordSize
 }
 
 // headers appends n headers read from b to slab.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,10 @@ type Fetcher struct {
 	wake     chan struct{}
 	wg       sync.WaitGroup
 	plans    map[int32]*plan // scratch of schedule
+	// expansion is the memory a fetched byte takes once decoded (record
+	// set buffer, decoded records, decompressed data), measured: requests
+	// ask for avail/expansion bytes so their results fit the budget.
+	expansion float64
 }
 
 const (
@@ -90,9 +95,11 @@ type Stats struct {
 	ControlBatches   int64 // transaction markers skipped
 	EmptyAdvances    int64 // positions moved over ranges holding nothing (compaction)
 	MemoryBudget     int64
-	MemoryUsed       int64 // held by results plus reserved by requests in flight
-	MemoryPeak       int64
-	BudgetWaits      int64 // scheduling passes that found no budget left
+	MemoryHeld       int64   // by results not yet released (buffered or with callers)
+	MemoryReserved   int64   // by requests in flight
+	MemoryPeak       int64   // highest held + reserved
+	BudgetWaits      int64   // scheduling passes that found no budget left
+	Expansion        float64 // memory per fetched byte, measured (records, decompression)
 	Partitions       int
 }
 
@@ -116,6 +123,7 @@ func New(cfg Config) (*Fetcher, error) {
 		plans:     make(map[int32]*plan),
 		wake:      make(chan struct{}, 1),
 		stats:     Stats{MemoryBudget: cfg.MemoryBytes},
+		expansion: 2,
 	}, nil
 }
 
@@ -152,7 +160,7 @@ func (f *Fetcher) Stats() Stats {
 	defer f.mu.Unlock()
 	s := f.stats
 	s.Records = f.records.Load()
-	s.MemoryUsed = f.used + f.reserved
+	s.MemoryHeld, s.MemoryReserved, s.Expansion = f.used, f.reserved, f.expansion
 	s.Partitions = len(f.order)
 	return s
 }
@@ -210,8 +218,13 @@ func (f *Fetcher) kick() {
 	}
 }
 
-func (f *Fetcher) charge(n int64) {
+// charge adds n bytes held by a result decoded from a record set of size
+// bytes that now holds total bytes, and learns the expansion from it.
+func (f *Fetcher) charge(n, total int64, size int) {
 	f.mu.Lock()
+	if size >= 1<<10 {
+		f.expansion = min(max(0.8*f.expansion+0.2*float64(total)/float64(size), 1), 16)
+	}
 	f.used += n
 	f.stats.MemoryPeak = max(f.stats.MemoryPeak, f.used+f.reserved)
 	f.mu.Unlock()
@@ -311,13 +324,21 @@ func (f *Fetcher) schedule(ctx context.Context, now time.Time) time.Duration {
 		default:
 			continue // one long poll at a time; it returns within MaxWait
 		}
+		// Reserve what the results will take once decoded; ask the
+		// broker for what fits in it. With nothing held or in flight a
+		// request always goes, whatever its size: progress first.
 		avail := f.cfg.MemoryBytes - f.used - f.reserved
-		if avail < floor {
+		maxBytes := min(int64(f.cfg.MaxBytes), int64(len(parts))*int64(f.cfg.PartitionMaxBytes))
+		if float64(maxBytes)*f.expansion > float64(avail) {
+			maxBytes = int64(float64(avail) / f.expansion)
+		}
+		if maxBytes < floor && (f.used > 0 || f.reserved > 0) {
 			f.stats.BudgetWaits++
 			continue // a Release wakes the scheduler
 		}
-		reserve := min(int64(f.cfg.MaxBytes), int64(len(parts))*int64(f.cfg.PartitionMaxBytes), avail)
-		f.send(ctx, id, parts, reserve, longPoll)
+		reserve := min(int64(math.Ceil(float64(maxBytes)*f.expansion)), max(avail, 0))
+		maxBytes = max(maxBytes, 1)
+		f.send(ctx, id, parts, reserve, int32(maxBytes), longPoll)
 	}
 	return wait
 }
@@ -367,13 +388,13 @@ func (r *request) find(topic string, partition int32, k *int) *entry {
 // order given, grouped by topic in order of first appearance: the broker
 // reads them in that order until MaxBytes is used, so the first ones are
 // the ones sure to get data. Called with f.mu held.
-func (f *Fetcher) send(ctx context.Context, id int32, parts []*Partition, reserve int64, longPoll bool) {
+func (f *Fetcher) send(ctx context.Context, id int32, parts []*Partition, reserve int64, maxBytes int32, longPoll bool) {
 	req := &request{broker: id, reserve: reserve, longPoll: longPoll, entries: make([]entry, 0, len(parts))}
 	msg := &fetchMsg{broker: id, clientID: f.cfg.ClientID, req: fetch.Request{
 		ReplicaID:      -1,
 		MaxWaitTime:    int32(f.cfg.MaxWait / time.Millisecond),
 		MinBytes:       1,
-		MaxBytes:       int32(reserve),
+		MaxBytes:       maxBytes,
 		IsolationLevel: f.cfg.Isolation.wire(),
 		SessionID:      0,
 		SessionEpoch:   -1, // a full fetch outside any fetch session
@@ -569,8 +590,9 @@ func (f *Fetcher) partitionDone(e *entry, rp *respPartition, eligible bool, now 
 		f: f, batches: out.batches,
 	}
 	if len(out.batches) > 0 {
+		// charged now, decoded later: the scheduler must see it at once
 		r.set = rp.records
-		r.charged = int64(cap(rp.records))
+		r.charged = int64(cap(rp.records)) + int64(recordsCap(countRecords(out.batches)))*recordSize
 		f.used += r.charged
 		f.stats.MemoryPeak = max(f.stats.MemoryPeak, f.used+f.reserved)
 	} else {

@@ -92,7 +92,7 @@ func (p *Partition) decode(r *Result, epoch uint64) {
 	p.dec.decode(r.batches, r.Offset, &out)
 	r.Records, r.bufs, r.batches = out.records, out.bufs, nil
 	r.charged += out.charged
-	f.charge(out.charged)
+	f.charge(out.charged, r.charged, r.Bytes)
 	f.records.Add(int64(len(r.Records)))
 	if out.err == nil {
 		return

@@ -7,33 +7,42 @@ import (
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
-// Byte buffers come from pools by power-of-two size class, so a steady
-// stream of fetches reuses the same few buffers instead of allocating a
-// record set per fetch. Buffers above the largest class are left to the GC.
+// Buffers come from pools by size class, so a steady stream of fetches
+// reuses the same few buffers instead of allocating a record set per fetch.
+// There are four classes per power of two (at most 25% of a buffer unused),
+// from 1 KiB to 64 MiB; larger buffers are left to the GC.
 const (
-	minClass = 10 // 1 KiB
-	maxClass = 26 // 64 MiB
+	minShift = 10 // 1 KiB
+	maxShift = 26 // 64 MiB
+	steps    = 4
 )
 
-var bufPools [maxClass + 1]sync.Pool
-
-func sizeClass(n int) int {
-	if n <= 1<<minClass {
-		return minClass
+// class returns the index and size of the smallest class holding n.
+func class(n int) (int, int) {
+	if n <= 1<<minShift {
+		return 0, 1 << minShift
 	}
-	return bits.Len(uint(n - 1))
+	k := bits.Len(uint(n-1)) - 1 // 2^k < n ≤ 2^(k+1)
+	base, step := 1<<k, 1<<k/steps
+	j := (n - base + step - 1) / step // 1..steps
+	return (k-minShift)*steps + j, base + j*step
 }
 
-// getBuf returns a buffer of length n (capacity the size class).
+var (
+	bufPools    [(maxShift-minShift)*steps + 1]sync.Pool
+	recordPools [(maxShift-minShift)*steps + 1]sync.Pool
+)
+
+// getBuf returns a buffer of length n.
 func getBuf(n int) []byte {
-	c := sizeClass(n)
-	if c > maxClass {
+	i, size := class(n)
+	if i >= len(bufPools) {
 		return make([]byte, n)
 	}
-	if v := bufPools[c].Get(); v != nil {
+	if v := bufPools[i].Get(); v != nil {
 		return (*v.(*[]byte))[:n]
 	}
-	return make([]byte, n, 1<<c)
+	return make([]byte, n, size)
 }
 
 // putBuf returns b to its pool. b must not be used afterwards.
@@ -41,32 +50,41 @@ func putBuf(b []byte) {
 	if b == nil {
 		return
 	}
-	c := sizeClass(cap(b))
-	if c > maxClass || cap(b) != 1<<c {
+	i, size := class(cap(b))
+	if i >= len(bufPools) || size != cap(b) {
 		return
 	}
 	b = b[:0]
-	bufPools[c].Put(&b)
+	bufPools[i].Put(&b)
 }
 
-var recordPool sync.Pool // *[]wire.Record
+// recordsCap is the capacity getRecords gives for n records.
+func recordsCap(n int) int {
+	_, size := class(max(n, 1) * int(recordSize))
+	return size / int(recordSize)
+}
 
 // getRecords returns an empty record slice with room for n records.
 func getRecords(n int) []wire.Record {
-	if v := recordPool.Get(); v != nil {
-		s := *v.(*[]wire.Record)
-		if cap(s) >= n {
-			return s[:0]
+	c := recordsCap(n)
+	i, _ := class(c * int(recordSize))
+	if i < len(recordPools) {
+		if v := recordPools[i].Get(); v != nil {
+			return (*v.(*[]wire.Record))[:0]
 		}
 	}
-	return make([]wire.Record, 0, max(n, 16))
+	return make([]wire.Record, 0, c)
 }
 
 func putRecords(s []wire.Record) {
 	if cap(s) == 0 {
 		return
 	}
+	i, size := class(cap(s) * int(recordSize))
+	if i >= len(recordPools) || size/int(recordSize) != cap(s) {
+		return
+	}
 	clear(s[:cap(s)]) // drop references to the pooled byte buffers
 	s = s[:0]
-	recordPool.Put(&s)
+	recordPools[i].Put(&s)
 }

@@ -1,0 +1,383 @@
+package kfetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/kbridge/kbridge/internal/testenv"
+)
+
+// startFetcher runs a Fetcher on brokers until the test ends.
+func startFetcher(t *testing.T, brokers []string, cfg Config) *Fetcher {
+	t.Helper()
+	cfg.Client = &kafka.Client{Addr: kafka.TCP(brokers...)}
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("Run did not return 30s after its context ended")
+		}
+	})
+	return f
+}
+
+// fetched is what drain collected from one partition.
+type fetched struct {
+	offsets []int64
+	keys    []string
+	values  []string
+	results int
+	next    int64
+}
+
+// drain takes results until the position reaches end, copying the records.
+func drain(t *testing.T, p *Partition, end int64, within time.Duration) fetched {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	var out fetched
+	out.next = p.State().Position
+	for out.next < end {
+		r, err := p.Next(ctx)
+		if err != nil {
+			st := p.State()
+			t.Fatalf("%s/%d: position %d, want %d: %v (state %+v)", p.topic, p.partition, out.next, end, err, st)
+		}
+		if r.Err != nil {
+			t.Fatalf("%s/%d: %v", p.topic, p.partition, r.Err)
+		}
+		if r.Offset != out.next {
+			t.Fatalf("%s/%d: result starts at %d, want %d", p.topic, p.partition, r.Offset, out.next)
+		}
+		last := r.Offset - 1
+		for _, rec := range r.Records {
+			if rec.Offset <= last || rec.Offset >= r.Next {
+				t.Fatalf("%s/%d: record at %d out of order or outside [%d, %d)", p.topic, p.partition, rec.Offset, r.Offset, r.Next)
+			}
+			last = rec.Offset
+			out.offsets = append(out.offsets, rec.Offset)
+			out.keys = append(out.keys, string(rec.Key))
+			out.values = append(out.values, string(rec.Value))
+		}
+		out.results++
+		out.next = r.Next
+		r.Release()
+	}
+	if out.next != end {
+		t.Fatalf("%s/%d: position %d passed the end %d", p.topic, p.partition, out.next, end)
+	}
+	return out
+}
+
+// checkProduced checks records written by testenv.Produce: key k<i> with
+// value v<i>, no index twice.
+func checkProduced(t *testing.T, seen map[int]bool, got fetched) {
+	t.Helper()
+	for i := range got.keys {
+		k, v := got.keys[i], got.values[i]
+		n, err := strconv.Atoi(strings.TrimPrefix(k, "k"))
+		if err != nil || !strings.HasPrefix(v, "v"+strconv.Itoa(n)) {
+			t.Fatalf("offset %d: key %q value %.20q", got.offsets[i], k, v)
+		}
+		if seen[n] {
+			t.Fatalf("record %d delivered twice", n)
+		}
+		seen[n] = true
+	}
+}
+
+func TestFetchPlain(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.Name(t)
+	const parts, n = 4, 4000
+	testenv.CreateTopic(t, brokers, topic, parts)
+	testenv.Produce(t, brokers, topic, 0, n)
+	end := testenv.LogEnd(t, brokers, topic, parts)
+
+	// a small partition limit: many fetches, several partitions per request
+	f := startFetcher(t, brokers, Config{PartitionMaxBytes: 4 << 10, MaxBytes: 16 << 10})
+	var wg sync.WaitGroup
+	results := make([]fetched, parts)
+	for i := range parts {
+		p, err := f.Add(topic, i, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = drain(t, p, end[i], 60*time.Second)
+		}()
+	}
+	wg.Wait()
+	seen := map[int]bool{}
+	for i, r := range results {
+		for j, o := range r.offsets {
+			if o != int64(j) {
+				t.Fatalf("partition %d: record %d at offset %d: a plain topic has no gaps", i, j, o)
+			}
+		}
+		checkProduced(t, seen, r)
+	}
+	if len(seen) != n {
+		t.Fatalf("want %d records, got %d", n, len(seen))
+	}
+	s := f.Stats()
+	t.Logf("%s: %d records, %d requests carrying %d partition fetches (%.2f per request), %d bytes, peak memory %d",
+		testenv.String(), s.Records, s.Requests, s.PartitionFetches, float64(s.PartitionFetches)/float64(s.Requests), s.Bytes, s.MemoryPeak)
+	if s.Records != n {
+		t.Errorf("Stats.Records: want %d, got %d", n, s.Records)
+	}
+	if s.PartitionFetches <= s.Requests {
+		t.Errorf("want multi-partition requests: %d partition fetches in %d requests", s.PartitionFetches, s.Requests)
+	}
+}
+
+func TestFetchOutOfRange(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.Name(t)
+	testenv.CreateTopic(t, brokers, topic, 1)
+	testenv.Produce(t, brokers, topic, 0, 10)
+	end := testenv.LogEnd(t, brokers, topic, 1)[0]
+	f := startFetcher(t, brokers, Config{})
+	p, err := f.Add(topic, 0, end+1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := p.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pe *PartitionError
+	if !errors.Is(r.Err, kafka.OffsetOutOfRange) || !errors.As(r.Err, &pe) || r.Next != end+1000 || len(r.Records) != 0 {
+		t.Fatalf("want OFFSET_OUT_OF_RANGE at %d with no records, got %v next %d, %d records", end+1000, r.Err, r.Next, len(r.Records))
+	}
+	t.Logf("%v", r.Err)
+	r.Release()
+	// the partition stays stopped until SetOffset
+	fetches := p.State().Fetches
+	p.SetOffset(0)
+	got := drain(t, p, end, 30*time.Second)
+	checkProduced(t, map[int]bool{}, got)
+	if len(got.offsets) != 10 || p.State().Fetches <= fetches {
+		t.Fatalf("after SetOffset(0): want 10 records, got %d", len(got.offsets))
+	}
+}
+
+func TestFetchPauseAndSetOffset(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.Name(t)
+	testenv.CreateTopic(t, brokers, topic, 2)
+	for i := range 20 { // many small batches: one per fetch of 1 KiB
+		testenv.Produce(t, brokers, topic, 20*i, 20)
+	}
+	end := testenv.LogEnd(t, brokers, topic, 2)
+	f := startFetcher(t, brokers, Config{PartitionMaxBytes: 1 << 10})
+	p0, _ := f.Add(topic, 0, 0)
+	p1, _ := f.Add(topic, 1, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// p0 has a result buffered ahead; Pause drops it and its memory
+	r, err := p0.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := r.Next
+	r.Release()
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return p0.buffered != nil
+	}, "no result fetched ahead")
+	held := f.Stats().MemoryHeld
+	p0.Pause()
+	paused := p0.State()
+	f.mu.Lock()
+	dropped := p0.buffered == nil
+	f.mu.Unlock()
+	if after := f.Stats().MemoryHeld; !dropped || after >= held {
+		t.Errorf("Pause kept the result fetched ahead: held %d bytes before, %d after", held, after)
+	}
+	// while p1 is drained to its end (many requests), p0 is fetched no more
+	drain(t, p1, end[1], 60*time.Second)
+	if st := p0.State(); st.Fetches > paused.Fetches+1 || st.Position != first {
+		t.Fatalf("paused partition: fetched %d times since Pause, position %d (want %d)", st.Fetches-paused.Fetches, st.Position, first)
+	}
+	p0.Resume()
+	rest := drain(t, p0, end[0], 60*time.Second)
+	if len(rest.offsets) == 0 || rest.offsets[0] != first {
+		t.Fatalf("after Resume: want records from %d, got %v...", first, rest.offsets[:min(3, len(rest.offsets))])
+	}
+	// SetOffset rewinds
+	p0.SetOffset(0)
+	again := drain(t, p0, end[0], 60*time.Second)
+	if int64(len(again.offsets)) != end[0] {
+		t.Fatalf("after SetOffset(0): want %d records, got %d", end[0], len(again.offsets))
+	}
+	// Close ends Next
+	p0.Close()
+	if _, err := p0.Next(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Next after Close: want ErrClosed, got %v", err)
+	}
+	if _, err := f.Add(topic, 0, 0); err != nil {
+		t.Fatalf("Add after Close: %v", err)
+	}
+}
+
+// TestFetchMemoryBudget fetches many partitions with backlogs through a budget
+// far below what they would take at once, with callers that hold each result
+// a while (as an append to Redis does): memory stays within the budget (plus
+// at most one batch per request), every partition is drained, and the budget
+// did bind.
+func TestFetchMemoryBudget(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.Name(t)
+	const parts, n, size = 24, 24000, 100
+	testenv.CreateTopic(t, brokers, topic, parts)
+	testenv.ProduceSized(t, brokers, topic, 0, n, size)
+	end := testenv.LogEnd(t, brokers, topic, parts)
+
+	const budget = 256 << 10
+	f := startFetcher(t, brokers, Config{MemoryBytes: budget, MaxBytes: 64 << 10, PartitionMaxBytes: 32 << 10})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[int]bool{}
+	var maxBatch int64
+	for i := range parts {
+		p, err := f.Add(topic, i, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+			defer cancel()
+			pos := int64(0)
+			var got fetched
+			for pos < end[i] {
+				r, err := p.Next(ctx)
+				if err != nil || r.Err != nil {
+					t.Errorf("partition %d at %d: %v %v", i, pos, err, r)
+					return
+				}
+				for _, rec := range r.Records {
+					got.offsets = append(got.offsets, rec.Offset)
+					got.keys = append(got.keys, string(rec.Key))
+					got.values = append(got.values, string(rec.Value))
+				}
+				mu.Lock()
+				maxBatch = max(maxBatch, int64(r.Bytes))
+				mu.Unlock()
+				pos = r.Next
+				// hold the result while "appending": the partitions
+				// compete for the budget meanwhile
+				time.Sleep(time.Millisecond)
+				r.Release()
+			}
+			mu.Lock()
+			checkProduced(t, seen, got)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if len(seen) != n {
+		t.Fatalf("want %d records, got %d", n, len(seen))
+	}
+	s := f.Stats()
+	t.Logf("%s: %d partitions, %d records of %d B: budget %d, peak %d (largest record set %d), %d requests, %d budget waits, expansion %.2f",
+		testenv.String(), parts, n, size, budget, s.MemoryPeak, maxBatch, s.Requests, s.BudgetWaits, s.Expansion)
+	if s.MemoryPeak > budget+maxBatch {
+		t.Errorf("memory peak %d above the budget %d plus one record set %d", s.MemoryPeak, budget, maxBatch)
+	}
+	if s.BudgetWaits == 0 {
+		t.Errorf("the budget never held a fetch back: the test does not test it")
+	}
+	if s.MemoryHeld != 0 {
+		t.Errorf("all results released, yet %d bytes are still counted", s.MemoryHeld)
+	}
+}
+
+// TestFetchIdleCost: partitions at their log end cost one long poll per
+// MaxWait per broker, not a request per partition.
+func TestFetchIdleCost(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.Name(t)
+	const parts = 50
+	testenv.CreateTopic(t, brokers, topic, parts)
+	f := startFetcher(t, brokers, Config{MaxWait: 200 * time.Millisecond})
+	for i := range parts {
+		if _, err := f.Add(topic, i, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return f.Stats().Requests >= 3 }, "no requests")
+	s0, t0 := f.Stats(), time.Now()
+	testenv.Eventually(t, 30*time.Second, func() bool { return time.Since(t0) >= 2*time.Second }, "")
+	s1, el := f.Stats(), time.Since(t0).Seconds()
+	reqs := float64(s1.Requests-s0.Requests) / el
+	t.Logf("%s: %d idle partitions: %.1f requests/s carrying %.1f partition fetches/s (MaxWait 200ms)",
+		testenv.String(), parts, reqs, float64(s1.PartitionFetches-s0.PartitionFetches)/el)
+	if reqs > 2*(1/0.2)+1 {
+		t.Errorf("%.1f requests/s for idle partitions: want about one per MaxWait", reqs)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	cl := &kafka.Client{Addr: kafka.TCP("127.0.0.1:9")}
+	cases := []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{"defaults", Config{Client: cl}, nil},
+		{"no client", Config{}, []string{"Client"}},
+		{"all wrong", Config{Client: cl, MemoryBytes: 1 << 20, PartitionMaxBytes: 2 << 20, MaxBytes: 4 << 20, MaxInFlight: -1, Isolation: 5},
+			[]string{"partition max bytes 2097152 must not exceed the memory budget 1048576", "request max bytes 4194304", "max in flight -1", "isolation level 5"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.cfg.Validate()
+			if (err == nil) != (c.want == nil) {
+				t.Fatalf("want problems %v, got %v", c.want, err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("want %q in %v", w, err)
+				}
+			}
+		})
+	}
+	if l, err := ParseIsolationLevel("read_uncommitted"); err != nil || l != ReadUncommitted || l.String() != "read_uncommitted" {
+		t.Errorf("ParseIsolationLevel: %v %v", l, err)
+	}
+	if _, err := ParseIsolationLevel("committed"); err == nil {
+		t.Errorf("ParseIsolationLevel accepted a bad level")
+	}
+	if ReadCommitted != IsolationLevel(0) {
+		t.Errorf("read_committed must be the zero value (the default)")
+	}
+	_ = fmt.Sprint
+}
