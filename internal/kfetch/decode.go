@@ -91,7 +91,8 @@ func (d *decoder) decode(bs []batch, from int64, out *decoded) {
 			}
 			if r.nHeaders > 0 {
 				if cap(slab)-len(slab) < r.nHeaders {
-					slab = make([]wire.Header, 0, max(64, 4*r.nHeaders))
+					// slabs grow geometrically: few allocations per result
+					slab = make([]wire.Header, 0, max(2*cap(slab), 64, 4*r.nHeaders))
 					out.charged += int64(cap(slab)) * int64(unsafe.Sizeof(wire.Header{}))
 				}
 				start := len(slab)

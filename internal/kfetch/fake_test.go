@@ -148,7 +148,9 @@ func (ff *fakeFetch) parts() []int32 {
 	return out
 }
 
-func startFake(t *testing.T, c *fakeCluster, cfg Config) *Fetcher {
+// startFake returns a Fetcher on the fake cluster, with the partitions
+// added before it runs (so one metadata request finds all their leaders).
+func startFake(t *testing.T, c *fakeCluster, cfg Config, parts ...int) (*Fetcher, []*Partition) {
 	t.Helper()
 	cfg.Client = &kafka.Client{Addr: kafka.TCP("fake:9092"), Transport: c}
 	if cfg.MaxWait == 0 {
@@ -158,11 +160,32 @@ func startFake(t *testing.T, c *fakeCluster, cfg Config) *Fetcher {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var ps []*Partition
+	for i := 0; i+1 < len(parts); i += 2 {
+		p, err := f.Add("t", parts[i], int64(parts[i+1]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { f.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return f
+	return f, ps
+}
+
+// nextWith returns the next fetch request holding partition, answering the
+// others with fn.
+func (c *fakeCluster) nextWith(t *testing.T, partition int32, fn func(fakePart) respPartition) *fakeFetch {
+	t.Helper()
+	for {
+		ff := c.next(t)
+		if slices.Contains(ff.parts(), partition) {
+			return ff
+		}
+		ff.answer(fn)
+	}
 }
 
 func next(t *testing.T, p *Partition) *Result {
@@ -188,10 +211,8 @@ func TestEmptyRangeRule(t *testing.T) {
 	c := newFakeCluster()
 	c.setLeader("t", 0, 1)
 	c.setLeader("t", 1, 1)
-	f := startFake(t, c, Config{})
-	p0, _ := f.Add("t", 0, 50)
-	p1, _ := f.Add("t", 1, 50)
-	byPart := map[int32]*Partition{0: p0, 1: p1}
+	f, ps := startFake(t, c, Config{}, 0, 50, 1, 50)
+	byPart := map[int32]*Partition{0: ps[0], 1: ps[1]}
 
 	ff := c.next(t)
 	if len(ff.req) != 2 || ff.broker != 1 {
@@ -209,8 +230,8 @@ func TestEmptyRangeRule(t *testing.T) {
 		t.Fatalf("partition with data: want 10 records and next 60, got %d and %d", len(r.Records), r.Next)
 	}
 	r.Release()
-	// the starved partition is first in the next request
-	ff = c.next(t)
+	// the starved partition is first in the next request that has it
+	ff = c.nextWith(t, second, func(p fakePart) respPartition { return data(t, p.offset, 5, 100) })
 	if ff.req[0].partition != second || ff.req[0].offset != 50 {
 		t.Fatalf("starved partition %d must go first at 50, got %+v", second, ff.req)
 	}
@@ -218,7 +239,7 @@ func TestEmptyRangeRule(t *testing.T) {
 		if p.partition == second {
 			return respPartition{hwm: 100, lso: 80, logStart: 0} // read first: nothing below 80
 		}
-		return respPartition{hwm: 100, lso: 100}
+		return data(t, p.offset, 5, 100) // the other one still has data
 	})
 	r = next(t, byPart[second])
 	if r.Offset != 50 || r.Next != 80 || len(r.Records) != 0 || r.Err != nil {
@@ -235,8 +256,8 @@ func TestEmptyRangeRule(t *testing.T) {
 func TestReadUncommittedBound(t *testing.T) {
 	c := newFakeCluster()
 	c.setLeader("t", 0, 1)
-	f := startFake(t, c, Config{Isolation: ReadUncommitted})
-	p0, _ := f.Add("t", 0, 10)
+	_, ps := startFake(t, c, Config{Isolation: ReadUncommitted}, 0, 10)
+	p0 := ps[0]
 	c.next(t).answer(func(fakePart) respPartition { return respPartition{hwm: 30, lso: 20} })
 	r := next(t, p0)
 	if r.Next != 30 {
@@ -258,8 +279,8 @@ func TestReadUncommittedBound(t *testing.T) {
 func TestLeaderMove(t *testing.T) {
 	c := newFakeCluster()
 	c.setLeader("t", 0, 1)
-	f := startFake(t, c, Config{})
-	p0, _ := f.Add("t", 0, 0)
+	f, ps := startFake(t, c, Config{}, 0, 0)
+	p0 := ps[0]
 	ff := c.next(t)
 	if ff.broker != 1 {
 		t.Fatalf("want broker 1, got %d", ff.broker)
@@ -289,8 +310,8 @@ func TestLeaderMove(t *testing.T) {
 func TestRequestErrorBacksOff(t *testing.T) {
 	c := newFakeCluster()
 	c.setLeader("t", 0, 1)
-	f := startFake(t, c, Config{})
-	p0, _ := f.Add("t", 0, 0)
+	f, ps := startFake(t, c, Config{}, 0, 0)
+	p0 := ps[0]
 	ff := c.next(t)
 	failed := time.Now()
 	ff.reply <- fakeReply{err: errors.New("connection reset by peer")}
@@ -313,11 +334,7 @@ func TestOneLongPollPerBroker(t *testing.T) {
 	for i := range 4 {
 		c.setLeader("t", int32(i), 1)
 	}
-	f := startFake(t, c, Config{MaxWait: 10 * time.Second})
-	p0, _ := f.Add("t", 0, 0)
-	p1, _ := f.Add("t", 1, 0)
-	_ = p0
-	_ = p1
+	f, _ := startFake(t, c, Config{MaxWait: 10 * time.Second}, 0, 0, 1, 0)
 	// first answer: both empty at their end (hwm 0)
 	c.next(t).answer(nil)
 	poll := c.next(t) // the long poll of p0, p1: not answered yet
@@ -357,8 +374,8 @@ func sorted32(s []int32) []int32 {
 func TestFatalPartitionError(t *testing.T) {
 	c := newFakeCluster()
 	c.setLeader("t", 0, 1)
-	f := startFake(t, c, Config{})
-	p0, _ := f.Add("t", 0, 5)
+	_, ps := startFake(t, c, Config{}, 0, 5)
+	p0 := ps[0]
 	c.next(t).answer(func(fakePart) respPartition {
 		return respPartition{errorCode: int16(kafka.TopicAuthorizationFailed), hwm: -1, lso: -1, logStart: -1}
 	})
@@ -385,8 +402,8 @@ func TestBudgetHoldsFetches(t *testing.T) {
 	c.setLeader("t", 1, 1)
 	// a result of 200 records of 150 B (32 KB) holds about 70 KB once
 	// decoded: two fit in the budget, a third fetch does not
-	f := startFake(t, c, Config{MemoryBytes: 160 << 10, MaxBytes: 32 << 10, PartitionMaxBytes: 32 << 10})
-	p0, _ := f.Add("t", 0, 0)
+	f, ps := startFake(t, c, Config{MemoryBytes: 160 << 10, MaxBytes: 32 << 10, PartitionMaxBytes: 32 << 10}, 0, 0)
+	p0 := ps[0]
 	ff := c.next(t)
 	big := func(from int64) respPartition {
 		rs := recs(from, seq(200)...)

@@ -515,7 +515,12 @@ func (f *Fetcher) complete(ctx context.Context, req *request, res *fetchResp, er
 	}
 	for i := range req.entries {
 		if e := &req.entries[i]; !e.seen {
-			e.p.inflight = false // left out of the response: fetch again
+			// left out of the response (a broker may stop listing
+			// partitions once the byte limit is used): first next time
+			e.p.inflight = false
+			if e.p.epoch == e.epoch && !e.p.atTail(f.cfg.Isolation) {
+				e.p.starved = true
+			}
 		}
 	}
 }
@@ -651,6 +656,10 @@ func (f *Fetcher) metadataDone(ctx context.Context, topics []string, res *metaRe
 			problems[t.Name] = kafka.Error(t.ErrorCode)
 			continue
 		}
+		problems[t.Name] = kafka.LeaderNotAvailable
+		if len(t.Partitions) == 0 {
+			problems[t.Name] = kafka.UnknownTopicOrPartition
+		}
 		for _, p := range t.Partitions {
 			if p.ErrorCode == 0 && p.LeaderID >= 0 {
 				leaders[tp{t.Name, p.PartitionIndex}] = p.LeaderID
@@ -668,10 +677,9 @@ func (f *Fetcher) metadataDone(ctx context.Context, topics []string, res *metaRe
 		}
 		if p.leader < 0 {
 			missing++
-			if err := problems[p.topic]; err != nil {
-				p.lastErr = err
-			} else {
-				p.lastErr = kafka.LeaderNotAvailable
+			p.lastErr = problems[p.topic]
+			if p.lastErr == nil || p.lastErr == kafka.LeaderNotAvailable && !hasPartition(res.res, p.topic, p.partition) {
+				p.lastErr = kafka.UnknownTopicOrPartition // the topic has no such partition
 			}
 		}
 	}
@@ -685,6 +693,19 @@ func (f *Fetcher) metadataDone(ctx context.Context, topics []string, res *metaRe
 		f.log.Warn("kafka metadata: partitions without a leader; retrying", "partitions", missing, "backoff", d, "topic_errors", fmt.Sprint(problems))
 		f.meta.warned = now
 	}
+}
+
+func hasPartition(res *meta.Response, topic string, partition int32) bool {
+	for _, t := range res.Topics {
+		if t.Name == topic {
+			for _, p := range t.Partitions {
+				if p.PartitionIndex == partition {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // backoff doubles from 100ms to 5s.
