@@ -185,7 +185,7 @@ func isAbortMarker(b *batch) (bool, error) {
 	var scratch []byte
 	if b.compression() != 0 { // Kafka writes markers uncompressed; be lenient
 		var err error
-		if scratch, err = decompress(b, nil); err != nil {
+		if scratch, err = decompress(b, nil, nil); err != nil {
 			return false, err
 		}
 		defer putBuf(scratch)

@@ -13,109 +13,155 @@ import (
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
-// recordSize is what one decoded record costs besides its bytes, charged to
-// the memory budget.
-const recordSize = int64(unsafe.Sizeof(wire.Record{}))
+// recordSize and headerSize are what one decoded record or header costs
+// besides its bytes, charged to the memory budget.
+const (
+	recordSize = int64(unsafe.Sizeof(wire.Record{}))
+	headerSize = int64(unsafe.Sizeof(wire.Header{}))
+)
 
-// decoder turns batches into wire.Records. Its buffers (decompressed
-// records, header slabs) belong to the Result being decoded; it keeps an
-// intern table of header names across results, so a repeated header name
-// costs no allocation.
-type decoder struct {
+// interner keeps one string per header name seen on a partition, so a
+// repeated header name costs no allocation.
+type interner map[string]string
+
+func (in *interner) get(b []byte) string {
+	if s, ok := (*in)[string(b)]; ok { // no allocation for the lookup
+		return s
+	}
+	s := string(b)
+	if *in == nil {
+		*in = make(interner)
+	}
+	if len(*in) < 256 {
+		(*in)[s] = s
+	}
+	return s
+}
+
+// cursor decodes the deliverable batches of a result lazily, a chunk of
+// records at a time, as Kafka's consumer does: only the batch being read is
+// decompressed, into one buffer reused from batch to batch.
+type cursor struct {
 	topic     string
 	partition int
-	intern    map[string]string
+	from      int64 // records below it are skipped
+	batches   []batch
+	bi        int    // next batch
+	recs      []byte // undecoded records of the current batch
+	left      int32  // records left in the current batch
+	b         *batch // current batch
+	zbuf      []byte // decompression buffer (pooled)
+	chunk     []wire.Record
+	slab      []wire.Header
+	intern    *interner
 	reader    bytes.Reader
+	last      int64 // offset of the last record returned
+	aliasZ    bool  // the chunk being built holds records in zbuf
 }
 
-// decoded is what decoding one result produced.
-type decoded struct {
-	records []wire.Record // capacity recordsCap(records in the batches)
-	bufs    [][]byte      // decompression buffers, pooled
-	charged int64         // bytes beyond the record set and the records slice
-	next    int64         // on error: the first offset not decoded
-	err     error
+// read returns the next records, at most limit (≥ 1). grow is told of
+// every buffer growth, in bytes. At the end it returns an empty slice; on a
+// malformed record it returns the records before it and the error.
+func (c *cursor) read(limit int, grow func(int64)) ([]wire.Record, error) {
+	if cap(c.chunk) < limit {
+		want := min(limit, c.remaining())
+		if want > cap(c.chunk) {
+			old := int64(cap(c.chunk)) * recordSize
+			putRecords(c.chunk)
+			c.chunk = getRecords(want)
+			grow(int64(cap(c.chunk))*recordSize - old)
+		}
+	}
+	out := c.chunk[:0]
+	c.slab = c.slab[:0]
+	c.aliasZ = false
+	for len(out) < limit && len(out) < cap(out) {
+		if c.left == 0 {
+			if c.bi == len(c.batches) {
+				break
+			}
+			if c.aliasZ && c.batches[c.bi].compression() != 0 {
+				break // decompressing it would overwrite records of this chunk
+			}
+			if err := c.open(&c.batches[c.bi], grow); err != nil {
+				return out, err
+			}
+			c.bi++
+			continue
+		}
+		var r rawRecord
+		used, err := r.parse(c.recs, c.b.base)
+		if err != nil {
+			c.left = 0
+			c.bi = len(c.batches)
+			return out, err
+		}
+		c.recs = c.recs[used:]
+		c.left--
+		if r.offset < c.from {
+			continue // a fetch starts at the batch holding the offset asked
+		}
+		ts := int64(binary.BigEndian.Uint64(c.b.data[offFirstTimestamp:])) + r.tsDelta
+		if c.b.attrs&attrLogAppendTime != 0 {
+			// the broker's time, as Kafka's consumer reports it
+			ts = int64(binary.BigEndian.Uint64(c.b.data[offMaxTimestamp:]))
+		}
+		rec := wire.Record{
+			Topic: c.topic, Partition: c.partition, Offset: r.offset,
+			Time: time.UnixMilli(ts), Key: r.key, Value: r.value,
+		}
+		if r.nHeaders > 0 {
+			if cap(c.slab)-len(c.slab) < r.nHeaders {
+				// a new slab: the records already in this chunk keep
+				// pointing into the old one
+				old := int64(cap(c.slab)) * headerSize
+				c.slab = make([]wire.Header, 0, max(2*cap(c.slab), 64, 4*r.nHeaders))
+				grow(int64(cap(c.slab))*headerSize - old)
+			}
+			start := len(c.slab)
+			if c.slab, err = c.headers(c.slab, r.headers, r.nHeaders, r.offset); err != nil {
+				c.left = 0
+				c.bi = len(c.batches)
+				return out, err
+			}
+			rec.Headers = c.slab[start:len(c.slab):len(c.slab)]
+		}
+		out = append(out, rec)
+		c.last = r.offset
+		c.aliasZ = c.aliasZ || c.b.compression() != 0
+	}
+	return out, nil
 }
 
-// countRecords is the number of records the batches announce.
-func countRecords(bs []batch) int {
-	n := 0
-	for i := range bs {
-		n += int(bs[i].count)
+// remaining is how many records the batches not yet read announce.
+func (c *cursor) remaining() int {
+	n := int(c.left)
+	for i := c.bi; i < len(c.batches); i++ {
+		n += int(c.batches[i].count)
 	}
 	return n
 }
 
-// decode appends the records of bs at offsets ≥ from. On a malformed batch
-// it stops there: out.next is that batch's first offset (or from), out.err
-// says why, and the records before it are kept.
-func (d *decoder) decode(bs []batch, from int64, out *decoded) {
-	out.records = getRecords(countRecords(bs))
-	var slab []wire.Header
-	for i := range bs {
-		b := &bs[i]
-		recs := b.records()
-		if b.compression() != 0 {
-			buf, err := decompress(b, &d.reader)
-			if err != nil {
-				out.next, out.err = max(from, b.base), err
-				break
-			}
-			out.bufs = append(out.bufs, buf)
-			out.charged += int64(cap(buf))
-			recs = buf
-		}
-		firstTS := int64(binary.BigEndian.Uint64(b.data[offFirstTimestamp:]))
-		maxTS := int64(binary.BigEndian.Uint64(b.data[offMaxTimestamp:]))
-		logAppend := b.attrs&attrLogAppendTime != 0
-		mark := len(out.records)
-		var r rawRecord
-		p := 0
-		var err error
-		for j := int32(0); j < b.count; j++ {
-			var used int
-			if used, err = r.parse(recs[p:], b.base); err != nil {
-				break
-			}
-			p += used
-			if r.offset < from {
-				continue // a fetch starts at the batch holding the offset asked
-			}
-			ts := firstTS + r.tsDelta
-			if logAppend {
-				ts = maxTS // the broker's time, as Kafka's consumer reports it
-			}
-			rec := wire.Record{
-				Topic: d.topic, Partition: d.partition, Offset: r.offset,
-				Time: time.UnixMilli(ts), Key: r.key, Value: r.value,
-			}
-			if r.nHeaders > 0 {
-				if cap(slab)-len(slab) < r.nHeaders {
-					// slabs grow geometrically: few allocations per result
-					slab = make([]wire.Header, 0, max(2*cap(slab), 64, 4*r.nHeaders))
-					out.charged += int64(cap(slab)) * int64(unsafe.Sizeof(wire.Header{}))
-				}
-				start := len(slab)
-				if slab, err = d.headers(slab, r.headers, r.nHeaders, r.offset); err != nil {
-					break
-				}
-				rec.Headers = slab[start:len(slab):len(slab)]
-			}
-			out.records = append(out.records, rec)
-		}
-		if err != nil {
-			// all or nothing per batch: the records of a batch share its
-			// fate, so the caller can resume at the batch's first offset
-			clear(out.records[mark:])
-			out.records = out.records[:mark]
-			out.next, out.err = max(from, b.base), err
-			break
-		}
+// open starts reading batch b, decompressing it if needed.
+func (c *cursor) open(b *batch, grow func(int64)) error {
+	c.b, c.left, c.recs = b, b.count, b.records()
+	if b.compression() == 0 {
+		return nil
 	}
+	old := int64(cap(c.zbuf))
+	buf, err := decompress(b, &c.reader, c.zbuf)
+	if err != nil {
+		c.left = 0
+		c.bi = len(c.batches)
+		return err
+	}
+	c.zbuf, c.recs = buf, buf
+	grow(int64(cap(buf)) - old)
+	return nil
 }
 
 // headers appends n headers read from b to slab.
-func (d *decoder) headers(slab []wire.Header, b []byte, n int, offset int64) ([]wire.Header, error) {
+func (c *cursor) headers(slab []wire.Header, b []byte, n int, offset int64) ([]wire.Header, error) {
 	p := 0
 	for range n {
 		var k, v []byte
@@ -126,27 +172,24 @@ func (d *decoder) headers(slab []wire.Header, b []byte, n int, offset int64) ([]
 		if v, p, ok = nullableBytes(b, p); !ok {
 			return slab, corrupt(offset, "bad header value")
 		}
-		name, ok := d.intern[string(k)] // no allocation for the lookup
-		if !ok {
-			name = string(k)
-			if d.intern == nil {
-				d.intern = make(map[string]string)
-			}
-			if len(d.intern) < 256 {
-				d.intern[name] = name
-			}
-		}
-		slab = append(slab, wire.Header{Key: name, Value: v})
+		slab = append(slab, wire.Header{Key: c.intern.get(k), Value: v})
 	}
 	return slab, nil
 }
 
-// decompress returns the uncompressed records section of b in a pooled
-// buffer (the caller puts it back). rd may be nil.
-func decompress(b *batch, rd *bytes.Reader) ([]byte, error) {
+// release returns the cursor's buffers to the pools.
+func (c *cursor) release() {
+	putBuf(c.zbuf)
+	putRecords(c.chunk)
+	*c = cursor{}
+}
+
+// decompress returns the uncompressed records section of b in buf, grown
+// from the pools as needed (buf may be nil). rd may be nil.
+func decompress(b *batch, rd *bytes.Reader, buf []byte) ([]byte, error) {
 	codec := compress.Compression(b.compression()).Codec()
 	if codec == nil {
-		return nil, corrupt(b.base, "unknown compression codec %d", b.compression())
+		return buf, corrupt(b.base, "unknown compression codec %d", b.compression())
 	}
 	if rd == nil {
 		rd = new(bytes.Reader)
@@ -154,14 +197,18 @@ func decompress(b *batch, rd *bytes.Reader) ([]byte, error) {
 	rd.Reset(b.records())
 	zr := codec.NewReader(rd)
 	defer zr.Close()
-	buf := getBuf(max(4*len(b.records()), 4<<10))
+	if want := max(4*len(b.records()), 4<<10); cap(buf) < want {
+		putBuf(buf)
+		buf = getBuf(want)
+	}
+	buf = buf[:cap(buf)]
 	n := 0
 	for {
 		if n == len(buf) {
 			bigger := getBuf(2 * len(buf))
 			copy(bigger, buf)
 			putBuf(buf)
-			buf = bigger
+			buf = bigger[:cap(bigger)]
 		}
 		m, err := zr.Read(buf[n:])
 		n += m
@@ -169,8 +216,7 @@ func decompress(b *batch, rd *bytes.Reader) ([]byte, error) {
 			break
 		}
 		if err != nil {
-			putBuf(buf)
-			return nil, corrupt(b.base, "%s decompression: %v", codec.Name(), err)
+			return buf[:0], corrupt(b.base, "%s decompression: %v", codec.Name(), err)
 		}
 	}
 	return buf[:n], nil

@@ -226,8 +226,8 @@ func TestEmptyRangeRule(t *testing.T) {
 		return respPartition{hwm: 100, lso: 100} // nothing: the byte limit ran out
 	})
 	r := next(t, byPart[first])
-	if r.Next != 60 || len(r.Records) != 10 {
-		t.Fatalf("partition with data: want 10 records and next 60, got %d and %d", len(r.Records), r.Next)
+	if got := readAll(t, r); r.Next != 60 || len(got) != 10 {
+		t.Fatalf("partition with data: want 10 records and next 60, got %d and %d", len(got), r.Next)
 	}
 	r.Release()
 	// the starved partition is first in the next request that has it
@@ -242,8 +242,8 @@ func TestEmptyRangeRule(t *testing.T) {
 		return data(t, p.offset, 5, 100) // the other one still has data
 	})
 	r = next(t, byPart[second])
-	if r.Offset != 50 || r.Next != 80 || len(r.Records) != 0 || r.Err != nil {
-		t.Fatalf("empty range below the last stable offset: want [50, 80) with no records, got [%d, %d) %d records %v", r.Offset, r.Next, len(r.Records), r.Err)
+	if got := readAll(t, r); r.Offset != 50 || r.Next != 80 || len(got) != 0 || r.Err != nil {
+		t.Fatalf("empty range below the last stable offset: want [50, 80) with no records, got [%d, %d) %d records %v", r.Offset, r.Next, len(got), r.Err)
 	}
 	r.Release()
 	if s := f.Stats(); s.EmptyAdvances != 1 {
@@ -295,8 +295,8 @@ func TestLeaderMove(t *testing.T) {
 	}
 	ff.answer(func(fakePart) respPartition { return data(t, 0, 3, 3) })
 	r := next(t, p0)
-	if len(r.Records) != 3 || r.Err != nil {
-		t.Fatalf("want 3 records after the move, got %d %v", len(r.Records), r.Err)
+	if got := readAll(t, r); len(got) != 3 || r.Err != nil {
+		t.Fatalf("want 3 records after the move, got %d %v", len(got), r.Err)
 	}
 	r.Release()
 	s := f.Stats()
@@ -388,8 +388,8 @@ func TestFatalPartitionError(t *testing.T) {
 	p0.SetOffset(5)
 	c.next(t).answer(func(fakePart) respPartition { return data(t, 5, 1, 6) })
 	r = next(t, p0)
-	if len(r.Records) != 1 || r.Err != nil {
-		t.Fatalf("after SetOffset: want 1 record, got %d %v", len(r.Records), r.Err)
+	if got := readAll(t, r); len(got) != 1 || r.Err != nil {
+		t.Fatalf("after SetOffset: want 1 record, got %d %v", len(got), r.Err)
 	}
 	r.Release()
 }
@@ -400,9 +400,10 @@ func TestBudgetHoldsFetches(t *testing.T) {
 	c := newFakeCluster()
 	c.setLeader("t", 0, 1)
 	c.setLeader("t", 1, 1)
-	// a result of 200 records of 150 B (32 KB) holds about 70 KB once
-	// decoded: two fit in the budget, a third fetch does not
-	f, ps := startFake(t, c, Config{MemoryBytes: 160 << 10, MaxBytes: 32 << 10, PartitionMaxBytes: 32 << 10}, 0, 0)
+	// a result of 200 records of 150 B (a 32.6 KB set in a 40 KiB buffer)
+	// holds about 41 KiB: two fit in the budget with less than a third
+	// fetch needs (32 KiB x expansion 2) left over
+	f, ps := startFake(t, c, Config{MemoryBytes: 136 << 10, MaxBytes: 32 << 10, PartitionMaxBytes: 32 << 10}, 0, 0)
 	p0 := ps[0]
 	ff := c.next(t)
 	big := func(from int64) respPartition {
@@ -413,7 +414,8 @@ func TestBudgetHoldsFetches(t *testing.T) {
 		return respPartition{hwm: 10_000, lso: 10_000, records: encodeBatch(t, tBatch{base: from, records: rs})}
 	}
 	ff.answer(func(fakePart) respPartition { return big(0) })
-	r0 := next(t, p0) // held; p0's next result is fetched ahead
+	r0 := next(t, p0) // held, read; p0's next result is fetched ahead
+	readAll(t, r0)
 	c.next(t).answer(func(fakePart) respPartition { return big(200) })
 	testenv_eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return p0.buffered != nil })
 	s := f.Stats()

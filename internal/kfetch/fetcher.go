@@ -144,7 +144,6 @@ func (f *Fetcher) Add(topic string, partition int, offset int64) (*Partition, er
 	}
 	p := &Partition{
 		f: f, topic: topic, partition: int32(partition),
-		dec:   decoder{topic: topic, partition: partition},
 		ready: make(chan struct{}, 1),
 		pos:   offset, leader: -1, hwm: -1, lso: -1, logStart: -1,
 	}
@@ -218,21 +217,24 @@ func (f *Fetcher) kick() {
 	}
 }
 
-// charge adds n bytes held by a result decoded from a record set of size
-// bytes that now holds total bytes, and learns the expansion from it.
-func (f *Fetcher) charge(n, total int64, size int) {
+// charge adds n bytes held by a result.
+func (f *Fetcher) charge(n int64) {
 	f.mu.Lock()
-	if size >= 1<<10 {
-		f.expansion = min(max(0.8*f.expansion+0.2*float64(total)/float64(size), 1), 16)
-	}
 	f.used += n
 	f.stats.MemoryPeak = max(f.stats.MemoryPeak, f.used+f.reserved)
 	f.mu.Unlock()
 }
 
-func (f *Fetcher) uncharge(n int64) {
+// uncharge returns the n bytes a result held, of which it used used for a
+// record set of size bytes, and learns from it what a fetched byte costs:
+// the estimate follows a higher cost at once and a lower one slowly.
+func (f *Fetcher) uncharge(n, used int64, size int) {
 	f.mu.Lock()
 	f.used -= n
+	if size >= 1<<10 {
+		obs := min(max(float64(used)/float64(size), 1), 64)
+		f.expansion = max(obs, 0.9*f.expansion+0.1*obs)
+	}
 	f.mu.Unlock()
 	f.kick()
 }
@@ -592,12 +594,16 @@ func (f *Fetcher) partitionDone(e *entry, rp *respPartition, eligible bool, now 
 		Topic: p.topic, Partition: int(p.partition), Offset: e.offset, Next: next,
 		HighWatermark: rp.hwm, LastStableOffset: rp.lso, LogStartOffset: rp.logStart,
 		Bytes: len(rp.records), Aborted: out.aborted, Control: out.control,
-		f: f, batches: out.batches,
+		f: f, p: p,
+		cur: cursor{topic: p.topic, partition: int(p.partition), from: e.offset, batches: out.batches,
+			intern: &p.intern, last: e.offset - 1},
 	}
 	if len(out.batches) > 0 {
-		// charged now, decoded later: the scheduler must see it at once
+		// the set, and what decoding it is expected to take: the
+		// request reserved as much
 		r.set = rp.records
-		r.charged = int64(cap(rp.records)) + int64(recordsCap(countRecords(out.batches)))*recordSize
+		r.spare = int64(float64(len(rp.records)) * (f.expansion - 1))
+		r.charged = int64(cap(rp.records)) + r.spare
 		f.used += r.charged
 		f.stats.MemoryPeak = max(f.stats.MemoryPeak, f.used+f.reserved)
 	} else {

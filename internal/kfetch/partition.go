@@ -12,7 +12,7 @@ type Partition struct {
 	f         *Fetcher
 	topic     string
 	partition int32
-	dec       decoder // used by Next only
+	intern    interner // header names, used by Result.Read only
 	ready     chan struct{}
 
 	// guarded by f.mu
@@ -64,12 +64,9 @@ func (p *Partition) Next(ctx context.Context) (*Result, error) {
 		if r := p.buffered; r != nil {
 			p.buffered = nil
 			p.pos = r.Next
-			epoch := p.epoch
+			r.epoch = p.epoch
 			f.mu.Unlock()
 			f.kick()
-			if len(r.batches) > 0 {
-				p.decode(r, epoch)
-			}
 			return r, nil
 		}
 		if p.closed || f.state == stateStopped {
@@ -83,31 +80,6 @@ func (p *Partition) Next(ctx context.Context) (*Result, error) {
 			return nil, ctx.Err()
 		}
 	}
-}
-
-// decode turns r's batches into Records, on the caller's goroutine.
-func (p *Partition) decode(r *Result, epoch uint64) {
-	f := p.f
-	var out decoded
-	p.dec.decode(r.batches, r.Offset, &out)
-	r.Records, r.bufs, r.batches = out.records, out.bufs, nil
-	r.charged += out.charged
-	f.charge(out.charged, r.charged, r.Bytes)
-	f.records.Add(int64(len(r.Records)))
-	if out.err == nil {
-		return
-	}
-	// A batch that cannot be decoded: the Result ends before it, and the
-	// fetch already begun from the old Next is dropped.
-	r.Next = out.next
-	r.Err = &PartitionError{Topic: p.topic, Partition: int(p.partition), Offset: r.Offset, Err: out.err}
-	f.mu.Lock()
-	if p.epoch == epoch && !p.closed {
-		p.pos = r.Next
-		p.failed = true
-		p.epoch++
-	}
-	f.mu.Unlock()
 }
 
 // deliver makes r the buffered result. Called with f.mu held.

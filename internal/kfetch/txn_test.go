@@ -137,7 +137,7 @@ func drainWhile(t *testing.T, p *Partition, within time.Duration, cond func(Part
 		if err != nil || r.Err != nil {
 			t.Fatalf("%s/%d: %v %v", p.topic, p.partition, err, r.Err)
 		}
-		for _, rec := range r.Records {
+		for _, rec := range readAll(t, r) {
 			out.offsets = append(out.offsets, rec.Offset)
 			out.values = append(out.values, string(rec.Value))
 		}
