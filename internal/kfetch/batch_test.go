@@ -391,3 +391,48 @@ func TestScanErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestReadChunks reads several batches in chunks of every size: a chunk may
+// span batches, and decompressing the next batch must not overwrite the
+// records of the chunk being built (they share one buffer).
+func TestReadChunks(t *testing.T) {
+	for _, codec := range []int8{0, int8(compress.Lz4), int8(compress.Zstd)} {
+		var bs []tBatch
+		for base := int64(0); base < 12; base += 3 {
+			bs = append(bs, tBatch{base: base, compression: codec, records: recs(base, 0, 1, 2)})
+		}
+		data := set(t, bs...)
+		for _, limit := range []int{1, 2, 3, 4, 5, 7, 100} {
+			t.Run(fmt.Sprintf("%s/%d", compress.Compression(codec), limit), func(t *testing.T) {
+				var out scanOut
+				scan(data, 1, true, nil, &out)
+				var in interner
+				c := cursor{topic: "t", from: 1, batches: out.batches, intern: &in, last: 0}
+				defer c.release()
+				var got []int64
+				for {
+					recs, err := c.read(limit, func(int64) {})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(recs) == 0 {
+						break
+					}
+					if len(recs) > limit {
+						t.Fatalf("chunk of %d, limit %d", len(recs), limit)
+					}
+					// check the whole chunk when it is returned
+					for _, r := range recs {
+						if string(r.Key) != fmt.Sprintf("k%d", r.Offset) || string(r.Value) != fmt.Sprintf("v%d", r.Offset) {
+							t.Fatalf("record %d overwritten: key %q value %q", r.Offset, r.Key, r.Value)
+						}
+						got = append(got, r.Offset)
+					}
+				}
+				if want := []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}; !slices.Equal(got, want) {
+					t.Fatalf("want %v, got %v", want, got)
+				}
+			})
+		}
+	}
+}

@@ -69,10 +69,11 @@ type Config struct {
 
 	// MemoryBytes is the budget, in bytes, for all fetched data of the
 	// process: record sets in flight, buffered, and held by callers until
-	// Result.Release, decompressed records included. Partitions that
-	// cannot be fetched within it wait. It can be exceeded by at most one
-	// record batch per broker (Kafka returns the first batch of a fetch
-	// whole, however large). Default 64 MiB.
+	// Result.Release, with their decoding buffers. Partitions that cannot
+	// be fetched within it wait. It can be exceeded by one record batch
+	// per request (Kafka returns the first batch of a fetch whole, however
+	// large) and, until the compression ratio is learned, by one
+	// decompressed batch. Default 64 MiB.
 	MemoryBytes int64
 
 	// MaxBytes is the response size limit of one fetch request (Kafka's

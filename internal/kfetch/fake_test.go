@@ -2,7 +2,9 @@ package kfetch
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"net"
 	"slices"
 	"sync"
@@ -12,6 +14,8 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	meta "github.com/segmentio/kafka-go/protocol/metadata"
+
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // fakeCluster is a kafka.RoundTripper that plays the cluster: metadata from
@@ -443,4 +447,62 @@ func testenv_eventually(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TestReadErrorStopsPartition: a record that cannot be decoded ends the
+// result after the records before it, moves Next back to it, and stops the
+// partition (the fetch begun ahead is dropped) until SetOffset.
+func TestReadErrorStopsPartition(t *testing.T) {
+	c := newFakeCluster()
+	c.setLeader("t", 0, 1)
+	_, ps := startFake(t, c, Config{}, 0, 0)
+	p0 := ps[0]
+	bad := encodeBatch(t, tBatch{base: 3, lastDelta: 2, records: recs(3, 0, 1)})
+	binary.BigEndian.PutUint32(bad[offRecordCount:], 3) // promises a record it lacks
+	binary.BigEndian.PutUint32(bad[offCRC:], crc32.Checksum(bad[offAttributes:], castagnoli))
+	c.next(t).answer(func(fakePart) respPartition {
+		return respPartition{hwm: 10, lso: 10, records: append(encodeBatch(t, tBatch{base: 0, records: recs(0, 0, 1, 2)}), bad...)}
+	})
+	r := next(t, p0)
+	if r.Next != 6 {
+		t.Fatalf("before reading: next %d, want 6", r.Next)
+	}
+	// the fetch from 6 goes out at once; its answer must be dropped
+	ahead := c.next(t)
+	var got []int64
+	var err error
+	for {
+		var recs []wire.Record
+		recs, err = r.Read(100)
+		for _, rec := range recs {
+			got = append(got, rec.Offset)
+		}
+		if err != nil || len(recs) == 0 {
+			break
+		}
+	}
+	var ce *CorruptError
+	if !errors.As(err, &ce) || !errors.Is(r.Err, err) && r.Err != err {
+		t.Fatalf("want a *CorruptError from Read and in Err, got %v / %v", err, r.Err)
+	}
+	if !slices.Equal(got, []int64{0, 1, 2, 3, 4}) || r.Next != 5 {
+		t.Fatalf("want records 0-4 and next 5, got %v next %d", got, r.Next)
+	}
+	r.Release()
+	ahead.answer(func(p fakePart) respPartition { return data(t, p.offset, 2, 10) })
+	c.none(t, 300*time.Millisecond, "a partition stopped by a decode error is fetched again")
+	if st := p0.State(); st.Position != 5 {
+		t.Fatalf("position %d, want 5", st.Position)
+	}
+	p0.SetOffset(6) // skip the bad record
+	ff := c.next(t)
+	if ff.req[0].offset != 6 {
+		t.Fatalf("after SetOffset(6): fetch at %d", ff.req[0].offset)
+	}
+	ff.answer(func(p fakePart) respPartition { return data(t, 6, 2, 10) })
+	r = next(t, p0)
+	if got := readAll(t, r); len(got) != 2 || got[0].Offset != 6 {
+		t.Fatalf("after SetOffset: got %v", offsets(got))
+	}
+	r.Release()
 }
