@@ -89,6 +89,7 @@ type Stats struct {
 	RequestErrors    int64 // requests that failed as a whole (retried)
 	PartitionErrors  int64 // retriable partition errors (retried)
 	MetadataRequests int64
+	MetadataErrors   int64 // metadata requests that failed (retried)
 	Bytes            int64 // record set bytes received
 	Records          int64 // records delivered (decoded by Next)
 	AbortedRecords   int64 // records of aborted transactions skipped
@@ -482,9 +483,11 @@ func (f *Fetcher) complete(ctx context.Context, req *request, res *fetchResp, er
 			if e.p.leader == req.broker {
 				e.p.leader = -1
 			}
+			e.p.lastErr = err
 		}
 		if !b.failing || now.Sub(b.warned) > 30*time.Second {
-			f.log.Warn("kafka fetch failed; retrying", "broker", req.broker, "partitions", len(req.entries), "backoff", d, "err", err)
+			f.log.Log(context.Background(), f.level(err), "kafka fetch failed; retrying",
+				"broker", req.broker, "partitions", len(req.entries), "backoff", d, "err", err)
 			b.warned = now
 		}
 		b.failing = true
@@ -647,10 +650,17 @@ func (f *Fetcher) metadataDone(ctx context.Context, topics []string, res *metaRe
 		if ctx.Err() != nil {
 			return
 		}
+		f.stats.MetadataErrors++
+		for _, p := range f.order {
+			if p.leader < 0 && containsString(topics, p.topic) {
+				p.lastErr = err // e.g. SASL authentication failed: visible in State
+			}
+		}
 		d := f.meta.backoff.next()
 		f.meta.retryAt = now.Add(d)
 		if now.Sub(f.meta.warned) > 30*time.Second {
-			f.log.Warn("kafka metadata request failed; retrying", "topics", topics, "backoff", d, "err", err)
+			f.log.Log(context.Background(), f.level(err), "kafka metadata request failed; retrying",
+				"topics", topics, "backoff", d, "err", err)
 			f.meta.warned = now
 		}
 		return
@@ -699,6 +709,27 @@ func (f *Fetcher) metadataDone(ctx context.Context, topics []string, res *metaRe
 		f.log.Warn("kafka metadata: partitions without a leader; retrying", "partitions", missing, "backoff", d, "topic_errors", fmt.Sprint(problems))
 		f.meta.warned = now
 	}
+}
+
+// level is Error for failures an operator must fix (credentials, ACLs, an
+// old broker), Warn for the others.
+func (f *Fetcher) level(err error) slog.Level {
+	if isAuthError(err) || errors.Is(err, ErrBrokerTooOld) {
+		return slog.LevelError
+	}
+	return slog.LevelWarn
+}
+
+// isAuthError reports an authentication or authorization failure.
+func isAuthError(err error) bool {
+	for _, e := range []kafka.Error{kafka.SASLAuthenticationFailed, kafka.TopicAuthorizationFailed,
+		kafka.GroupAuthorizationFailed, kafka.ClusterAuthorizationFailed, kafka.IllegalSASLState,
+		kafka.UnsupportedSASLMechanism} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func hasPartition(res *meta.Response, topic string, partition int32) bool {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kbridge/kbridge/internal/testenv"
@@ -503,4 +505,58 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("read_committed must be the zero value (the default)")
 	}
 	_ = fmt.Sprint
+}
+
+// TestFetchSASL fetches through a kafka.Transport that authenticates with
+// SASL (on kfake): the raw fetch exchange happens on kafka-go's connection
+// after its handshake, and wrong credentials are retried, never delivered
+// as records.
+func TestFetchSASL(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.EnableSASL(), kfake.Superuser("PLAIN", "bridge", "s3cret"),
+		kfake.SeedTopics(1, "secured"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addr := kafka.TCP(c.ListenAddrs()...)
+	tr := &kafka.Transport{SASL: plain.Mechanism{Username: "bridge", Password: "s3cret"}}
+	w := &kafka.Writer{Addr: addr, Topic: "secured", Transport: tr, BatchTimeout: time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, kafka.Message{Key: []byte("k0"), Value: []byte("v0")}, kafka.Message{Key: []byte("k1"), Value: []byte("v1")}); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+
+	f, err := New(Config{Client: &kafka.Client{Addr: addr, Transport: tr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go f.Run(runCtx)
+	p, _ := f.Add("secured", 0, 0)
+	got := drain(t, p, 2, 30*time.Second)
+	if len(got.values) != 2 || got.values[0] != "v0" || got.values[1] != "v1" {
+		t.Fatalf("through SASL: got %v", got.values)
+	}
+
+	bad := &kafka.Transport{SASL: plain.Mechanism{Username: "bridge", Password: "wrong"}}
+	fb, err := New(Config{Client: &kafka.Client{Addr: addr, Transport: bad}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go fb.Run(runCtx)
+	pb, _ := fb.Add("secured", 0, 0)
+	// kafka-go reports kfake closing the connection as "unexpected EOF" (a
+	// real broker answers SASL_AUTHENTICATION_FAILED): the partition's
+	// state carries whatever the Transport said
+	testenv.Eventually(t, 30*time.Second, func() bool { return pb.State().Err != nil && fb.Stats().MetadataErrors > 0 },
+		"wrong credentials: no error in the partition's state")
+	short, cancelShort := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelShort()
+	if r, err := pb.Next(short); err == nil {
+		t.Fatalf("wrong credentials delivered a result: %+v", r)
+	}
+	t.Logf("wrong credentials: %v; %d metadata requests, %d failed", pb.State().Err, fb.Stats().MetadataRequests, fb.Stats().MetadataErrors)
 }
