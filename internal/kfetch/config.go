@@ -70,9 +70,10 @@ type Config struct {
 	// MemoryBytes is the budget, in bytes, for all fetched data of the
 	// process: record sets in flight, buffered, and held by callers until
 	// Result.Release, with their decoding buffers. Partitions that cannot
-	// be fetched within it wait. It can be exceeded by one record batch
-	// per request (Kafka returns the first batch of a fetch whole, however
-	// large) and, until the compression ratio is learned, by one
+	// be fetched within it wait. Each request in flight can exceed it by
+	// one record batch larger than PartitionMaxBytes (Kafka returns the
+	// first batch of a fetch whole, however large); and until a topic's
+	// compression ratio is learned, a result can exceed it by one
 	// decompressed batch. Default 64 MiB.
 	MemoryBytes int64
 

@@ -71,10 +71,11 @@
 // with their decoding buffers. Records are decoded lazily, a chunk per Read,
 // and only the batch being read is decompressed (as Kafka's consumer does),
 // so a Result holds its record set plus one chunk. When the budget is used
-// up, fetching waits for a Release. It can be exceeded by one record batch
-// per request (Kafka returns a first batch whatever its size), and by the
-// decompressed size of one batch while the fetcher learns a topic's
-// compression ratio, which it does from the first results released.
+// up, fetching waits for a Release. Each request in flight can exceed it by
+// one record batch larger than the partition limit (Kafka returns a first
+// batch whatever its size), and a result by the decompressed size of one
+// batch while the fetcher learns a topic's compression ratio, which it does
+// from the first results released.
 //
 // Partitions that got nothing because a request's byte limit ran out go
 // first in the next request, and the order rotates, so every partition gets

@@ -47,9 +47,12 @@ func produceSized(t *testing.T, brokers []string, topic string, parts, n, size i
 	if compressed {
 		codec = kgo.SnappyCompression()
 	}
+	// batches of at most 16 KiB: below the tests' partition limits, so no
+	// fetch carries a first batch larger than its limit (Kafka returns one
+	// whole, beyond the budget)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(5*time.Millisecond),
-		kgo.ProducerBatchCompression(codec))
+		kgo.ProducerBatchCompression(codec), kgo.ProducerBatchMaxBytes(16<<10))
 	if err != nil {
 		t.Fatal(err)
 	}
