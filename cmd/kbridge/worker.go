@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/kbridge/kbridge/internal/wire"
 	"github.com/kbridge/kbridge/worker"
 )
 
@@ -150,6 +152,16 @@ func runWorker(c *cli.Context) error {
 	}
 	if err := errors.Join(append(bad, cfg.Validate())...); err != nil {
 		return cli.Exit(err.Error(), 2)
+	}
+	// The wire contract version (docs/wire.md): a newer ingest wrote what
+	// this worker would misread. Unreachable Redis: the worker retries.
+	vctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err = wire.CheckVersion(vctx, rdb, cfg.Prefix)
+	cancel()
+	if errors.Is(err, wire.ErrVersion) {
+		return cli.Exit(err.Error(), 1)
+	} else if err != nil {
+		log.Warn("cannot read the wire contract version; starting anyway", "err", err)
 	}
 	w, err := worker.New(cfg)
 	if err != nil {
