@@ -42,6 +42,9 @@ type Config struct {
 	Backoff time.Duration
 	// ShutdownTimeout given to the worker. Default 3s.
 	ShutdownTimeout time.Duration
+	// Patience is how long the kit waits for what needs no reclaim (a
+	// record handled, a dead letter written, an exit). Default 30s.
+	Patience time.Duration
 	// Dir receives the worker's output and the handler events, one file per
 	// scenario. Default: a temporary directory, removed at the end unless a
 	// scenario failed or Keep.
@@ -58,6 +61,7 @@ const (
 	DefaultMaxDeliveries     = 3
 	DefaultBackoff           = 100 * time.Millisecond
 	DefaultShutdownTimeout   = 3 * time.Second
+	DefaultPatience          = 30 * time.Second
 	// Group is the worker group of every scenario.
 	Group = "workers"
 )
@@ -82,6 +86,9 @@ func (c *Config) Validate() error {
 	if c.Backoff < 0 {
 		errs = append(errs, fmt.Errorf("conformance: backoff %v must not be negative", c.Backoff))
 	}
+	if c.Patience < 0 {
+		errs = append(errs, fmt.Errorf("conformance: patience %v must not be negative", c.Patience))
+	}
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, fmt.Errorf("conformance: shutdown timeout %v must not be negative", c.ShutdownTimeout))
 	}
@@ -100,6 +107,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Patience == 0 {
+		c.Patience = DefaultPatience
 	}
 	if c.Progress == nil {
 		c.Progress = io.Discard
