@@ -113,7 +113,7 @@ func TestShellWorker(t *testing.T) {
 	t.Parallel()
 	bin := testenv.BuildKbridge(t)
 	runKit(t, conformance.Config{Command: []string{"env", "HANDLER=" + bin + " conformance-handler",
-		"sh", filepath.Join(root(), "examples", "shell", "worker.sh")}}, "W5", "W7")
+		"sh", filepath.Join(root(), "examples", "shell", "worker.sh")}, Patience: 15 * time.Second}, "W5", "W7")
 }
 
 // TestNaiveWorker: a worker that only reads with ">" and acknowledges what
