@@ -45,15 +45,16 @@ Examples:
    kbridge conformance -- sh examples/shell/worker.sh
    kbridge conformance --run 'lease|sigkill' -- ./my-worker`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "run", Usage: "only the scenarios whose name matches `REGEXP`"},
-			&cli.DurationFlag{Name: "visibility-timeout", Value: conformance.DefaultVisibilityTimeout, Usage: "the group's visibility timeout given to the worker"},
-			&cli.IntFlag{Name: "max-deliveries", Value: conformance.DefaultMaxDeliveries, Usage: "max deliveries given to the worker (at least 2)"},
-			&cli.DurationFlag{Name: "backoff", Value: conformance.DefaultBackoff, Usage: "first retry backoff given to the worker"},
-			&cli.DurationFlag{Name: "shutdown-timeout", Value: conformance.DefaultShutdownTimeout, Usage: "shutdown timeout given to the worker"},
-			&cli.StringFlag{Name: "dir", Usage: "keep the worker output and handler events in `DIR` (default: a temporary directory, kept only on failure)"},
-			&cli.BoolFlag{Name: "keep", Usage: "leave the kit's Redis keys and files in place"},
-			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
-			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress lines on stderr"},
+			&cli.StringFlag{Name: "run", EnvVars: []string{"KBRIDGE_CONFORMANCE_RUN"}, Usage: "only the scenarios whose name matches `REGEXP`"},
+			&cli.DurationFlag{Name: "visibility-timeout", Value: conformance.DefaultVisibilityTimeout, EnvVars: []string{"KBRIDGE_CONFORMANCE_VISIBILITY_TIMEOUT"}, Usage: "the group's visibility timeout given to the worker"},
+			&cli.IntFlag{Name: "max-deliveries", Value: conformance.DefaultMaxDeliveries, EnvVars: []string{"KBRIDGE_CONFORMANCE_MAX_DELIVERIES"}, Usage: "max deliveries given to the worker (at least 2)"},
+			&cli.DurationFlag{Name: "backoff", Value: conformance.DefaultBackoff, EnvVars: []string{"KBRIDGE_CONFORMANCE_BACKOFF"}, Usage: "first retry backoff given to the worker"},
+			&cli.DurationFlag{Name: "shutdown-timeout", Value: conformance.DefaultShutdownTimeout, EnvVars: []string{"KBRIDGE_CONFORMANCE_SHUTDOWN_TIMEOUT"}, Usage: "shutdown timeout given to the worker"},
+			&cli.DurationFlag{Name: "patience", Value: conformance.DefaultPatience, EnvVars: []string{"KBRIDGE_CONFORMANCE_PATIENCE"}, Usage: "how long to wait for what needs no reclaim (a record handled, a dead letter, an exit)"},
+			&cli.StringFlag{Name: "dir", EnvVars: []string{"KBRIDGE_CONFORMANCE_DIR"}, Usage: "keep the worker output and handler events in `DIR` (default: a temporary directory, kept only on failure)"},
+			&cli.BoolFlag{Name: "keep", EnvVars: []string{"KBRIDGE_CONFORMANCE_KEEP"}, Usage: "leave the kit's Redis keys and files in place"},
+			&cli.BoolFlag{Name: "json", EnvVars: []string{"KBRIDGE_CONFORMANCE_JSON"}, Usage: "print the report as JSON"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"KBRIDGE_CONFORMANCE_QUIET"}, Usage: "no progress lines on stderr"},
 		},
 		Action: runConformance,
 	}
@@ -68,6 +69,7 @@ func runConformance(c *cli.Context) error {
 		MaxDeliveries:     c.Int("max-deliveries"),
 		Backoff:           c.Duration("backoff"),
 		ShutdownTimeout:   c.Duration("shutdown-timeout"),
+		Patience:          c.Duration("patience"),
 		Dir:               c.String("dir"),
 		Keep:              c.Bool("keep"),
 		Progress:          os.Stderr,
@@ -122,7 +124,11 @@ KBRIDGE_TOPIC, KBRIDGE_PARTITION, KBRIDGE_OFFSET, KBRIDGE_TIMESTAMP,
 KBRIDGE_KEY_B64, KBRIDGE_KEY_NULL, KBRIDGE_VALUE_NULL, KBRIDGE_HEADERS,
 KBRIDGE_DELIVERIES, KBRIDGE_STREAM, KBRIDGE_ID, KBRIDGE_REPLAYED), appends its
 start and end events to $CONFORMANCE_LOG, acts as the value says and exits 0
-(done) or 1 (failed).`,
+(done) or 1 (failed).
+
+Examples:
+   kbridge conformance -- kbridge worker --exec 'kbridge conformance-handler' ...   (see examples/conformance/kbridge-worker.sh)
+   kbridge conformance -- env HANDLER='kbridge conformance-handler' sh examples/shell/worker.sh`,
 		HideHelpCommand: true,
 		Action: func(c *cli.Context) error {
 			value, err := io.ReadAll(os.Stdin)
