@@ -40,7 +40,9 @@ A failed record is retried with exponential backoff; after --max-deliveries it
 goes to the dead-letter stream (see "kbridge dlq"). A worker that dies has its
 records reclaimed by the others after --visibility-timeout. SIGTERM or SIGINT
 stops reading, lets running handlers finish (up to --shutdown-timeout),
-acknowledges and exits 0; a second signal exits at once.
+acknowledges and exits 0 (1 if handlers were still running at the end of
+--shutdown-timeout: their records are reclaimed by the other workers); a
+second signal exits at once (130).
 
 Examples:
    kbridge worker --exec 'jq -c . >> /var/log/orders.jsonl' --concurrency 4
