@@ -94,6 +94,8 @@ func readEvents(path string) ([]Event, []string) {
 	if err != nil {
 		return nil, nil
 	}
+	// Only whole lines: a handler may be writing the last one right now.
+	b = b[:bytes.LastIndexByte(b, '\n')+1]
 	var evs []Event
 	var bad []string
 	sc := bufio.NewScanner(bytes.NewReader(b))
@@ -109,12 +111,6 @@ func readEvents(path string) ([]Event, []string) {
 			continue
 		}
 		evs = append(evs, e)
-	}
-	// A last line without its newline is still being written: a later read
-	// gets it whole. (Scanner returns it; drop it if the file does not end
-	// with a newline.)
-	if len(b) > 0 && b[len(b)-1] != '\n' && len(evs) > 0 {
-		evs = evs[:len(evs)-1]
 	}
 	return evs, bad
 }
