@@ -130,7 +130,7 @@ func scPlain(ctx context.Context, s *run) error {
 		if err := s.createStream(ctx, st, true, Group); err != nil {
 			return err
 		}
-		values := make([]string, 30)
+		values := make([]string, 12)
 		for i := range values {
 			values[i] = "ok"
 			if i%3 == 1 {
