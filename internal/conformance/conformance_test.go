@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,14 +88,22 @@ func runKit(t *testing.T, cfg conformance.Config, fail ...string) *conformance.R
 	return report
 }
 
-// The kit runs of the three real workers run one after the other (the shell
-// worker forks a dozen processes per record: the suite's timing tests in
-// other packages share the machine); the naive worker, which mostly waits,
-// runs beside them.
+// one serializes the kit runs of the three real workers (the shell worker
+// forks a dozen processes per record, and the suite's timing tests in other
+// packages share the machine); the naive worker, which mostly waits, runs
+// beside them.
+var one sync.Mutex
+
+func oneAtATime(t *testing.T) {
+	t.Parallel()
+	one.Lock()
+	t.Cleanup(one.Unlock)
+}
 
 // TestKbridgeWorker: kbridge worker (the --exec runner) passes every rule.
 func TestKbridgeWorker(t *testing.T) {
 	redisURL(t)
+	oneAtATime(t)
 	bin := testenv.BuildKbridge(t)
 	runKit(t, conformance.Config{Command: []string{"sh", filepath.Join(root(), "examples", "conformance", "kbridge-worker.sh"), bin}})
 }
@@ -104,6 +113,7 @@ func TestKbridgeWorker(t *testing.T) {
 func TestPythonWorker(t *testing.T) {
 	redisURL(t)
 	need(t, pythonRedis(), "python3 with redis-py (pip install -r examples/python/requirements.txt)")
+	oneAtATime(t)
 	runKit(t, conformance.Config{Command: []string{"python3", filepath.Join(root(), "examples", "python", "kbridge_worker.py"), "--conformance"}})
 }
 
@@ -115,6 +125,7 @@ func TestPythonWorker(t *testing.T) {
 func TestShellWorker(t *testing.T) {
 	redisURL(t)
 	need(t, lookPath("redis-cli"), "redis-cli")
+	oneAtATime(t)
 	bin := testenv.BuildKbridge(t)
 	runKit(t, conformance.Config{Command: []string{"env", "HANDLER=" + bin + " conformance-handler",
 		"sh", filepath.Join(root(), "examples", "shell", "worker.sh")}}, "W5", "W7")
