@@ -190,3 +190,83 @@ func TestBreakDecompressErrorDoublePut(t *testing.T) {
 }
 
 var _ = errors.New
+
+// TestBreakBudgetBigBatch: a partition whose first batch is larger than the
+// whole budget is still fetched (nothing held), and once every result is
+// released the accounting is back at zero: no deadlock, no leak.
+func TestBreakBudgetBigBatch(t *testing.T) {
+	c := newFakeCluster()
+	c.setLeader("t", 0, 1)
+	c.setLeader("t", 1, 1)
+	f, ps := startFake(t, c, Config{MemoryBytes: 64 << 10, MaxBytes: 16 << 10, PartitionMaxBytes: 16 << 10}, 0, 0, 1, 0)
+	big := func(from int64) respPartition {
+		rs := recs(from, seq(400)...)
+		for i := range rs {
+			rs[i].value = make([]byte, 500) // a 200 KB batch: 3x the budget
+		}
+		return respPartition{hwm: 10_000, lso: 10_000, records: encodeBatch(t, tBatch{base: from, records: rs})}
+	}
+	ff := c.next(t)
+	ff.answer(func(p fakePart) respPartition {
+		if p.partition == ff.req[0].partition {
+			return big(p.offset)
+		}
+		return respPartition{hwm: 10_000, lso: 10_000} // the limit ran out
+	})
+	first := ff.req[0].partition
+	r := next(t, ps[first])
+	if n := len(readAll(t, r)); n != 400 {
+		t.Fatalf("want 400 records, got %d", n)
+	}
+	s := f.Stats()
+	t.Logf("held %d of a %d budget", s.MemoryHeld, s.MemoryBudget)
+	c.none(t, 200*time.Millisecond, "a fetch while one result holds more than the budget")
+	r.Release()
+	// both go again: the other partition first (starved)
+	ff = c.next(t)
+	if ff.req[0].partition == first {
+		t.Fatalf("the starved partition must go first, got %+v", ff.req)
+	}
+	ff.answer(nil)
+	testenv_eventually(t, func() bool {
+		s := f.Stats()
+		return s.MemoryHeld == 0
+	})
+}
+
+// TestBreakExpansionLearnsFromUnreadResults: Pause (and SetOffset, Close,
+// shutdown) release buffered results that were never read; uncharge learns
+// from them that a fetched byte costs cap/len ≈ 1, so a few pauses undo
+// what decoding a compressed topic taught (expansion 10+ → ~1.3), and the
+// requests that follow reserve far less than decoding them will take.
+func TestBreakExpansionLearnsFromUnreadResults(t *testing.T) {
+	c := newFakeCluster()
+	c.setLeader("t", 0, 1)
+	f, ps := startFake(t, c, Config{}, 0, 0)
+	p := ps[0]
+	zbatch := func(from int64) respPartition {
+		rs := recs(from, seq(1000)...)
+		for i := range rs {
+			rs[i].value = make([]byte, 400) // zeros: compress well
+		}
+		return respPartition{hwm: 1 << 40, lso: 1 << 40, records: encodeBatch(t, tBatch{base: from, compression: int8(compress.Zstd), records: rs})}
+	}
+	c.next(t).answer(func(q fakePart) respPartition { return zbatch(q.offset) })
+	r := next(t, p)
+	readAll(t, r)
+	r.Release()
+	learned := f.Stats().Expansion
+	t.Logf("bytes %d", r.Bytes)
+	for range 20 {
+		ff := c.next(t) // the fetch ahead
+		ff.answer(func(q fakePart) respPartition { return zbatch(q.offset) })
+		testenv_eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return p.buffered != nil })
+		p.Pause() // backpressure: the unread result is released
+		p.Resume()
+	}
+	after := f.Stats().Expansion
+	t.Logf("expansion after reading a zstd result: %.2f; after 20 pauses: %.2f", learned, after)
+	if after < learned/2 {
+		t.Errorf("unread results taught the estimator: %.2f → %.2f", learned, after)
+	}
+}
