@@ -5,6 +5,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"slices"
 	"testing"
 	"time"
@@ -379,4 +383,90 @@ func TestBreakDifferential(t *testing.T) {
 		t.Logf("%s: %+v", iso, s)
 	}
 	_ = slices.Equal[[]int]
+}
+
+// TestBreakTieredStorage needs a broker with tiered storage: start it with
+//
+//	EXTRA='remote.fetch.max.wait.ms=1' internal/kfetch/testdata/tiered-broker.sh start /tmp/tiered
+//	KFETCH_TIERED_BROKER=127.0.0.1:32500 KFETCH_TIERED_DIR=/tmp/tiered go test -run TestBreakTieredStorage -v ./internal/kfetch/
+//
+// It writes ~3.5 MiB of plain records to a topic with remote storage, waits
+// until the first segments exist only in the remote tier, and reads the
+// partition from offset 0 with kfetch: every offset 0..end-1 must be
+// delivered. When the remote read does not finish within
+// remote.fetch.max.wait.ms (default 500 ms; 1 ms here to make it certain),
+// the broker answers the partition with no records and no error
+// (DelayedRemoteFetch.onComplete), and kfetch's empty-range rule moves Next
+// to the high watermark / last stable offset.
+func TestBreakTieredStorage(t *testing.T) {
+	addr := os.Getenv("KFETCH_TIERED_BROKER")
+	dir := os.Getenv("KFETCH_TIERED_DIR")
+	if addr == "" || dir == "" {
+		t.Skip("KFETCH_TIERED_BROKER / KFETCH_TIERED_DIR not set (see testdata/tiered-broker.sh)")
+	}
+	brokers := []string{addr}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	topic := testenv.Name(t)
+	admin := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 30 * time.Second}
+	res, err := admin.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: topic, NumPartitions: 1, ReplicationFactor: 1,
+		ConfigEntries: []kafka.ConfigEntry{
+			{ConfigName: "remote.storage.enable", ConfigValue: "true"},
+			{ConfigName: "local.retention.ms", ConfigValue: "1000"},
+			{ConfigName: "retention.ms", ConfigValue: "-1"},
+			{ConfigName: "segment.bytes", ConfigValue: "1048576"},
+		},
+	}}})
+	if err == nil {
+		err = res.Errors[topic]
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic), kgo.ProducerBatchCompression(kgo.NoCompression()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	const n = 350
+	for i := range n {
+		cl.Produce(ctx, &kgo.Record{Key: fmt.Appendf(nil, "k%d", i), Value: bytes.Repeat([]byte{'x'}, 10<<10)}, nil)
+	}
+	if err := cl.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// wait until the local log no longer starts at 0: the first segments
+	// are only in the remote tier
+	localStart := func() int64 {
+		ents, _ := os.ReadDir(filepath.Join(dir, "data", topic+"-0"))
+		low := int64(-1)
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), ".log") {
+				o, err := strconv.ParseInt(strings.TrimSuffix(e.Name(), ".log"), 10, 64)
+				if err == nil && (low < 0 || o < low) {
+					low = o
+				}
+			}
+		}
+		return low
+	}
+	testenv.Eventually(t, 3*time.Minute, func() bool { return localStart() > 0 }, "no segment moved to the remote tier")
+	t.Logf("local log starts at %d; the records below it are only in the remote tier", localStart())
+
+	f := startFetcher(t, brokers, Config{MaxWait: 200 * time.Millisecond})
+	p, err := f.Add(topic, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, end := kfetchRead(t, p, 2*time.Minute)
+	t.Logf("kfetch: %d records delivered, position %d, %+v", len(got), end, f.Stats())
+	for i, r := range got {
+		if r.offset != int64(i) {
+			t.Fatalf("record %d has offset %d: offsets [%d, %d) were skipped (Next jumped over the remote tier)", i, r.offset, i, r.offset)
+		}
+	}
+	if len(got) != n {
+		t.Fatalf("want %d records, got %d", n, len(got))
+	}
 }
