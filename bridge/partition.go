@@ -139,38 +139,38 @@ func (p *partition) setup(ctx context.Context) error {
 	if start := p.tr.Start(); start != tracker.None && start > p.logEnd {
 		p.stall(start, p.logEnd)
 	}
+	if err := p.restart(ctx); err != nil {
+		return err
+	}
 	// What the stream already holds counts against the caps from the start
-	// (a restart or a hand-over finds a full stream).
+	// (a restart or a hand-over finds a full stream). The frontier — or,
+	// with nothing in the stream and no commit, the start offset just
+	// resolved — is offered for commit at once, so that the group's
+	// position is in Kafka before Redis can lose it.
 	d := p.tr.Observe(p.snap.Observation)
 	p.backlog = d.Backlog
 	if d.ShouldCommit && p.stalled == "" {
 		p.c.offer(p.t, d.Commit)
 	}
 	p.in.parts.set(p, p.status())
-	if err := p.restart(ctx); err != nil {
-		return err
-	}
 	p.observed = time.Now()
 	p.log.Info("partition assigned", "committed", committed, "top", p.snap.Top, "offset", p.next)
 	return nil
 }
 
-// restart sets the fetch position from the tracker, resolving the configured
-// start offset when neither a commit nor a stream top says where to start.
+// restart sets the fetch position from the tracker (at assignment and after
+// a loss), resolving the configured start offset only when neither a commit,
+// the stream's top nor an earlier resolution says where to start.
 func (p *partition) restart(ctx context.Context) error {
-	p.next = p.tr.Start()
-	if p.next == tracker.None {
-		err := retry(ctx, p.log, "kafka", func() error {
-			off, err := p.listOffset(ctx, p.in.cfg.startOffset())
-			p.next = off
-			return err
+	return retry(ctx, p.log, "kafka", func() error {
+		next, err := p.tr.Position(func() (int64, error) {
+			return p.listOffset(ctx, p.in.cfg.startOffset())
 		})
-		if err != nil {
-			return err
+		if err == nil {
+			p.next = next
 		}
-	}
-	p.tr.Started(p.next)
-	return nil
+		return err
+	})
 }
 
 func (p *partition) listOffset(ctx context.Context, which int64) (int64, error) {

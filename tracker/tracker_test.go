@@ -328,7 +328,9 @@ func TestPartitionLost(t *testing.T) {
 		{"top below appended, commit above top+1", 8, 9, none, obs(5, 6, group("g", none, none)), true, 8},
 		{"top below appended, commit at top+1", 6, 9, none, obs(5, 6, group("g", none, none)), true, 6},
 		{"stream recreated empty", 4, 9, none, obs(none, 0, group("g", none, 0)), true, 4},
-		{"top below appended, no commit", none, none, 9, obs(5, 6, group("g", none, none)), true, 6},
+		// The first observation saw everything below 9 acknowledged: with
+		// no commit, that frontier (the floor) stands in for one.
+		{"top below appended, no commit", none, none, 9, obs(5, 6, group("g", none, none)), true, 9},
 		{"top equal to appended: not lost", 4, 9, none, obs(9, 10, group("g", none, 4)), false, 0},
 		{"top above appended: not lost", 4, 9, none, obs(11, 12, group("g", none, 4)), false, 0},
 		{"groups missing, stream intact: not lost", 4, 9, none, obs(9, 10, Group{Name: "g", Missing: true}), false, 0},
@@ -394,19 +396,69 @@ func TestPartitionStartAfterLossBeforeFirstCommit(t *testing.T) {
 	if got := p.Start(); got != None {
 		t.Fatalf("Start() of a new partition: want None (use the configured start), got %d", got)
 	}
-	p.Started(100) // the ingest resolved its configured start: 100
+	resolved := 0
+	resolve := func() (int64, error) { resolved++; return 100, nil } // "latest": the log end
+	if got, err := p.Position(resolve); got != 100 || err != nil {
+		t.Fatalf("Position(): want 100 (resolved), got %d, %v", got, err)
+	}
+	// The resolved start is committed at once, even before any append.
+	d := p.Observe(Observation{Exists: true, Top: None, Groups: []Group{group("g", none, none)}})
+	if !d.ShouldCommit || d.Commit != 100 {
+		t.Fatalf("Observe(empty stream) after resolving 100: want commit 100, got %+v", d)
+	}
 	p.MarkAppended(105)
-	d := p.Observe(Observation{Exists: false, Top: None})
+	d = p.Observe(Observation{Exists: false, Top: None})
 	if !d.Lost {
 		t.Fatalf("Observe(stream gone): want Lost, got %+v", d)
 	}
 	p.Reset(None)
-	got := p.Start()
-	if got == None || got > 100 {
-		t.Fatalf("Start() after the loss: want an offset <= 100 (the rewind point is %d), got %d", d.Rewind, got)
+	got, err := p.Position(resolve)
+	if err != nil || got == None || got > 100 {
+		t.Fatalf("Position() after the loss: want an offset <= 100 (the rewind point is %d), got %d, %v", d.Rewind, got, err)
 	}
 	if got != d.Rewind {
-		t.Errorf("Start() after Reset: want the rewind point %d, got %d", d.Rewind, got)
+		t.Errorf("Position() after Reset: want the rewind point %d, got %d", d.Rewind, got)
+	}
+	if resolved != 1 {
+		t.Errorf("the configured start was resolved %d times, want once", resolved)
+	}
+}
+
+// TestPartitionHandOverThenLoss: issue 7 point 0. A new owner takes over a
+// partition whose stream holds entries not yet acknowledged (committed 40,
+// top 999), then Redis restarts empty. It must fetch again from the commit —
+// max(committed, top+1) with the top read after the loss — not from the top
+// it read at assignment: the entries 40..999 only lived in Redis.
+func TestPartitionHandOverThenLoss(t *testing.T) {
+	never := func() (int64, error) { t.Fatal("resolve called: something says where to start"); return 0, nil }
+	tests := []struct {
+		name       string
+		committed  int64
+		top        int64
+		frontier   int64 // of the first observation (every entry from it is unacknowledged)
+		wantStart  int64
+		wantRewind int64
+	}{
+		{"commit below the stream's top", 40, 999, 40, 1000, 40},
+		{"no commit: the frontier observed at assignment", none, 999, 10, 1000, 10},
+		{"no commit, all acknowledged", none, 999, 1000, 1000, 1000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewPartition(tt.committed, tt.top)
+			if got, _ := p.Position(never); got != tt.wantStart {
+				t.Fatalf("Position() at assignment: want %d, got %d", tt.wantStart, got)
+			}
+			p.Observe(obs(tt.top, tt.top+1-tt.frontier, group("g", none, tt.frontier)))
+			d := p.Observe(Observation{Exists: false, Top: None})
+			if !d.Lost || d.Rewind != tt.wantRewind {
+				t.Fatalf("Observe(stream gone): want Lost, Rewind %d; got %+v", tt.wantRewind, d)
+			}
+			p.Reset(None)
+			if got, _ := p.Position(never); got != tt.wantRewind {
+				t.Fatalf("Position() after the loss: want %d, got %d (%v)", tt.wantRewind, got, p)
+			}
+		})
 	}
 }
 
@@ -559,7 +611,7 @@ func TestPartitionMarkCommitted(t *testing.T) {
 func TestPartitionString(t *testing.T) {
 	p := NewPartition(4, 9)
 	p.Observe(obs(9, 10, group("g", 6, none)))
-	want := "committed=4 appended=9 frontier=6"
+	want := "committed=4 appended=9 frontier=6 floor=-1"
 	if got := fmt.Sprint(p); got != want {
 		t.Fatalf("String(): want %q, got %q", want, got)
 	}
