@@ -444,7 +444,7 @@ func (p *partition) status() PartitionStatus {
 		OldestPending: p.snap.oldest.offset, OldestPendingGroup: p.snap.oldest.group,
 		OldestPendingConsumer: p.snap.oldest.consumer, OldestPendingIdle: p.snap.oldest.idle,
 		OldestPendingDelivery: p.snap.oldest.deliveries,
-		Owner:                 p.in.owner, Updated: time.Now(),
+		WorkerGroups:          p.in.cfg.WorkerGroups, Owner: p.in.owner, Updated: time.Now(),
 	}
 }
 

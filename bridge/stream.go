@@ -35,17 +35,27 @@ local function streaminfo(key)
   return top, len, last
 end
 
--- the last-delivered-id of every group of a stream, by group name
-local function lastdelivered(key)
+-- every consumer group that exists on a stream, in XINFO GROUPS order:
+-- {{name, last-delivered-id}, ...}. All of them hold the commit and the trim
+-- (invariant 2), whoever created them: a group is removed by an operator
+-- (XGROUP DESTROY, kbridge groups remove), never by a flag.
+local function groups(key)
   local out = {}
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
     local name, last
     for i = 1, #g, 2 do
       if g[i] == 'name' then name = g[i+1] elseif g[i] == 'last-delivered-id' then last = g[i+1] end
     end
-    out[name] = last
+    table.insert(out, {name, last})
   end
   return out
+end
+
+-- the first entry after a group's last-delivered-id, '' when none
+local function nextafter(key, last)
+  local nxt = redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', 1)
+  if #nxt > 0 then return nxt[1][1] end
+  return ''
 end
 `
 
@@ -78,56 +88,63 @@ return {0, top, added}
 `)
 
 // observeScript reads, atomically, everything the commit needs (invariant 2):
-// the stream's top and length and, per configured group, its pending count,
-// its lowest pending entry (with the consumer holding it, idle time and
-// delivery count) and the first entry after its last-delivered-id. One script
-// makes the reads one snapshot, so no entry can slip between them.
+// the stream's top and length and, for every consumer group on the stream
+// (the configured ones and any other: a group another ingest or an operator
+// created counts just the same), its pending count, its lowest pending entry
+// (with the consumer holding it, idle time and delivery count) and the first
+// entry after its last-delivered-id. One script makes the reads one
+// snapshot, so no entry can slip between them.
 //
-// KEYS[1] stream; ARGV group names. Returns {0} when the stream does not
-// exist, else {1, top, length, g1, g2, ...} with g = {0} for a missing group
-// or {1, pending, lowest-id, consumer, idle-ms, deliveries, next-id}.
+// KEYS[1] stream; ARGV the configured group names. Returns {0} when the
+// stream does not exist, else {1, top, length, g1, g2, ...} with, per group on
+// the stream, g = {name, 1, pending, lowest-id, consumer, idle-ms,
+// deliveries, next-id}, then g = {name, 0} per configured group missing.
 var observeScript = redis.NewScript(luaTop + `
 local top, len = streaminfo(KEYS[1])
 if top == nil then return {0} end
-local delivered = lastdelivered(KEYS[1])
 local out = {1, top, len}
+local seen = {}
+for _, g in ipairs(groups(KEYS[1])) do
+  local name, last = g[1], g[2]
+  seen[name] = true
+  local count = redis.call('XPENDING', KEYS[1], name)[1]
+  local low = {'', '', 0, 0}
+  if count > 0 then low = redis.call('XPENDING', KEYS[1], name, '-', '+', 1)[1] end
+  table.insert(out, {name, 1, count, low[1], low[2], low[3], low[4], nextafter(KEYS[1], last)})
+end
 for _, name in ipairs(ARGV) do
-  local last = delivered[name]
-  if last == nil then
-    table.insert(out, {0})
-  else
-    local count = redis.call('XPENDING', KEYS[1], name)[1]
-    local low = {'', '', 0, 0}
-    if count > 0 then low = redis.call('XPENDING', KEYS[1], name, '-', '+', 1)[1] end
-    local nxt = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
-    local nid = ''
-    if #nxt > 0 then nid = nxt[1][1] end
-    table.insert(out, {1, count, low[1], low[2], low[3], low[4], nid})
-  end
+  if not seen[name] then table.insert(out, {name, 0}) end
 end
 return out
 `)
 
-// trimScript trims below min(ARGV[1], the frontier read afresh), so that a
-// trim point computed before Redis came back from an older snapshot cannot
-// delete entries the restored groups still hold pending or undelivered
-// (invariant 4). It trims nothing when the stream or a group is missing.
+// trimScript trims below min(ARGV[1], the frontier read afresh over every
+// group on the stream), so that a trim point computed before Redis came back
+// from an older snapshot, or before another ingest or an operator created a
+// group, cannot delete entries a group still holds pending or undelivered
+// (invariants 2 and 4). It trims nothing when the stream or a configured
+// group is missing, or when the stream has no group at all.
 //
 // KEYS[1] stream; ARGV[1] offset bound (the committed offset); ARGV[2..]
-// group names. Returns the number of entries trimmed.
+// configured group names. Returns the number of entries trimmed.
 var trimScript = redis.NewScript(luaTop + `
 local top = streaminfo(KEYS[1])
 if top == nil then return 0 end
 local function offset(id) return tonumber(string.match(id, '^(%d+)')) end
-local delivered = lastdelivered(KEYS[1])
 local below = math.min(tonumber(ARGV[1]), top + 1)
-for i = 2, #ARGV do
-  local last = delivered[ARGV[i]]
-  if last == nil then return 0 end
-  local low = redis.call('XPENDING', KEYS[1], ARGV[i], '-', '+', 1)
+local seen = {}
+local gs = groups(KEYS[1])
+if #gs == 0 then return 0 end
+for _, g in ipairs(gs) do
+  local name, last = g[1], g[2]
+  seen[name] = true
+  local low = redis.call('XPENDING', KEYS[1], name, '-', '+', 1)
   if #low > 0 then below = math.min(below, offset(low[1][1])) end
-  local nxt = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
-  if #nxt > 0 then below = math.min(below, offset(nxt[1][1])) end
+  local nid = nextafter(KEYS[1], last)
+  if nid ~= '' then below = math.min(below, offset(nid)) end
+end
+for i = 2, #ARGV do
+  if not seen[ARGV[i]] then return 0 end
 end
 if below <= 0 then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', below))
@@ -243,10 +260,10 @@ func (s *stream) observe(ctx context.Context) (snapshot, error) {
 	if err != nil {
 		return snapshot{}, fmt.Errorf("observe %s: %w", s.key, err)
 	}
-	return parseObservation(s.groups, v)
+	return parseObservation(v)
 }
 
-func parseObservation(groups []string, v []any) (snapshot, error) {
+func parseObservation(v []any) (snapshot, error) {
 	snap := snapshot{oldest: oldestPending{offset: tracker.None}}
 	bad := func(what string) (snapshot, error) {
 		return snapshot{}, fmt.Errorf("observe: unexpected reply (%s): %v", what, v)
@@ -258,41 +275,42 @@ func parseObservation(groups []string, v []any) (snapshot, error) {
 		snap.Top = tracker.None
 		return snap, nil
 	}
-	if len(v) != 3+len(groups) {
+	if len(v) < 3 {
 		return bad("length")
 	}
 	snap.Exists = true
 	snap.Top, _ = v[1].(int64)
 	snap.Length, _ = v[2].(int64)
-	for i, name := range groups {
-		g := tracker.Group{Name: name, LowestPending: tracker.None, NextUndelivered: tracker.None}
-		f, ok := v[3+i].([]any)
-		if !ok || len(f) == 0 {
+	for _, gv := range v[3:] {
+		f, ok := gv.([]any)
+		if !ok || len(f) < 2 {
 			return bad("group")
 		}
-		if n, _ := f[0].(int64); n == 0 {
+		name, _ := f[0].(string)
+		g := tracker.Group{Name: name, LowestPending: tracker.None, NextUndelivered: tracker.None}
+		if n, _ := f[1].(int64); n == 0 {
 			g.Missing = true
 			snap.Groups = append(snap.Groups, g)
 			continue
 		}
-		if len(f) != 7 {
+		if len(f) != 8 {
 			return bad("group fields")
 		}
-		g.Pending, _ = f[1].(int64)
-		if id, _ := f[2].(string); id != "" {
+		g.Pending, _ = f[2].(int64)
+		if id, _ := f[3].(string); id != "" {
 			off, err := wire.ParseID(id)
 			if err != nil {
 				return snapshot{}, err
 			}
 			g.LowestPending = off
 			if snap.oldest.offset == tracker.None || off < snap.oldest.offset {
-				idle, _ := f[4].(int64)
-				snap.oldest = oldestPending{offset: off, group: name, consumer: fmt.Sprint(f[3]),
+				idle, _ := f[5].(int64)
+				snap.oldest = oldestPending{offset: off, group: name, consumer: fmt.Sprint(f[4]),
 					idle: time.Duration(idle) * time.Millisecond}
-				snap.oldest.deliveries, _ = f[5].(int64)
+				snap.oldest.deliveries, _ = f[6].(int64)
 			}
 		}
-		if id, _ := f[6].(string); id != "" {
+		if id, _ := f[7].(string); id != "" {
 			off, err := wire.ParseID(id)
 			if err != nil {
 				return snapshot{}, err

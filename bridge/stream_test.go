@@ -155,7 +155,7 @@ func TestObserve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, b := snap.Groups[0], snap.Groups[1]
+	a, b := groupOf(t, snap, "a"), groupOf(t, snap, "b")
 	if snap.Top != 15 || snap.Length != 5 {
 		t.Errorf("top=%d length=%d, want 15 and 5", snap.Top, snap.Length)
 	}
@@ -171,7 +171,32 @@ func TestObserve(t *testing.T) {
 	if f, ok := snap.Frontier(); !ok || f != 10 {
 		t.Errorf("frontier = %d, %v; want 10", f, ok)
 	}
-	// A group that disappeared is reported missing: no frontier.
+	// A group the ingest was not configured with (another ingest's
+	// --worker-groups, an operator) holds the frontier too (invariant 2).
+	for _, ack := range []string{"a", "b"} {
+		rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: ack, Consumer: "w1", Streams: []string{s.key, ">"}, Count: 10, Block: -1})
+		rdb.XAck(ctx, s.key, ack, wire.EntryID(10), wire.EntryID(11), wire.EntryID(12), wire.EntryID(13), wire.EntryID(15))
+	}
+	if err := rdb.XGroupCreate(ctx, s.key, "audit", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	snap, err = s.observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Groups) != 3 {
+		t.Errorf("groups %+v, want a, b and audit", snap.Groups)
+	}
+	if g := groupOf(t, snap, "audit"); g.Missing || g.NextUndelivered != 10 {
+		t.Errorf("group audit: %+v, want present, next undelivered 10", g)
+	}
+	if f, ok := snap.Frontier(); !ok || f != 10 {
+		t.Errorf("frontier with an unconfigured group that read nothing = %d, %v; want 10", f, ok)
+	}
+	if err := rdb.XGroupDestroy(ctx, s.key, "audit").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A configured group that disappeared is reported missing: no frontier.
 	if err := rdb.XGroupDestroy(ctx, s.key, "b").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -179,8 +204,8 @@ func TestObserve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !snap.Groups[1].Missing {
-		t.Errorf("destroyed group b not reported missing: %+v", snap.Groups[1])
+	if g := groupOf(t, snap, "b"); !g.Missing {
+		t.Errorf("destroyed group b not reported missing: %+v", g)
 	}
 	if _, ok := snap.Frontier(); ok {
 		t.Errorf("frontier known with a missing group")
@@ -283,11 +308,38 @@ func TestTrimRechecksFrontier(t *testing.T) {
 			t.Errorf("%s: stream %v, want %v", tt.name, got, tt.want)
 		}
 	}
+	// A group the ingest was not configured with holds the trim: created
+	// at 3 (its next entry is 4), it has read nothing.
+	if err := rdb.XGroupCreate(ctx, s.key, "audit", wire.EntryID(3)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "a", Consumer: "w", Streams: []string{s.key, ">"}, Count: 10, Block: -1})
+	rdb.XAck(ctx, s.key, "a", wire.EntryID(2), wire.EntryID(3), wire.EntryID(4), wire.EntryID(5), wire.EntryID(6))
+	rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "b", Consumer: "w", Streams: []string{s.key, ">"}, Count: 10, Block: -1})
+	rdb.XAck(ctx, s.key, "b", wire.EntryID(4), wire.EntryID(5), wire.EntryID(6))
+	if _, err := s.trim(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := streamOffsets(t, rdb, s.key), span(4, 9); !equal(got, want) {
+		t.Errorf("trim below 7 with group audit at 4: stream %v, want %v", got, want)
+	}
+	rdb.XGroupDestroy(ctx, s.key, "audit")
 	// A missing group: nothing is trimmed.
 	rdb.XGroupDestroy(ctx, s.key, "b")
 	if n, err := s.trim(ctx, 8); err != nil || n != 0 {
 		t.Errorf("trim with a missing group: %d trimmed, %v; want 0", n, err)
 	}
+}
+
+func groupOf(t *testing.T, snap snapshot, name string) tracker.Group {
+	t.Helper()
+	for _, g := range snap.Groups {
+		if g.Name == name {
+			return g
+		}
+	}
+	t.Fatalf("group %s not in the observation %+v", name, snap.Groups)
+	return tracker.Group{}
 }
 
 type (
