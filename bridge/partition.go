@@ -30,7 +30,10 @@ type partition struct {
 	logEnd   int64
 	backlog  int64 // exact after an observation, estimated after appends
 	paused   bool
-	stalled  string // why the partition stopped for good (topic recreated), "" if not
+	stalled  string // why the partition stopped (topic recreated, a stray entry), "" if not
+	// stray: the stall is an entry another program wrote into the stream;
+	// it lifts by itself once the entry is gone (docs/operations.md).
+	stray bool
 	lastTrim int64
 	observed time.Time
 	snap     snapshot
@@ -136,8 +139,14 @@ func (p *partition) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if start := p.tr.Start(); start != tracker.None && start > p.logEnd {
-		p.stall(start, p.logEnd)
+	p.tr.SetLogEnd(p.logEnd)
+	switch {
+	case committed > p.logEnd:
+		p.stall(committed, p.logEnd)
+	case p.snap.Top != tracker.None && (p.snap.Top >= p.logEnd || p.snap.topOurs == 0):
+		// Found at assignment, a top that cannot be a record (another
+		// program's XADD) would be taken for this group's own progress.
+		p.stallStray(p.snap.Top, p.snap.topOurs == 0)
 	}
 	if err := p.restart(ctx); err != nil {
 		return err
@@ -222,10 +231,11 @@ func (p *partition) observe(ctx context.Context) {
 		}
 	}
 	p.backlog = d.Backlog
+	p.checkStray(ctx, d.Ahead)
 	if d.ShouldCommit && p.stalled == "" {
 		p.c.offer(p.t, d.Commit)
 	}
-	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim {
+	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim && p.stalled == "" {
 		n, err := p.stream.trim(ctx, tp)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -263,6 +273,11 @@ func (p *partition) recover(ctx context.Context, d tracker.Decision) {
 	}
 	p.tr.Reset(p.snap.Top)
 	p.backlog = 0
+	if p.stray {
+		// The stray entry was removed by resetting the stream's top (the
+		// runbook): what this ingest appended above it is fetched again.
+		p.unstall()
+	}
 	_ = p.restart(ctx)
 	p.observed = time.Time{} // observe again before fetching
 }
@@ -330,6 +345,7 @@ func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
 	p.logEnd = res.HighWatermark
+	p.tr.SetLogEnd(res.HighWatermark)
 	limit := p.room()
 	var recs []wire.Record
 	for int64(len(recs)) < limit {
@@ -390,14 +406,73 @@ func (p *partition) outOfRange(ctx context.Context) error {
 func (p *partition) stall(offset, logEnd int64) {
 	p.stalled = fmt.Sprintf("offset %d is above the log end %d (stream top %d, committed %d): the topic was recreated or its log truncated; not fetching nor committing until the stream and the group's offsets are reset",
 		offset, logEnd, p.tr.Appended(), p.tr.Committed())
+	p.stray = false
 	p.log.Error("partition stalled: "+p.stalled, "offset", offset, "log_end", logEnd)
+}
+
+// stallStray stops fetching and committing the partition while its stream's
+// top is an entry that cannot be a record: above what this ingest appended
+// and at or above the log end, or not written by kbridge (another program's
+// XADD). Appending would skip the partition's next records as duplicates of
+// it, and the commit would follow it past records nobody processed. It lifts
+// by itself once the entry is gone (checkStray, recover).
+func (p *partition) stallStray(top int64, notOurs bool) {
+	mine := fmt.Sprint(p.tr.Appended())
+	if p.tr.Appended() >= top {
+		mine = fmt.Sprintf("found at assignment, committed %d", p.tr.Committed())
+	}
+	var reason string
+	if notOurs {
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%s): entry %s was not written by kbridge (it is not a record of %s/%d), another program wrote into the stream; not fetching nor committing until it is removed (docs/operations.md, \"A stalled partition\")",
+			top, mine, wire.EntryID(top), p.t.topic, p.t.partition)
+	} else {
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%s) and above the log end %d: an entry not written by kbridge (another program's XADD into the stream?), or the topic was recreated; not fetching nor committing until it is removed (docs/operations.md, \"A stalled partition\")",
+			top, mine, p.logEnd)
+	}
+	if p.stalled == reason {
+		return
+	}
+	p.stalled, p.stray = reason, true
+	p.log.Error("partition stalled: "+reason, "offset", top, "log_end", p.logEnd)
+}
+
+func (p *partition) unstall() {
+	p.log.Warn("partition no longer stalled: the entry that was not a record is gone", "was", p.stalled)
+	p.stalled, p.stray = "", false
+}
+
+// checkStray looks at a stream top above what this ingest appended (ahead):
+// another ingest's append (a zombie of an old generation: harmless, below
+// the log end) or an entry that cannot be a record, which stalls the
+// partition. The log end is read afresh before blaming a top at or above the
+// one last seen. A stray stall lifts when the top is no longer ahead.
+func (p *partition) checkStray(ctx context.Context, ahead bool) {
+	if !ahead && !p.stray {
+		return
+	}
+	top := p.snap.Top
+	foreign := top != tracker.None && p.snap.topOurs == 0
+	above := top != tracker.None && top >= p.logEnd
+	if above && !foreign {
+		if end, err := p.listOffset(ctx, kafka.LastOffset); err == nil {
+			p.logEnd = end
+			p.tr.SetLogEnd(end)
+			above = top >= end
+		}
+	}
+	switch {
+	case foreign || above:
+		p.stallStray(top, foreign)
+	case p.stray:
+		p.unstall()
+	}
 }
 
 // append writes recs once. An error leaves p.next where it was: the records
 // are fetched again and the conditional append makes a retry of a batch that
 // did land harmless.
 func (p *partition) append(ctx context.Context, recs []wire.Record) error {
-	res, err := p.stream.append(ctx, p.tr.Appended(), recs)
+	res, err := p.stream.append(ctx, p.tr.Appended(), p.logEnd, recs)
 	if err != nil {
 		p.in.counters.redisErrs.Add(1)
 		if redis.HasErrorPrefix(err, "OOM") {
@@ -405,15 +480,18 @@ func (p *partition) append(ctx context.Context, recs []wire.Record) error {
 		}
 		return err
 	}
-	if res.lost {
-		p.observe(ctx) // sees the loss and recovers
+	if res.lost || res.foreign {
+		p.observe(ctx) // sees the loss and recovers, or stalls on the stray top
 		return nil
 	}
-	p.tr.MarkAppended(res.top)
+	// The records up to the last one are in the stream (appended, or found
+	// there): that, not the stream's top, is what this ingest knows.
+	last := recs[len(recs)-1].Offset
+	p.tr.MarkAppended(last)
 	p.in.counters.appended.Add(int64(res.added))
 	p.in.counters.dups.Add(int64(len(recs) - res.added))
 	p.backlog += int64(res.added)
-	p.next = max(recs[len(recs)-1].Offset+1, res.top+1)
+	p.next = last + 1
 	return nil
 }
 

@@ -87,7 +87,7 @@ func TestConditionalAppend(t *testing.T) {
 		{"top behind what was appended: loss, nothing added", 30, span(31, 33), 20, 0, true, append(span(0, 15), 17, 20)},
 	}
 	for _, st := range steps {
-		res, err := s.append(ctx, st.expected, recs(st.offsets...))
+		res, err := s.append(ctx, st.expected, -1, recs(st.offsets...))
 		if err != nil {
 			t.Fatalf("%s: %v", st.name, err)
 		}
@@ -103,7 +103,7 @@ func TestConditionalAppend(t *testing.T) {
 	if err := rdb.Del(ctx, s.key).Err(); err != nil {
 		t.Fatal(err)
 	}
-	res, err := s.append(ctx, 20, recs(21, 22))
+	res, err := s.append(ctx, 20, -1, recs(21, 22))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,9 +122,57 @@ func TestConditionalAppend(t *testing.T) {
 	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	res, err = s.append(ctx, tracker.None, recs(span(100, 104)...))
+	res, err = s.append(ctx, tracker.None, -1, recs(span(100, 104)...))
 	if err != nil || res.added != 5 || res.top != 104 {
 		t.Errorf("append after SCRIPT FLUSH: %+v, %v; want 5 added, top 104", res, err)
+	}
+}
+
+// TestAppendRefusesStrayTop (issue 7 point 7): a stream top above what the
+// ingest expects that cannot be a record — an entry another program wrote, or
+// one at or above the log end — makes the append add nothing: skipping the
+// batch as "already there" would lose its records. A zombie's entries (real
+// records below the log end) are still skipped as duplicates.
+func TestAppendRefusesStrayTop(t *testing.T) {
+	ctx := context.Background()
+	s, rdb := newStream(t, 100)
+	if err := s.ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.append(ctx, tracker.None, -1, recs(span(0, 9)...)); err != nil {
+		t.Fatal(err)
+	}
+	// A zombie appended 10..12: this ingest's 10..13 adds 13 only.
+	if _, err := s.append(ctx, 9, -1, recs(10, 11, 12)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.append(ctx, 9, 20, recs(10, 11, 12, 13))
+	if err != nil || res.foreign || res.added != 1 || res.top != 13 {
+		t.Fatalf("zombie ahead: %+v, %v; want 1 added, top 13", res, err)
+	}
+	snap, err := s.observe(ctx)
+	if err != nil || snap.topOurs != 1 {
+		t.Fatalf("observe: topOurs=%d, %v; want 1 (a kbridge entry)", snap.topOurs, err)
+	}
+	// Another program's XADD above the top.
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.key, ID: "199-1", Values: []string{"foo", "bar"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err = s.append(ctx, 13, 1000, recs(14, 15))
+	if err != nil || !res.foreign || res.added != 0 || res.top != 199 {
+		t.Errorf("entry not written by kbridge above the top: %+v, %v; want foreign, nothing added", res, err)
+	}
+	if snap, err = s.observe(ctx); err != nil || snap.topOurs != 0 || snap.Top != 199 {
+		t.Errorf("observe: top %d topOurs=%d, %v; want 199 and 0 (not a kbridge entry)", snap.Top, snap.topOurs, err)
+	}
+	// Gone (XDEL): cannot tell by its fields, but it is above the log end.
+	rdb.XDel(ctx, s.key, "199-1")
+	res, err = s.append(ctx, 13, 104, recs(14, 15))
+	if err != nil || !res.foreign || res.added != 0 {
+		t.Errorf("top 199 above the log end 104: %+v, %v; want foreign, nothing added", res, err)
+	}
+	if got := streamOffsets(t, rdb, s.key); !equal(got, span(0, 13)) {
+		t.Errorf("stream %v, want 0..13", got)
 	}
 }
 
@@ -143,7 +191,7 @@ func TestObserve(t *testing.T) {
 	if !snap.Exists || snap.Top != tracker.None || snap.Length != 0 || len(snap.Groups) != 2 {
 		t.Fatalf("empty stream: got %+v", snap)
 	}
-	if _, err := s.append(ctx, tracker.None, recs(10, 11, 12, 13, 15)); err != nil {
+	if _, err := s.append(ctx, tracker.None, -1, recs(10, 11, 12, 13, 15)); err != nil {
 		t.Fatal(err)
 	}
 	// Group a: 10, 11 delivered; 11 acked. Group b: nothing delivered.
@@ -217,7 +265,7 @@ func TestObserve(t *testing.T) {
 	if snap, err := s.observe(ctx); err == nil {
 		t.Errorf("observe of a string key: %+v, want an error", snap)
 	}
-	if res, err := s.append(ctx, tracker.None, recs(1)); err == nil {
+	if res, err := s.append(ctx, tracker.None, -1, recs(1)); err == nil {
 		t.Errorf("append to a string key: %+v, want an error (not a loss)", res)
 	}
 	// A missing stream.
@@ -284,7 +332,7 @@ func TestTrimRechecksFrontier(t *testing.T) {
 	if err := s.ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.append(ctx, tracker.None, recs(span(0, 9)...)); err != nil {
+	if _, err := s.append(ctx, tracker.None, -1, recs(span(0, 9)...)); err != nil {
 		t.Fatal(err)
 	}
 	// Group a has 0..4 delivered, 2..4 pending; group b nothing delivered.

@@ -92,14 +92,30 @@ type Decision struct {
 	// group (top+1 - frontier); with Kafka gaps (compaction, transaction
 	// markers) it counts high, so backpressure errs on the safe side.
 	Backlog int64
+	// Ahead is true when the stream's top is above every offset this ingest
+	// appended or found at assignment: another ingest appended (a zombie of
+	// an old generation: harmless), or another program wrote into the stream
+	// (an entry at or above the log end cannot be a record). The caller tells
+	// them apart; the commit never follows the top there (see Observe).
+	Ahead bool
 }
 
 // Partition tracks one partition's commit point. It is not safe for
 // concurrent use; the ingest keeps one per assigned partition.
 type Partition struct {
 	committed int64 // last offset committed to Kafka, None if none
-	appended  int64 // highest offset known to be in the stream, None if none
-	frontier  int64 // last known frontier, None if unknown
+	// appended is the highest offset of a Kafka record known to be in the
+	// stream: appended by this ingest (or found there by its own append),
+	// or the stream's top at assignment. None if none. It never follows a
+	// top that grew by other hands: those entries are not known records.
+	appended int64
+	// covered is the offset below which every record of the partition is
+	// accounted for: in the stream (appended+1) or known to hold nothing to
+	// deliver (Skipped: transaction markers, compacted gaps, aborted
+	// records). Commits never pass it. None if nothing is known.
+	covered  int64
+	logEnd   int64 // the partition's log end as last seen (SetLogEnd), None if unknown
+	frontier int64 // last known frontier, None if unknown
 	// floor stands in for a commit Kafka does not have (yet): the lowest
 	// offset this group is responsible for, below which every record was
 	// acknowledged or never wanted. It is the configured start offset as
@@ -113,7 +129,15 @@ type Partition struct {
 // NewPartition starts tracking from the offset committed in Kafka (None when
 // the group has none) and the stream's top as read at assignment.
 func NewPartition(committed, top int64) *Partition {
-	return &Partition{committed: committed, appended: top, frontier: None, floor: None}
+	return &Partition{committed: committed, appended: top, covered: next(top), logEnd: None, frontier: None, floor: None}
+}
+
+// next is off+1, None for None.
+func next(off int64) int64 {
+	if off == None {
+		return None
+	}
+	return off + 1
 }
 
 // Committed returns the last committed offset, or None.
@@ -163,17 +187,43 @@ func (p *Partition) Position(resolve func() (int64, error)) (int64, error) {
 	return off, nil
 }
 
-// MarkAppended records that the stream's top is now top (after a successful
-// append, or an append that found the stream already ahead).
-func (p *Partition) MarkAppended(top int64) {
-	p.appended = max(p.appended, top)
+// MarkAppended records that the partition's records up to off — fetched from
+// Kafka, so real records — are in the stream: appended by this ingest, or
+// found there already (a retry, another ingest). Pass the offset of the last
+// record of the batch, not the stream's top: a top written by other hands is
+// not a record, and commits must not follow it.
+func (p *Partition) MarkAppended(off int64) {
+	p.appended = max(p.appended, off)
+	p.covered = max(p.covered, off+1)
 }
+
+// Skipped records that the offsets in [from, to) hold no record to deliver:
+// transaction markers, records compacted away, aborted transactional records
+// — as the fetch layer found them (a fetch that returned nothing deliverable
+// below to). It counts only when it continues what is accounted for (from is
+// at or below the commit, the floor or what the stream covers); commits may
+// then reach to, so that a partition whose every record is acknowledged
+// commits its log end. It never raises the fetch position: the caller moves
+// its own.
+func (p *Partition) Skipped(from, to int64) {
+	if to <= from {
+		return
+	}
+	if known := max(p.covered, p.committed, p.floor); known != None && from <= known {
+		p.covered = max(p.covered, to)
+	}
+}
+
+// SetLogEnd records the partition's log end offset (high watermark) as the
+// fetch layer last saw it. Commits never pass it.
+func (p *Partition) SetLogEnd(end int64) { p.logEnd = end }
 
 // Reset is called after Lost: the stream was recreated with top top (None
 // when empty). Appended restarts from there, so that the next Start is the
 // rewind point.
 func (p *Partition) Reset(top int64) {
 	p.appended = top
+	p.covered = next(top)
 	p.frontier = None
 }
 
@@ -207,7 +257,9 @@ func (p *Partition) Observe(o Observation) Decision {
 		p.frontier = None
 		return d
 	}
-	p.appended = o.Top
+	// A top above what this ingest knows is not a record it knows of: the
+	// caller decides (zombie, or an entry another program wrote).
+	d.Ahead = o.Top > p.appended
 	f, ok := o.Frontier()
 	if !ok {
 		d.RecreateGroups = true
@@ -222,20 +274,36 @@ func (p *Partition) Observe(o Observation) Decision {
 		// was acknowledged, so that is where the group stands.
 		p.floor = f
 	}
+	c := None
 	switch {
-	case o.Top != None && f > p.committed:
-		d.Commit, d.ShouldCommit = f, true
-	case o.Top == None && p.committed == None && p.floor != None:
-		// Nothing appended yet: commit the resolved start offset, so that
-		// the group's position survives a hand-over or a loss of Redis.
-		// (Without a floor nothing is committed: 0 would replace the
-		// configured start.)
-		d.Commit, d.ShouldCommit = p.floor, true
+	case o.Top != None:
+		// Never past what this ingest covered, whatever the stream says;
+		// with everything in the stream acknowledged, up to it: past what
+		// holds no record (Skipped).
+		c = min(f, p.covered)
+		if f == o.Top+1 && !d.Ahead {
+			c = max(c, p.covered)
+		}
+	case p.committed == None && p.floor != None:
+		// Nothing appended yet: commit the resolved start offset (or past
+		// it, what holds no record), so that the group's position survives
+		// a hand-over or a loss of Redis. Without a floor nothing is
+		// committed: 0 would replace the configured start.
+		c = max(p.floor, p.covered)
+	case p.committed != None:
+		c = p.covered // an empty stream: only what holds no record
+	}
+	if c != None && p.logEnd != None {
+		c = min(c, p.logEnd)
+	}
+	if c != None && c > p.committed {
+		d.Commit, d.ShouldCommit = c, true
 	}
 	return d
 }
 
 // String describes the partition's state, for logs.
 func (p *Partition) String() string {
-	return fmt.Sprintf("committed=%d appended=%d frontier=%d floor=%d", p.committed, p.appended, p.frontier, p.floor)
+	return fmt.Sprintf("committed=%d appended=%d covered=%d log_end=%d frontier=%d floor=%d",
+		p.committed, p.appended, p.covered, p.logEnd, p.frontier, p.floor)
 }
