@@ -33,7 +33,7 @@ type partition struct {
 	stalled  string // why the partition stopped (topic recreated, a stray entry), "" if not
 	// stray: the stall is an entry another program wrote into the stream;
 	// it lifts by itself once the entry is gone (docs/operations.md).
-	stray bool
+	stray    bool
 	lastTrim int64
 	observed time.Time
 	snap     snapshot
