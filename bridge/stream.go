@@ -188,8 +188,10 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', below))
 var rewindGroupsScript = redis.NewScript(luaTop + `
 local top, _, last = streaminfo(KEYS[1])
 if top == nil then return 0 end
+-- miniredis reports '' for a group or stream at "0-0"
 local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  local ms, seq = string.match(id or '', '^(%d+)%-(%d+)$')
+  if ms == nil then return 0, 0 end
   return tonumber(ms), tonumber(seq)
 end
 local tms, tseq = parse(last)
