@@ -327,6 +327,7 @@ func (p *partition) room() int64 {
 
 // fetch reads the next records of the partition, at most room() of them.
 func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
+	p.in.counters.fetches.Add(1)
 	res, err := p.in.client.Fetch(ctx, &kafka.FetchRequest{
 		Topic: p.t.topic, Partition: p.t.partition, Offset: p.next,
 		MinBytes: 1, MaxBytes: int64(p.in.cfg.FetchMaxBytes), MaxWait: p.in.cfg.FetchMaxWait,
@@ -371,8 +372,33 @@ func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
 		}
 		recs = append(recs, rec)
 	}
+	p.skipEmpty(recs, limit, res.HighWatermark)
 	p.in.counters.fetched.Add(int64(len(recs)))
 	return recs, nil
+}
+
+// skipEmpty tells the tracker which offsets at the fetch position hold no
+// record to deliver (invariant 3: a fully acknowledged partition commits its
+// log end, past transaction markers and compacted gaps), and steps the
+// position past an offset that holds none, so the loop does not fetch it
+// again and again. The broker answers a fetch with the batch that holds the
+// position (whole, however large) and what follows it, in order (isolation
+// read_uncommitted, bounded by the high watermark), and kafka-go's reader
+// yields every data record of it and skips control batches silently. So:
+// the offsets from the position to the first record yielded hold none; and
+// when nothing at or after the position was yielded though it is below the
+// high watermark, the position itself holds none. (internal/kfetch, with
+// batch boundaries, will skip whole batches at once.)
+func (p *partition) skipEmpty(recs []wire.Record, limit, hwm int64) {
+	switch {
+	case len(recs) > 0:
+		if first := recs[0].Offset; first > p.next {
+			p.tr.Skipped(p.next, first)
+		}
+	case limit > 0 && p.next < hwm:
+		p.tr.Skipped(p.next, p.next+1)
+		p.next++
+	}
 }
 
 // outOfRange handles a fetch offset Kafka no longer (or not yet) has. Below

@@ -140,6 +140,7 @@ func splitGroups(s string) []string {
 // Counters are the ingest's running totals since start. Read them with
 // Ingest.Stats.
 type Counters struct {
+	Fetches           int64 // fetch requests sent to Kafka
 	Fetched           int64 // records fetched from Kafka
 	Appended          int64 // entries appended to Redis
 	DuplicatesSkipped int64 // records already in the stream (retry, zombie, restart)
@@ -154,12 +155,12 @@ type Counters struct {
 }
 
 type counters struct {
-	fetched, appended, dups, commits, commitErrs, redisErrs, kafkaErrs, losses, trimmed, rebalances, pauses atomic.Int64
+	fetches, fetched, appended, dups, commits, commitErrs, redisErrs, kafkaErrs, losses, trimmed, rebalances, pauses atomic.Int64
 }
 
 func (c *counters) snapshot() Counters {
 	return Counters{
-		Fetched: c.fetched.Load(), Appended: c.appended.Load(), DuplicatesSkipped: c.dups.Load(),
+		Fetches: c.fetches.Load(), Fetched: c.fetched.Load(), Appended: c.appended.Load(), DuplicatesSkipped: c.dups.Load(),
 		Commits: c.commits.Load(), CommitErrors: c.commitErrs.Load(), RedisErrors: c.redisErrs.Load(),
 		KafkaErrors: c.kafkaErrs.Load(), Losses: c.losses.Load(), Trimmed: c.trimmed.Load(),
 		Rebalances: c.rebalances.Load(), Pauses: c.pauses.Load(),
