@@ -62,22 +62,10 @@ type PartitionState struct {
 // one. The caller must Release every Result. After the partition is closed
 // or the Fetcher stopped, Next returns ErrClosed.
 func (p *Partition) Next(ctx context.Context) (*Result, error) {
-	f := p.f
 	for {
-		f.mu.Lock()
-		if r := p.buffered; r != nil {
-			p.buffered = nil
-			p.pos = r.Next
-			r.moves = p.moves
-			f.mu.Unlock()
-			f.kick()
-			return r, nil
+		if r, err := p.Poll(); r != nil || err != nil {
+			return r, err
 		}
-		if p.closed || f.state == stateStopped {
-			f.mu.Unlock()
-			return nil, ErrClosed
-		}
-		f.mu.Unlock()
 		select {
 		case <-p.ready:
 		case <-ctx.Done():
@@ -85,6 +73,33 @@ func (p *Partition) Next(ctx context.Context) (*Result, error) {
 		}
 	}
 }
+
+// Poll is Next without the wait: it returns the next Result if one is
+// ready, nil if not (then Ready says when to poll again), or ErrClosed.
+func (p *Partition) Poll() (*Result, error) {
+	f := p.f
+	f.mu.Lock()
+	if r := p.buffered; r != nil {
+		p.buffered = nil
+		p.pos = r.Next
+		r.moves = p.moves
+		f.mu.Unlock()
+		f.kick()
+		return r, nil
+	}
+	closed := p.closed || f.state == stateStopped
+	f.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	return nil, nil
+}
+
+// Ready returns a channel that receives when a Result may have become ready
+// (or the partition closed) since the last receive: a caller that selects
+// on it among other events polls (Poll) after each receive. One channel per
+// partition, for its one consumer; Next receives from it too.
+func (p *Partition) Ready() <-chan struct{} { return p.ready }
 
 // deliver makes r the buffered result. Called with f.mu held.
 func (p *Partition) deliver(r *Result) {
