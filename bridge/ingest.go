@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
 	"sort"
@@ -17,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/kbridge/kbridge/internal/kfetch"
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
@@ -31,6 +33,9 @@ type Ingest struct {
 
 	counters counters
 	parts    registry
+	// fetcher fetches every assigned partition (kfetch: requests carrying
+	// many partitions of one broker, within FetchMemory); set by Run.
+	fetcher atomic.Pointer[kfetch.Fetcher]
 }
 
 // New validates cfg and returns an Ingest. It does no I/O.
@@ -51,6 +56,13 @@ func New(cfg Config) (*Ingest, error) {
 // Stats returns a snapshot of the counters and the assigned partitions.
 func (in *Ingest) Stats() Stats {
 	st := Stats{Counters: in.counters.snapshot(), Partitions: in.parts.list()}
+	if f := in.fetcher.Load(); f != nil {
+		fs := f.Stats()
+		st.Fetches, st.FetchRequests = fs.PartitionFetches, fs.Requests
+		st.KafkaErrors += fs.RequestErrors + fs.PartitionErrors + fs.MetadataErrors
+		st.FetchMemory, st.FetchMemoryPeak = fs.MemoryHeld+fs.MemoryReserved, fs.MemoryPeak
+		st.AbortedSkipped, st.MarkersSkipped = fs.AbortedRecords, fs.ControlBatches
+	}
 	sort.Slice(st.Partitions, func(i, j int) bool {
 		a, b := st.Partitions[i], st.Partitions[j]
 		return a.Topic < b.Topic || a.Topic == b.Topic && a.Partition < b.Partition
@@ -64,9 +76,10 @@ func (in *Ingest) Stats() Stats {
 // Run joins the consumer group and bridges until ctx is done, then shuts
 // down in this order: stop fetching; observe each partition's frontier once
 // more and commit it (bounded by FinalCommitTimeout, so a slow broker cannot
-// hold the group); leave the group. It never waits for workers: what is in
-// Redis stays there and is committed by whoever owns the partition next.
-// Run returns nil on cancellation, or the error that stopped it.
+// hold the group); leave the group; stop the fetcher. It never waits for
+// workers: what is in Redis stays there and is committed by whoever owns the
+// partition next. Run returns nil on cancellation, or the error that
+// stopped it.
 func (in *Ingest) Run(ctx context.Context) error {
 	if !in.ran.CompareAndSwap(false, true) {
 		return ErrClosed
@@ -92,6 +105,21 @@ func (in *Ingest) Run(ctx context.Context) error {
 	if verr != nil {
 		return verr
 	}
+	fetcher, err := kfetch.New(kfetch.Config{
+		Client: in.client, ClientID: "kbridge", Isolation: in.cfg.Isolation,
+		MemoryBytes: in.cfg.FetchMemory, PartitionMaxBytes: int32(in.cfg.FetchMaxBytes),
+		MaxBytes: int32(min(8<<20, in.cfg.FetchMemory/4, math.MaxInt32)), MaxWait: in.cfg.FetchMaxWait, Logger: in.log,
+	})
+	if err != nil {
+		return fmt.Errorf("kafka fetcher: %w", err)
+	}
+	// The fetcher outlives the group: partitions stop fetching (Close)
+	// when their generation ends, and it stops once the group is left.
+	fctx, stopFetcher := context.WithCancel(context.Background())
+	fetched := make(chan struct{})
+	go func() { defer close(fetched); _ = fetcher.Run(fctx) }()
+	defer func() { stopFetcher(); <-fetched }()
+	in.fetcher.Store(fetcher)
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                in.cfg.Group,
 		Brokers:           in.cfg.Brokers,
@@ -115,7 +143,8 @@ func (in *Ingest) Run(ctx context.Context) error {
 	}
 	in.log.Info("ingest started", "group", in.cfg.Group, "topics", strings.Join(in.cfg.Topics, ","),
 		"brokers", strings.Join(in.cfg.Brokers, ","), "worker_groups", strings.Join(in.cfg.WorkerGroups, ","),
-		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark)
+		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark,
+		"isolation_level", in.cfg.Isolation.String(), "fetch_memory", in.cfg.FetchMemory)
 	for {
 		gen, err := group.Next(ctx)
 		if ctx.Err() != nil {
@@ -205,7 +234,7 @@ func maxmemoryPolicy(ctx context.Context, rdb redis.UniversalClient) (string, er
 // generation's committer. Every function stays alive until the generation
 // ends: in kafka-go, one that returns early ends the whole generation.
 func (in *Ingest) startGeneration(gen *kafka.Generation) {
-	c := &committer{in: in, commit: gen.CommitOffsets, want: map[tp]int64{}, done: map[tp]int64{}}
+	c := newCommitter(in, gen.CommitOffsets)
 	var assigned []string
 	for _, topic := range sortedKeys(gen.Assignments) {
 		for _, a := range gen.Assignments[topic] {
@@ -237,8 +266,14 @@ type tp struct {
 	partition int
 }
 
-// committer commits the frontiers of one generation's partitions together,
-// every CommitInterval, and once more when the generation ends.
+// committer sets the pace of one generation's observations and commits
+// their frontiers together: every CommitInterval it ticks, every partition
+// observes its stream (or skips it when nothing can have changed) and
+// reports, and once all have reported (or after a short bound) it commits
+// what they offered in one request. So an offset acknowledged just before a
+// tick is committed right after it: commit lag is at most one interval plus
+// one snapshot and one commit, not an interval of observation plus an
+// interval of commit.
 type committer struct {
 	in     *Ingest
 	commit func(map[string]map[int]int64) error // the generation's CommitOffsets
@@ -247,6 +282,18 @@ type committer struct {
 	mu   sync.Mutex
 	want map[tp]int64 // offered, not yet committed
 	done map[tp]int64 // committed in this generation
+
+	tickMu   sync.Mutex
+	tick     chan struct{} // closed at the next tick, then replaced
+	seq      uint64        // ticks so far
+	members  int           // partitions that report at each tick
+	reported int           // partitions that reported for tick seq
+	allIn    chan struct{} // every member reported for tick seq
+}
+
+func newCommitter(in *Ingest, commit func(map[string]map[int]int64) error) *committer {
+	return &committer{in: in, commit: commit, want: map[tp]int64{}, done: map[tp]int64{},
+		tick: make(chan struct{}), allIn: make(chan struct{}, 1)}
 }
 
 // offer asks for off to be committed for t. Offers only move up: a lower one
@@ -271,12 +318,73 @@ func (c *committer) committed(t tp) (int64, bool) {
 	return off, ok
 }
 
+// join makes a partition one that reports at every tick; leave undoes it.
+func (c *committer) join() {
+	c.tickMu.Lock()
+	c.members++
+	c.tickMu.Unlock()
+}
+
+func (c *committer) leave() {
+	c.tickMu.Lock()
+	c.members--
+	c.tickMu.Unlock()
+}
+
+// next returns the channel closed at the next tick and that tick's number.
+func (c *committer) next() (<-chan struct{}, uint64) {
+	c.tickMu.Lock()
+	defer c.tickMu.Unlock()
+	return c.tick, c.seq + 1
+}
+
+// report says a partition observed (or had nothing to observe) for tick
+// seq. A late report (a later tick came) counts for nothing: its offer goes
+// with the next commit.
+func (c *committer) report(seq uint64) {
+	c.tickMu.Lock()
+	defer c.tickMu.Unlock()
+	if seq != c.seq {
+		return
+	}
+	if c.reported++; c.reported >= c.members {
+		select {
+		case c.allIn <- struct{}{}:
+		default:
+		}
+	}
+}
+
 func (c *committer) run(ctx context.Context) {
 	t := time.NewTicker(c.in.cfg.CommitInterval)
 	defer t.Stop()
+	// How long a tick waits for the partitions' reports: past it, it
+	// commits what is known (a partition busy with a large append
+	// reports late; its offer goes with the next tick).
+	bound := min(c.in.cfg.CommitInterval/2, 200*time.Millisecond)
+	wait := time.NewTimer(bound)
+	defer wait.Stop()
 	for {
 		select {
 		case <-t.C:
+			c.tickMu.Lock()
+			select {
+			case <-c.allIn: // of an earlier tick
+			default:
+			}
+			close(c.tick)
+			c.tick, c.seq, c.reported = make(chan struct{}), c.seq+1, 0
+			n := c.members
+			c.tickMu.Unlock()
+			if n > 0 {
+				wait.Reset(bound)
+				select {
+				case <-c.allIn:
+				case <-wait.C:
+				case <-ctx.Done():
+				}
+				wait.Stop()
+			}
 			c.flush()
 		case <-ctx.Done():
 			// Wait for the partitions' final observations, bounded: a

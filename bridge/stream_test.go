@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -394,3 +395,68 @@ type (
 	redisXAddArgs       = redis.XAddArgs
 	redisXReadGroupArgs = redis.XReadGroupArgs
 )
+
+// TestAppendArgsMatchWire: the append path builds its script arguments
+// without the codec's allocations; they must say exactly what
+// wire.Record.AppendFields says, field by field, for every kind of record.
+func TestAppendArgsMatchWire(t *testing.T) {
+	vs, err := wire.Vectors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []wire.Record
+	for _, v := range vs.Vectors {
+		if v.Record == nil {
+			continue // a malformed entry: nothing the ingest writes
+		}
+		values, err := v.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := wire.Decode(values)
+		if err != nil {
+			t.Fatalf("vector %s: %v", v.Name, err)
+		}
+		rs = append(rs, r)
+	}
+	fromVectors := len(rs)
+	rs = append(rs,
+		wire.Record{Topic: "t", Partition: 0, Offset: 0, Time: time.UnixMilli(0)},
+		wire.Record{Topic: "orders.eu", Partition: 999, Offset: 1 << 40, Time: time.UnixMilli(1700000000123), Key: []byte{}, Value: []byte("v")},
+		wire.Record{Topic: "orders.eu", Partition: 7, Offset: 255, Time: time.UnixMilli(-5), Key: []byte{0, 0xff}, Value: []byte{},
+			Headers: []wire.Header{{Key: "a", Value: nil}, {Key: "a", Value: []byte{}}, {Key: "<&>", Value: []byte("\x00")}}},
+	)
+	str := func(a any) string {
+		switch v := a.(type) {
+		case string:
+			return v
+		case int:
+			return strconv.Itoa(v)
+		case *int64:
+			return strconv.FormatInt(*v, 10)
+		case *bytesArg:
+			b, _ := v.MarshalBinary()
+			return string(b)
+		}
+		t.Fatalf("argument of type %T", a)
+		return ""
+	}
+	var sc appendScratch
+	sc.reset(len(rs))
+	for i := range rs {
+		args := sc.appendRecord(nil, &rs[i])
+		want := rs[i].AppendFields(nil)
+		if got := str(args[0]); got != strconv.FormatInt(rs[i].Offset, 10) {
+			t.Fatalf("record %d: offset argument %s", i, got)
+		}
+		if n := args[1].(int); n != len(want) || len(args) != 2+len(want) {
+			t.Fatalf("record %d: field count %d, %d arguments; wire has %d fields", i, n, len(args)-2, len(want))
+		}
+		for j := range want {
+			if g, w := str(args[2+j]), str(want[j]); g != w {
+				t.Fatalf("record %d field %d: %q, wire says %q", i, j, g, w)
+			}
+		}
+	}
+	t.Logf("%d records (%d from the wire vectors) encode as wire.Record.AppendFields does", len(rs), fromVectors)
+}
