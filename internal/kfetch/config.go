@@ -73,9 +73,10 @@ type Config struct {
 	// Result.Release, with their decoding buffers. Partitions that cannot
 	// be fetched within it wait. Each request in flight can exceed it by
 	// one record batch larger than PartitionMaxBytes (Kafka returns the
-	// first batch of a fetch whole, however large); and until a topic's
-	// compression ratio is learned, a result can exceed it by one
-	// decompressed batch. Default 64 MiB.
+	// first batch of a fetch whole, however large); and each result being
+	// read by one decompressed batch (at most BatchMaxBytes) when its
+	// batches decompress to more than the fetcher has learned a fetched
+	// byte costs. Default 64 MiB.
 	MemoryBytes int64
 
 	// MaxBytes is the response size limit of one fetch request (Kafka's

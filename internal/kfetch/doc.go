@@ -87,9 +87,13 @@
 // so a Result holds its record set plus one chunk. When the budget is used
 // up, fetching waits for a Release. Each request in flight can exceed it by
 // one record batch larger than the partition limit (Kafka returns a first
-// batch whatever its size), and a result by the decompressed size of one
-// batch while the fetcher learns a topic's compression ratio, which it does
-// from the first results released.
+// batch whatever its size), and each result being read by the decompressed
+// size of one batch when its batches decompress to more than the fetcher
+// has learned: it learns what a fetched byte costs from the results read to
+// the end, following a higher cost at once and a lower one slowly. One
+// batch may take at most Config.BatchMaxBytes decompressed (a quarter of
+// the budget by default): beyond that it is reported as a *CorruptError, so
+// a small, highly compressible batch cannot inflate past the budget.
 //
 // Partitions that got nothing because a request's byte limit ran out go
 // first in the next request, and the order rotates, so every partition gets
