@@ -152,9 +152,13 @@ func (p *partition) loop(ctx context.Context) {
 }
 
 // onTick observes the stream for the committer's tick seq, unless nothing
-// can have changed since the last snapshot (see quiet), and reports.
+// can have changed since the last snapshot (see quiet), and reports. A
+// paused or stalled partition is observed every PausedPollInterval instead
+// (see loop), as often as before the tick came in: a tick adds nothing.
 func (p *partition) onTick(ctx context.Context, seq uint64) {
-	if !p.quiet || p.dirty || time.Since(p.observed) >= p.in.cfg.IdleCheckInterval() {
+	switch {
+	case p.paused || p.stalled != "":
+	case !p.quiet || p.dirty || time.Since(p.observed) >= p.in.cfg.IdleCheckInterval():
 		p.observe(ctx)
 	}
 	p.c.report(seq)
