@@ -722,3 +722,30 @@ func TestConcurrentReadsOfOnePartition(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestEmptyAnswersShowInState: a partition the broker keeps answering
+// empty below its bound says so in State().Err (ErrNoData) after ten such
+// answers in a row, and stops saying so once records come.
+func TestEmptyAnswersShowInState(t *testing.T) {
+	c := newFakeCluster()
+	c.setLeader("t", 0, 1)
+	_, ps := startFake(t, c, Config{MaxWait: 20 * time.Millisecond}, 0, 5)
+	for i := range 10 {
+		if err := ps[0].State().Err; err != nil {
+			t.Fatalf("after %d empty answers: State().Err %v", i, err)
+		}
+		c.next(t).answer(func(fakePart) respPartition { return respPartition{hwm: 100, lso: 100} })
+	}
+	testenv_eventually(t, func() bool { return errors.Is(ps[0].State().Err, ErrNoData) })
+	st := ps[0].State()
+	t.Logf("after 10 empty answers: position %d, %v", st.Position, st.Err)
+	if st.Position != 5 {
+		t.Fatalf("position %d, want 5", st.Position)
+	}
+	c.next(t).answer(func(p fakePart) respPartition { return data(t, p.offset, 2, 100) })
+	r := next(t, ps[0])
+	r.Release()
+	if err := ps[0].State().Err; err != nil {
+		t.Fatalf("records came, yet State().Err is %v", err)
+	}
+}

@@ -631,10 +631,12 @@ func (f *Fetcher) partitionDone(e *entry, rp *respPartition, eligible bool, now 
 			return
 		default:
 			p.emptyBackoff.reset() // at its bound: the next fetch is a long poll
+			p.empties = 0
 			return
 		}
 	}
 	p.emptyBackoff.reset()
+	p.empties = 0
 	p.starved = false
 	r := &Result{
 		Topic: p.topic, Partition: int(p.partition), Offset: e.offset, Next: out.next,
@@ -672,6 +674,14 @@ func (f *Fetcher) emptyAnswer(p *Partition, now time.Time) {
 	d := p.emptyBackoff.step(20*time.Millisecond, max(f.cfg.MaxWait, 100*time.Millisecond))
 	p.retryAt = now.Add(d)
 	p.starved = false
+	if p.empties++; p.empties == 10 {
+		// a few seconds of it: say so, once, and in State
+		f.log.Warn("kafka fetch: the broker keeps answering no records below the partition's bound; asking again",
+			"topic", p.topic, "partition", p.partition, "offset", p.pos, "last_stable_offset", p.lso, "high_watermark", p.hwm)
+	}
+	if p.empties >= 10 {
+		p.lastErr = ErrNoData
+	}
 }
 
 // refreshMetadata asks for the leaders of topics. Called with f.mu held.

@@ -29,8 +29,10 @@ type Partition struct {
 	leader   int32
 	retryAt  time.Time
 	backoff  backoff // retriable errors
-	// emptyBackoff grows while answers bring nothing below the bound
+	// emptyBackoff grows while answers bring nothing below the bound;
+	// empties counts them
 	emptyBackoff backoff
+	empties      int
 	hwm          int64
 	lso          int64
 	logStart     int64
@@ -127,7 +129,7 @@ func (p *Partition) SetOffset(offset int64) error {
 	p.moves++
 	p.pos = offset
 	p.failed, p.starved = false, false
-	p.retryAt, p.emptyBackoff = time.Time{}, backoff{}
+	p.retryAt, p.emptyBackoff, p.empties = time.Time{}, backoff{}, 0
 	r := p.buffered
 	p.buffered = nil
 	f.mu.Unlock()
