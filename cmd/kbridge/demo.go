@@ -139,7 +139,7 @@ func demoConfig(c *cli.Context) (demoOptions, error) {
 	}
 	if o.redisURL != "" {
 		if _, err := redis.ParseURL(o.redisURL); err != nil {
-			probs = append(probs, fmt.Sprintf("--redis-url %s: %v", redactURL(o.redisURL), err))
+			probs = append(probs, urlProblem("--redis-url", o.redisURL, err))
 		}
 	}
 	if len(probs) > 0 {
