@@ -72,7 +72,7 @@ func (c *Config) Validate() error {
 	if c.RedisURL == "" {
 		errs = append(errs, errors.New("conformance: a Redis URL is required"))
 	} else if _, err := redis.ParseURL(c.RedisURL); err != nil {
-		errs = append(errs, fmt.Errorf("conformance: Redis URL: %v", err))
+		errs = append(errs, errors.New("conformance: the Redis URL does not parse (not repeated here: it may hold a password); percent-encode % # ? / @ : and spaces in its user name or password"))
 	}
 	if len(c.Command) == 0 {
 		errs = append(errs, errors.New("conformance: a worker command is required (after --)"))
