@@ -80,6 +80,7 @@ func runConformance(c *cli.Context) error {
 	if c.Bool("redis-cluster") {
 		bad = append(bad, errors.New("--redis-cluster: the kit needs a single Redis"))
 	}
+	bad = append(bad, redisFlagsNotTaken(c, "the conformance kit gives its worker only a Redis URL")...)
 	if r := c.String("run"); r != "" {
 		re, err := regexp.Compile(r)
 		if err != nil {
