@@ -59,8 +59,14 @@ type pipelineRun struct {
 
 func newPipeline(t *testing.T, partitions, records int, redisArgs ...string) *pipelineRun {
 	t.Helper()
+	return newPipelineOn(t, testenv.Name(t), partitions, records, redisArgs...)
+}
+
+// newPipelineOn is newPipeline with a topic name of the test's choice.
+func newPipelineOn(t *testing.T, topic string, partitions, records int, redisArgs ...string) *pipelineRun {
+	t.Helper()
 	brokers := testenv.Kafka(t)
-	r := &pipelineRun{brokers: brokers, topic: testenv.Name(t), group: testenv.Name(t), prefix: testenv.Name(t),
+	r := &pipelineRun{brokers: brokers, topic: topic, group: testenv.Name(t), prefix: testenv.Name(t),
 		partitions: partitions, records: records, ledger: newLedger(t)}
 	r.redisArgs = append(append([]string{}, redisArgs...), "--prefix", r.prefix)
 	testenv.CreateTopic(t, brokers, r.topic, partitions)
