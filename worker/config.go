@@ -42,6 +42,7 @@ const (
 	DefaultDiscoveryInterval = 2 * time.Second
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultConsumerIdle      = time.Hour
+	DefaultMaxTransientTime  = 5 * time.Minute
 )
 
 // Config configures a Worker. The zero value of every field but Redis and
@@ -79,6 +80,16 @@ type Config struct {
 	BackoffMin time.Duration
 	// BackoffMax caps the retry backoff. Default 1m.
 	BackoffMax time.Duration
+	// MaxTransientTime bounds how long an entry may keep backing off
+	// without counting deliveries: from its first transient failure in this
+	// worker (a handler error wrapped with RetryAfter; for HTTPHandler 429,
+	// 502, 503, 504 or no connection), each further transient failure within
+	// MaxTransientTime costs no delivery; after it, each one counts as a
+	// failed delivery, so that a downstream that never comes back still has
+	// its entries dead-lettered after MaxDeliveries (about MaxTransientTime
+	// plus the backoffs of MaxDeliveries deliveries). A redeploy shorter
+	// than MaxTransientTime dead-letters nothing. Default 5m.
+	MaxTransientTime time.Duration
 	// AckInterval is the longest an acknowledgement waits to be sent with
 	// others (XACK in batches). Default 50ms.
 	AckInterval time.Duration
@@ -133,6 +144,7 @@ func (c *Config) Validate() error {
 	neg("reclaim interval", c.ReclaimInterval)
 	neg("backoff min", c.BackoffMin)
 	neg("backoff max", c.BackoffMax)
+	neg("max transient time", c.MaxTransientTime)
 	neg("ack interval", c.AckInterval)
 	neg("block timeout", c.BlockTimeout)
 	neg("discovery interval", c.DiscoveryInterval)
@@ -181,6 +193,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BackoffMax == 0 {
 		c.BackoffMax = max(DefaultBackoffMax, c.BackoffMin)
+	}
+	if c.MaxTransientTime == 0 {
+		c.MaxTransientTime = DefaultMaxTransientTime
 	}
 	if c.AckInterval == 0 {
 		c.AckInterval = DefaultAckInterval

@@ -40,7 +40,10 @@ func (w *Worker) process(ctx, hctx context.Context, m *Message) {
 			m.Deliveries, w.cfg.MaxDeliveries))
 		return
 	}
-	backoffs := int64(0)
+	var (
+		backoffs       int64
+		transientSince time.Time // first transient failure (RetryError)
+	)
 	for {
 		err := w.call(hctx, m)
 		if err == nil {
@@ -62,12 +65,25 @@ func (w *Worker) process(ctx, hctx context.Context, m *Message) {
 			retry *RetryError
 			wait  time.Duration
 		)
+		if errors.As(err, &retry) {
+			if transientSince.IsZero() {
+				transientSince = time.Now()
+			}
+			if time.Since(transientSince) >= w.cfg.MaxTransientTime {
+				// The downstream has been unavailable for too long:
+				// from now on its failures count, so that the entry
+				// ends in the dead-letter stream.
+				w.log.Warn("downstream unavailable for longer than the max transient time; counting deliveries",
+					"stream", m.Stream, "offset", m.Offset, "max_transient_time", w.cfg.MaxTransientTime, "err", err)
+				retry = nil
+			}
+		}
 		switch {
 		case errors.As(err, &perm):
 			w.stats.failed.Add(1)
 			w.deadLetter(ctx, m, wire.ReasonRejected, err)
 			return
-		case errors.As(err, &retry):
+		case retry != nil:
 			w.stats.backoffs.Add(1)
 			backoffs++
 			wait = retry.After

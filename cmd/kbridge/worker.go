@@ -30,9 +30,13 @@ KBRIDGE_TIMESTAMP, KBRIDGE_HEADERS, KBRIDGE_DELIVERIES, ... in the environment.
 Exit status 0 = done, anything else = failed.
 
 --http URL POSTs the value with Kbridge-Topic, Kbridge-Partition,
-Kbridge-Offset, Kbridge-Key (base64), ... headers. 2xx = done; 429 or 503 =
-back off (Retry-After is honoured) and retry without counting a delivery;
-anything else = failed.
+Kbridge-Offset, Kbridge-Key (base64), ... headers. 2xx = done. 429, 502, 503,
+504 or no connection (refused, DNS, connect timeout) = the endpoint is
+unavailable: back off (Retry-After is honoured, seconds or HTTP date) and retry
+without counting a delivery, for up to --max-transient-time per record (after
+that these count too, so a dead endpoint still ends in the dead-letter
+stream). Redirects (3xx) are not followed (a redirected POST would lose its
+body): they are failures; give the final URL. Anything else = failed.
 
 A failed record is retried with exponential backoff; after --max-deliveries it
 goes to the dead-letter stream (see "kbridge dlq"). A worker that dies has its
@@ -66,6 +70,8 @@ Examples:
 				Usage: "wait before the first retry; doubles per delivery"},
 			&cli.DurationFlag{Name: "backoff-max", Value: worker.DefaultBackoffMax, EnvVars: []string{"KBRIDGE_WORKER_BACKOFF_MAX"},
 				Usage: "longest wait between retries"},
+			&cli.DurationFlag{Name: "max-transient-time", Value: worker.DefaultMaxTransientTime, EnvVars: []string{"KBRIDGE_WORKER_MAX_TRANSIENT_TIME"},
+				Usage: "how long a record may back off on an unavailable endpoint (HTTP 429/502/503/504, refused) without counting deliveries"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: worker.DefaultShutdownTimeout, EnvVars: []string{"KBRIDGE_WORKER_SHUTDOWN_TIMEOUT"},
 				Usage: "on SIGTERM, how long running handlers may take to finish"},
 			&cli.DurationFlag{Name: "discovery-interval", Value: worker.DefaultDiscoveryInterval, EnvVars: []string{"KBRIDGE_WORKER_DISCOVERY_INTERVAL"},
@@ -131,6 +137,7 @@ func runWorker(c *cli.Context) error {
 		MaxDeliveries:     c.Int("max-deliveries"),
 		BackoffMin:        c.Duration("backoff-min"),
 		BackoffMax:        c.Duration("backoff-max"),
+		MaxTransientTime:  c.Duration("max-transient-time"),
 		ShutdownTimeout:   c.Duration("shutdown-timeout"),
 		DiscoveryInterval: c.Duration("discovery-interval"),
 		Logger:            log,
@@ -147,6 +154,9 @@ func runWorker(c *cli.Context) error {
 	}
 	if c.IsSet("visibility-timeout") && cfg.VisibilityTimeout <= 0 {
 		bad = append(bad, fmt.Errorf("--visibility-timeout %v must be above 0", cfg.VisibilityTimeout))
+	}
+	if c.IsSet("max-transient-time") && cfg.MaxTransientTime <= 0 {
+		bad = append(bad, fmt.Errorf("--max-transient-time %v must be above 0", cfg.MaxTransientTime))
 	}
 	if err := errors.Join(append(bad, cfg.Validate())...); err != nil {
 		return cli.Exit(err.Error(), 2)
