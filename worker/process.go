@@ -161,6 +161,7 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 	args := append([]any{w.cfg.Group, w.cfg.Consumer, m.ID}, fields...)
 	dlq := wire.DLQKey(wire.PartitionStreamOf(m.Stream))
 	bctx := context.WithoutCancel(ctx)
+	w.settling(m.Stream, m.ID)
 	var err error
 	for attempt := range 3 {
 		if attempt > 0 {

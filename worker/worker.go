@@ -42,6 +42,11 @@ type entryRef struct{ stream, id string }
 
 type heldEntry struct {
 	since time.Time
+	// settling: this consumer queued the entry's acknowledgement or is
+	// dead-lettering it, so the entry may leave the PEL at any moment by
+	// our own doing; a lease extension that then finds it gone has not
+	// lost it. Guarded by Worker.mu.
+	settling bool
 }
 
 // New checks cfg and returns a Worker.
@@ -147,6 +152,17 @@ func (w *Worker) release(stream, id string) {
 	w.mu.Unlock()
 }
 
+// settling marks a held entry as about to be acknowledged (or
+// dead-lettered, which acknowledges it) by this consumer. Call it before the
+// XACK can reach Redis.
+func (w *Worker) settling(stream, id string) {
+	w.mu.Lock()
+	if he := w.held[entryRef{stream, id}]; he != nil {
+		he.settling = true
+	}
+	w.mu.Unlock()
+}
+
 // heldIn returns the IDs this consumer holds in stream.
 func (w *Worker) heldIn(stream string) []any {
 	w.mu.Lock()
@@ -201,12 +217,25 @@ func (w *Worker) extendLeases() {
 			continue
 		}
 		for _, id := range lost {
-			// Another worker reclaimed it (our lease lapsed, e.g. Redis was
-			// unreachable). The handler goes on; its ack, if any, is
-			// harmless; the other worker's run is a duplicate.
-			w.stats.leaseLost.Add(1)
-			w.log.Warn("lease lost: entry reclaimed by another consumer", "stream", stream, "id", id)
-			w.release(stream, id)
+			// The entry is no longer pending under this consumer. If we
+			// acknowledged it (or dead-lettered it) since the snapshot
+			// above, that is why: nothing was lost. Otherwise another
+			// worker reclaimed it (our lease lapsed, e.g. Redis was
+			// unreachable), and perhaps acknowledged it already. The
+			// handler goes on; its ack, if any, is harmless; the other
+			// worker's run is a duplicate.
+			ref := entryRef{stream, id}
+			w.mu.Lock()
+			he := w.held[ref]
+			taken := he != nil && !he.settling
+			if taken {
+				delete(w.held, ref)
+			}
+			w.mu.Unlock()
+			if taken {
+				w.stats.leaseLost.Add(1)
+				w.log.Warn("lease lost: entry reclaimed by another consumer", "stream", stream, "id", id)
+			}
 		}
 	}
 }
