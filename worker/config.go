@@ -64,7 +64,14 @@ type Config struct {
 	// every stream of the registry.
 	Topics []string
 	// Concurrency is the number of handlers run at the same time. Default 16.
+	// The streams with entries share them by handler time: each gets
+	// ceil(Concurrency / streams with entries) slots while another waits.
 	Concurrency int
+	// ReadAhead is how many entries are read ahead of the handlers (leased,
+	// waiting for a slot), so that a handler that finishes finds its next
+	// entry without waiting for Redis. Default Concurrency. Reclaimed
+	// entries may take up to Concurrency more.
+	ReadAhead int
 	// VisibilityTimeout is how long an entry may stay pending without its
 	// lease being extended before other workers reclaim it. The lease of a
 	// running handler is extended every VisibilityTimeout/3. Default 30s.
@@ -134,6 +141,9 @@ func (c *Config) Validate() error {
 	if c.Concurrency < 0 {
 		errs = append(errs, fmt.Errorf("worker: concurrency %d must not be negative", c.Concurrency))
 	}
+	if c.ReadAhead < 0 {
+		errs = append(errs, fmt.Errorf("worker: read-ahead %d must not be negative", c.ReadAhead))
+	}
 	if c.MaxDeliveries < 0 {
 		errs = append(errs, fmt.Errorf("worker: max deliveries %d must not be negative", c.MaxDeliveries))
 	}
@@ -178,6 +188,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = DefaultConcurrency
+	}
+	if c.ReadAhead == 0 {
+		c.ReadAhead = c.Concurrency
 	}
 	if c.VisibilityTimeout == 0 {
 		c.VisibilityTimeout = DefaultVisibilityTimeout
