@@ -54,9 +54,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	cfg = cfg.withDefaults()
 	w := &Worker{
-		cfg:   cfg,
-		rdb:   cfg.Redis,
-		log:   cfg.Logger.With("group", cfg.Group, "consumer", cfg.Consumer),
+		cfg:  cfg,
+		rdb:  cfg.Redis,
+		log:  cfg.Logger.With("group", cfg.Group, "consumer", cfg.Consumer),
 		held: map[entryRef]*heldEntry{},
 	}
 	w.sched = newScheduler(cfg.Concurrency, cfg.ReadAhead, nil)
