@@ -14,21 +14,24 @@ import (
 )
 
 // probeInterval is how often, at most, the reader probes the streams whose
-// last read found nothing while others keep it busy (a blocking read covers
-// them all when it is idle).
+// last read found nothing while others keep it busy (when it is idle, a
+// blocking read covers them all).
 const probeInterval = 100 * time.Millisecond
+
+// probeChunk is the most keys one probing XREADGROUP names.
+const probeChunk = 1000
 
 // readLoop reads new entries for the scheduler until ctx is cancelled.
 //
 // Its cost does not grow with the number of idle streams: one XREADGROUP
 // over the streams the last reads found entries in ("hot"), for as many
 // entries as the read-ahead has room for; the others are probed together,
-// in one XREADGROUP with COUNT 1, every probeInterval at most, and when the
-// hot ones run dry; when nothing has entries, one blocking XREADGROUP over
-// every stream wakes on the first entry appended to any. (On a Redis
-// Cluster each of these is one XREADGROUP per hash slot: slots.go.) Reclaim,
-// discovery and the consumer clean-up run in goroutines of their own and
-// never hold up a read.
+// in one XREADGROUP with COUNT 1 (so a probe reads at most one entry per
+// stream), every probeInterval at most, and whenever the hot ones run dry;
+// when nothing has entries, one blocking XREADGROUP over every stream wakes
+// on the first entry appended to any. (On a Redis Cluster each of these is
+// one XREADGROUP per hash slot: slots.go.) Reclaim, discovery and the
+// consumer clean-up run in goroutines of their own and never hold up a read.
 func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 	// Reads are not cancelled with ctx: entries Redis delivers are pending
 	// under this consumer, and a read cut short would leave them unseen
@@ -44,15 +47,10 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 		if msgs, err := w.collectSlotReads(); err == nil && len(msgs) > 0 {
 			w.queueRead(nil, msgs)
 		}
-		now := time.Now()
-		probe := !now.Before(nextProbe)
-		req := w.sched.wanted(probe)
+		req := w.sched.wanted()
 		if len(req.hot) == 0 && len(req.idle) == 0 {
 			// Nothing wanted (the read-ahead is full, or no stream may be
 			// read): wait until the scheduler takes entries.
-			if probe {
-				nextProbe = now.Add(probeInterval)
-			}
 			wait.Reset(w.cfg.BlockTimeout)
 			select {
 			case <-ctx.Done():
@@ -65,39 +63,40 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 		got := 0
 		if len(req.hot) > 0 {
 			var msgs []*Message
-			msgs, err = w.readNow(rctx, req.hot, req.count)
-			if err == nil {
+			if msgs, err = w.readNow(rctx, req.hot, req.count); err == nil {
 				got += w.queueRead(req.hot, msgs)
-				if got > 0 && !probe {
-					errDelay = 0
-					continue
-				}
 			}
 		}
-		if err == nil && !probe {
-			// The hot streams ran dry: look at all the others now.
-			probe, req = true, w.sched.wanted(true)
-		}
-		if err == nil && probe {
-			nextProbe = now.Add(probeInterval)
-			if len(req.idle) > 0 {
+		now := time.Now()
+		probed := false
+		if err == nil && len(req.idle) > 0 && (!now.Before(nextProbe) || !req.anyHot) {
+			probed, nextProbe = true, now.Add(probeInterval)
+			for i := 0; i < len(req.idle) && err == nil; i += probeChunk {
+				keys := req.idle[i:min(i+probeChunk, len(req.idle))]
 				var msgs []*Message
-				msgs, err = w.readNow(rctx, req.idle, 1)
-				if err == nil {
-					got += w.queueRead(req.idle, msgs)
+				if msgs, err = w.readNow(rctx, keys, 1); err == nil {
+					got += w.queueRead(keys, msgs)
 				}
 			}
 		}
-		if err == nil && got == 0 {
+		switch {
+		case err != nil, got > 0, req.moreHot:
+		case w.sched.anyHot():
+			// Streams with entries have enough queued: wait until
+			// they take some, or the next probe.
+			wait.Reset(max(time.Until(nextProbe), time.Millisecond))
+			select {
+			case <-ctx.Done():
+			case <-w.sched.space:
+			case <-wait.C:
+			}
+		case probed || len(req.idle) == 0:
 			// Nothing anywhere: wait for the first new entry of any stream.
 			keys := append(slices.Clone(req.hot), req.idle...)
-			if len(keys) > 0 {
-				count := int64(max(1, req.budget/len(keys)))
-				var msgs []*Message
-				msgs, err = w.readBlocking(rctx, keys, count, w.cfg.BlockTimeout)
-				if err == nil {
-					w.queueRead(keys, msgs)
-				}
+			count := int64(max(1, req.budget/len(keys)))
+			var msgs []*Message
+			if msgs, err = w.readBlocking(rctx, keys, count, w.cfg.BlockTimeout); err == nil {
+				w.queueRead(keys, msgs)
 			}
 		}
 		if err != nil {
@@ -144,19 +143,19 @@ func (w *Worker) handBack(ts []*task) {
 	w.unclaim(msgs)
 }
 
-// discoveryLoop reads the registry every DiscoveryInterval (and when kicked)
-// and hands the streams to the scheduler.
+// discoveryLoop reads the registry at once, then every DiscoveryInterval
+// (and when kicked), and hands the streams to the scheduler.
 func (w *Worker) discoveryLoop(ctx context.Context, kick <-chan struct{}) {
 	t := time.NewTicker(w.cfg.DiscoveryInterval)
 	defer t.Stop()
 	for {
+		w.discoverOnce(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-kick:
 		}
-		w.discoverOnce(ctx)
 	}
 }
 
@@ -170,6 +169,7 @@ func (w *Worker) discoverOnce(ctx context.Context) {
 	}
 	w.sched.setStreams(s)
 	w.stats.streams.Store(int64(len(s)))
+	w.discoveredOnce.Do(func() { close(w.discovered) })
 }
 
 // unclaim hands entries this consumer holds but has not started back to

@@ -151,6 +151,11 @@ func (w *Worker) janitorLoop(ctx context.Context) {
 	if w.cfg.ConsumerIdleTimeout <= 0 {
 		return
 	}
+	select { // the first round right after the first discovery
+	case <-ctx.Done():
+		return
+	case <-w.discovered:
+	}
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {

@@ -188,8 +188,8 @@ func (s *scheduler) update(st *sstream, now time.Time) {
 	}
 }
 
-// setStreams takes the streams of a discovery. New ones are assumed to have
-// entries (read at once); streams that went away are read no more, and
+// setStreams takes the streams of a discovery. New ones are probed at the
+// reader's next round; streams that went away are read no more, and
 // forgotten once nothing of them is held.
 func (s *scheduler) setStreams(keys []string) {
 	s.mu.Lock()
@@ -200,7 +200,7 @@ func (s *scheduler) setStreams(keys []string) {
 		in[k] = true
 		st := s.stream(k)
 		if !st.listed {
-			st.listed, st.hot = true, true
+			st.listed = true
 			s.update(st, now)
 		}
 	}
@@ -447,16 +447,19 @@ func (s *scheduler) counts() (queued, waiting, running int) {
 
 // readRequest is what the reader should read next.
 type readRequest struct {
-	hot    []string // streams believed to have entries
-	count  int64    // COUNT for the hot streams
-	idle   []string // the other streams that want entries (probe: COUNT 1)
-	budget int      // entries the read-ahead has room for
+	hot     []string // streams believed to have entries
+	count   int64    // COUNT for the hot streams
+	moreHot bool     // hot streams left out for the budget: read them next
+	anyHot  bool     // some stream is hot, wanting entries or not
+	idle    []string // the other streams that want entries (probe: COUNT 1)
+	budget  int      // entries the read-ahead has room for
 }
 
 // wanted returns the streams that want entries: the hot ones, with a COUNT
-// that keeps the read-ahead within its bound, and (if probe) the others.
-// An empty request means: wait for space.
-func (s *scheduler) wanted(probe bool) readRequest {
+// that keeps the read-ahead within its bound (the least recently read first
+// when the budget does not cover them all), and the others. An empty
+// request means: wait for space.
+func (s *scheduler) wanted() readRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var r readRequest
@@ -473,17 +476,21 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	need := 0
 	var hot []*sstream
 	for _, st := range s.streams {
+		if st.hot && st.listed {
+			r.anyHot = true
+		}
 		if !st.listed || st.paused(now) || st.waiting >= s.maxWaiting || st.queued() > bc/2 {
 			continue
 		}
 		if st.hot {
 			hot = append(hot, st)
 			need = max(need, bc-st.queued())
-		} else if probe {
+		} else {
 			r.idle = append(r.idle, st.key)
 		}
 	}
 	if len(hot) > budget {
+		r.moreHot = true
 		// Least recently read first, so that every hot stream is read in
 		// turn when the budget does not cover them all.
 		sortByRR(hot)
@@ -496,6 +503,19 @@ func (s *scheduler) wanted(probe bool) readRequest {
 		r.count = int64(max(1, min(need, budget/len(hot))))
 	}
 	return r
+}
+
+// anyHot reports whether some stream is hot: the reader will have entries
+// to read for it soon.
+func (s *scheduler) anyHot() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range s.streams {
+		if st.hot && st.listed {
+			return true
+		}
+	}
+	return false
 }
 
 // readDone queues what a read of keys returned (keys nil: a blocking read

@@ -28,6 +28,9 @@ type Worker struct {
 	mu   sync.Mutex
 	held map[entryRef]*heldEntry // entries this consumer holds: leased until acknowledged
 
+	discovered     chan struct{} // closed by the first discovery
+	discoveredOnce sync.Once
+
 	perSlot   bool       // Redis Cluster: one XREADGROUP per hash slot (slots.go)
 	slotReads *slotReads // the blocking reads running, when perSlot
 }
@@ -54,10 +57,11 @@ func New(cfg Config) (*Worker, error) {
 	}
 	cfg = cfg.withDefaults()
 	w := &Worker{
-		cfg:  cfg,
-		rdb:  cfg.Redis,
-		log:  cfg.Logger.With("group", cfg.Group, "consumer", cfg.Consumer),
-		held: map[entryRef]*heldEntry{},
+		cfg:        cfg,
+		rdb:        cfg.Redis,
+		log:        cfg.Logger.With("group", cfg.Group, "consumer", cfg.Consumer),
+		held:       map[entryRef]*heldEntry{},
+		discovered: make(chan struct{}),
 	}
 	w.sched = newScheduler(cfg.Concurrency, cfg.ReadAhead, nil)
 	w.acks = newAcker(w)
@@ -109,8 +113,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer close(leaseDone); w.leaseLoop(leaseStop) }()
 
 	// Reading, reclaiming, discovery and the consumer clean-up each run on
-	// their own, so that none of them waits for another.
-	w.discoverOnce(ctx)
+	// their own, so that none of them waits for another. The reader has
+	// nothing to read until the first discovery.
 	kick := make(chan struct{}, 1)
 	rediscover := func() {
 		select {
