@@ -24,6 +24,14 @@ while running) in a worker group, --concurrency records at a time, and hands
 each record to a command or an HTTP endpoint. Start as many workers as you
 like, on any machine that reaches Redis.
 
+Scheduling: the partitions with records share the --concurrency slots by
+handler time: while others wait, each runs at most its share
+(concurrency / partitions with records), so a slow or failing partition
+cannot hold back the others. A record waiting for a retry gives its slot
+back. Up to --read-ahead records are read ahead of the handlers. The records
+of a worker that died are reclaimed within --visibility-timeout +
+--reclaim-interval, however busy the live workers are.
+
 --exec CMD runs "sh -c CMD" per record: the value on stdin; KBRIDGE_TOPIC,
 KBRIDGE_PARTITION, KBRIDGE_OFFSET, KBRIDGE_KEY, KBRIDGE_KEY_B64,
 KBRIDGE_TIMESTAMP, KBRIDGE_HEADERS, KBRIDGE_DELIVERIES, ... in the environment.
@@ -60,6 +68,8 @@ Examples:
 			&cli.StringSliceFlag{Name: "topics", EnvVars: []string{"KBRIDGE_WORKER_TOPICS"}, Usage: "only the streams of these topics (default: all)"},
 			&cli.IntFlag{Name: "concurrency", Value: worker.DefaultConcurrency, EnvVars: []string{"KBRIDGE_WORKER_CONCURRENCY"},
 				Usage: "records processed at the same time"},
+			&cli.IntFlag{Name: "read-ahead", EnvVars: []string{"KBRIDGE_WORKER_READ_AHEAD"},
+				Usage: "records read ahead of the handlers, so that a freed slot does not wait for Redis (default: --concurrency)"},
 			&cli.DurationFlag{Name: "visibility-timeout", Value: worker.DefaultVisibilityTimeout, EnvVars: []string{"KBRIDGE_WORKER_VISIBILITY_TIMEOUT"},
 				Usage: "a record held this long by a worker that stopped extending its lease is reclaimed by the others"},
 			&cli.DurationFlag{Name: "reclaim-interval", EnvVars: []string{"KBRIDGE_WORKER_RECLAIM_INTERVAL"},
@@ -132,6 +142,7 @@ func runWorker(c *cli.Context) error {
 		Consumer:          c.String("consumer"),
 		Topics:            c.StringSlice("topics"),
 		Concurrency:       c.Int("concurrency"),
+		ReadAhead:         c.Int("read-ahead"),
 		VisibilityTimeout: c.Duration("visibility-timeout"),
 		ReclaimInterval:   c.Duration("reclaim-interval"),
 		MaxDeliveries:     c.Int("max-deliveries"),
@@ -148,6 +159,9 @@ func runWorker(c *cli.Context) error {
 	var bad []error
 	if c.IsSet("concurrency") && cfg.Concurrency <= 0 {
 		bad = append(bad, fmt.Errorf("--concurrency %d must be at least 1", cfg.Concurrency))
+	}
+	if c.IsSet("read-ahead") && cfg.ReadAhead <= 0 {
+		bad = append(bad, fmt.Errorf("--read-ahead %d must be at least 1", cfg.ReadAhead))
 	}
 	if c.IsSet("max-deliveries") && cfg.MaxDeliveries <= 0 {
 		bad = append(bad, fmt.Errorf("--max-deliveries %d must be at least 1", cfg.MaxDeliveries))
