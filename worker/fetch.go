@@ -47,7 +47,8 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 		if msgs, err := w.collectSlotReads(); err == nil && len(msgs) > 0 {
 			w.queueRead(nil, msgs)
 		}
-		req := w.sched.wanted()
+		probe := !time.Now().Before(nextProbe) || !w.sched.anyHot()
+		req := w.sched.wanted(probe)
 		if len(req.hot) == 0 && len(req.idle) == 0 {
 			// Nothing wanted (the read-ahead is full, or no stream may be
 			// read): wait until the scheduler takes entries.
@@ -67,10 +68,8 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 				got += w.queueRead(req.hot, msgs)
 			}
 		}
-		now := time.Now()
-		probed := false
-		if err == nil && len(req.idle) > 0 && (!now.Before(nextProbe) || !req.anyHot) {
-			probed, nextProbe = true, now.Add(probeInterval)
+		if err == nil && probe {
+			nextProbe = time.Now().Add(probeInterval)
 			for i := 0; i < len(req.idle) && err == nil; i += probeChunk {
 				keys := req.idle[i:min(i+probeChunk, len(req.idle))]
 				var msgs []*Message
@@ -90,7 +89,7 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 			case <-w.sched.space:
 			case <-wait.C:
 			}
-		case probed || len(req.idle) == 0:
+		case probe:
 			// Nothing anywhere: wait for the first new entry of any stream.
 			keys := append(slices.Clone(req.hot), req.idle...)
 			count := int64(max(1, req.budget/len(keys)))

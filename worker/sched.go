@@ -48,6 +48,7 @@ type scheduler struct {
 	streams    map[string]*sstream
 	readyList  []*sstream // streams with queued tasks
 	contenders map[*sstream]struct{}
+	hotSet     map[*sstream]struct{} // listed streams that are hot
 	queued     int // tasks in stream queues
 	waiting    int // tasks in the timer heap
 	running    int
@@ -108,6 +109,7 @@ func newScheduler(conc, readAhead int, start func(*task)) *scheduler {
 		free:       conc,
 		streams:    map[string]*sstream{},
 		contenders: map[*sstream]struct{}{},
+		hotSet:     map[*sstream]struct{}{},
 		space:      make(chan struct{}, 1),
 	}
 }
@@ -149,6 +151,11 @@ func (s *scheduler) wantsSlots(st *sstream, now time.Time) bool {
 
 // update recomputes st's standing after a change (under s.mu).
 func (s *scheduler) update(st *sstream, now time.Time) {
+	if st.hot && st.listed {
+		s.hotSet[st] = struct{}{}
+	} else {
+		delete(s.hotSet, st)
+	}
 	c := st.running > 0 || s.wantsSlots(st, now)
 	if c != st.contender {
 		st.contender = c
@@ -185,6 +192,7 @@ func (s *scheduler) update(st *sstream, now time.Time) {
 	}
 	if !st.listed && !st.contender && st.queued() == 0 && st.waiting == 0 && st.running == 0 {
 		delete(s.streams, st.key)
+		delete(s.hotSet, st)
 	}
 }
 
@@ -457,15 +465,17 @@ type readRequest struct {
 
 // wanted returns the streams that want entries: the hot ones, with a COUNT
 // that keeps the read-ahead within its bound (the least recently read first
-// when the budget does not cover them all), and the others. An empty
-// request means: wait for space.
-func (s *scheduler) wanted() readRequest {
+// when the budget does not cover them all), and if probe the others. An
+// empty request means: wait for space. Without probe, its cost is that of
+// the hot streams only.
+func (s *scheduler) wanted(probe bool) readRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var r readRequest
 	if s.stopped {
 		return r
 	}
+	r.anyHot = len(s.hotSet) > 0
 	budget := s.readAhead - s.queued
 	if budget <= 0 {
 		return r
@@ -473,20 +483,22 @@ func (s *scheduler) wanted() readRequest {
 	r.budget = budget
 	now := time.Now()
 	bc := s.bufCap()
+	wants := func(st *sstream) bool {
+		return st.listed && !st.paused(now) && st.waiting < s.maxWaiting && st.queued() <= bc/2
+	}
 	need := 0
 	var hot []*sstream
-	for _, st := range s.streams {
-		if st.hot && st.listed {
-			r.anyHot = true
-		}
-		if !st.listed || st.paused(now) || st.waiting >= s.maxWaiting || st.queued() > bc/2 {
-			continue
-		}
-		if st.hot {
+	for st := range s.hotSet {
+		if wants(st) {
 			hot = append(hot, st)
 			need = max(need, bc-st.queued())
-		} else {
-			r.idle = append(r.idle, st.key)
+		}
+	}
+	if probe {
+		for _, st := range s.streams {
+			if !st.hot && wants(st) {
+				r.idle = append(r.idle, st.key)
+			}
 		}
 	}
 	if len(hot) > budget {
@@ -510,12 +522,7 @@ func (s *scheduler) wanted() readRequest {
 func (s *scheduler) anyHot() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, st := range s.streams {
-		if st.hot && st.listed {
-			return true
-		}
-	}
-	return false
+	return len(s.hotSet) > 0
 }
 
 // readDone queues what a read of keys returned (keys nil: a blocking read
