@@ -49,8 +49,8 @@ type scheduler struct {
 	readyList  []*sstream // streams with queued tasks
 	contenders map[*sstream]struct{}
 	hotSet     map[*sstream]struct{} // listed streams that are hot
-	queued     int // tasks in stream queues
-	waiting    int // tasks in the timer heap
+	queued     int                   // tasks in stream queues
+	waiting    int                   // tasks in the timer heap
 	running    int
 	timers     taskHeap
 	timer      *time.Timer
