@@ -51,8 +51,9 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 		req := w.sched.wanted(probe)
 		if len(req.hot) == 0 && len(req.idle) == 0 {
 			// Nothing wanted (the read-ahead is full, or no stream may be
-			// read): wait until the scheduler takes entries.
-			wait.Reset(w.cfg.BlockTimeout)
+			// read): wait until the scheduler takes entries (a stream's
+			// queue runs low), or the next probe.
+			wait.Reset(min(w.cfg.BlockTimeout, probeInterval))
 			select {
 			case <-ctx.Done():
 			case <-w.sched.space:

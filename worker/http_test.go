@@ -72,14 +72,17 @@ func (e *endpoint) up(t *testing.T) {
 	go func() { _ = srv.Serve(ln) }()
 }
 
-// down closes the listener and every connection: connections are refused.
+// down stops the server as a redeploy does: the listener is closed at once
+// (connections are refused), the requests in progress finish.
 func (e *endpoint) down() {
 	e.mu.Lock()
 	srv := e.srv
 	e.srv = nil
 	e.mu.Unlock()
 	if srv != nil {
-		_ = srv.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
 	}
 }
 

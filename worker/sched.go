@@ -20,8 +20,10 @@ import (
 // handlers while another contender that has work runs fewer than its share.
 // Slot occupancy is handler time, so a partition whose handler takes 500 ms
 // holds at most its share of the slots, and a 1 ms partition beside it keeps
-// the rest. A stream may go over its share only when no contender with work
-// is under its own (work conservation): then a slot would stay idle. When a
+// the rest. A stream may go over its share when no other stream under its
+// own share has entries queued (work conservation: the slot would stay
+// idle), unless another stream wants slots (entries queued, or its read on
+// the way) and our handlers take much longer than its (see lendSlack). When a
 // slot frees, it goes to the stream with the least handler time charged
 // (its virtual time; a stream that becomes a contender starts at the least
 // virtual time of the others, so a quiet stream gets no burst), among those
@@ -61,6 +63,11 @@ type scheduler struct {
 	finished   uint64        // attempts finished
 }
 
+// lendSlack: a stream over its share may take a slot while another stream
+// wants slots if its handlers take at most twice as long as the other's,
+// plus lendSlack.
+const lendSlack = time.Millisecond
+
 // task is one held entry on its way through the scheduler.
 type task struct {
 	m  *Message
@@ -87,6 +94,7 @@ type sstream struct {
 	waiting    int           // tasks in the timer heap
 	vtime      time.Duration // handler time charged
 	avg        time.Duration // moving average of the handler time: charged at start
+	timed      bool          // avg has a sample
 	pauseUntil time.Time     // a RetryError: nothing starts or is read before
 	hot        bool          // the last read of this stream returned entries
 	listed     bool          // in the last discovery
@@ -292,11 +300,14 @@ func (s *scheduler) pick(now time.Time) *task {
 	}
 	if !bestUnder {
 		// Every stream with queued entries has its share. This one may
-		// take more only if no other stream under its share is about to
-		// get entries (its next read): that one would find its slots
-		// taken for as long as our handlers run.
+		// take more only if no other stream that wants slots (entries
+		// queued, or its next read on the way) would find them taken for
+		// much longer than its own handlers take: lending a slot to a
+		// stream as fast as the waiting one costs it nothing (the slot is
+		// back before long), lending it to a 500 ms stream while a 1 ms
+		// one waits for its read costs the 1 ms one 500 records.
 		for c := range s.contenders {
-			if c != best && c.running < share && s.wantsSlots(c, now) {
+			if c != best && s.wantsSlots(c, now) && (!best.timed || best.avg > 2*c.avg+lendSlack) {
 				return nil
 			}
 		}
@@ -333,8 +344,8 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 	s.free++
 	s.finished++
 	st.vtime += took - st.avg
-	if st.avg == 0 {
-		st.avg = took
+	if !st.timed {
+		st.avg, st.timed = took, true
 	} else {
 		st.avg += (took - st.avg) / 8
 	}
@@ -351,8 +362,7 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 		s.arm()
 	}
 	s.update(st, now)
-	next = s.pick(now)
-	s.kick()
+	next = s.pick(now) // kicks the reader if st's queue runs low
 	return next, letGo
 }
 
@@ -586,7 +596,9 @@ func (s *scheduler) finishedCount() uint64 {
 
 // takeStale removes and returns the tasks queued since before before: this
 // worker cannot start them (its handlers hang, or are much slower than the
-// visibility timeout), and another worker may.
+// visibility timeout), and another worker may. The time a stream was paused
+// (its downstream asked to back off) does not count: another worker would
+// have to wait too.
 func (s *scheduler) takeStale(before time.Time) []*task {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -597,6 +609,9 @@ func (s *scheduler) takeStale(before time.Time) []*task {
 	var out []*task
 	for _, st := range s.streams {
 		if st.queued() == 0 {
+			continue
+		}
+		if !st.pauseUntil.Before(before) {
 			continue
 		}
 		n := len(out)

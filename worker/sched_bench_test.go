@@ -11,6 +11,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"os"
 	"sort"
 	"strconv"
 	"sync"
@@ -199,7 +200,7 @@ func BenchmarkSchedLittle(b *testing.B) {
 			e.add(b, s, 0, records/len(ss)+boolInt(i < records%len(ss)))
 		}
 		var done atomic.Int64
-		cfg := Config{Concurrency: n, Handler: func(context.Context, *Message) error {
+		cfg := Config{Concurrency: n, ReadAhead: benchRA(n), Handler: func(context.Context, *Message) error {
 			time.Sleep(sleep)
 			done.Add(1)
 			return nil
@@ -233,6 +234,13 @@ func BenchmarkSchedLittle(b *testing.B) {
 func boolInt(b bool) int {
 	if b {
 		return 1
+	}
+	return 0
+}
+
+func benchRA(n int) int {
+	if v, err := strconv.Atoi(os.Getenv("BENCH_RA_FACTOR")); err == nil {
+		return n * v
 	}
 	return 0
 }
