@@ -142,7 +142,8 @@ func BenchmarkSchedHotPartition(b *testing.B) {
 // BenchmarkSchedSlowBeside: a 1 ms partition alone, then beside a 500 ms
 // partition, then beside a partition whose handler always fails (backoff
 // 1 s); concurrency 32. The fast partition's rate beside each, over its rate
-// alone.
+// alone; and over its rate alone with 16 slots, its share beside the slow
+// one (slots are shared by handler time).
 func BenchmarkSchedSlowBeside(b *testing.B) {
 	const records = 20000
 	rate := func(mode string) float64 {
@@ -150,7 +151,11 @@ func BenchmarkSchedSlowBeside(b *testing.B) {
 		ss := e.streams(b, 2)
 		fast, other := ss[0], ss[1]
 		var done atomic.Int64
-		cfg := Config{Concurrency: 32, MaxDeliveries: 1000, Handler: func(ctx context.Context, m *Message) error {
+		conc := 32
+		if mode == "alone16" {
+			conc = 16
+		}
+		cfg := Config{Concurrency: conc, MaxDeliveries: 1000, Handler: func(ctx context.Context, m *Message) error {
 			if m.Stream == other {
 				switch mode {
 				case "slow":
@@ -164,23 +169,25 @@ func BenchmarkSchedSlowBeside(b *testing.B) {
 			done.Add(1)
 			return nil
 		}}
-		if mode != "alone" {
+		if mode == "slow" || mode == "failing" {
 			e.add(b, other, 0, 2000)
 		}
 		e.add(b, fast, 0, records)
 		took := e.run(b, cfg, func() bool { return done.Load() >= records })
 		return records / took.Seconds()
 	}
-	var alone, slow, failing []float64
+	var alone, alone16, slow, failing []float64
 	for range 3 {
 		alone = append(alone, rate("alone"))
+		alone16 = append(alone16, rate("alone16"))
 		slow = append(slow, rate("slow"))
 		failing = append(failing, rate("failing"))
 	}
-	a := median(alone)
-	b.Logf("1 ms partition alone: %.0f records/s; beside a 500 ms partition: %.0f (%.2f); beside a failing partition: %.0f (%.2f)",
-		a, median(slow), median(slow)/a, median(failing), median(failing)/a)
+	a, a16 := median(alone), median(alone16)
+	b.Logf("1 ms partition alone: %.0f records/s (with 16 slots: %.0f); beside a 500 ms partition: %.0f (%.2f of alone, %.2f of alone with its share of 16 slots); beside a failing partition: %.0f (%.2f)",
+		a, a16, median(slow), median(slow)/a, median(slow)/a16, median(failing), median(failing)/a)
 	b.ReportMetric(median(slow)/a, "slow-beside/alone")
+	b.ReportMetric(median(slow)/a16, "slow-beside/alone-half-slots")
 	b.ReportMetric(median(failing)/a, "failing-beside/alone")
 }
 
