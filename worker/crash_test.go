@@ -413,10 +413,12 @@ func TestDeadLetterOnlyIfOwned(t *testing.T) {
 	}
 }
 
-// TestReclaimBudget: a worker whose handler slots are all busy reclaims
-// nothing more (it would hold the entries leased, out of reach of idle
-// workers): a second, idle worker gets every remaining entry of a dead
-// consumer while the first is busy.
+// TestReclaimBudget: a worker whose handler slots are all taken by handlers
+// that hang (nothing finished for a visibility timeout) reclaims nothing
+// more (it would hold the entries leased, out of reach of idle workers): a
+// second, idle worker gets every remaining entry of a dead consumer while
+// the first hangs. (A worker that is busy but making progress does reclaim:
+// TestReclaimUnderSaturation.)
 func TestReclaimBudget(t *testing.T) {
 	e := newEnv(t)
 	s := e.stream(t, "t", 0)
