@@ -37,10 +37,11 @@ import (
 // its entries wait for a retry, so a failing partition holds a bounded
 // number of entries.
 //
-// The read-ahead is bounded: the reader asks for entries only while fewer
-// than ReadAhead are queued in all, each stream up to its part
-// (ceil(ReadAhead / contenders)) and topped up when half of it is left, so
-// that a freed slot finds its next entry without a round trip to Redis.
+// The read-ahead is bounded: the reader asks for entries for the free slots
+// and for at most ReadAhead more, queued, each stream up to its part
+// (ceil((ReadAhead + free slots) / contenders)) and topped up when half of it
+// is left, so that a freed slot finds its next entry without a round trip to
+// Redis.
 type scheduler struct {
 	conc, readAhead, maxWaiting int
 	start                       func(t *task) // runs t in a new slot goroutine
@@ -145,10 +146,11 @@ func (s *scheduler) share() int {
 	return (s.conc + n - 1) / n
 }
 
-// bufCap is how many tasks a stream may have queued.
+// bufCap is how many tasks a stream may have queued, or be read for: its
+// part of the read-ahead and of the free slots.
 func (s *scheduler) bufCap() int {
 	n := max(len(s.contenders), 1)
-	return max((s.readAhead+n-1)/n, 1)
+	return max((s.readAhead+s.free+n-1)/n, 1)
 }
 
 // wantsSlots reports whether st has entries to start now or soon: queued,
@@ -486,7 +488,9 @@ func (s *scheduler) wanted(probe bool) readRequest {
 		return r
 	}
 	r.anyHot = len(s.hotSet) > 0
-	budget := s.readAhead - s.queued
+	// Entries for the free slots start at once; the read-ahead comes on
+	// top of them.
+	budget := s.readAhead + s.free - s.queued
 	if budget <= 0 {
 		return r
 	}
