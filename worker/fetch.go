@@ -70,7 +70,7 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 			}
 		}
 		if err == nil && probe {
-			nextProbe = time.Now().Add(probeInterval)
+			nextProbe = time.Now().Add(w.probeEvery(len(req.idle)))
 			for i := 0; i < len(req.idle) && err == nil; i += probeChunk {
 				keys := req.idle[i:min(i+probeChunk, len(req.idle))]
 				var msgs []*Message
@@ -110,6 +110,17 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 		}
 		errDelay = 0
 	}
+}
+
+// probeEvery is the time between probes of n idle streams while others
+// keep the reader busy: probeInterval, and on a Redis Cluster (where each
+// idle stream is an XREADGROUP of its own) probeInterval per 100 streams, at
+// most BlockTimeout, so that probing stays near 1,000 commands a second.
+func (w *Worker) probeEvery(n int) time.Duration {
+	if !w.perSlot || n <= 100 {
+		return probeInterval
+	}
+	return max(min(probeInterval*time.Duration((n+99)/100), w.cfg.BlockTimeout), probeInterval)
 }
 
 // queueRead hands what a read of keys delivered to the scheduler and
