@@ -589,3 +589,48 @@ func TestReadAheadBounded(t *testing.T) {
 }
 
 var _ = fmt.Sprint
+
+// TestShutdownDuringRetryWait: entries waiting for a retry when the worker
+// stops stay pending with the right delivery count for the next worker: a
+// back-off (RetryAfter) counted no delivery, so the next run is delivery 1,
+// handed back at once; a failure counted one, so the next run is delivery 2,
+// after the visibility timeout.
+func TestShutdownDuringRetryWait(t *testing.T) {
+	e := newEnv(t)
+	backs, fails := e.stream(t, "t", 0), e.stream(t, "t", 1) // a back-off pauses its stream: two streams
+	e.add(t, backs, 0, 1)
+	e.add(t, fails, 1, 1)
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		if m.Stream == backs {
+			return RetryAfter(time.Minute, errors.New("busy"))
+		}
+		return errors.New("failed")
+	})
+	cfg.BackoffMin, cfg.BackoffMax = time.Minute, time.Minute
+	cfg.VisibilityTimeout = time.Second
+	cfg.ReclaimInterval = 50 * time.Millisecond
+	cfg.Logger = testLogger(t)
+	w1 := mustNew(t, cfg)
+	stop := running(t, w1)
+	testenv.Eventually(t, 5*time.Second, func() bool { return w1.Stats().Waiting == 2 }, "not both entries waiting for a retry")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[int64]int64{}
+	cfg.Handler = func(ctx context.Context, m *Message) error {
+		mu.Lock()
+		seen[m.Offset] = m.Deliveries
+		mu.Unlock()
+		return nil
+	}
+	w2 := mustNew(t, cfg)
+	running(t, w2)
+	testenv.Eventually(t, 10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) == 2 }, "second worker handled %v", seen)
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("deliveries seen by the second worker: %v", seen)
+	if seen[0] != 1 || seen[1] != 2 {
+		t.Errorf("deliveries = %v; want offset 0 (backed off, no delivery counted) at 1 and offset 1 (failed once) at 2", seen)
+	}
+}
