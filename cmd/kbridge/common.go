@@ -94,12 +94,21 @@ func redisProblemErrors(c *cli.Context) []error {
 // connect differently from what the user asked.
 func redisFlagsNotTaken(c *cli.Context, why string) []error {
 	var errs []error
-	for _, f := range []string{"redis-password-file", "redis-tls-ca", "redis-tls-cert", "redis-tls-key", "redis-cluster-reload-interval"} {
-		if c.IsSet(f) {
-			errs = append(errs, fmt.Errorf("--%s is not taken here: %s (it takes rediss:// with the system's CAs, and a password inside the URL: best in KBRIDGE_REDIS_URL)", f, why))
-		}
+	for _, p := range redisFlagsNotTakenText(c, why) {
+		errs = append(errs, errors.New(p))
 	}
 	return errs
+}
+
+// redisFlagsNotTakenText is redisFlagsNotTaken as strings.
+func redisFlagsNotTakenText(c *cli.Context, why string) []string {
+	var probs []string
+	for _, f := range []string{"redis-password-file", "redis-tls-ca", "redis-tls-cert", "redis-tls-key", "redis-cluster-reload-interval"} {
+		if c.IsSet(f) {
+			probs = append(probs, fmt.Sprintf("--%s is not taken here: %s", f, why))
+		}
+	}
+	return probs
 }
 
 // redisSetup is what the Redis flags amount to: the options of a client

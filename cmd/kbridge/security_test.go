@@ -83,6 +83,8 @@ func TestSecurityFlagErrors(t *testing.T) {
 			[]string{"--redis-url is not a valid URL", "--redis-password-file: " + blank}},
 		{"conformance refuses the files it cannot pass on", []string{"--redis-tls-ca", notPEM, "conformance", "--", "true"},
 			[]string{"--redis-tls-ca is not taken here"}},
+		{"demo refuses the files it would ignore", []string{"demo", "--redis-password-file", blank, "--redis-tls-cert", notPEM},
+			[]string{"--redis-password-file is not taken here", "--redis-tls-cert is not taken here"}},
 		{"kafka bad ca and empty password file", []string{"ingest", "--topics", "t", "--kafka-tls", "--kafka-tls-ca", notPEM,
 			"--kafka-sasl", "plain", "--kafka-username", "u", "--kafka-password-file", empty},
 			[]string{"--kafka-tls-ca: " + notPEM + ": no PEM certificate in it", "--kafka-password-file: " + empty + ": the first line is empty"}},
