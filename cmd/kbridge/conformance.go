@@ -80,7 +80,7 @@ func runConformance(c *cli.Context) error {
 	if c.Bool("redis-cluster") {
 		bad = append(bad, errors.New("--redis-cluster: the kit needs a single Redis"))
 	}
-	bad = append(bad, redisFlagsNotTaken(c, "the conformance kit gives its worker only a Redis URL")...)
+	bad = append(bad, redisFlagsNotTaken(c, "the conformance kit gives its worker only a Redis URL (rediss:// with the system's CAs; a password inside it, best in KBRIDGE_REDIS_URL)")...)
 	if r := c.String("run"); r != "" {
 		re, err := regexp.Compile(r)
 		if err != nil {
