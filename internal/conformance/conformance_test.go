@@ -55,7 +55,8 @@ func pythonRedis() bool {
 }
 
 // runKit runs the kit on cmd and checks that exactly the rules in fail
-// fail and every other one passes.
+// fail and every other one passes (with cfg.Run, every other one that ran:
+// those of the scenarios not chosen are not run).
 func runKit(t *testing.T, cfg conformance.Config, fail ...string) *conformance.Report {
 	t.Helper()
 	cfg.RedisURL = redisURL(t)
@@ -78,7 +79,7 @@ func runKit(t *testing.T, cfg conformance.Config, fail ...string) *conformance.R
 				want = conformance.Fail
 			}
 		}
-		if r.Status != want {
+		if r.Status != want && !(cfg.Run != nil && r.Status == conformance.NotRun && want == conformance.Pass) {
 			t.Errorf("rule %s (%s): %s, want %s", r.ID, r.Title, r.Status, want)
 		}
 	}
