@@ -101,12 +101,17 @@ func oneAtATime(t *testing.T) {
 	t.Cleanup(one.Unlock)
 }
 
-// TestKbridgeWorker: kbridge worker (the --exec runner) passes every rule.
+// TestKbridgeWorker: kbridge worker (the --exec runner) passes every rule
+// but W19: it checks the wire version only at start-up
+// (cmd/kbridge/worker.go); the check at each discovery belongs in
+// Worker.discover (review finding 2 of issue 9). docs/wire.md's results
+// table says so; when the worker does it, W19 passes and this test fails
+// until the "W19" below goes.
 func TestKbridgeWorker(t *testing.T) {
 	redisURL(t)
 	oneAtATime(t)
 	bin := testenv.BuildKbridge(t)
-	runKit(t, conformance.Config{Command: []string{"sh", filepath.Join(root(), "examples", "conformance", "kbridge-worker.sh"), bin}})
+	runKit(t, conformance.Config{Command: []string{"sh", filepath.Join(root(), "examples", "conformance", "kbridge-worker.sh"), bin}}, "W19")
 }
 
 // TestPythonWorker: examples/python passes every rule on the real
@@ -120,16 +125,18 @@ func TestPythonWorker(t *testing.T) {
 
 // TestShellWorker: examples/shell/worker.sh passes every rule but the two
 // docs/wire.md says it does not: W5 (text records only) and W7 (headers
-// passed through unchecked). It forks a dozen processes per record: under
-// the load of the whole suite it handles a few records a second, which the
-// kit's default patience (30s) allows for.
+// passed through unchecked). It forks a dozen processes per record and
+// several per stream and loop: under the load of the whole suite it handles
+// a few records a second, which the kit's default patience (30s) allows for
+// when its scenarios run one at a time (Parallel 1; four at once, the
+// decode, malformed and plain scenarios time out).
 func TestShellWorker(t *testing.T) {
 	redisURL(t)
 	need(t, lookPath("redis-cli"), "redis-cli")
 	oneAtATime(t)
 	bin := testenv.BuildKbridge(t)
 	runKit(t, conformance.Config{Command: []string{"env", "HANDLER=" + bin + " conformance-handler",
-		"sh", filepath.Join(root(), "examples", "shell", "worker.sh")}}, "W5", "W7")
+		"sh", filepath.Join(root(), "examples", "shell", "worker.sh")}, Parallel: 1}, "W5", "W7")
 }
 
 // TestNaiveWorker: a worker that only reads with ">" and acknowledges what
@@ -146,7 +153,7 @@ func TestNaiveWorker(t *testing.T) {
 	}
 	runKit(t, conformance.Config{Command: []string{exe, "naive-worker"},
 		VisibilityTimeout: time.Second, MaxDeliveries: 2, Patience: 8 * time.Second},
-		"W1", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W14", "W15", "W16", "W17")
+		"W1", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W14", "W15", "W16", "W17", "W19")
 }
 
 // TestPythonDecoderVectors: examples/python's decoder decodes every test
