@@ -10,7 +10,6 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -89,54 +88,42 @@ func runKit(t *testing.T, cfg conformance.Config, fail ...string) *conformance.R
 	return report
 }
 
-// one serializes the kit runs of the three real workers (the shell worker
-// forks a dozen processes per record, and the suite's timing tests in other
-// packages share the machine); the naive worker, which mostly waits, runs
-// beside them.
-var one sync.Mutex
-
-func oneAtATime(t *testing.T) {
+// TestWorkers runs the three real workers through the kit, one after the
+// other (the shell worker forks a dozen processes per record, and the
+// suite's timing tests in other packages share the machine), in one
+// parallel test: the naive and broken workers, which mostly wait, run
+// beside it (go test runs only GOMAXPROCS parallel tests at once: three
+// parallel tests waiting for each other would hold those slots).
+func TestWorkers(t *testing.T) {
+	redisURL(t)
 	t.Parallel()
-	one.Lock()
-	t.Cleanup(one.Unlock)
-}
-
-// TestKbridgeWorker: kbridge worker (the --exec runner) passes every rule
-// but W19: it checks the wire version only at start-up
-// (cmd/kbridge/worker.go); the check at each discovery belongs in
-// Worker.discover (review finding 2 of issue 9). docs/wire.md's results
-// table says so; when the worker does it, W19 passes and this test fails
-// until the "W19" below goes.
-func TestKbridgeWorker(t *testing.T) {
-	redisURL(t)
-	oneAtATime(t)
-	bin := testenv.BuildKbridge(t)
-	runKit(t, conformance.Config{Command: []string{"sh", filepath.Join(root(), "examples", "conformance", "kbridge-worker.sh"), bin}}, "W19")
-}
-
-// TestPythonWorker: examples/python passes every rule on the real
-// redis-server.
-func TestPythonWorker(t *testing.T) {
-	redisURL(t)
-	need(t, pythonRedis(), "python3 with redis-py (pip install -r examples/python/requirements.txt)")
-	oneAtATime(t)
-	runKit(t, conformance.Config{Command: []string{"python3", filepath.Join(root(), "examples", "python", "kbridge_worker.py"), "--conformance"}})
-}
-
-// TestShellWorker: examples/shell/worker.sh passes every rule but the two
-// docs/wire.md says it does not: W5 (text records only) and W7 (headers
-// passed through unchecked). It forks a dozen processes per record and
-// several per stream and loop: under the load of the whole suite it handles
-// a few records a second, which the kit's default patience (30s) allows for
-// when its scenarios run one at a time (Parallel 1; four at once, the
-// decode, malformed and plain scenarios time out).
-func TestShellWorker(t *testing.T) {
-	redisURL(t)
-	need(t, lookPath("redis-cli"), "redis-cli")
-	oneAtATime(t)
-	bin := testenv.BuildKbridge(t)
-	runKit(t, conformance.Config{Command: []string{"env", "HANDLER=" + bin + " conformance-handler",
-		"sh", filepath.Join(root(), "examples", "shell", "worker.sh")}, Parallel: 1}, "W5", "W7")
+	// kbridge worker (the --exec runner) passes every rule but W19: it
+	// checks the wire version only at start-up (cmd/kbridge/worker.go); the
+	// check at each discovery belongs in Worker.discover (review finding 2
+	// of issue 9). docs/wire.md's results table says so; when the worker
+	// does it, W19 passes and this test fails until the "W19" below goes.
+	t.Run("kbridge", func(t *testing.T) {
+		bin := testenv.BuildKbridge(t)
+		runKit(t, conformance.Config{Command: []string{"sh", filepath.Join(root(), "examples", "conformance", "kbridge-worker.sh"), bin}}, "W19")
+	})
+	// examples/python passes every rule on the real redis-server.
+	t.Run("python", func(t *testing.T) {
+		need(t, pythonRedis(), "python3 with redis-py (pip install -r examples/python/requirements.txt)")
+		runKit(t, conformance.Config{Command: []string{"python3", filepath.Join(root(), "examples", "python", "kbridge_worker.py"), "--conformance"}})
+	})
+	// examples/shell/worker.sh passes every rule but the two docs/wire.md
+	// says it does not: W5 (text records only) and W7 (headers passed
+	// through unchecked). It forks a dozen processes per record and several
+	// per stream and loop: under the load of the whole suite it handles a
+	// few records a second, which the kit's default patience (30s) allows
+	// for when its scenarios run one at a time (Parallel 1; four at once,
+	// the decode, malformed and plain scenarios time out).
+	t.Run("shell", func(t *testing.T) {
+		need(t, lookPath("redis-cli"), "redis-cli")
+		bin := testenv.BuildKbridge(t)
+		runKit(t, conformance.Config{Command: []string{"env", "HANDLER=" + bin + " conformance-handler",
+			"sh", filepath.Join(root(), "examples", "shell", "worker.sh")}, Parallel: 1}, "W5", "W7")
+	})
 }
 
 // TestNaiveWorker: a worker that only reads with ">" and acknowledges what

@@ -726,10 +726,10 @@ func scReclaim(ctx context.Context, s *run) error {
 	if err := s.k.rdb.XDel(ctx, st, "2-1").Err(); err != nil {
 		return err
 	}
-	if err := s.claim(ctx, st, "ghost-2", vt/2, 0, "4-1"); err != nil {
+	if err := s.claim(ctx, st, "ghost-2", vt*65/100, 0, "4-1"); err != nil {
 		return err
 	}
-	stop := s.keepLease(ctx, st, "4-1", "ghost-2", 0.5, 0.85)
+	stop := s.keepLease(ctx, st, "4-1", "ghost-2", 0.65, 0.75)
 	defer stop()
 	if err := s.addRecords(ctx, st, 5, "ok"); err != nil {
 		return err
@@ -749,9 +749,11 @@ func scReclaim(ctx context.Context, s *run) error {
 		return err
 	}
 	took := time.Since(t0)
-	// The live entry (its idle time between 0.5 V and 0.85 V: set back to
-	// 0.5 V whenever it reaches 0.85 V) must still be ghost-2's a visibility
-	// timeout later.
+	// The live entry (its idle time kept between 0.65 V and 0.75 V: set back
+	// to 0.65 V whenever it reaches 0.75 V) must still be ghost-2's a
+	// visibility timeout later. A reclaim with a minimum idle time up to
+	// 0.65 V takes it whenever it runs; the 0.25 V margin is for a loaded
+	// machine.
 	if _, err := s.until(ctx, vt+time.Second, func() bool { return false }); err != nil {
 		return err
 	}
@@ -774,8 +776,8 @@ func scReclaim(ctx context.Context, s *run) error {
 		return err
 	}
 	s.check("W13", pend && p.Consumer == "ghost-2" && len(byEntry[ref(st, "4-1")]) == 0,
-		"an entry whose idle time never reached %v of the visibility timeout %v was taken: pending=%v consumer=%q handler events=%d",
-		"85%", vt, pend, p.Consumer, len(byEntry[ref(st, "4-1")]))
+		"an entry whose idle time stayed between %v of the visibility timeout %v was taken (a reclaim with a shorter minimum idle time): pending=%v consumer=%q handler events=%d",
+		"65% and 75%", vt, pend, p.Consumer, len(byEntry[ref(st, "4-1")]))
 	_, pend2, err := s.pending(ctx, st, "2-1")
 	if err != nil {
 		return err
