@@ -39,7 +39,7 @@ handler for workers that run a command per record (kbridge worker --exec).
 
 Scenarios: version, plain, decode, malformed, retry, ownership, lease,
 reclaim, sigkill, replay, shutdown, shutdown-timeout, each followed by the
-loss check (RUNTIME for a worker that passes, --parallel 4).
+loss check (about half a minute for a worker that passes, --parallel 4).
 
 Examples:
    kbridge conformance --redis-url redis://127.0.0.1:6379/0 -- python3 examples/python/kbridge_worker.py --conformance

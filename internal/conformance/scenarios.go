@@ -306,11 +306,15 @@ func scDecode(ctx context.Context, s *run) error {
 	if _, err := s.start("w1"); err != nil {
 		return err
 	}
+	// Done when each vector is handled, or dead-lettered (a failure of W5
+	// already: no need to wait for the rest of the patience).
 	done := func() bool {
 		byEntry := entryEvents(s.readEvents())
 		for i, v := range vs {
 			if !endedOK(byEntry[ref(keys[i], v.ID)]) {
-				return false
+				if _, dead, _ := s.deadLetterOf(ctx, keys[i], v.ID); !dead {
+					return false
+				}
 			}
 		}
 		return true
@@ -322,7 +326,12 @@ func scDecode(ctx context.Context, s *run) error {
 	for i, v := range vs {
 		st := starts(byEntry[ref(keys[i], v.ID)])
 		if len(st) == 0 {
-			s.check("W5", false, "vector %q (%s %s) was not handled within %v", v.Name, keys[i], v.ID, s.k.cfg.Patience)
+			if dl, dead, _ := s.deadLetterOf(ctx, keys[i], v.ID); dead {
+				s.check("W5", false, "valid vector %q (%s %s) was dead-lettered (%v: %v), not handled", v.Name, keys[i], v.ID,
+					dl.Values[wire.FieldDLQReason], dl.Values[wire.FieldDLQError])
+			} else {
+				s.check("W5", false, "vector %q (%s %s) was not handled within %v", v.Name, keys[i], v.ID, s.k.cfg.Patience)
+			}
 			continue
 		}
 		want := *v.Record
@@ -369,9 +378,12 @@ func scMalformed(ctx context.Context, s *run) error {
 		_, _, _, err := wire.ParseStreamKey(wire.PartitionStreamOf(keys[i]))
 		return err == nil
 	}
+	// Done when each vector is dead-lettered, or handled (a failure of W6 or
+	// W7 already: no need to wait for the rest of the patience).
 	done := func() bool {
+		byEntry := entryEvents(s.readEvents())
 		for i, v := range vs {
-			if _, ok, _ := s.deadLetterOf(ctx, keys[i], v.ID); !ok && readable(i) {
+			if _, ok, _ := s.deadLetterOf(ctx, keys[i], v.ID); !ok && readable(i) && len(byEntry[ref(keys[i], v.ID)]) == 0 {
 				return false
 			}
 		}
