@@ -51,6 +51,7 @@ func (in *Ingest) newPartition(topic string, id int, committed int64, c *committ
 // done: in kafka-go an early return would end the whole generation.
 func (p *partition) run(ctx context.Context) {
 	defer p.in.parts.remove(p.stream.key, p)
+	defer p.in.dlq.unregister(p)
 	if err := p.setup(ctx); err != nil {
 		<-ctx.Done()
 		return
@@ -141,10 +142,11 @@ func (p *partition) setup(ctx context.Context) error {
 	}
 	// What the stream already holds counts against the caps from the start
 	// (a restart or a hand-over finds a full stream).
+	p.in.dlq.register(p)
 	d := p.tr.Observe(p.snap.Observation)
 	p.backlog = d.Backlog
 	if d.ShouldCommit && p.stalled == "" {
-		p.c.offer(p.t, d.Commit)
+		p.offer(ctx, p.snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	p.in.parts.set(p, p.status())
 	if err := p.restart(ctx); err != nil {
@@ -223,7 +225,7 @@ func (p *partition) observe(ctx context.Context) {
 	}
 	p.backlog = d.Backlog
 	if d.ShouldCommit && p.stalled == "" {
-		p.c.offer(p.t, d.Commit)
+		p.offer(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim {
 		n, err := p.stream.trim(ctx, tp)
@@ -431,7 +433,7 @@ func (p *partition) final() {
 		p.tr.MarkCommitted(off)
 	}
 	if d := p.tr.Observe(snap.Observation); d.ShouldCommit && p.stalled == "" {
-		p.c.offer(p.t, d.Commit)
+		p.offer(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	p.log.Info("partition revoked", "committed", p.tr.Committed(), "top", snap.Top)
 }
