@@ -39,7 +39,6 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -226,6 +225,10 @@ type dlqExporter struct {
 	mu    sync.Mutex
 	parts map[string]*dlqPart // by partition stream key
 
+	// Owned by run: since when each dead-letter topic fails, and when
+	// that was last logged.
+	failingSince, loggedAt map[string]time.Time
+
 	exported, skipped, errs atomic.Int64
 }
 
@@ -253,8 +256,9 @@ func newDLQExporter(in *Ingest) *dlqExporter {
 	}
 	x := &dlqExporter{
 		in: in, log: in.log.With("component", "dlq-export"),
-		kick:  make(chan struct{}, 1),
-		parts: map[string]*dlqPart{},
+		kick:         make(chan struct{}, 1),
+		parts:        map[string]*dlqPart{},
+		failingSince: map[string]time.Time{}, loggedAt: map[string]time.Time{},
 		writer: &kafka.Writer{
 			Addr:         kafka.TCP(cfg.Brokers...),
 			Transport:    in.client.Transport,
@@ -326,10 +330,10 @@ func (x *dlqExporter) wake() {
 	}
 }
 
-// offer offers off, the frontier of an observation whose stream top was
+// offerCommit offers off, the frontier of an observation whose stream top was
 // top, for commit — clamped, when the export is on, below the lowest dead
 // letter not yet in Kafka. It must run after that observation.
-func (p *partition) offer(ctx context.Context, top, off int64) {
+func (p *partition) offerCommit(ctx context.Context, top, off int64) {
 	x := p.in.dlq
 	if x == nil {
 		p.c.offer(p.t, off)
@@ -491,17 +495,19 @@ func (x *dlqExporter) round(ctx context.Context) {
 		acks[i] = append(acks[i], reads[i].deleted...)
 	}
 	ackErr := x.ack(ctx, reads, acks)
+	errs := make([]error, len(reads))
 	for i := range reads {
 		r := &reads[i]
-		err := r.err
-		if err == nil {
-			err = failed[i]
+		errs[i] = r.err
+		if errs[i] == nil {
+			errs[i] = failed[i]
 		}
-		if err == nil {
-			err = ackErr[i]
+		if errs[i] == nil {
+			errs[i] = ackErr[i]
 		}
-		x.settle(ctx, r, err, now)
+		x.settle(ctx, r, errs[i], now)
 	}
+	x.logRound(ctx, reads, errs)
 }
 
 type dlqRef struct {
@@ -710,7 +716,6 @@ func (x *dlqExporter) settle(ctx context.Context, r *dlqRead, err error, now tim
 		x.mu.Unlock()
 		return // revoked meanwhile
 	}
-	wasFailing := dp.failing
 	if errors.Is(err, errTopicCreated) {
 		dp.due, dp.pending = time.Time{}, true
 		x.mu.Unlock()
@@ -740,20 +745,53 @@ func (x *dlqExporter) settle(ctx context.Context, r *dlqRead, err error, now tim
 	x.mu.Unlock()
 	if err != nil {
 		x.errs.Add(1)
-		if ctx.Err() == nil {
-			lvl := slog.LevelWarn
-			if wasFailing == "" || strings.Contains(err.Error(), "Authorization") {
-				lvl = slog.LevelError
-			}
-			x.log.Log(ctx, lvl, "exporting dead letters to Kafka failed; retrying (the partition's commit waits for them)",
-				"topic", dp.t.topic, "partition", dp.t.partition, "stream", dp.dlq, "dlq_topic", dp.topic,
-				"backoff", dp.backoff, "err", err)
-		}
-	} else if wasFailing != "" {
-		x.log.Info("exporting dead letters to Kafka works again", "topic", dp.t.topic, "partition", dp.t.partition, "dlq_topic", dp.topic)
 	}
 	if report && ctx.Err() == nil {
 		_ = dlqStatusScript.Run(ctx, x.in.cfg.Redis, []string{key}, StatusDLQExportError, dp.failing).Err()
+	}
+}
+
+// logRound logs, per dead-letter topic, the failures of a round: at error
+// level when a topic starts failing, then at most once a minute while it
+// goes on, and once when it works again. errs maps each partition read to
+// its error (nil: success).
+func (x *dlqExporter) logRound(ctx context.Context, reads []dlqRead, errs []error) {
+	type agg struct {
+		failed, ok int
+		first      error
+		part       tp
+	}
+	byTopic := map[string]*agg{}
+	for i, r := range reads {
+		a := byTopic[r.dp.topic]
+		if a == nil {
+			a = &agg{}
+			byTopic[r.dp.topic] = a
+		}
+		if errs[i] == nil || errors.Is(errs[i], errTopicCreated) {
+			a.ok++
+			continue
+		}
+		if a.failed++; a.first == nil {
+			a.first, a.part = errs[i], r.dp.t
+		}
+	}
+	now := time.Now()
+	for topic, a := range byTopic {
+		since, failing := x.failingSince[topic]
+		switch {
+		case a.failed > 0 && !failing:
+			x.failingSince[topic], x.loggedAt[topic] = now, now
+			x.log.Error("exporting dead letters to Kafka failed; retrying with backoff: the commits of the partitions concerned wait for them",
+				"dlq_topic", topic, "partitions", a.failed, "topic", a.part.topic, "partition", a.part.partition, "err", a.first)
+		case a.failed > 0 && now.Sub(x.loggedAt[topic]) >= time.Minute:
+			x.loggedAt[topic] = now
+			x.log.Warn("exporting dead letters to Kafka still fails; the commits of the partitions concerned wait for them",
+				"dlq_topic", topic, "partitions", a.failed, "failing_for", now.Sub(since).Round(time.Second), "err", a.first)
+		case a.failed == 0 && failing && ctx.Err() == nil:
+			delete(x.failingSince, topic)
+			x.log.Info("exporting dead letters to Kafka works again", "dlq_topic", topic, "failed_for", now.Sub(since).Round(time.Second))
+		}
 	}
 }
 

@@ -146,7 +146,7 @@ func (p *partition) setup(ctx context.Context) error {
 	d := p.tr.Observe(p.snap.Observation)
 	p.backlog = d.Backlog
 	if d.ShouldCommit && p.stalled == "" {
-		p.offer(ctx, p.snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
+		p.offerCommit(ctx, p.snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	p.in.parts.set(p, p.status())
 	if err := p.restart(ctx); err != nil {
@@ -225,7 +225,7 @@ func (p *partition) observe(ctx context.Context) {
 	}
 	p.backlog = d.Backlog
 	if d.ShouldCommit && p.stalled == "" {
-		p.offer(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
+		p.offerCommit(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim {
 		n, err := p.stream.trim(ctx, tp)
@@ -433,7 +433,7 @@ func (p *partition) final() {
 		p.tr.MarkCommitted(off)
 	}
 	if d := p.tr.Observe(snap.Observation); d.ShouldCommit && p.stalled == "" {
-		p.offer(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
+		p.offerCommit(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	p.log.Info("partition revoked", "committed", p.tr.Committed(), "top", snap.Top)
 }
