@@ -27,6 +27,9 @@ import (
 const poisonEvery = 50
 
 func isPoison(value []byte) bool {
+	if strings.HasPrefix(string(value), "poison") {
+		return true
+	}
 	i, err := strconv.Atoi(strings.TrimPrefix(string(value), "v"))
 	return err == nil && i%poisonEvery == 3
 }
@@ -246,6 +249,16 @@ func TestDeadLettersExported(t *testing.T) {
 	const n = 400
 	e := newEnv(t, 2)
 	testenv.Produce(t, e.brokers, e.topic, 0, n)
+	// Records whose key is null, with headers (repeated, null, empty).
+	special := []kafka.Message{
+		{Value: []byte("poison-null-key"), Headers: []kafka.Header{{Key: "h", Value: []byte("1")}, {Key: "h", Value: nil}, {Key: "e", Value: []byte{}}}},
+		{Key: []byte{}, Value: []byte("poison-empty-key")},
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(e.brokers...), Topic: e.topic, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	if err := w.WriteMessages(context.Background(), special...); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
 	in := startIngest(t, e.config(t))
 	handled, poison := newLedger(), newLedger()
 	e.startPoisonWorker(t, handled, poison)
@@ -261,6 +274,19 @@ func TestDeadLettersExported(t *testing.T) {
 		}
 		byValue[string(d.Value)] = d
 	}
+	for _, m := range special {
+		d, ok := byValue[string(m.Value)]
+		var hs []wire.Header
+		for _, h := range m.Headers {
+			hs = append(hs, wire.Header{Key: h.Key, Value: h.Value})
+		}
+		if !ok || (d.Key == nil) != (m.Key == nil) || len(d.Key) != len(m.Key) || fmt.Sprintf("%q", d.Headers) != fmt.Sprintf("%q", hs) ||
+			(len(hs) > 0 && d.Headers[1].Value != nil) {
+			t.Errorf("dead letter of %q in Kafka: key %q (nil %v), headers %q; want key %q (nil %v), headers %q",
+				m.Value, d.Key, d.Key == nil, d.Headers, m.Key, m.Key == nil, hs)
+		}
+		delete(byValue, string(m.Value))
+	}
 	seen := poison.snapshot()
 	for p, offs := range seen {
 		for o := range offs {
@@ -268,8 +294,11 @@ func TestDeadLettersExported(t *testing.T) {
 			for _, d := range dls {
 				if d.Partition == p && d.Offset == o {
 					found = true
-					i := strings.TrimPrefix(string(d.Value), "v")
-					if d.Topic != e.topic || string(d.Key) != "k"+i || !isPoison(d.Value) || d.Malformed != "" ||
+					key := "k" + strings.TrimPrefix(string(d.Value), "v")
+					if strings.HasPrefix(string(d.Value), "poison") {
+						key = string(d.Key) // checked above
+					}
+					if d.Topic != e.topic || string(d.Key) != key || !isPoison(d.Value) || d.Malformed != "" ||
 						d.Info.Reason != wire.ReasonRejected || d.Info.Group != "workers" || d.Info.Error == "" ||
 						d.Info.Deliveries != 1 || d.Info.Stream != e.stream(p) || d.Info.Time.IsZero() {
 						t.Errorf("dead letter of %d/%d in Kafka: %+v", p, o, d)
@@ -289,7 +318,7 @@ func TestDeadLettersExported(t *testing.T) {
 			}
 		}
 	}
-	if len(byValue) != want || poison.total() != want {
+	if len(byValue) != want || poison.total() != want+len(special) {
 		t.Errorf("%d distinct poison records in Kafka, %d seen by the worker; want %d", len(byValue), poison.total(), want)
 	}
 	for p := 0; p < e.partitions; p++ {

@@ -25,6 +25,12 @@ const DLQExportGroup = "kbridge-dlq-export"
 // previous owner read and did not export (XREADGROUP ... 0).
 const DLQExportConsumer = "ingest"
 
+// DLQReplayedKey is the hash, beside a partition stream, of the dead letters
+// of the partition "kbridge dlq replay" handed back (field: the dead
+// letter's ref, value: Unix milliseconds), so that replaying from Kafka does
+// not hand the same dead letter over twice.
+func DLQReplayedKey(stream string) string { return stream + ":dlq:replayed" }
+
 // DefaultDLQTopic is the default template of the Kafka topic that receives a
 // topic's dead letters; TopicPlaceholder stands for the topic's name.
 const (
