@@ -292,3 +292,34 @@ func toMap(fields []any) map[string]any {
 	}
 	return m
 }
+
+// TestDLQMetrics: the ingest's dead-letter export counters and gauges are
+// exported as kbridge_ingest_dlq_*, beside the other ingest metrics.
+func TestDLQMetrics(t *testing.T) {
+	st := bridge.DLQStats{Exported: 7, Skipped: 1, Errors: 3, Unexported: 2, HeldPartitions: 1}
+	reg := newRegistry()
+	reg.MustRegister(collectorList{newIngestCollector(func() bridge.Stats { return bridge.Stats{} }), newDLQCollector(func() bridge.DLQStats { return st })})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.GetCounter() != nil:
+				got[mf.GetName()] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				got[mf.GetName()] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	want := map[string]float64{"kbridge_ingest_dlq_exported_total": 7, "kbridge_ingest_dlq_skipped_total": 1,
+		"kbridge_ingest_dlq_export_errors_total": 3, "kbridge_ingest_dlq_unexported": 2, "kbridge_ingest_dlq_held_partitions": 1,
+		"kbridge_ingest_assigned_partitions": 0}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+}

@@ -131,5 +131,5 @@ func runIngest(c *cli.Context) error {
 		return cli.Exit(err.Error(), 2)
 	}
 	log.Info("redis", "url", redactURL(c.String("redis-url")), "prefix", cfg.Prefix)
-	return serve(c, log, newIngestCollector(in.Stats), in.Run, nil)
+	return serve(c, log, collectorList{newIngestCollector(in.Stats), newDLQCollector(in.DLQStats)}, in.Run, nil)
 }
