@@ -71,6 +71,15 @@ const (
 	dlqReadCount = 200
 )
 
+// dlqLuaType defines keytype(key): the key's type ('none' if missing).
+const dlqLuaType = `
+local function keytype(key)
+  local t = redis.call('TYPE', key)
+  if type(t) == 'table' then t = t['ok'] end
+  return t
+end
+`
+
 // dlqBoundScript reads, after an observation of the stream whose top was
 // ARGV[2], the dead letters not yet exported: those pending in the export
 // group and those after its last-delivered-id. It creates the export group
@@ -82,7 +91,7 @@ const (
 // the caller would commit. Returns {status, lowest offset (-1: none),
 // count}: status 0 the stream is gone or below the observed top (commit
 // nothing), 1 complete, 2 more than the limit not exported (commit nothing).
-var dlqBoundScript = redis.NewScript(luaTop + `
+var dlqBoundScript = redis.NewScript(luaTop + dlqLuaType + `
 local top = streaminfo(KEYS[1])
 if top == nil or top < tonumber(ARGV[2]) then return {0, -1, 0} end
 local status, low, n = 1, -1, 0
@@ -101,7 +110,8 @@ local function consider(f)
     end
   end
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
+-- a key another program put there with another type holds no dead letter
+if keytype(KEYS[2]) == 'stream' then
   local last = nil
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
     local name, l
@@ -124,7 +134,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   for _, e in ipairs(rest) do consider(e[2]) end
   if #pend >= limit or #rest >= limit then status = 2 end
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then
+if keytype(KEYS[3]) == 'hash' then
   local held = -1
   local want = tonumber(ARGV[4])
   if status == 2 then held = want end
@@ -143,8 +153,8 @@ return {status, low, n}
 // KEYS[1] dead-letter stream; ARGV[1] group, ARGV[2] consumer, ARGV[3]
 // count, ARGV[4] '0' or '>'. Returns the entries as XREADGROUP does (a
 // pending entry deleted since has no fields).
-var dlqReadScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+var dlqReadScript = redis.NewScript(dlqLuaType + `
+if keytype(KEYS[1]) ~= 'stream' then return {} end
 local found = false
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   for i = 1, #g, 2 do
@@ -168,8 +178,8 @@ return r[1][2]
 
 // dlqStatusScript sets fields of a status hash if it exists (the ingest's
 // status publication gives it its TTL; a hash created here would have none).
-var dlqStatusScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+var dlqStatusScript = redis.NewScript(dlqLuaType + `
+if keytype(KEYS[1]) ~= 'hash' then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 `)

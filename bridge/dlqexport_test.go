@@ -420,14 +420,17 @@ func TestCommitHeldWhileKafkaRefusesDeadLetters(t *testing.T) {
 // TestJunkInDeadLetterStreamDoesNotStallCommit: another program writes junk
 // into a dead-letter stream — entries without an offset, with a low offset
 // and nothing else, with binary fields, one larger than Kafka takes — and
-// reads one in the export group under a consumer name of its own. None
-// stalls the commit: junk is exported as it is (with the reason it is not a
+// reads one in the export group under a consumer name of its own; another
+// partition's dead-letter key is a string. None stalls the commit: junk is exported as it is (with the reason it is not a
 // record), the oversized one is skipped and counted, the one another
 // consumer held is taken over and exported.
 func TestJunkInDeadLetterStreamDoesNotStallCommit(t *testing.T) {
 	const n = 100
-	e := newEnv(t, 1)
+	e := newEnv(t, 2)
 	ctx := context.Background()
+	if err := e.rdb.Set(ctx, wire.DLQKey(e.stream(1)), "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
 	dlq := wire.DLQKey(e.stream(0))
 	add := func(fields ...any) string {
 		id, err := e.rdb.XAdd(ctx, &redis.XAddArgs{Stream: dlq, Values: fields}).Result()
@@ -457,7 +460,7 @@ func TestJunkInDeadLetterStreamDoesNotStallCommit(t *testing.T) {
 	l := e.startWork(t, 0)
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() == n && e.allCommitted(t) },
 		"handled %d of %d, commit %v of %v; stats %+v", l.total(), n,
-		testenv.Committed(t, e.brokers, e.group, e.topic, 1), testenv.LogEnd(t, e.brokers, e.topic, 1), in.DLQStats())
+		testenv.Committed(t, e.brokers, e.group, e.topic, 2), testenv.LogEnd(t, e.brokers, e.topic, 2), in.DLQStats())
 	testenv.Eventually(t, 30*time.Second, func() bool { return len(e.kafkaDLQ(t)) == 4 }, "junk in Kafka: %d, want 4", len(e.kafkaDLQ(t)))
 	var got []string
 	for _, d := range e.kafkaDLQ(t) {
@@ -484,7 +487,7 @@ func TestJunkInDeadLetterStreamDoesNotStallCommit(t *testing.T) {
 	if err != nil || pend.Count != 0 {
 		t.Errorf("export group: %+v %v, want nothing pending (the rogue consumer's %s taken over)", pend, err, rogue)
 	}
-	t.Logf("5 junk dead letters: %d exported as malformed, %d skipped (over %d bytes); commit at the log end; stats %+v",
+	t.Logf("5 junk dead letters and a dead-letter key of the wrong type: %d exported as malformed, %d skipped (over %d bytes); commit at the log end; stats %+v",
 		len(got), st.Skipped, cfg.DLQMaxBytes, st)
 }
 
