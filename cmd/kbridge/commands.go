@@ -11,5 +11,7 @@ func commands() []*cli.Command {
 		statusCommand(),
 		dlqCommand(),
 		produceCommand(),
+		conformanceCommand(),
+		conformanceHandlerCommand(),
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/kbridge/kbridge/internal/wire"
 	"github.com/kbridge/kbridge/worker"
 )
 
@@ -38,7 +40,9 @@ A failed record is retried with exponential backoff; after --max-deliveries it
 goes to the dead-letter stream (see "kbridge dlq"). A worker that dies has its
 records reclaimed by the others after --visibility-timeout. SIGTERM or SIGINT
 stops reading, lets running handlers finish (up to --shutdown-timeout),
-acknowledges and exits 0; a second signal exits at once.
+acknowledges and exits 0 (1 if handlers were still running at the end of
+--shutdown-timeout: their records are reclaimed by the other workers); a
+second signal exits at once (130).
 
 Examples:
    kbridge worker --exec 'jq -c . >> /var/log/orders.jsonl' --concurrency 4
@@ -150,6 +154,16 @@ func runWorker(c *cli.Context) error {
 	}
 	if err := errors.Join(append(bad, cfg.Validate())...); err != nil {
 		return cli.Exit(err.Error(), 2)
+	}
+	// The wire contract version (docs/wire.md): a newer ingest wrote what
+	// this worker would misread. Unreachable Redis: the worker retries.
+	vctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err = wire.CheckVersion(vctx, rdb, cfg.Prefix)
+	cancel()
+	if errors.Is(err, wire.ErrVersion) {
+		return cli.Exit(err.Error(), 1)
+	} else if err != nil {
+		log.Warn("cannot read the wire contract version; starting anyway", "err", err)
 	}
 	w, err := worker.New(cfg)
 	if err != nil {

@@ -208,12 +208,15 @@ type KafkaDeadLetter struct {
 	Malformed string
 	// Fields holds the fields that travelled as HeaderDLQFieldPrefix headers.
 	Fields map[string]string
-	Info   DLQInfo
+	// Info is read from DLQFields, the dead-letter fields (dlq_*) that
+	// travelled as headers, as they were.
+	Info      DLQInfo
+	DLQFields map[string]string
 }
 
 // DecodeDLQMessage reads a dead letter exported by EncodeDLQMessage back.
 func DecodeDLQMessage(m DLQMessage) (KafkaDeadLetter, error) {
-	d := KafkaDeadLetter{Offset: -1, Fields: map[string]string{}}
+	d := KafkaDeadLetter{Offset: -1, Fields: map[string]string{}, DLQFields: map[string]string{}}
 	start := -1
 	for i := len(m.Headers) - 1; i >= 0; i-- {
 		if m.Headers[i].Key == HeaderDLQRef {
@@ -255,6 +258,7 @@ func DecodeDLQMessage(m DLQMessage) (KafkaDeadLetter, error) {
 			for _, fh := range dlqFieldHeaders {
 				if h.Key == fh.header {
 					values[fh.field] = v
+					d.DLQFields[fh.field] = v
 				}
 			}
 		}
@@ -291,23 +295,8 @@ func (d KafkaDeadLetter) EntryFields() map[string]any {
 			out[FieldHeaders] = encodeHeaders(d.Headers)
 		}
 	}
-	i := d.Info
-	set := func(f, v string) {
-		if v != "" {
-			out[f] = v
-		}
-	}
-	set(FieldDLQReason, i.Reason)
-	set(FieldDLQError, i.Error)
-	set(FieldDLQGroup, i.Group)
-	set(FieldDLQConsumer, i.Consumer)
-	if i.Deliveries != 0 {
-		out[FieldDLQDeliveries] = strconv.FormatInt(i.Deliveries, 10)
-	}
-	set(FieldDLQStream, i.Stream)
-	set(FieldDLQID, i.ID)
-	if !i.Time.IsZero() {
-		out[FieldDLQTime] = strconv.FormatInt(i.Time.UnixMilli(), 10)
+	for f, v := range d.DLQFields {
+		out[f] = v
 	}
 	return out
 }
