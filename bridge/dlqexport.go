@@ -71,12 +71,19 @@ const (
 	dlqReadCount = 200
 )
 
-// dlqLuaType defines keytype(key): the key's type ('none' if missing).
-const dlqLuaType = `
-local function keytype(key)
-  local t = redis.call('TYPE', key)
-  if type(t) == 'table' then t = t['ok'] end
-  return t
+// dlqLuaGroups defines streamgroups(key): XINFO GROUPS of key, or nil when
+// the key is missing or not a stream (another program's key of another
+// type holds no dead letter and must not stop the commit). TYPE is not
+// used: it is not in the documented ACL rule (docs/operations.md).
+const dlqLuaGroups = `
+local function streamgroups(key)
+  if redis.call('EXISTS', key) == 0 then return nil end
+  local ok, g = pcall(redis.call, 'XINFO', 'GROUPS', key)
+  if ok then return g end
+  local msg = g
+  if type(g) == 'table' then msg = g.err end
+  if string.find(tostring(msg), 'WRONGTYPE', 1, true) then return nil end
+  error(g)
 end
 `
 
@@ -91,7 +98,7 @@ end
 // the caller would commit. Returns {status, lowest offset (-1: none),
 // count}: status 0 the stream is gone or below the observed top (commit
 // nothing), 1 complete, 2 more than the limit not exported (commit nothing).
-var dlqBoundScript = redis.NewScript(luaTop + dlqLuaType + `
+var dlqBoundScript = redis.NewScript(luaTop + dlqLuaGroups + `
 local top = streaminfo(KEYS[1])
 if top == nil or top < tonumber(ARGV[2]) then return {0, -1, 0} end
 local status, low, n = 1, -1, 0
@@ -110,10 +117,10 @@ local function consider(f)
     end
   end
 end
--- a key another program put there with another type holds no dead letter
-if keytype(KEYS[2]) == 'stream' then
+local groups = streamgroups(KEYS[2])
+if groups ~= nil then
   local last = nil
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+  for _, g in ipairs(groups) do
     local name, l
     for i = 1, #g, 2 do
       if g[i] == 'name' then name = g[i+1] elseif g[i] == 'last-delivered-id' then l = g[i+1] end
@@ -134,12 +141,13 @@ if keytype(KEYS[2]) == 'stream' then
   for _, e in ipairs(rest) do consider(e[2]) end
   if #pend >= limit or #rest >= limit then status = 2 end
 end
-if keytype(KEYS[3]) == 'hash' then
+if redis.call('EXISTS', KEYS[3]) == 1 then
   local held = -1
   local want = tonumber(ARGV[4])
   if status == 2 then held = want end
   if low >= 0 and low < want then held = low end
-  redis.call('HSET', KEYS[3], 'dlq_unexported', n, 'dlq_commit_held_at', held)
+  -- informational: a status key of another type is left alone
+  pcall(redis.call, 'HSET', KEYS[3], 'dlq_unexported', n, 'dlq_commit_held_at', held)
 end
 return {status, low, n}
 `)
@@ -153,10 +161,11 @@ return {status, low, n}
 // KEYS[1] dead-letter stream; ARGV[1] group, ARGV[2] consumer, ARGV[3]
 // count, ARGV[4] '0' or '>'. Returns the entries as XREADGROUP does (a
 // pending entry deleted since has no fields).
-var dlqReadScript = redis.NewScript(dlqLuaType + `
-if keytype(KEYS[1]) ~= 'stream' then return {} end
+var dlqReadScript = redis.NewScript(dlqLuaGroups + `
+local groups = streamgroups(KEYS[1])
+if groups == nil then return {} end
 local found = false
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+for _, g in ipairs(groups) do
   for i = 1, #g, 2 do
     if g[i] == 'name' and g[i+1] == ARGV[1] then found = true end
   end
@@ -178,10 +187,10 @@ return r[1][2]
 
 // dlqStatusScript sets fields of a status hash if it exists (the ingest's
 // status publication gives it its TTL; a hash created here would have none).
-var dlqStatusScript = redis.NewScript(dlqLuaType + `
-if keytype(KEYS[1]) ~= 'hash' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
+var dlqStatusScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if pcall(redis.call, 'HSET', KEYS[1], unpack(ARGV)) then return 1 end
+return 0
 `)
 
 // DLQStats counts what the dead-letter export did since the Ingest started.

@@ -191,9 +191,10 @@ func markReplayed(ctx context.Context, rdb redis.UniversalClient, stream string,
 	for _, r := range refs {
 		args = append(args, r, now)
 	}
-	pipe := rdb.TxPipeline()
+	// Commands of the documented ACL rule only (docs/operations.md).
+	pipe := rdb.Pipeline()
 	pipe.HSet(ctx, key, args...)
-	pipe.Expire(ctx, key, replayedTTL)
+	pipe.PExpire(ctx, key, replayedTTL)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("record the replay in %s: %w", key, err)
 	}
@@ -209,6 +210,7 @@ func markReplayed(ctx context.Context, rdb redis.UniversalClient, stream string,
 // skipped one to report.
 func replayKafkaDeadLetters(ctx context.Context, rdb redis.UniversalClient, prefix string, dls []kafkaDeadLetter, again bool, report func(string)) (replayed, skipped int, err error) {
 	trimmed := map[string]bool{}
+	replayedBefore := map[string]map[string]string{} // stream -> ref -> Unix ms
 	for _, d := range dls {
 		stream := wire.StreamKey(prefix, d.Topic, d.Partition)
 		topic, part, _, perr := worker.ParseRef(d.KafkaDeadLetter.Ref)
@@ -239,11 +241,14 @@ func replayKafkaDeadLetters(ctx context.Context, rdb redis.UniversalClient, pref
 			}
 		}
 		if !again {
-			when, err := rdb.HGet(ctx, wire.DLQReplayedKey(stream), d.KafkaDeadLetter.Ref).Result()
-			if err != nil && !errors.Is(err, redis.Nil) {
-				return replayed, skipped, fmt.Errorf("read %s: %w", wire.DLQReplayedKey(stream), err)
+			if replayedBefore[stream] == nil {
+				m, err := rdb.HGetAll(ctx, wire.DLQReplayedKey(stream)).Result()
+				if err != nil {
+					return replayed, skipped, fmt.Errorf("read %s: %w", wire.DLQReplayedKey(stream), err)
+				}
+				replayedBefore[stream] = m
 			}
-			if err == nil {
+			if when, ok := replayedBefore[stream][d.KafkaDeadLetter.Ref]; ok {
 				ms, _ := strconv.ParseInt(when, 10, 64)
 				report(fmt.Sprintf("%s: replayed already at %s (--again to replay it once more)", d.Ref, time.UnixMilli(ms).Format(time.RFC3339)))
 				skipped++
