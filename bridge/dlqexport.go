@@ -63,10 +63,12 @@ const (
 )
 
 const (
-	// dlqScanLimit bounds the dead letters dlqBoundScript examines; with
-	// more not exported, the partition commits nothing until the exporter
-	// has caught up.
-	dlqScanLimit = 1000
+	// dlqScanLimit bounds the dead letters dlqBoundScript examines (it
+	// reads them whole, values included, inside Redis); with more not
+	// exported, the partition commits nothing until the exporter has caught
+	// up. Normally a dead letter is exported within a round trip to Kafka,
+	// so only an export that fails for a while gets there.
+	dlqScanLimit = 100
 	// dlqReadCount is the most dead letters read per partition per round.
 	dlqReadCount = 200
 )

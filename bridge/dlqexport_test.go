@@ -417,6 +417,65 @@ func TestCommitHeldWhileKafkaRefusesDeadLetters(t *testing.T) {
 	t.Logf("after Kafka accepted: commits at the log end %v, %d exported (%d duplicates), lost=%d", end, st.Exported, dups, lost)
 }
 
+// TestCommitHeldWithManyDeadLetters: more dead letters wait for Kafka than
+// a commit looks at (bridge.DLQScanLimit of those the export read and of
+// those it did not), and the lowest record offsets are among those it does
+// not look at: the partition commits nothing at all, rather than the lowest
+// offset it saw, until Kafka takes them; then the commit reaches the log
+// end.
+func TestCommitHeldWithManyDeadLetters(t *testing.T) {
+	lim := bridge.DLQScanLimit
+	dead, n := 4*lim, 5*lim
+	e := newEnv(t, 1)
+	ctx := context.Background()
+	// The export reads 200 (twice the limit) and holds them pending while
+	// Kafka refuses; the commit looks at the first 100 of those and at the
+	// first 100 after them. The lowest offsets are the second 100.
+	for i := 0; i < dead; i++ {
+		o := lim + i
+		if i >= lim && i < 2*lim {
+			o = i - lim
+		}
+		if err := e.rdb.XAdd(ctx, &redis.XAddArgs{Stream: wire.DLQKey(e.stream(0)), Values: []any{"offset", strconv.Itoa(o)}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Produce(t, e.brokers, e.topic, 0, n)
+	var refuse atomic.Bool
+	refuse.Store(true)
+	var refusals atomic.Int64
+	in := startIngestWith(t, e.config(t), func(in *bridge.Ingest) {
+		bridge.SetDLQRefusal(in, func() error {
+			if refuse.Load() {
+				refusals.Add(1)
+				return kafka.TopicAuthorizationFailed
+			}
+			return nil
+		})
+	})
+	l := e.startWork(t, 0)
+	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() == n && refusals.Load() >= 3 },
+		"handled %d of %d, refusals %d", l.total(), n, refusals.Load())
+	// Every record is acknowledged; observations offer the log end, which
+	// must not be committed, nor anything above 0.
+	before := refusals.Load()
+	testenv.Eventually(t, 30*time.Second, func() bool { return refusals.Load() >= before+3 }, "no more export attempts")
+	if c := e.committed(t, 0); c > 0 {
+		t.Fatalf("committed %d with %d dead letters not in Kafka, the lowest at offset 0", c, dead)
+	}
+	st := in.DLQStats()
+	if st.HeldPartitions != 1 {
+		t.Errorf("stats %+v, want the partition held", st)
+	}
+	refuse.Store(false)
+	testenv.Eventually(t, 60*time.Second, func() bool { return e.allCommitted(t) }, "commit did not reach the log end: %+v", in.DLQStats())
+	if got := len(e.kafkaDLQ(t)); got != dead {
+		t.Errorf("%d dead letters in Kafka, want %d", got, dead)
+	}
+	t.Logf("%d dead letters not exported (the commit looks at %d + %d): nothing committed through %d refusals; then all exported and committed to %d",
+		dead, lim, lim, refusals.Load(), n)
+}
+
 // TestJunkInDeadLetterStreamDoesNotStallCommit: another program writes junk
 // into a dead-letter stream — entries without an offset, with a low offset
 // and nothing else, with binary fields, one larger than Kafka takes — and

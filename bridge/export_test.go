@@ -18,3 +18,7 @@ func SetDLQRefusal(in *Ingest, refuse func() error) {
 		return next(ctx, msgs...)
 	}
 }
+
+// DLQScanLimit is how many dead letters not yet exported a partition's
+// commit can look past; with more, it waits.
+const DLQScanLimit = dlqScanLimit
