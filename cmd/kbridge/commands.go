@@ -10,6 +10,7 @@ func commands() []*cli.Command {
 		workerCommand(),
 		statusCommand(),
 		dlqCommand(),
+		groupsCommand(),
 		produceCommand(),
 		conformanceCommand(),
 		conformanceHandlerCommand(),
