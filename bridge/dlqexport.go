@@ -760,15 +760,22 @@ func (x *dlqExporter) settle(ctx context.Context, r *dlqRead, err error, now tim
 			dp.due = now.Add(x.in.cfg.DLQScanInterval)
 		}
 	}
-	report := dp.failing != dp.reported
-	dp.reported = dp.failing
+	report, failing := dp.failing != dp.reported, dp.failing
 	key := wire.StatusKey(dp.stream)
 	x.mu.Unlock()
 	if err != nil {
 		x.errs.Add(1)
 	}
-	if report && ctx.Err() == nil {
-		_ = dlqStatusScript.Run(ctx, x.in.cfg.Redis, []string{key}, StatusDLQExportError, dp.failing).Err()
+	// The status hash may not exist yet (the partition publishes it after
+	// its first observation), or may have been made anew without this
+	// field: while failing it is written at every round (at most one per
+	// backoff), and once more when the export works again.
+	if (report || failing != "") && ctx.Err() == nil {
+		if n, _ := dlqStatusScript.Run(ctx, x.in.cfg.Redis, []string{key}, StatusDLQExportError, failing).Int(); n == 1 {
+			x.mu.Lock()
+			dp.reported = failing
+			x.mu.Unlock()
+		}
 	}
 }
 
