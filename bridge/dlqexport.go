@@ -246,8 +246,10 @@ type dlqExporter struct {
 	mu    sync.Mutex
 	parts map[string]*dlqPart // by partition stream key
 
-	// Owned by run: since when each dead-letter topic fails, and when
-	// that was last logged.
+	// Owned by run: per dead-letter topic, the partitions (stream keys)
+	// whose last export failed, since when it fails and when that was
+	// last logged.
+	failingParts           map[string]map[string]bool
 	failingSince, loggedAt map[string]time.Time
 
 	exported, skipped, errs atomic.Int64
@@ -279,6 +281,7 @@ func newDLQExporter(in *Ingest) *dlqExporter {
 		in: in, log: in.log.With("component", "dlq-export"),
 		kick:         make(chan struct{}, 1),
 		parts:        map[string]*dlqPart{},
+		failingParts: map[string]map[string]bool{},
 		failingSince: map[string]time.Time{}, loggedAt: map[string]time.Time{},
 		writer: &kafka.Writer{
 			Addr:         kafka.TCP(cfg.Brokers...),
@@ -781,42 +784,51 @@ func (x *dlqExporter) settle(ctx context.Context, r *dlqRead, err error, now tim
 
 // logRound logs, per dead-letter topic, the failures of a round: at error
 // level when a topic starts failing, then at most once a minute while it
-// goes on, and once when it works again. errs maps each partition read to
-// its error (nil: success).
+// goes on, and once when it works again — when every partition that failed
+// has exported since (a partition not due this round proves nothing).
+// errs maps each partition read to its error (nil: success).
 func (x *dlqExporter) logRound(ctx context.Context, reads []dlqRead, errs []error) {
-	type agg struct {
-		failed, ok int
-		first      error
-		part       tp
+	x.mu.Lock()
+	for _, streams := range x.failingParts {
+		for st := range streams {
+			if _, ok := x.parts[st]; !ok {
+				delete(streams, st) // revoked
+			}
+		}
 	}
-	byTopic := map[string]*agg{}
+	x.mu.Unlock()
+	touched := map[string]bool{}
+	first := map[string]error{}
+	firstPart := map[string]tp{}
 	for i, r := range reads {
-		a := byTopic[r.dp.topic]
-		if a == nil {
-			a = &agg{}
-			byTopic[r.dp.topic] = a
+		topic := r.dp.topic
+		touched[topic] = true
+		if x.failingParts[topic] == nil {
+			x.failingParts[topic] = map[string]bool{}
 		}
 		if errs[i] == nil || errors.Is(errs[i], errTopicCreated) {
-			a.ok++
+			delete(x.failingParts[topic], r.dp.stream)
 			continue
 		}
-		if a.failed++; a.first == nil {
-			a.first, a.part = errs[i], r.dp.t
+		x.failingParts[topic][r.dp.stream] = true
+		if first[topic] == nil {
+			first[topic], firstPart[topic] = errs[i], r.dp.t
 		}
 	}
 	now := time.Now()
-	for topic, a := range byTopic {
+	for topic := range touched {
+		failed := len(x.failingParts[topic])
 		since, failing := x.failingSince[topic]
 		switch {
-		case a.failed > 0 && !failing:
+		case failed > 0 && !failing:
 			x.failingSince[topic], x.loggedAt[topic] = now, now
 			x.log.Error("exporting dead letters to Kafka failed; retrying with backoff: the commits of the partitions concerned wait for them",
-				"dlq_topic", topic, "partitions", a.failed, "topic", a.part.topic, "partition", a.part.partition, "err", a.first)
-		case a.failed > 0 && now.Sub(x.loggedAt[topic]) >= time.Minute:
+				"dlq_topic", topic, "partitions", failed, "topic", firstPart[topic].topic, "partition", firstPart[topic].partition, "err", first[topic])
+		case failed > 0 && first[topic] != nil && now.Sub(x.loggedAt[topic]) >= time.Minute:
 			x.loggedAt[topic] = now
 			x.log.Warn("exporting dead letters to Kafka still fails; the commits of the partitions concerned wait for them",
-				"dlq_topic", topic, "partitions", a.failed, "failing_for", now.Sub(since).Round(time.Second), "err", a.first)
-		case a.failed == 0 && failing && ctx.Err() == nil:
+				"dlq_topic", topic, "partitions", failed, "failing_for", now.Sub(since).Round(time.Second), "err", first[topic])
+		case failed == 0 && failing && ctx.Err() == nil:
 			delete(x.failingSince, topic)
 			x.log.Info("exporting dead letters to Kafka works again", "dlq_topic", topic, "failed_for", now.Sub(since).Round(time.Second))
 		}
