@@ -64,8 +64,7 @@ func TestDeadLettersNeedKafkaACL(t *testing.T) {
 	t.Logf("without ACLs on %s: partition 0 committed at the dead letter (7), partition 1 at its log end %d; the ingest said: %s",
 		dlqTopic, ends[1], said)
 
-	k.allow(t, "kbridge", kafka.ResourceTypeTopic, dlqTopic, kafka.ACLOperationTypeCreate, kafka.ACLOperationTypeWrite,
-		kafka.ACLOperationTypeDescribe, kafka.ACLOperationTypeRead)
+	k.grantDLQ(t, "kbridge", topic)
 	began := time.Now()
 	testenv.Eventually(t, 60*time.Second, func() bool {
 		c = testenv.Committed(t, k.adminBrokers(), group, topic, 2)
@@ -98,4 +97,13 @@ func TestDeadLettersNeedKafkaACL(t *testing.T) {
 	}
 	t.Logf("granted CREATE, WRITE, DESCRIBE, READ on %s: exported and committed to the log end %v in %v; dlq list --from-kafka shows it",
 		dlqTopic, ends, took.Round(time.Millisecond))
+}
+
+// grantDLQ gives the user what the ingest needs for topic's dead letters
+// (docs/operations.md, Security): CREATE and WRITE on "<topic>.dlq" (and
+// DESCRIBE, READ for "kbridge dlq --from-kafka").
+func (k *kafkaServer) grantDLQ(t *testing.T, user, topic string) {
+	t.Helper()
+	k.allow(t, user, kafka.ResourceTypeTopic, wire.DLQTopic(wire.DefaultDLQTopic, topic), kafka.ACLOperationTypeCreate,
+		kafka.ACLOperationTypeWrite, kafka.ACLOperationTypeDescribe, kafka.ACLOperationTypeRead)
 }
