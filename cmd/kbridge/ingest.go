@@ -59,6 +59,7 @@ var bridgeDefaults = bridge.DefaultConfig()
 func ingestConfig(c *cli.Context) (bridge.Config, error) {
 	var probs []string
 	tlsCfg, mech := kafkaSecurity(c, &probs)
+	probs = append(probs, redisProblems(c)...)
 	cfg := bridge.Config{
 		Brokers:            splitList(c.StringSlice("brokers")),
 		Topics:             splitList(c.StringSlice("topics")),
