@@ -387,9 +387,17 @@ PROPS
   fi
 }
 
-# random_cluster_id: 16 random bytes, base64url without padding (Kafka Uuid format)
+# random_cluster_id: 16 random bytes, base64url without padding (Kafka Uuid
+# format), never one that starts with '-': the storage tool would read it as
+# an option ("argument --cluster-id/-t: expected one argument"), failing one
+# start in 64.
 random_cluster_id() {
-  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+  local id
+  id=-
+  while [[ $id == -* ]]; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+  done
+  printf '%s\n' "$id"
 }
 
 format_storage() {
