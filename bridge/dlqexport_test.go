@@ -104,10 +104,19 @@ func (e *env) kafkaDLQ(t *testing.T) []dlqkafka.DeadLetter {
 	defer tr.CloseIdleConnections()
 	c := &kafka.Client{Addr: kafka.TCP(e.brokers...), Timeout: 10 * time.Second, Transport: tr}
 	var out []dlqkafka.DeadLetter
-	err := dlqkafka.List(ctx, c, e.dlqTopic(), nil, func(d dlqkafka.DeadLetter) bool {
-		out = append(out, d)
-		return true
-	})
+	var err error
+	// A topic created a moment ago may answer "not leader" for a while.
+	for {
+		out = out[:0]
+		err = dlqkafka.List(ctx, c, e.dlqTopic(), nil, func(d dlqkafka.DeadLetter) bool {
+			out = append(out, d)
+			return true
+		})
+		if !errors.Is(err, kafka.NotLeaderForPartition) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		if errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.LeaderNotAvailable) {
 			return nil
