@@ -33,6 +33,7 @@ type Ingest struct {
 
 	counters counters
 	parts    registry
+	dlq      *dlqExporter // nil when the dead-letter export is off
 	// fetcher fetches every assigned partition (kfetch: requests carrying
 	// many partitions of one broker, within FetchMemory); set by Run.
 	fetcher atomic.Pointer[kfetch.Fetcher]
@@ -45,12 +46,14 @@ func New(cfg Config) (*Ingest, error) {
 	}
 	cfg = cfg.withDefaults()
 	host, _ := os.Hostname()
-	return &Ingest{
+	in := &Ingest{
 		cfg:    cfg,
 		log:    cfg.Logger,
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: cfg.transport()},
 		owner:  host + ":" + strconv.Itoa(os.Getpid()),
-	}, nil
+	}
+	in.dlq = newDLQExporter(in)
+	return in, nil
 }
 
 // Stats returns a snapshot of the counters and the assigned partitions.
@@ -120,6 +123,12 @@ func (in *Ingest) Run(ctx context.Context) error {
 	go func() { defer close(fetched); _ = fetcher.Run(fctx) }()
 	defer func() { stopFetcher(); <-fetched }()
 	in.fetcher.Store(fetcher)
+	// Dead letters to Kafka (dlqexport.go); stopped after the final commit.
+	stopDLQ := in.dlq.start(ctx)
+	defer stopDLQ()
+	if in.dlq == nil {
+		in.log.Warn("dead letters are NOT exported to Kafka (export disabled): a Redis that loses its data loses them for good")
+	}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                in.cfg.Group,
 		Brokers:           in.cfg.Brokers,
