@@ -42,6 +42,16 @@ func commonFlags() []cli.Flag {
 // --redis-tls-* flags. It reads those files but does no network I/O; callers
 // retry. Every problem is reported at once, with exit status 2.
 func newRedis(c *cli.Context) (redis.UniversalClient, error) {
+	rdb, probs := redisClient(c)
+	if len(probs) > 0 {
+		return nil, cli.Exit("invalid Redis configuration:\n  - "+strings.Join(probs, "\n  - "), 2)
+	}
+	return rdb, nil
+}
+
+// redisClient is newRedis returning the problems of the Redis flags instead
+// of an exit, for a command that reports them together with its own.
+func redisClient(c *cli.Context) (redis.UniversalClient, []string) {
 	raw := c.String("redis-url")
 	var (
 		tlsCfg     **tls.Config
@@ -58,10 +68,10 @@ func newRedis(c *cli.Context) (redis.UniversalClient, error) {
 		tlsCfg, password = &opt.TLSConfig, &opt.Password
 	}
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("--redis-url %s: %v", redactURL(raw), err), 2)
+		return nil, []string{fmt.Sprintf("--redis-url %s: %v", redactURL(raw), err)}
 	}
 	if probs := redisSecurity(c, tlsCfg, password); len(probs) > 0 {
-		return nil, cli.Exit("invalid Redis configuration:\n  - "+strings.Join(probs, "\n  - "), 2)
+		return nil, probs
 	}
 	// Context deadlines bound every call (shutdown and rebalances must not
 	// wait on a hung Redis); go-redis ignores them unless told.
