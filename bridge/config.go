@@ -86,6 +86,13 @@ type Config struct {
 	// StatusTTL is the time to live of the per-partition status hashes.
 	// Default 30s (refreshed every CommitInterval).
 	StatusTTL time.Duration
+	// StartupTimeout bounds how long Run retries a Kafka or Redis it cannot
+	// reach at start, before it joins the group; then it returns a
+	// *StartupError, so that an orchestrator sees the failure. (A refusal —
+	// wrong credentials, a certificate that does not verify, a missing
+	// permission — ends Run at once with an *AuthError.) Once running, an
+	// outage is retried for as long as it lasts. Default 2m.
+	StartupTimeout time.Duration
 	// AllowEviction lets Run start against a Redis whose maxmemory-policy
 	// may evict keys, with a loud warning, instead of refusing.
 	AllowEviction bool
@@ -146,6 +153,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StatusTTL == 0 {
 		c.StatusTTL = 30 * time.Second
+	}
+	if c.StartupTimeout == 0 {
+		c.StartupTimeout = 2 * time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -224,6 +234,9 @@ func (c Config) Validate() error {
 	}
 	if c.StatusTTL < c.CommitInterval {
 		add("status TTL %v must be at least --commit-interval %v", c.StatusTTL, c.CommitInterval)
+	}
+	if c.StartupTimeout < 0 {
+		add("--startup-timeout %v must not be negative", c.StartupTimeout)
 	}
 	if len(p) > 0 {
 		return &ConfigError{Problems: p}

@@ -71,26 +71,11 @@ func (in *Ingest) Run(ctx context.Context) error {
 	if !in.ran.CompareAndSwap(false, true) {
 		return ErrClosed
 	}
-	if err := in.checkRedis(ctx); err != nil {
-		return err
-	}
-	if ctx.Err() != nil {
-		return nil // stopped while waiting for Redis: never joined
-	}
-	// The wire contract version workers check (docs/wire.md); a newer one
-	// in Redis is a newer kbridge's, which this one must not lower.
-	var verr error
-	if err := retry(ctx, in.log, "redis", func() error {
-		verr = wire.PublishVersion(ctx, in.cfg.Redis, in.cfg.Prefix)
-		if errors.Is(verr, wire.ErrVersion) {
-			return nil
+	if err := in.start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: never joined
 		}
-		return verr
-	}); err != nil {
-		return nil // ctx done
-	}
-	if verr != nil {
-		return verr
+		return err
 	}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                in.cfg.Group,
@@ -116,14 +101,22 @@ func (in *Ingest) Run(ctx context.Context) error {
 	in.log.Info("ingest started", "group", in.cfg.Group, "topics", strings.Join(in.cfg.Topics, ","),
 		"brokers", strings.Join(in.cfg.Brokers, ","), "worker_groups", strings.Join(in.cfg.WorkerGroups, ","),
 		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark)
+	var fatal error
 	for {
 		gen, err := group.Next(ctx)
 		if ctx.Err() != nil {
 			break
 		}
 		if err != nil {
-			// Join/sync errors: kafka-go already backs off; say so and go on.
 			in.counters.kafkaErrs.Add(1)
+			if err := in.kafkaError(err); errors.As(err, new(*AuthError)) {
+				// The group refused this member (no READ on it): no
+				// generation was joined, nothing committed.
+				in.log.Error("joining the consumer group refused; stopping", "group", in.cfg.Group, "err", err)
+				fatal = err
+				break
+			}
+			// Join/sync errors: kafka-go already backs off; say so and go on.
 			in.log.Warn("joining the consumer group failed; retrying", "group", in.cfg.Group, "err", err)
 			continue
 		}
@@ -138,67 +131,30 @@ func (in *Ingest) Run(ctx context.Context) error {
 		t.CloseIdleConnections()
 	}
 	in.log.Info("ingest stopped", "group", in.cfg.Group)
-	return nil
+	return fatal
 }
 
-// checkRedis refuses (or warns about) a Redis that may evict keys
-// (invariant 5) and retries while Redis is unreachable.
-func (in *Ingest) checkRedis(ctx context.Context) error {
-	var policy string
-	err := retry(ctx, in.log, "redis", func() error {
-		p, err := maxmemoryPolicy(ctx, in.cfg.Redis)
-		if err != nil {
-			if isConnError(err) {
-				in.counters.redisErrs.Add(1)
-				return err
-			}
-			policy = "" // CONFIG may be disabled (managed Redis, ACLs): cannot tell
-			return nil
+// start runs the start-up checks (startup.go) and publishes the wire
+// contract version workers check (docs/wire.md); a newer one in Redis is a
+// newer kbridge's, which this one must not lower.
+func (in *Ingest) start(ctx context.Context) error {
+	if err := in.checkRedis(ctx); err != nil {
+		return err
+	}
+	err := in.retryStartup(ctx, "redis", func() error {
+		err := wire.PublishVersion(ctx, in.cfg.Redis, in.cfg.Prefix)
+		switch {
+		case errors.Is(err, wire.ErrVersion):
+			return permanent{err}
+		case err != nil && (tlsFailure(err) || redisAuthFailure(err)):
+			return redisAuthError(err)
 		}
-		policy = p
-		return nil
+		return err
 	})
 	if err != nil {
-		return nil // ctx done
+		return err
 	}
-	switch policy {
-	case "noeviction":
-		return nil
-	case "":
-		in.log.Warn("cannot read maxmemory-policy (CONFIG GET refused); make sure it is noeviction, or evicted streams lose records")
-		return nil
-	}
-	if in.cfg.AllowEviction {
-		in.log.Error("REDIS MAY EVICT STREAMS: maxmemory-policy is not noeviction; evicted records that no worker processed are fetched again only if the loss is noticed", "maxmemory_policy", policy)
-		return nil
-	}
-	return fmt.Errorf("%w: it is %q; set it with CONFIG SET maxmemory-policy noeviction, or pass --allow-eviction", ErrEvictionPolicy, policy)
-}
-
-// maxmemoryPolicy reads maxmemory-policy; on a Redis Cluster that of every
-// master (CONFIG GET alone asks one node), returning one that is not
-// noeviction if there is one.
-func maxmemoryPolicy(ctx context.Context, rdb redis.UniversalClient) (string, error) {
-	c, ok := rdb.(*redis.ClusterClient)
-	if !ok {
-		res, err := rdb.ConfigGet(ctx, "maxmemory-policy").Result()
-		return res["maxmemory-policy"], err
-	}
-	var mu sync.Mutex
-	policy := "noeviction"
-	err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-		res, err := m.ConfigGet(ctx, "maxmemory-policy").Result()
-		if err != nil {
-			return err
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if p := res["maxmemory-policy"]; p != "noeviction" {
-			policy = p
-		}
-		return nil
-	})
-	return policy, err
+	return in.checkKafka(ctx)
 }
 
 // startGeneration starts one function per assigned partition plus the
@@ -329,13 +285,18 @@ func (c *committer) flush() {
 }
 
 // retry runs op until it succeeds or ctx is done, backing off from 100ms to
-// 5s and logging each failure.
+// 5s and logging each failure. An error wrapped in permanent is returned at
+// once, unwrapped.
 func retry(ctx context.Context, log *slog.Logger, what string, op func() error) error {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := op()
 		if err == nil {
 			return nil
+		}
+		var pe permanent
+		if errors.As(err, &pe) {
+			return pe.err
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()

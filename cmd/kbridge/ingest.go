@@ -2,6 +2,9 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"net"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -45,6 +48,8 @@ Examples:
 			&cli.DurationFlag{Name: "session-timeout", Value: bridgeDefaults.SessionTimeout, EnvVars: []string{"KBRIDGE_SESSION_TIMEOUT"}, Usage: "Kafka group session timeout"},
 			&cli.DurationFlag{Name: "rebalance-timeout", Value: bridgeDefaults.RebalanceTimeout, EnvVars: []string{"KBRIDGE_REBALANCE_TIMEOUT"}, Usage: "Kafka group rebalance timeout"},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: bridgeDefaults.HeartbeatInterval, EnvVars: []string{"KBRIDGE_HEARTBEAT_INTERVAL"}, Usage: "Kafka group heartbeat interval"},
+			&cli.DurationFlag{Name: "startup-timeout", Value: bridgeDefaults.StartupTimeout, EnvVars: []string{"KBRIDGE_STARTUP_TIMEOUT"},
+				Usage: "how long to retry an unreachable Kafka or Redis at start before exiting 1 (refused credentials or permissions exit at once)"},
 			&cli.BoolFlag{Name: "allow-eviction", EnvVars: []string{"KBRIDGE_ALLOW_EVICTION"},
 				Usage: "start even if Redis maxmemory-policy is not noeviction (an evicted stream loses records): warn instead of refusing"},
 			metricsFlag("KBRIDGE_METRICS_ADDR"),
@@ -56,7 +61,9 @@ Examples:
 // bridgeDefaults gives the flags the library's defaults.
 var bridgeDefaults = bridge.DefaultConfig()
 
-func ingestConfig(c *cli.Context) (bridge.Config, error) {
+// ingestConfig reads the ingest's flags into a Config and returns every
+// problem found in them (none is reported until all are known).
+func ingestConfig(c *cli.Context) (bridge.Config, []string) {
 	var probs []string
 	tlsCfg, mech := kafkaSecurity(c, &probs)
 	cfg := bridge.Config{
@@ -79,35 +86,51 @@ func ingestConfig(c *cli.Context) (bridge.Config, error) {
 		SessionTimeout:     c.Duration("session-timeout"),
 		RebalanceTimeout:   c.Duration("rebalance-timeout"),
 		HeartbeatInterval:  c.Duration("heartbeat-interval"),
+		StartupTimeout:     c.Duration("startup-timeout"),
 		AllowEviction:      c.Bool("allow-eviction"),
 	}
 	if c.Int64("partition-cap") == 0 {
 		probs = append(probs, "--partition-cap 0 must be at least 1")
 	}
+	if c.IsSet("startup-timeout") && c.Duration("startup-timeout") <= 0 {
+		probs = append(probs, fmt.Sprintf("--startup-timeout %v must be above 0", c.Duration("startup-timeout")))
+	}
+	if addr := c.String("metrics-addr"); addr != "" {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			probs = append(probs, fmt.Sprintf("--metrics-addr %q: want HOST:PORT, e.g. 127.0.0.1:9100 (%v)", addr, err))
+		}
+	}
 	// Validate needs a client; a placeholder keeps it from reporting one missing.
 	err := cfg.WithRedisPlaceholder().Validate()
 	var ce *bridge.ConfigError
 	if errors.As(err, &ce) {
-		probs = append(probs, ce.Problems...)
+		for _, p := range ce.Problems {
+			if !slices.Contains(probs, p) {
+				probs = append(probs, p)
+			}
+		}
 	}
-	if len(probs) > 0 {
-		return cfg, cli.Exit("invalid ingest configuration:\n  - "+strings.Join(probs, "\n  - "), 2)
-	}
-	return cfg, nil
+	return cfg, probs
 }
 
 func runIngest(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return cli.Exit(fmt.Sprintf("ingest takes no arguments, got %q (topics go in --topics)", c.Args().Slice()), 2)
+	}
+	// Every problem of the flags — the ingest's, the logger's, Redis's —
+	// in one message, exit 2.
+	cfg, probs := ingestConfig(c)
 	log, err := newLogger(c)
 	if err != nil {
-		return err
+		probs = append(probs, err.Error())
 	}
-	cfg, err := ingestConfig(c)
-	if err != nil {
-		return err
-	}
-	rdb, err := newRedis(c)
-	if err != nil {
-		return err
+	rdb, rprobs := redisClient(c)
+	probs = append(probs, rprobs...)
+	if len(probs) > 0 {
+		if rdb != nil {
+			rdb.Close()
+		}
+		return cli.Exit("invalid ingest configuration:\n  - "+strings.Join(probs, "\n  - "), 2)
 	}
 	defer rdb.Close()
 	cfg.Redis = rdb
