@@ -28,9 +28,12 @@ var aclCommands = []string{
 	"eval", "evalsha", "script|load",
 	// streams
 	"xadd", "xack", "xautoclaim", "xclaim", "xdel", "xgroup|create", "xgroup|delconsumer",
+	// the ingest sets a group back to the stream's top (xgroup|setid, after
+	// the stray-entry runbook); kbridge groups remove destroys one
+	"xgroup|setid", "xgroup|destroy",
 	"xinfo|consumers", "xinfo|groups", "xinfo|stream", "xlen", "xpending", "xrange", "xreadgroup", "xtrim",
-	// the registry set, the status hashes
-	"sadd", "smembers", "hset", "hgetall", "pexpire", "exists",
+	// the registry set, the status hashes, the wire contract version (hget)
+	"sadd", "smembers", "hset", "hget", "hgetall", "pexpire", "exists",
 }
 
 // aclRule is the ACL SETUSER rule of the kbridge user for a key prefix.
