@@ -236,7 +236,7 @@ func (c Config) Validate() error {
 		add("status TTL %v must be at least --commit-interval %v", c.StatusTTL, c.CommitInterval)
 	}
 	if c.StartupTimeout < 0 {
-		add("--startup-timeout %v must not be negative", c.StartupTimeout)
+		add("--startup-timeout %v must be above 0", c.StartupTimeout)
 	}
 	if len(p) > 0 {
 		return &ConfigError{Problems: p}

@@ -92,7 +92,7 @@ func ingestConfig(c *cli.Context) (bridge.Config, []string) {
 	if c.Int64("partition-cap") == 0 {
 		probs = append(probs, "--partition-cap 0 must be at least 1")
 	}
-	if c.IsSet("startup-timeout") && c.Duration("startup-timeout") <= 0 {
+	if c.IsSet("startup-timeout") && c.Duration("startup-timeout") == 0 {
 		probs = append(probs, fmt.Sprintf("--startup-timeout %v must be above 0", c.Duration("startup-timeout")))
 	}
 	if addr := c.String("metrics-addr"); addr != "" {
