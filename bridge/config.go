@@ -59,6 +59,10 @@ type Config struct {
 	// CommitInterval is how often each partition's frontier is computed,
 	// committed to Kafka and the stream trimmed. Default 1s.
 	CommitInterval time.Duration
+	// MetadataInterval is how often the configured topics' metadata is read:
+	// a topic created, deleted or made readable, or a change in its
+	// partitions, is acted on within about this time. Default 5s.
+	MetadataInterval time.Duration
 	// PausedPollInterval is how often a paused partition's backlog is read
 	// again. Default 200ms.
 	PausedPollInterval time.Duration
@@ -123,6 +127,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CommitInterval == 0 {
 		c.CommitInterval = time.Second
+	}
+	if c.MetadataInterval == 0 {
+		c.MetadataInterval = 5 * time.Second
 	}
 	if c.PausedPollInterval == 0 {
 		c.PausedPollInterval = 200 * time.Millisecond
@@ -206,6 +213,9 @@ func (c Config) Validate() error {
 	}
 	if c.CommitInterval < 10*time.Millisecond {
 		add("--commit-interval %v must be at least 10ms", c.CommitInterval)
+	}
+	if c.MetadataInterval < 10*time.Millisecond {
+		add("--metadata-interval %v must be at least 10ms", c.MetadataInterval)
 	}
 	if c.PausedPollInterval < time.Millisecond {
 		add("paused poll interval %v must be at least 1ms", c.PausedPollInterval)

@@ -29,8 +29,10 @@ type Ingest struct {
 	owner  string
 	ran    atomic.Bool
 
-	counters counters
-	parts    registry
+	counters     counters
+	parts        registry
+	topics       *topicWatch
+	metaVersions metadataVersions
 }
 
 // New validates cfg and returns an Ingest. It does no I/O.
@@ -45,12 +47,14 @@ func New(cfg Config) (*Ingest, error) {
 		log:    cfg.Logger,
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: cfg.transport()},
 		owner:  host + ":" + strconv.Itoa(os.Getpid()),
+		topics: newTopicWatch(cfg.Topics),
 	}, nil
 }
 
-// Stats returns a snapshot of the counters and the assigned partitions.
+// Stats returns a snapshot of the counters, the configured topics and the
+// assigned partitions.
 func (in *Ingest) Stats() Stats {
-	st := Stats{Counters: in.counters.snapshot(), Partitions: in.parts.list()}
+	st := Stats{Counters: in.counters.snapshot(), Partitions: in.parts.list(), Topics: in.topics.list()}
 	sort.Slice(st.Partitions, func(i, j int) bool {
 		a, b := st.Partitions[i], st.Partitions[j]
 		return a.Topic < b.Topic || a.Topic == b.Topic && a.Partition < b.Partition
@@ -77,19 +81,70 @@ func (in *Ingest) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	in.log.Info("ingest started", "group", in.cfg.Group, "topics", strings.Join(in.cfg.Topics, ","),
+		"brokers", strings.Join(in.cfg.Brokers, ","), "worker_groups", strings.Join(in.cfg.WorkerGroups, ","),
+		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go in.watchTopics(wctx)
+	for ctx.Err() == nil {
+		changed := in.topics.wait()
+		topics := in.topics.bridged()
+		if len(topics) == 0 {
+			// Nothing to read: stay out of the group (joining with no
+			// topic would only cost the others rebalances).
+			select {
+			case <-ctx.Done():
+			case <-changed:
+			}
+			continue
+		}
+		if err := in.runGroup(ctx, topics); err != nil {
+			return err
+		}
+	}
+	in.log.Info("ingest stopped", "group", in.cfg.Group)
+	return nil
+}
+
+// runGroup is a member of the consumer group subscribed to topics until ctx
+// is done (nil), the set of topics to bridge changes (nil: Run joins again
+// with the new set), or the group refuses this member (*AuthError). It
+// leaves the group before returning.
+func (in *Ingest) runGroup(ctx context.Context, topics []string) error {
+	gctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for gctx.Err() == nil {
+			select {
+			case <-gctx.Done():
+				return
+			case <-in.topics.wait():
+				if !slices.Equal(in.topics.bridged(), topics) {
+					in.log.Info("the topics to bridge changed: joining the group again", "group", in.cfg.Group,
+						"topics", strings.Join(in.topics.bridged(), ","))
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	view := &leaderView{}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID:                in.cfg.Group,
-		Brokers:           in.cfg.Brokers,
-		Dialer:            in.cfg.dialer(),
-		Topics:            in.cfg.Topics,
-		GroupBalancers:    []kafka.GroupBalancer{kafka.RangeGroupBalancer{}, kafka.RoundRobinGroupBalancer{}},
+		ID:      in.cfg.Group,
+		Brokers: in.cfg.Brokers,
+		Dialer:  in.cfg.dialer(),
+		Topics:  topics,
+		GroupBalancers: []kafka.GroupBalancer{viewBalancer{kafka.RangeGroupBalancer{}, view},
+			viewBalancer{kafka.RoundRobinGroupBalancer{}, view}},
 		HeartbeatInterval: in.cfg.HeartbeatInterval,
 		SessionTimeout:    in.cfg.SessionTimeout,
 		RebalanceTimeout:  in.cfg.RebalanceTimeout,
 		JoinGroupBackoff:  time.Second,
 		StartOffset:       in.cfg.startOffset(),
-		// New partitions of a topic trigger a rebalance, so they get read.
-		WatchPartitionChanges: true,
+		// Not kafka-go's partition watcher (see topics.go): it ends every
+		// generation while a topic is missing.
+		WatchPartitionChanges: false,
 		// Bounds every coordinator request, the final commit included:
 		// a member that overstays RebalanceTimeout is evicted.
 		Timeout:     in.cfg.FinalCommitTimeout,
@@ -98,13 +153,12 @@ func (in *Ingest) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kafka consumer group: %w", err)
 	}
-	in.log.Info("ingest started", "group", in.cfg.Group, "topics", strings.Join(in.cfg.Topics, ","),
-		"brokers", strings.Join(in.cfg.Brokers, ","), "worker_groups", strings.Join(in.cfg.WorkerGroups, ","),
-		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark)
+	in.log.Info("joining the consumer group", "group", in.cfg.Group, "topics", strings.Join(topics, ","))
 	var fatal error
+	var active atomic.Bool // a generation is running
 	for {
-		gen, err := group.Next(ctx)
-		if ctx.Err() != nil {
+		gen, err := group.Next(gctx)
+		if gctx.Err() != nil {
 			break
 		}
 		if err != nil {
@@ -121,17 +175,44 @@ func (in *Ingest) Run(ctx context.Context) error {
 			continue
 		}
 		in.counters.rebalances.Add(1)
-		in.startGeneration(gen)
+		active.Store(true)
+		gen.Start(func(ctx context.Context) { <-ctx.Done(); active.Store(false) })
+		in.startGeneration(gen, view.take())
 	}
-	in.log.Info("shutting down: final commit, then leaving the group", "group", in.cfg.Group)
-	// Close ends the running generation (its functions commit and return)
-	// and then leaves the group, so the partitions move on at once.
-	group.Close()
-	if t, ok := in.client.Transport.(*kafka.Transport); ok {
-		t.CloseIdleConnections()
+	if ctx.Err() != nil {
+		in.log.Info("shutting down: final commit, then leaving the group", "group", in.cfg.Group)
 	}
-	in.log.Info("ingest stopped", "group", in.cfg.Group)
+	in.leave(group, active.Load())
 	return fatal
+}
+
+// leave closes the group: that ends the running generation (its partitions
+// commit and return) and leaves the group, so that the partitions move on at
+// once. Without a generation, kafka-go may be inside a JoinGroup request,
+// which the coordinator holds until every member rejoined (up to the
+// rebalance timeout of the slowest): leave waits for it a second only, so
+// that a SIGTERM while joining exits at once (Docker stops a container 10s
+// after SIGTERM); the request goes on in the background, and the member it
+// joins leaves as soon as it gets the answer. With a generation, the final
+// commit has its own bounds (FinalCommitTimeout).
+func (in *Ingest) leave(group *kafka.ConsumerGroup, inGeneration bool) {
+	closed := make(chan struct{})
+	go func() {
+		group.Close()
+		if t, ok := in.client.Transport.(*kafka.Transport); ok {
+			t.CloseIdleConnections()
+		}
+		close(closed)
+	}()
+	bound := time.Second
+	if inGeneration {
+		bound = 3*in.cfg.FinalCommitTimeout + time.Second
+	}
+	select {
+	case <-closed:
+	case <-time.After(bound):
+		in.log.Warn("leaving the group takes long (a join or a commit in flight); not waiting for it", "group", in.cfg.Group, "waited", bound)
+	}
 }
 
 // start runs the start-up checks (startup.go) and publishes the wire
@@ -160,13 +241,17 @@ func (in *Ingest) start(ctx context.Context) error {
 // startGeneration starts one function per assigned partition plus the
 // generation's committer. Every function stays alive until the generation
 // ends: in kafka-go, one that returns early ends the whole generation.
-func (in *Ingest) startGeneration(gen *kafka.Generation) {
+//
+// When this member led the join (assigned: the partition counts it
+// assigned), one more function ends the generation when a topic's
+// partition count changes (watchPartitions).
+func (in *Ingest) startGeneration(gen *kafka.Generation, assigned map[string]int) {
 	c := &committer{in: in, commit: gen.CommitOffsets, want: map[tp]int64{}, done: map[tp]int64{}}
-	var assigned []string
+	var streams []string
 	for _, topic := range sortedKeys(gen.Assignments) {
 		for _, a := range gen.Assignments[topic] {
 			p := in.newPartition(topic, a.ID, a.Offset, c)
-			assigned = append(assigned, p.stream.key)
+			streams = append(streams, p.stream.key)
 			c.wg.Add(1)
 			gen.Start(func(ctx context.Context) {
 				defer c.wg.Done()
@@ -175,8 +260,11 @@ func (in *Ingest) startGeneration(gen *kafka.Generation) {
 		}
 	}
 	in.log.Info("joined generation", "group", in.cfg.Group, "generation", gen.ID, "member", gen.MemberID,
-		"partitions", len(assigned), "streams", strings.Join(assigned, " "))
+		"leader", assigned != nil, "partitions", len(streams), "streams", strings.Join(streams, " "))
 	gen.Start(c.run)
+	if assigned != nil {
+		gen.Start(func(ctx context.Context) { in.watchPartitions(ctx, assigned) })
+	}
 }
 
 func sortedKeys[V any](m map[string]V) []string {

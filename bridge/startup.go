@@ -234,14 +234,14 @@ func (in *Ingest) kafkaError(err error) error {
 }
 
 // checkKafka runs the Kafka start-up checks: the brokers answer a metadata
-// request for the topics (the connection's TLS and SASL succeed), and the
+// request for the topics (the connection's TLS and SASL succeed; the topics'
+// states are known from then on, see topics.go), and the
 // user may describe the consumer group (its committed offsets). A user that
 // may describe the group but not read it is refused when joining, which Run
 // treats the same way.
 func (in *Ingest) checkKafka(ctx context.Context) error {
 	err := in.retryStartup(ctx, "kafka", func() error {
-		_, err := in.client.Metadata(ctx, &kafka.MetadataRequest{Topics: in.cfg.Topics})
-		return in.kafkaError(err)
+		return in.kafkaError(in.pollTopics(ctx))
 	})
 	if err != nil {
 		return err

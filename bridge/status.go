@@ -167,9 +167,13 @@ func (c *counters) snapshot() Counters {
 	}
 }
 
-// Stats is a snapshot of the ingest: counters and the assigned partitions.
+// Stats is a snapshot of the ingest: counters, the configured topics and
+// the assigned partitions.
 type Stats struct {
 	Counters
+	// Topics holds one entry per configured topic, in the configured order:
+	// whether it is bridged, and if not why (missing, not authorised).
+	Topics     []TopicStatus
 	Partitions []PartitionStatus
 	// Backlog sums the backlogs of the assigned partitions.
 	Backlog int64

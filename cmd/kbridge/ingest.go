@@ -22,6 +22,15 @@ commits a partition's offset once every worker group acknowledged every record
 below it, trims the stream below the commit, and stops fetching a partition
 whose backlog reaches --partition-cap until it drains below --low-watermark.
 
+A topic of --topics that does not exist (yet), was deleted, or that the user
+may not read is not bridged — the others are — and said so in the log, in
+kbridge status and in the kbridge_ingest_topic_bridged metric; it is picked
+up once it exists (the group rejoins once), and partitions added to a topic
+are assigned too. Wrong credentials or missing permissions (Kafka SASL, the
+group's ACL, Redis WRONGPASS/NOPERM, TLS certificates) exit 1 at once, before
+joining the group; an unreachable Kafka or Redis is retried at start for
+--startup-timeout, then exits 1.
+
 On SIGTERM or SIGINT it stops fetching, commits what the workers acknowledged,
 leaves the group and exits 0. Run several ingest processes with the same
 --group to spread partitions; a rebalance costs no waiting and no duplicates.
@@ -41,6 +50,8 @@ Examples:
 			&cli.Int64Flag{Name: "global-cap", EnvVars: []string{"KBRIDGE_GLOBAL_CAP"}, Usage: "cap on the backlog summed over all partitions of this ingest (default: none)"},
 			&cli.Int64Flag{Name: "global-low-watermark", EnvVars: []string{"KBRIDGE_GLOBAL_LOW_WATERMARK"}, Usage: "summed backlog below which fetching resumes (default: half the global cap)"},
 			&cli.DurationFlag{Name: "commit-interval", Value: bridgeDefaults.CommitInterval, EnvVars: []string{"KBRIDGE_COMMIT_INTERVAL"}, Usage: "how often offsets are committed and streams trimmed"},
+			&cli.DurationFlag{Name: "metadata-interval", Value: bridgeDefaults.MetadataInterval, EnvVars: []string{"KBRIDGE_METADATA_INTERVAL"},
+				Usage: "how often the topics' metadata is read: a topic created, deleted or made readable, or partitions added, is acted on within about this time"},
 			&cli.StringFlag{Name: "start-offset", Value: "earliest", EnvVars: []string{"KBRIDGE_START_OFFSET"}, Usage: "where a group with no committed offset starts: earliest or latest"},
 			&cli.IntFlag{Name: "fetch-max-bytes", Value: 1 << 20, EnvVars: []string{"KBRIDGE_FETCH_MAX_BYTES"}, Usage: "bytes per fetch of one partition (bounds the ingest's memory)"},
 			&cli.DurationFlag{Name: "fetch-max-wait", Value: bridgeDefaults.FetchMaxWait, EnvVars: []string{"KBRIDGE_FETCH_MAX_WAIT"}, Usage: "how long a fetch waits for new records"},
@@ -79,6 +90,7 @@ func ingestConfig(c *cli.Context) (bridge.Config, []string) {
 		GlobalCap:          c.Int64("global-cap"),
 		GlobalLowWatermark: c.Int64("global-low-watermark"),
 		CommitInterval:     c.Duration("commit-interval"),
+		MetadataInterval:   c.Duration("metadata-interval"),
 		StartOffset:        c.String("start-offset"),
 		FetchMaxBytes:      c.Int("fetch-max-bytes"),
 		FetchMaxWait:       c.Duration("fetch-max-wait"),

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -117,6 +118,7 @@ type ingestCollector struct {
 	assigned *prometheus.Desc
 	paused   *prometheus.Desc
 	backlog  *prometheus.Desc
+	topic    *prometheus.Desc
 }
 
 type counterDesc[S any] struct {
@@ -175,6 +177,9 @@ func newIngestCollector(stats func() bridge.Stats) *ingestCollector {
 		assigned: prometheus.NewDesc("kbridge_ingest_assigned_partitions", "Partitions assigned to this ingest.", nil, nil),
 		paused:   prometheus.NewDesc("kbridge_ingest_paused_partitions", "Assigned partitions paused by backpressure.", nil, nil),
 		backlog:  prometheus.NewDesc("kbridge_ingest_backlog", "Stream backlog summed over the assigned partitions (what the global cap applies to).", nil, nil),
+		topic: prometheus.NewDesc("kbridge_ingest_topic_bridged",
+			"Per configured topic: 1 while it is bridged, 0 while it is not; state says why: missing (not created, or deleted), not_authorized (the user may not describe or read it), error.",
+			[]string{"topic", "state"}, nil),
 	}
 }
 
@@ -189,6 +194,7 @@ func (c *ingestCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.assigned
 	ch <- c.paused
 	ch <- c.backlog
+	ch <- c.topic
 }
 
 // Collect implements prometheus.Collector.
@@ -212,6 +218,10 @@ func (c *ingestCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.assigned, prometheus.GaugeValue, float64(len(st.Partitions)))
 	ch <- prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, float64(paused))
 	ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(st.Backlog))
+	for _, t := range st.Topics {
+		ch <- prometheus.MustNewConstMetric(c.topic, prometheus.GaugeValue, b2f(t.State == bridge.TopicBridged),
+			t.Topic, strings.ReplaceAll(t.State, " ", "_"))
+	}
 }
 
 func b2f(b bool) float64 {

@@ -293,7 +293,6 @@ func TestKafkaBadCredentials(t *testing.T) {
 // forbidden topic is committed. A group it may not use is fatal: non-zero
 // exit, nothing committed.
 func TestKafkaNotAuthorized(t *testing.T) {
-	pendingFatalAuth(t)
 	k := secureKafka(t)
 	rd := testenv.NewRedis(t)
 	login := k.logins(t)[0]
