@@ -46,9 +46,9 @@ Examples:
 				Usage: "Redis consumer groups the ingest creates on each stream (at 0); several = fan-out. The commit waits for every group on a stream, listed here or not: remove one with 'kbridge groups remove'"},
 			&cli.Int64Flag{Name: "partition-cap", Value: 10000, EnvVars: []string{"KBRIDGE_PARTITION_CAP"},
 				Usage: "un-acknowledged records per stream at which its partition stops being fetched"},
-			&cli.Int64Flag{Name: "low-watermark", EnvVars: []string{"KBRIDGE_LOW_WATERMARK"}, Usage: "backlog below which a paused partition resumes (default: half the cap)"},
+			&cli.Int64Flag{Name: "low-watermark", EnvVars: []string{"KBRIDGE_LOW_WATERMARK"}, Usage: "backlog at or below which a paused partition resumes; 0: once its stream is fully acknowledged (default: half the cap)"},
 			&cli.Int64Flag{Name: "global-cap", EnvVars: []string{"KBRIDGE_GLOBAL_CAP"}, Usage: "cap on the backlog summed over all partitions of this ingest (default: none)"},
-			&cli.Int64Flag{Name: "global-low-watermark", EnvVars: []string{"KBRIDGE_GLOBAL_LOW_WATERMARK"}, Usage: "summed backlog below which fetching resumes (default: half the global cap)"},
+			&cli.Int64Flag{Name: "global-low-watermark", EnvVars: []string{"KBRIDGE_GLOBAL_LOW_WATERMARK"}, Usage: "summed backlog at or below which fetching resumes (default: half the global cap)"},
 			&cli.DurationFlag{Name: "commit-interval", Value: bridgeDefaults.CommitInterval, EnvVars: []string{"KBRIDGE_COMMIT_INTERVAL"}, Usage: "how often offsets are committed and streams trimmed"},
 			&cli.DurationFlag{Name: "metadata-interval", Value: bridgeDefaults.MetadataInterval, EnvVars: []string{"KBRIDGE_METADATA_INTERVAL"},
 				Usage: "how often the topics' metadata is read: a topic created, deleted or made readable, or partitions added, is acted on within about this time"},
@@ -59,6 +59,10 @@ Examples:
 			&cli.DurationFlag{Name: "session-timeout", Value: bridgeDefaults.SessionTimeout, EnvVars: []string{"KBRIDGE_SESSION_TIMEOUT"}, Usage: "Kafka group session timeout"},
 			&cli.DurationFlag{Name: "rebalance-timeout", Value: bridgeDefaults.RebalanceTimeout, EnvVars: []string{"KBRIDGE_REBALANCE_TIMEOUT"}, Usage: "Kafka group rebalance timeout"},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: bridgeDefaults.HeartbeatInterval, EnvVars: []string{"KBRIDGE_HEARTBEAT_INTERVAL"}, Usage: "Kafka group heartbeat interval"},
+			&cli.DurationFlag{Name: "final-commit-timeout", Value: bridgeDefaults.FinalCommitTimeout, EnvVars: []string{"KBRIDGE_FINAL_COMMIT_TIMEOUT"},
+				Usage: "bound of the last commit on a rebalance or shutdown (--rebalance-timeout must be at least --heartbeat-interval + twice this)"},
+			&cli.DurationFlag{Name: "status-ttl", EnvVars: []string{"KBRIDGE_STATUS_TTL"},
+				Usage: "time to live of the status hashes, refreshed every --commit-interval: how long a status outlives its ingest (default: 30s, or 3 × --commit-interval if longer)"},
 			&cli.DurationFlag{Name: "startup-timeout", Value: bridgeDefaults.StartupTimeout, EnvVars: []string{"KBRIDGE_STARTUP_TIMEOUT"},
 				Usage: "how long to retry an unreachable Kafka or Redis at start before exiting 1 (refused credentials or permissions exit at once)"},
 			&cli.BoolFlag{Name: "allow-eviction", EnvVars: []string{"KBRIDGE_ALLOW_EVICTION"},
@@ -98,11 +102,31 @@ func ingestConfig(c *cli.Context) (bridge.Config, []string) {
 		SessionTimeout:     c.Duration("session-timeout"),
 		RebalanceTimeout:   c.Duration("rebalance-timeout"),
 		HeartbeatInterval:  c.Duration("heartbeat-interval"),
+		FinalCommitTimeout: c.Duration("final-commit-timeout"),
+		StatusTTL:          c.Duration("status-ttl"),
 		StartupTimeout:     c.Duration("startup-timeout"),
 		AllowEviction:      c.Bool("allow-eviction"),
 	}
 	if c.Int64("partition-cap") == 0 {
 		probs = append(probs, "--partition-cap 0 must be at least 1")
+	}
+	// A low watermark of 0 is a value, not "the default" (Config's zero).
+	for _, f := range []struct {
+		name string
+		v    *int64
+	}{{"low-watermark", &cfg.LowWatermark}, {"global-low-watermark", &cfg.GlobalLowWatermark}} {
+		switch {
+		case *f.v < 0:
+			probs = append(probs, fmt.Sprintf("--%s %d must be at least 0", f.name, *f.v))
+			*f.v = 0
+		case c.IsSet(f.name) && *f.v == 0:
+			*f.v = bridge.ResumeWhenEmpty
+		}
+	}
+	for _, name := range []string{"status-ttl", "final-commit-timeout"} {
+		if c.IsSet(name) && c.Duration(name) <= 0 {
+			probs = append(probs, fmt.Sprintf("--%s %v must be above 0", name, c.Duration(name)))
+		}
 	}
 	if c.IsSet("startup-timeout") && c.Duration("startup-timeout") == 0 {
 		probs = append(probs, fmt.Sprintf("--startup-timeout %v must be above 0", c.Duration("startup-timeout")))

@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
+	"github.com/urfave/cli/v2"
 
 	"github.com/kbridge/kbridge/bridge"
 )
@@ -69,5 +72,68 @@ func TestMetricsTopicBridged(t *testing.T) {
 		if g, ok := got[k]; !ok || g != v {
 			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
 		}
+	}
+}
+
+// parseIngest runs ingestConfig on the flags of kbridge ingest.
+func parseIngest(t *testing.T, args ...string) (bridge.Config, []string) {
+	t.Helper()
+	var cfg bridge.Config
+	var probs []string
+	cmd := ingestCommand()
+	cmd.Action = func(c *cli.Context) error {
+		cfg, probs = ingestConfig(c)
+		return nil
+	}
+	app := &cli.App{Name: "kbridge", Commands: []*cli.Command{cmd}, Flags: commonFlags()}
+	if err := app.Run(append([]string{"kbridge", "ingest", "--topics", "orders"}, args...)); err != nil {
+		t.Fatalf("kbridge ingest %v: %v", args, err)
+	}
+	return cfg, probs
+}
+
+// TestIngestFlags (issue 7 point 9): the status TTL and the final commit
+// timeout have flags, a long --commit-interval needs no other flag (on main
+// --commit-interval 45s exited 2 about a "status TTL 30s" no flag sets), a
+// low watermark of 0 can be set (on main 0 meant "half the cap"), and every
+// message names a flag the user can set.
+func TestIngestFlags(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		args  []string
+		check func(bridge.Config) bool
+		probs []string
+	}{
+		{"long commit interval", []string{"--commit-interval", "45s"},
+			func(c bridge.Config) bool { return c.CommitInterval == 45*time.Second }, nil},
+		{"low watermark 0", []string{"--partition-cap", "10", "--low-watermark", "0", "--global-cap", "100", "--global-low-watermark", "0"},
+			func(c bridge.Config) bool {
+				return c.LowWatermark == bridge.ResumeWhenEmpty && c.GlobalLowWatermark == bridge.ResumeWhenEmpty
+			}, nil},
+		{"low watermark unset", []string{"--partition-cap", "10"},
+			func(c bridge.Config) bool { return c.LowWatermark == 0 }, nil},
+		{"status TTL and final commit timeout", []string{"--status-ttl", "2m", "--final-commit-timeout", "3s"},
+			func(c bridge.Config) bool {
+				return c.StatusTTL == 2*time.Minute && c.FinalCommitTimeout == 3*time.Second
+			}, nil},
+		{"bad values name their flags", []string{"--commit-interval", "10s", "--status-ttl", "5s", "--final-commit-timeout", "20s",
+			"--low-watermark", "-3"}, nil,
+			[]string{"--status-ttl 5s must be at least --commit-interval 10s", "--final-commit-timeout 20s",
+				"--low-watermark -3 must be at least 0"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, probs := parseIngest(t, tt.args...)
+			if tt.probs == nil {
+				if len(probs) > 0 || !tt.check(cfg) {
+					t.Fatalf("kbridge ingest %v: problems %q, config %+v", tt.args, probs, cfg)
+				}
+				return
+			}
+			for _, w := range tt.probs {
+				if !slices.ContainsFunc(probs, func(p string) bool { return strings.Contains(p, w) }) {
+					t.Errorf("kbridge ingest %v: no problem says %q: %q", tt.args, w, probs)
+				}
+			}
+		})
 	}
 }
