@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +32,10 @@ type Ingest struct {
 	parts        registry
 	topics       *topicWatch
 	metaVersions metadataVersions
+
+	// commitFault, set by tests only (export_test.go), fails the commit
+	// of the partitions it returns an error for.
+	commitFault func(topic string, partition int) error
 }
 
 // New validates cfg and returns an Ingest. It does no I/O.
@@ -246,7 +249,7 @@ func (in *Ingest) start(ctx context.Context) error {
 // assigned), one more function ends the generation when a topic's
 // partition count changes (watchPartitions).
 func (in *Ingest) startGeneration(gen *kafka.Generation, assigned map[string]int) {
-	c := &committer{in: in, commit: gen.CommitOffsets, want: map[tp]int64{}, done: map[tp]int64{}}
+	c := in.newCommitter(gen)
 	var streams []string
 	for _, topic := range sortedKeys(gen.Assignments) {
 		for _, a := range gen.Assignments[topic] {
@@ -279,97 +282,6 @@ func sortedKeys[V any](m map[string]V) []string {
 type tp struct {
 	topic     string
 	partition int
-}
-
-// committer commits the frontiers of one generation's partitions together,
-// every CommitInterval, and once more when the generation ends.
-type committer struct {
-	in     *Ingest
-	commit func(map[string]map[int]int64) error // the generation's CommitOffsets
-	wg     sync.WaitGroup                       // the generation's partition functions
-
-	mu   sync.Mutex
-	want map[tp]int64 // offered, not yet committed
-	done map[tp]int64 // committed in this generation
-}
-
-// offer asks for off to be committed for t. Offers only move up: a lower one
-// (a group recreated at 0, a failover to a replica behind) never replaces a
-// higher one, not even while that one's commit is in flight.
-func (c *committer) offer(t tp, off int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if d, ok := c.done[t]; ok && off <= d {
-		return
-	}
-	if w, ok := c.want[t]; !ok || off > w {
-		c.want[t] = off
-	}
-}
-
-// committed returns the last offset committed for t in this generation.
-func (c *committer) committed(t tp) (int64, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	off, ok := c.done[t]
-	return off, ok
-}
-
-func (c *committer) run(ctx context.Context) {
-	t := time.NewTicker(c.in.cfg.CommitInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			c.flush()
-		case <-ctx.Done():
-			// Wait for the partitions' final observations, bounded: a
-			// member that overstays RebalanceTimeout is evicted and its
-			// commit refused.
-			waited := make(chan struct{})
-			go func() { c.wg.Wait(); close(waited) }()
-			select {
-			case <-waited:
-			case <-time.After(c.in.cfg.FinalCommitTimeout):
-				c.in.log.Warn("final commit: some partitions did not report in time; committing what is known")
-			}
-			c.flush()
-			return
-		}
-	}
-}
-
-func (c *committer) flush() {
-	c.mu.Lock()
-	if len(c.want) == 0 {
-		c.mu.Unlock()
-		return
-	}
-	batch := map[tp]int64{}
-	offsets := map[string]map[int]int64{}
-	for t, off := range c.want {
-		batch[t] = off
-		if offsets[t.topic] == nil {
-			offsets[t.topic] = map[int]int64{}
-		}
-		offsets[t.topic][t.partition] = off
-	}
-	c.mu.Unlock()
-
-	if err := c.commit(offsets); err != nil {
-		c.in.counters.commitErrs.Add(1)
-		c.in.log.Warn("kafka commit failed; will retry", "group", c.in.cfg.Group, "err", &CommitError{Offsets: offsets, Err: err})
-		return
-	}
-	c.in.counters.commits.Add(1)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for t, off := range batch {
-		c.done[t] = max(c.done[t], off)
-		if w, ok := c.want[t]; ok && w <= off {
-			delete(c.want, t)
-		}
-	}
 }
 
 // retry runs op until it succeeds or ctx is done, backing off from 100ms to

@@ -283,27 +283,47 @@ func (p *partition) recover(ctx context.Context, d tracker.Decision) {
 }
 
 // updatePaused applies backpressure (invariant 7) with hysteresis: pause at
-// the cap, resume below the low watermark; the same over all partitions with
-// the global cap. It reports whether the partition is paused.
+// the cap, resume at or below the low watermark; the same over all
+// partitions with the global cap. It reports whether the partition is
+// paused.
+//
+// The stream's length (XLEN) is capped too, at twice the cap, resuming at
+// or below cap + low watermark: entries are trimmed only once committed, so
+// while commits fail (a coordinator outage, a partition Kafka refuses) the
+// workers' acknowledgements lower the backlog but not the length, and the
+// stream would grow until Redis is out of memory (issue 7 point 5).
 func (p *partition) updatePaused() bool {
 	cfg := p.in.cfg
 	global := int64(0)
 	if cfg.GlobalCap > 0 {
 		global = p.in.parts.backlog()
 	}
+	length := p.length()
 	if p.paused {
-		if p.backlog <= cfg.LowWatermark && (cfg.GlobalCap == 0 || global <= cfg.GlobalLowWatermark) {
+		if p.backlog <= cfg.LowWatermark && length <= cfg.PartitionCap+cfg.LowWatermark &&
+			(cfg.GlobalCap == 0 || global <= cfg.GlobalLowWatermark) {
 			p.paused = false
-			p.log.Info("partition resumed", "backlog", p.backlog, "global_backlog", global)
+			p.log.Info("partition resumed", "backlog", p.backlog, "length", length, "global_backlog", global)
 			p.publishPaused()
 		}
-	} else if p.backlog >= cfg.PartitionCap || (cfg.GlobalCap > 0 && global >= cfg.GlobalCap) {
+	} else if p.backlog >= cfg.PartitionCap || length >= 2*cfg.PartitionCap || (cfg.GlobalCap > 0 && global >= cfg.GlobalCap) {
 		p.paused = true
 		p.in.counters.pauses.Add(1)
-		p.log.Info("partition paused: stream full", "backlog", p.backlog, "cap", cfg.PartitionCap, "global_backlog", global)
+		why := "stream full"
+		if p.backlog < cfg.PartitionCap && length >= 2*cfg.PartitionCap {
+			why = "stream not trimmed (are commits failing?)"
+		}
+		p.log.Info("partition paused: "+why, "backlog", p.backlog, "length", length, "cap", cfg.PartitionCap, "global_backlog", global)
 		p.publishPaused()
 	}
 	return p.paused
+}
+
+// length estimates the stream's length now: XLEN at the last observation,
+// plus the offsets appended since (more than the entries when Kafka's
+// offsets have gaps: backpressure errs on the safe side).
+func (p *partition) length() int64 {
+	return p.snap.Length + max(0, p.tr.Appended()-max(p.snap.Top, tracker.None))
 }
 
 func (p *partition) publishPaused() {
@@ -314,11 +334,12 @@ func (p *partition) publishPaused() {
 	_ = p.stream.publish(ctx, p.in.cfg.StatusTTL, st)
 }
 
-// room is how many more records may be appended before a cap is reached;
-// under a global cap the room is reserved at once (see registry.reserve).
+// room is how many more records may be appended before a cap is reached
+// (the backlog's, the length's: see updatePaused); under a global cap the
+// room is reserved at once (see registry.reserve).
 func (p *partition) room() int64 {
 	cfg := p.in.cfg
-	r := cfg.PartitionCap - p.backlog
+	r := max(0, min(cfg.PartitionCap-p.backlog, 2*cfg.PartitionCap-p.length()))
 	if cfg.GlobalCap > 0 {
 		r = p.in.parts.reserve(p, p.stream.key, r, cfg.GlobalCap)
 	}
