@@ -103,14 +103,12 @@ func (p *partition) stallRecreated(recorded, now topicID) {
 }
 
 // restartFresh starts a partition stalled by a recreated topic afresh once
-// an operator deleted its stream (the runbook): the topic ID of the new
-// topic is recorded, and the position comes from the group's commit for it
+// an operator deleted its stream (the runbook): setup creates it again
+// empty, and records the new topic's ID over the old one (checkTopicID,
+// fresh); the position comes from the group's commit for the new topic
 // (none: the start offset), not from anything the old stream said.
 func (p *partition) restartFresh(ctx context.Context) error {
 	p.log.Warn("the stream of the recreated topic was deleted: starting the partition afresh for the new topic")
-	if err := p.stream.rdb.Del(ctx, topicIDKey(p.stream.key)).Err(); err != nil {
-		return err
-	}
 	committed := int64(tracker.None)
 	err := retry(ctx, p.log, "kafka", func() error {
 		res, err := p.in.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: p.in.cfg.Group,
