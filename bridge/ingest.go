@@ -32,6 +32,7 @@ type Ingest struct {
 	parts        registry
 	topics       *topicWatch
 	metaVersions metadataVersions
+	dlq          *dlqExporter // nil when the dead-letter export is off
 
 	// commitFault, set by tests only (export_test.go), fails the commit
 	// of the partitions it returns an error for.
@@ -45,13 +46,15 @@ func New(cfg Config) (*Ingest, error) {
 	}
 	cfg = cfg.withDefaults()
 	host, _ := os.Hostname()
-	return &Ingest{
+	in := &Ingest{
 		cfg:    cfg,
 		log:    cfg.Logger,
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: cfg.transport()},
 		owner:  host + ":" + strconv.Itoa(os.Getpid()),
 		topics: newTopicWatch(cfg.Topics),
-	}, nil
+	}
+	in.dlq = newDLQExporter(in)
+	return in, nil
 }
 
 // Stats returns a snapshot of the counters, the configured topics and the
@@ -87,6 +90,14 @@ func (in *Ingest) Run(ctx context.Context) error {
 	in.log.Info("ingest started", "group", in.cfg.Group, "topics", strings.Join(in.cfg.Topics, ","),
 		"brokers", strings.Join(in.cfg.Brokers, ","), "worker_groups", strings.Join(in.cfg.WorkerGroups, ","),
 		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark)
+	// Dead letters to Kafka (dlqexport.go); stopped after the final commit
+	// (Run can also return on an error while ctx is live: a refused join).
+	dctx, cancelDLQ := context.WithCancel(ctx)
+	stopDLQ := in.dlq.start(dctx)
+	defer func() { cancelDLQ(); stopDLQ() }()
+	if in.dlq == nil {
+		in.log.Warn("dead letters are NOT exported to Kafka (export disabled): a Redis that loses its data loses them for good")
+	}
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go in.watchTopics(wctx)

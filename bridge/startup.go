@@ -93,12 +93,31 @@ var ingestRedisCommands = []redisProbe{
 	{"pexpire", func(k string) []any { return []any{"pexpire", k + ":s", 1} }},
 }
 
-// IngestRedisCommands returns the Redis commands the ingest runs (directly
-// or inside its scripts), as an ACL rule names them ("xgroup|create"): what
-// the start-up check tries. docs/operations.md gives the whole rule.
+// dlqExportRedisCommands are the commands the dead-letter export adds
+// (dlqexport.go: it reads the dead-letter streams as a consumer group).
+var dlqExportRedisCommands = []redisProbe{
+	{"xreadgroup", func(k string) []any {
+		return []any{"xreadgroup", "group", "probe", "probe", "count", 1, "streams", k, ">"}
+	}},
+	{"xautoclaim", func(k string) []any { return []any{"xautoclaim", k, "probe", "probe", 0, "0-0", "count", 1, "justid"} }},
+	{"xack", func(k string) []any { return []any{"xack", k, "probe", "0-1"} }},
+}
+
+// redisProbes returns the probes of the commands this configuration runs.
+func (c Config) redisProbes() []redisProbe {
+	if c.DisableDLQExport {
+		return ingestRedisCommands
+	}
+	return append(slices.Clone(ingestRedisCommands), dlqExportRedisCommands...)
+}
+
+// IngestRedisCommands returns the Redis commands an ingest with the default
+// configuration runs (directly or inside its scripts; the dead-letter export
+// included), as an ACL rule names them ("xgroup|create"): what the start-up
+// check tries. docs/operations.md gives the whole rule.
 func IngestRedisCommands() []string {
 	var out []string
-	for _, p := range ingestRedisCommands {
+	for _, p := range DefaultConfig().redisProbes() {
 		if !slices.Contains(out, p.command) {
 			out = append(out, p.command)
 		}
@@ -125,7 +144,7 @@ func (in *Ingest) probeRedis(ctx context.Context) error {
 	key := probeKey(in.cfg.Prefix)
 	var refused []string
 	var first error
-	for _, p := range ingestRedisCommands {
+	for _, p := range in.cfg.redisProbes() {
 		err := in.cfg.Redis.Do(ctx, p.args(key)...).Err()
 		switch {
 		case err == nil || errors.Is(err, redis.Nil):

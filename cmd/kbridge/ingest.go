@@ -31,6 +31,10 @@ group's ACL, Redis WRONGPASS/NOPERM, TLS certificates) exit 1 at once, before
 joining the group; an unreachable Kafka or Redis is retried at start for
 --startup-timeout, then exits 1.
 
+Dead letters (records the workers gave up on) are copied to the Kafka topic
+--dlq-topic (<topic>.dlq), and no offset is committed past a dead letter before
+Kafka has it: a Redis that loses its data loses no dead letter.
+
 On SIGTERM or SIGINT it stops fetching, commits what the workers acknowledged,
 leaves the group and exits 0. Run several ingest processes with the same
 --group to spread partitions; a rebalance costs no waiting and no duplicates.
@@ -68,6 +72,13 @@ Examples:
 			&cli.BoolFlag{Name: "allow-eviction", EnvVars: []string{"KBRIDGE_ALLOW_EVICTION"},
 				Usage: "start even if Redis maxmemory-policy is not noeviction (an evicted stream loses records): warn instead of refusing"},
 			metricsFlag("KBRIDGE_METRICS_ADDR"),
+			// Dead letters to Kafka (bridge/dlqexport.go).
+			&cli.StringFlag{Name: "dlq-topic", Value: bridgeDefaults.DLQTopic, EnvVars: []string{"KBRIDGE_DLQ_TOPIC"},
+				Usage: "Kafka topic that receives each topic's dead letters ({topic} = the topic's name; created with the topic's partition count if missing)"},
+			&cli.BoolFlag{Name: "dlq-export", Value: true, EnvVars: []string{"KBRIDGE_DLQ_EXPORT"},
+				Usage: "export dead letters to --dlq-topic and commit no offset past one Kafka lacks; --dlq-export=false keeps them in Redis only, where a Redis that loses its data loses them for good"},
+			&cli.IntFlag{Name: "dlq-max-bytes", Value: bridgeDefaults.DLQMaxBytes, EnvVars: []string{"KBRIDGE_DLQ_MAX_BYTES"},
+				Usage: "largest dead letter exported (a larger one stays in Redis only, logged as an error)"},
 		),
 		Action: runIngest,
 	}
@@ -81,6 +92,7 @@ var bridgeDefaults = bridge.DefaultConfig()
 func ingestConfig(c *cli.Context) (bridge.Config, []string) {
 	var probs []string
 	tlsCfg, mech := kafkaSecurity(c, &probs)
+	probs = append(probs, redisProblems(c)...)
 	cfg := bridge.Config{
 		Brokers:            splitList(c.StringSlice("brokers")),
 		Topics:             splitList(c.StringSlice("topics")),
@@ -106,6 +118,9 @@ func ingestConfig(c *cli.Context) (bridge.Config, []string) {
 		StatusTTL:          c.Duration("status-ttl"),
 		StartupTimeout:     c.Duration("startup-timeout"),
 		AllowEviction:      c.Bool("allow-eviction"),
+		DLQTopic:           c.String("dlq-topic"),
+		DisableDLQExport:   !c.Bool("dlq-export"),
+		DLQMaxBytes:        c.Int("dlq-max-bytes"),
 	}
 	if c.Int64("partition-cap") == 0 {
 		probs = append(probs, "--partition-cap 0 must be at least 1")
@@ -153,20 +168,19 @@ func runIngest(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return cli.Exit(fmt.Sprintf("ingest takes no arguments, got %q (topics go in --topics)", c.Args().Slice()), 2)
 	}
-	// Every problem of the flags — the ingest's, the logger's, Redis's —
-	// in one message, exit 2.
+	// Every problem of the flags — the ingest's, Redis's (ingestConfig),
+	// the logger's — in one message, exit 2.
 	cfg, probs := ingestConfig(c)
 	log, err := newLogger(c)
 	if err != nil {
 		probs = append(probs, err.Error())
 	}
-	rdb, rprobs := redisClient(c)
-	probs = append(probs, rprobs...)
 	if len(probs) > 0 {
-		if rdb != nil {
-			rdb.Close()
-		}
 		return cli.Exit("invalid ingest configuration:\n  - "+strings.Join(probs, "\n  - "), 2)
+	}
+	rdb, err := newRedis(c)
+	if err != nil {
+		return err
 	}
 	defer rdb.Close()
 	cfg.Redis = rdb
@@ -176,5 +190,5 @@ func runIngest(c *cli.Context) error {
 		return cli.Exit(err.Error(), 2)
 	}
 	log.Info("redis", "url", redactURL(c.String("redis-url")), "prefix", cfg.Prefix)
-	return serve(c, log, newIngestCollector(in.Stats), in.Run, nil)
+	return serve(c, log, collectorList{newIngestCollector(in.Stats), newDLQCollector(in.DLQStats)}, in.Run, nil)
 }
