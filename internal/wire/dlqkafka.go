@@ -185,15 +185,25 @@ func EncodeDLQMessage(topic string, partition int, id string, values map[string]
 	return m
 }
 
-// DLQMessageSize returns at least the size kafka-go gives m (key, value,
-// headers and the record overhead), which its Writer compares with its
-// BatchBytes.
+// DLQMessageSize returns the size kafka-go (v0.4.51) gives m as a message
+// (key, value, headers and the record overhead), which its Writer compares
+// with its BatchBytes, the ingest's --dlq-max-bytes.
 func DLQMessageSize(m DLQMessage) int {
-	n := 4 + 1 + 1 + 4 + len(m.Key) + 4 + len(m.Value) + 8 + 10
+	n := 4 + 1 + 1 + 4 + len(m.Key) + 4 + len(m.Value) + 8 + varIntLen(len(m.Headers))
 	for _, h := range m.Headers {
-		n += 10 + len(h.Key) + 10 + len(h.Value)
+		n += varIntLen(len(h.Key)) + len(h.Key) + varIntLen(len(h.Value)) + len(h.Value)
 	}
 	return n
+}
+
+// varIntLen is the length of n as a zig-zag varint.
+func varIntLen(n int) int {
+	u := uint64(n) << 1
+	l := 1
+	for ; u >= 0x80; u >>= 7 {
+		l++
+	}
+	return l
 }
 
 // stubValueMax is the longest header value a stub keeps (longer ones are

@@ -1,12 +1,16 @@
 package wire
 
 import (
+	"context"
+	"errors"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/segmentio/kafka-go"
 )
 
 // TestDLQMessageRoundTrip: a dead letter turned into a Kafka message and read
@@ -219,5 +223,34 @@ func TestDLQStubMessage(t *testing.T) {
 			}
 			t.Logf("%d-byte dead letter -> %d-byte stub (limit %d): %s", size, DLQMessageSize(stub), tt.maxBytes, d.Stub)
 		})
+	}
+}
+
+// TestDLQMessageSizeIsKafkaGos: DLQMessageSize is the size kafka-go's
+// Writer compares with BatchBytes: a message of exactly BatchBytes passes
+// its check, one byte more is refused (MessageTooLargeError) before
+// anything is sent.
+func TestDLQMessageSizeIsKafkaGos(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // past the size check, the Writer stops at once
+	for _, m := range []DLQMessage{
+		{},
+		{Key: []byte("k"), Value: []byte(strings.Repeat("v", 300))},
+		{Value: []byte("v"), Headers: []Header{{Key: "a", Value: nil}, {Key: strings.Repeat("h", 200), Value: []byte(strings.Repeat("x", 70000))}}},
+	} {
+		size := DLQMessageSize(m)
+		km := kafka.Message{Topic: "t", Key: m.Key, Value: m.Value}
+		for _, h := range m.Headers {
+			km.Headers = append(km.Headers, kafka.Header{Key: h.Key, Value: h.Value})
+		}
+		for _, limit := range []int{size, size - 1} {
+			w := &kafka.Writer{Addr: kafka.TCP("127.0.0.1:1"), BatchBytes: int64(limit)}
+			err := w.WriteMessages(ctx, km)
+			w.Close()
+			var tooLarge kafka.MessageTooLargeError
+			if got := errors.As(err, &tooLarge); got != (limit < size) {
+				t.Errorf("size %d, BatchBytes %d: %v; want too large %v", size, limit, err, limit < size)
+			}
+		}
 	}
 }
