@@ -247,7 +247,7 @@ func StubDLQMessage(m DLQMessage, size, maxBytes int) DLQMessage {
 	why := fmt.Sprintf("dead letter of about %d bytes, over --dlq-max-bytes %d: exported without the record's key, value and headers", size, maxBytes)
 	switch {
 	case offset != "":
-		why += fmt.Sprintf("; the record is offset %s of topic %s partition %s (read it there while the topic's retention keeps it), and in the dead-letter stream in Redis", offset, topic, partition)
+		why += fmt.Sprintf("; the record is offset %s of topic %s partition %s (read it there while the topic's retention keeps it); the dead-letter stream in Redis had it in full when it was exported", offset, topic, partition)
 	case malformed:
 		why += "; not a record (malformed): its fields are in the dead-letter stream in Redis only"
 	}
