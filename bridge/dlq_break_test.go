@@ -6,11 +6,16 @@ package bridge_test
 // finding it demonstrates.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -141,8 +146,12 @@ func TestBreakDLQFutureTimestampSkipped(t *testing.T) {
 // dlq_commit_held_at, the stats), until the operator fixes the topic
 // (cleanup.policy=delete); then the dead letter is exported and the commit
 // reaches the log end. At no time does the commit pass it while it is not
-// in Kafka.
+// in Kafka. The ingest warns that the topic is compacted. Real Kafka only:
+// kfake takes a null key on a compacted topic.
 func TestBreakDLQCompactedTopicSkipsNullKey(t *testing.T) {
+	if !testenv.RealKafka() {
+		t.Skip("kfake takes a null key on a compacted topic: needs a real Kafka broker (KAFKA_BROKERS)")
+	}
 	e := newEnv(t, 1)
 	ctx := context.Background()
 	cl := &kafka.Client{Addr: kafka.TCP(e.brokers...), Timeout: 10 * time.Second, Transport: &kafka.Transport{}}
@@ -157,7 +166,10 @@ func TestBreakDLQCompactedTopicSkipsNullKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close()
-	in := startIngest(t, e.config(t))
+	cfg := e.config(t)
+	logs := &lockedBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	in := startIngest(t, cfg)
 	handled, poison := newLedger(), newLedger()
 	e.startPoisonWorker(t, handled, poison)
 	watch := e.watchDLQCommits(t, poison)
@@ -175,6 +187,9 @@ func TestBreakDLQCompactedTopicSkipsNullKey(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, func() bool { return in.DLQStats().Errors >= errors0+2 }, "no more export attempts")
 	if c := e.committed(t, 0); c != 1 || e.inKafka(t, 0, 1) {
 		t.Fatalf("while Kafka refuses the dead letter: commit %d (want 1), in Kafka %v", c, e.inKafka(t, 0, 1))
+	}
+	if !strings.Contains(logs.String(), "DEAD-LETTER TOPIC IS COMPACTED") {
+		t.Errorf("no warning that %s is compacted in the ingest's log", e.dlqTopic())
 	}
 	st := status()
 	t.Logf("compacted %s refuses the null-key dead letter: commit held at %d; status %s=%s %s=%q; stats %+v",
@@ -427,4 +442,22 @@ func TestBreakDLQRebalanceMidExport(t *testing.T) {
 	}
 	t.Logf("%d records, %d poison, 3 ingests joining and leaving: lost=%d, %d dead letters in Kafka (%d duplicates); last ingest's stats %+v",
 		n, poisonCount(0, n), lost, len(e.kafkaDLQ(t)), dups, c.DLQStats())
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writes (a log sink).
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
