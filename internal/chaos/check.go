@@ -119,8 +119,10 @@ func Check(in CheckInput) *Outcome {
 		for i := 1; i < len(ds); i++ {
 			o.Duplicates++
 			cause := Cause(ds[i-1], ds[i], faults)
-			if cause == "" {
-				cause = "unexplained"
+			if cause == "" || strings.HasSuffix(cause, UnexpectedCause) {
+				if cause == "" {
+					cause = "unexplained"
+				}
 				if len(o.Unexplained) < 10 {
 					o.Unexplained = append(o.Unexplained, describeDup(in.Began, k, ds[i-1], ds[i], faults))
 				}
@@ -180,10 +182,10 @@ func Cause(prev, cur Delivery, faults []FaultResult) string {
 		}
 		return find(0, is(RedisSaved))
 	}
-	// The worker that handled it first died, stopped or was stopped
-	// before its acknowledgement reached Redis.
+	// The worker that handled it first died or stopped before its
+	// acknowledgement reached Redis.
 	if c := find(0, func(f FaultResult) bool {
-		return (f.Kind == WorkerKill || f.Kind == WorkerStop || f.Kind == WorkerTerm) && f.Target == prev.Worker
+		return (f.Kind == WorkerKill || f.Kind == WorkerStop) && f.Target == prev.Worker
 	}); c != "" {
 		return c
 	}
@@ -192,8 +194,20 @@ func Cause(prev, cur Delivery, faults []FaultResult) string {
 	}
 	// An acknowledgement lost on a cut connection: the worker's retry of it
 	// may come after the entry was reclaimed (a second or two of slack).
-	return find(2*time.Second, is(RedisCut, RedisDown, RedisFreeze))
+	if c := find(2*time.Second, is(RedisCut, RedisDown, RedisFreeze)); c != "" {
+		return c
+	}
+	// A graceful stop finishes and acknowledges what it handled: a
+	// duplicate after one is a finding, named so that Check lists it.
+	if c := find(0, func(f FaultResult) bool { return f.Kind == WorkerTerm && f.Target == prev.Worker }); c != "" {
+		return c + " " + UnexpectedCause
+	}
+	return ""
 }
+
+// UnexpectedCause marks a cause that explains a duplicate the design says
+// should not happen (Check lists them as findings).
+const UnexpectedCause = "(graceful stop: not expected)"
 
 func describeDup(began time.Time, k pOff, a, b Delivery, faults []FaultResult) string {
 	s := fmt.Sprintf("partition %d offset %d: handled %s by %s (delivery %d), again %s by %s (delivery %d)",

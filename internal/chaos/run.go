@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -291,6 +292,9 @@ func writeEvidence(sys *System, rep *Report) error {
 	if err := os.WriteFile(filepath.Join(dir, "report.json"), b, 0o644); err != nil {
 		return err
 	}
+	if err := writeDeliveries(filepath.Join(dir, "deliveries.csv"), rep.Began, sys.Ledger.Deliveries()); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "evidence"), 0o755); err != nil {
 		return err
 	}
@@ -344,4 +348,22 @@ func lineTime(line string) (time.Time, bool) {
 	}
 	t, err := time.Parse(time.RFC3339Nano, rest[:j])
 	return t, err == nil
+}
+
+// writeDeliveries writes the ledger of deliveries as CSV, for post-mortems.
+func writeDeliveries(path string, began time.Time, ds []Delivery) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintln(w, "seconds,partition,offset,seq,delivery,worker")
+	for _, d := range ds {
+		fmt.Fprintf(w, "%.3f,%d,%d,%d,%d,%s\n", d.At.Sub(began).Seconds(), d.Partition, d.Offset, d.Seq, d.Deliveries, d.Worker)
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -40,6 +40,14 @@ type SystemConfig struct {
 
 	Log *slog.Logger // the harness's own log; nil discards
 	Out io.Writer    // output of the service scripts; nil discards
+
+	// Brokers and RedisAddr, when set, are servers the harness does not own
+	// (the shared test services): it starts no Kafka, Redis nor proxy, and
+	// faults on them are refused. Name then keeps the run's topic, group
+	// and prefix apart (default "chaos"); Close deletes the topic and keys.
+	Brokers   []string
+	RedisAddr string
+	Name      string
 }
 
 // System is everything a chaos run starts: Kafka and Redis with a proxy in
@@ -59,6 +67,8 @@ type System struct {
 	HandlerAddr           string
 	client                *kafka.Client
 	rdb                   *redis.Client
+	brokers               []string // what the harness itself talks to
+	shared                bool     // on servers the harness does not own
 	bg                    context.CancelFunc
 	loadCancel            context.CancelFunc
 	bgWG, loadWG, faultWG sync.WaitGroup
@@ -80,7 +90,11 @@ func StartSystem(ctx context.Context, cfg SystemConfig) (s *System, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	s = &System{cfg: cfg, log: cfg.Log, Topic: "chaos", Group: "chaos-ingest", Prefix: "chaos", busy: map[string]bool{}}
+	name := cfg.Name
+	if name == "" {
+		name = "chaos"
+	}
+	s = &System{cfg: cfg, log: cfg.Log, Topic: name, Group: name + "-ingest", Prefix: name, busy: map[string]bool{}}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bg = cancel
 	defer func() {
@@ -88,42 +102,31 @@ func StartSystem(ctx context.Context, cfg SystemConfig) (s *System, err error) {
 			s.Close()
 		}
 	}()
-	if cfg.KafkaPort == 0 {
-		if cfg.KafkaPort, err = freePortRun(3); err != nil {
-			return nil, err
+	kafkaForKbridge, redisForKbridge := "", ""
+	if len(cfg.Brokers) > 0 || cfg.RedisAddr != "" {
+		if len(cfg.Brokers) == 0 || cfg.RedisAddr == "" {
+			return nil, errors.New("chaos: Brokers and RedisAddr go together")
 		}
-	}
-	for _, p := range []*int{&cfg.KafkaProxyPort, &cfg.RedisPort, &cfg.RedisProxyPort, &cfg.HandlerPort} {
-		if *p == 0 {
-			if *p, err = freePortRun(1); err != nil {
+		s.shared = true
+		s.brokers = cfg.Brokers
+		kafkaForKbridge, redisForKbridge = strings.Join(cfg.Brokers, ","), cfg.RedisAddr
+		if cfg.HandlerPort == 0 {
+			if cfg.HandlerPort, err = freePortRun(1); err != nil {
 				return nil, err
 			}
 		}
+		s.cfg = cfg
+		s.rdb = redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 5 * time.Second})
+	} else {
+		if err := s.startServices(ctx, &cfg); err != nil {
+			return nil, err
+		}
+		s.cfg = cfg
+		s.brokers = []string{s.Kafka.Addr()}
+		kafkaForKbridge, redisForKbridge = s.KafkaProxy.Addr(), s.RedisProxy.Addr()
+		s.rdb = redis.NewClient(&redis.Options{Addr: s.Redis.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 5 * time.Second})
 	}
-	s.cfg = cfg
-	s.Kafka = &Kafka{Scripts: cfg.Scripts, Port: cfg.KafkaPort, ProxyAddr: "127.0.0.1:" + strconv.Itoa(cfg.KafkaProxyPort),
-		Dir: filepath.Join(cfg.Dir, "kafka"), Out: cfg.Out}
-	s.Redis = &Redis{Scripts: cfg.Scripts, Port: cfg.RedisPort, Dir: filepath.Join(cfg.Dir, "redis"), Out: cfg.Out}
-	// The proxies first: the broker advertises its proxy, and its own
-	// readiness probe goes through it.
-	if s.KafkaProxy, err = NewProxy(s.Kafka.ProxyAddr, s.Kafka.ProxiedAddr()); err != nil {
-		return nil, fmt.Errorf("kafka proxy: %w", err)
-	}
-	if s.RedisProxy, err = NewProxy("127.0.0.1:"+strconv.Itoa(cfg.RedisProxyPort), s.Redis.Addr()); err != nil {
-		return nil, fmt.Errorf("redis proxy: %w", err)
-	}
-	began := time.Now()
-	s.log.Info("starting redis", "addr", s.Redis.Addr(), "proxy", s.RedisProxy.Addr())
-	if err := s.Redis.Start(ctx); err != nil {
-		return nil, err
-	}
-	s.log.Info("starting kafka (a JVM: this takes a while)", "addr", s.Kafka.Addr(), "proxy", s.KafkaProxy.Addr())
-	if err := s.Kafka.Start(ctx, true); err != nil {
-		return nil, err
-	}
-	s.log.Info("services up", "took", time.Since(began).Round(time.Millisecond))
-	s.client = &kafka.Client{Addr: kafka.TCP(s.Kafka.Addr()), Timeout: 10 * time.Second}
-	s.rdb = redis.NewClient(&redis.Options{Addr: s.Redis.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 5 * time.Second})
+	s.client = &kafka.Client{Addr: kafka.TCP(s.brokers...), Timeout: 10 * time.Second}
 	if err := createTopic(ctx, s.client, s.Topic, cfg.Partitions); err != nil {
 		return nil, err
 	}
@@ -140,7 +143,7 @@ func StartSystem(ctx context.Context, cfg SystemConfig) (s *System, err error) {
 		s.Ledger.WatchDeadLetters(bgCtx, s.rdb, s.Prefix, cfg.Partitions, time.Second)
 	}()
 
-	common := []string{"--redis-url", "redis://" + s.RedisProxy.Addr() + "/0", "--prefix", s.Prefix,
+	common := []string{"--redis-url", "redis://" + redisForKbridge + "/0", "--prefix", s.Prefix,
 		"--log-format", "json", "--log-level", "info"}
 	for i := range cfg.Workers {
 		name := "worker-" + strconv.Itoa(i+1)
@@ -150,7 +153,7 @@ func StartSystem(ctx context.Context, cfg SystemConfig) (s *System, err error) {
 	}
 	for i := range cfg.Ingests {
 		name := "ingest-" + strconv.Itoa(i+1)
-		args := append(append(clone(common), "ingest", "--brokers", s.KafkaProxy.Addr(), "--topics", s.Topic,
+		args := append(append(clone(common), "ingest", "--brokers", kafkaForKbridge, "--topics", s.Topic,
 			"--group", s.Group), cfg.IngestArgs...)
 		s.Ingests = append(s.Ingests, &Proc{Name: name, Kind: "ingest", Bin: cfg.Bin, Args: args,
 			LogPath: filepath.Join(cfg.Dir, name+".log")})
@@ -163,13 +166,52 @@ func StartSystem(ctx context.Context, cfg SystemConfig) (s *System, err error) {
 	return s, nil
 }
 
+// startServices starts the harness's own Kafka and Redis, behind proxies.
+func (s *System) startServices(ctx context.Context, cfg *SystemConfig) error {
+	var err error
+	if cfg.KafkaPort == 0 {
+		if cfg.KafkaPort, err = freePortRun(3); err != nil {
+			return err
+		}
+	}
+	for _, p := range []*int{&cfg.KafkaProxyPort, &cfg.RedisPort, &cfg.RedisProxyPort, &cfg.HandlerPort} {
+		if *p == 0 {
+			if *p, err = freePortRun(1); err != nil {
+				return err
+			}
+		}
+	}
+	s.Kafka = &Kafka{Scripts: cfg.Scripts, Port: cfg.KafkaPort, ProxyAddr: "127.0.0.1:" + strconv.Itoa(cfg.KafkaProxyPort),
+		Dir: filepath.Join(cfg.Dir, "kafka"), Out: cfg.Out}
+	s.Redis = &Redis{Scripts: cfg.Scripts, Port: cfg.RedisPort, Dir: filepath.Join(cfg.Dir, "redis"), Out: cfg.Out}
+	// The proxies first: the broker advertises its proxy, and its own
+	// readiness probe goes through it.
+	if s.KafkaProxy, err = NewProxy(s.Kafka.ProxyAddr, s.Kafka.ProxiedAddr()); err != nil {
+		return fmt.Errorf("kafka proxy: %w", err)
+	}
+	if s.RedisProxy, err = NewProxy("127.0.0.1:"+strconv.Itoa(cfg.RedisProxyPort), s.Redis.Addr()); err != nil {
+		return fmt.Errorf("redis proxy: %w", err)
+	}
+	began := time.Now()
+	s.log.Info("starting redis", "addr", s.Redis.Addr(), "proxy", s.RedisProxy.Addr())
+	if err := s.Redis.Start(ctx); err != nil {
+		return err
+	}
+	s.log.Info("starting kafka (a JVM: this takes a while)", "addr", s.Kafka.Addr(), "proxy", s.KafkaProxy.Addr())
+	if err := s.Kafka.Start(ctx, true); err != nil {
+		return err
+	}
+	s.log.Info("services up", "took", time.Since(began).Round(time.Millisecond))
+	return nil
+}
+
 func clone[T any](s []T) []T { return append([]T(nil), s...) }
 
 // StartLoad starts the producer.
 func (s *System) StartLoad(rate int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.loadCancel = cancel
-	s.Producer = &Producer{Brokers: []string{s.Kafka.Addr()}, Topic: s.Topic, Partitions: s.cfg.Partitions,
+	s.Producer = &Producer{Brokers: s.brokers, Topic: s.Topic, Partitions: s.cfg.Partitions,
 		Rate: rate, Size: s.cfg.Size, Ledger: s.Ledger, Log: s.log}
 	s.loadWG.Add(1)
 	go func() { defer s.loadWG.Done(); s.Producer.Run(ctx) }()
@@ -224,6 +266,9 @@ func (s *System) Close() {
 	s.bgWG.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
+	if s.shared && s.client != nil {
+		s.cleanShared(ctx)
+	}
 	if s.Kafka != nil {
 		if err := s.Kafka.Stop(ctx); err != nil {
 			s.log.Warn("stopping kafka", "err", err)
@@ -241,6 +286,28 @@ func (s *System) Close() {
 	}
 	if s.rdb != nil {
 		s.rdb.Close()
+	}
+}
+
+// cleanShared deletes the run's topic and keys from servers it shares.
+func (s *System) cleanShared(ctx context.Context) {
+	if _, err := s.client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: []string{s.Topic}}); err != nil {
+		s.log.Warn("delete topic", "topic", s.Topic, "err", err)
+	}
+	if s.rdb == nil {
+		return
+	}
+	iter := s.rdb.Scan(ctx, 0, s.Prefix+":*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+		if len(keys) == 500 {
+			s.rdb.Unlink(ctx, keys...)
+			keys = keys[:0]
+		}
+	}
+	if len(keys) > 0 {
+		s.rdb.Unlink(ctx, keys...)
 	}
 }
 
@@ -319,6 +386,9 @@ func (s *System) Apply(ctx context.Context, f Fault) FaultResult {
 }
 
 func (s *System) apply(ctx context.Context, f Fault, proc *Proc) error {
+	if s.shared && proc == nil && f.Kind != None {
+		return fmt.Errorf("%s: the servers are not the harness's own", f.Kind)
+	}
 	restart := func() error {
 		sleepCtx(ctx, f.Hold)
 		return proc.Start()
@@ -394,6 +464,20 @@ func (s *System) apply(ctx context.Context, f Fault, proc *Proc) error {
 // proxies down or frozen, servers down.
 func (s *System) Heal(ctx context.Context) []string {
 	var notes []string
+	if s.shared {
+		for _, p := range append(clone(s.Ingests), s.Workers...) {
+			switch {
+			case p.Paused():
+				_ = p.Resume()
+			case !p.Running():
+				notes = append(notes, p.Name+" was down at the end")
+				if err := p.Start(); err != nil {
+					notes = append(notes, err.Error())
+				}
+			}
+		}
+		return notes
+	}
 	s.KafkaProxy.Up()
 	s.KafkaProxy.Thaw()
 	s.RedisProxy.Up()

@@ -16,10 +16,21 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/kbridge/kbridge/internal/chaos"
 )
 
-func main() { os.Exit(run()) }
+func main() {
+	// The harness's own Redis client meets Redis down on purpose; go-redis
+	// would log every failed dial.
+	redis.SetLogger(quiet{})
+	os.Exit(run())
+}
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
 
 func run() int {
 	fs := flag.NewFlagSet("chaos", flag.ContinueOnError)
