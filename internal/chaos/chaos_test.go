@@ -28,14 +28,14 @@ func envDuration(name string, def time.Duration) time.Duration {
 }
 
 // runDir is a directory for a run's logs, kept (and named) if the test
-// fails, removed if it passes.
+// fails or CHAOS_KEEP is set, removed if it passes.
 func runDir(t *testing.T) string {
 	dir, err := os.MkdirTemp("", "kbridge-"+strings.ReplaceAll(t.Name(), "/", "-")+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("CHAOS_KEEP") != "" {
 			t.Logf("run directory kept: %s (process logs, report.json, deliveries.csv, evidence/)", dir)
 			return
 		}

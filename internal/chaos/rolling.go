@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"slices"
 	"syscall"
 	"time"
 
@@ -37,51 +38,37 @@ func (h Handover) String() string {
 	return s
 }
 
-// GroupState describes the ingest group: its state, members, and how many
-// partitions of the topic are assigned.
-func (s *System) GroupState(ctx context.Context) (state string, members, assigned int, err error) {
+// GroupState describes the ingest group: its state, members (IDs), and how
+// many partitions of the topic are assigned.
+func (s *System) GroupState(ctx context.Context) (state string, members []string, assigned int, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	res, err := s.client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{s.Group}})
 	if err != nil {
-		return "", 0, 0, err
+		return "", nil, 0, err
 	}
 	if len(res.Groups) != 1 {
-		return "", 0, 0, fmt.Errorf("describe group %s: %d groups", s.Group, len(res.Groups))
+		return "", nil, 0, fmt.Errorf("describe group %s: %d groups", s.Group, len(res.Groups))
 	}
 	g := res.Groups[0]
 	if g.Error != nil {
-		return "", 0, 0, g.Error
+		return "", nil, 0, g.Error
 	}
 	for _, m := range g.Members {
+		members = append(members, m.MemberID)
 		for _, t := range m.MemberAssignments.Topics {
 			if t.Topic == s.Topic {
 				assigned += len(t.Partitions)
 			}
 		}
 	}
-	return g.GroupState, len(g.Members), assigned, nil
+	return g.GroupState, members, assigned, nil
 }
 
 // WaitStable waits until the group is Stable with every ingest a member and
 // every partition assigned; it returns when that was first seen.
 func (s *System) WaitStable(ctx context.Context, within time.Duration) (time.Time, error) {
-	deadline := time.Now().Add(within)
-	var last string
-	for {
-		state, members, assigned, err := s.GroupState(ctx)
-		if err == nil && state == "Stable" && members == len(s.Ingests) && assigned == s.cfg.Partitions {
-			return time.Now(), nil
-		}
-		last = fmt.Sprintf("state %q, %d members, %d of %d partitions assigned, err %v", state, members, assigned, s.cfg.Partitions, err)
-		if time.Now().After(deadline) {
-			return time.Time{}, fmt.Errorf("group not stable after %v: %s", within, last)
-		}
-		sleepCtx(ctx, 200*time.Millisecond)
-		if ctx.Err() != nil {
-			return time.Time{}, ctx.Err()
-		}
-	}
+	return s.waitGroup(ctx, within, nil)
 }
 
 // RollingRestart restarts the ingests one after another with sig (SIGTERM:
@@ -91,6 +78,12 @@ func (s *System) RollingRestart(ctx context.Context, sig syscall.Signal, within 
 	var out []Handover
 	for _, p := range s.Ingests {
 		h := Handover{Proc: p.Name, Signal: map[syscall.Signal]string{syscall.SIGTERM: "SIGTERM", syscall.SIGKILL: "SIGKILL"}[sig]}
+		_, before, _, err := s.GroupState(ctx)
+		if err != nil {
+			h.Err = err.Error()
+			out = append(out, h)
+			continue
+		}
 		point, err := s.Monitor.LogEnds(ctx)
 		if err != nil {
 			h.Err = err.Error()
@@ -117,7 +110,9 @@ func (s *System) RollingRestart(ctx context.Context, sig syscall.Signal, within 
 			out = append(out, h)
 			return out
 		}
-		stable, err := s.WaitStable(ctx, within)
+		// Each restart replaces one member: the group is through with the
+		// hand-over once exactly one of the members of before is gone.
+		stable, err := s.waitReplaced(ctx, within, before)
 		if err != nil {
 			h.Err = err.Error()
 		} else {
@@ -142,6 +137,37 @@ func (s *System) RollingRestart(ctx context.Context, sig syscall.Signal, within 
 		out = append(out, h)
 	}
 	return out
+}
+
+// waitReplaced waits until the group is Stable, every partition assigned,
+// with as many members as ingests, of which exactly len(before)-1 are from
+// before: the restarted process's old membership gone and its new one in.
+func (s *System) waitReplaced(ctx context.Context, within time.Duration, before []string) (time.Time, error) {
+	return s.waitGroup(ctx, within, before)
+}
+
+func (s *System) waitGroup(ctx context.Context, within time.Duration, before []string) (time.Time, error) {
+	deadline := time.Now().Add(within)
+	for {
+		state, members, assigned, err := s.GroupState(ctx)
+		kept := 0
+		for _, m := range members {
+			if slices.Contains(before, m) {
+				kept++
+			}
+		}
+		if err == nil && state == "Stable" && len(members) == len(s.Ingests) && kept == max(len(before)-1, 0) && assigned == s.cfg.Partitions {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("group not stable after %v: state %q, %d members (%d of before the restart), %d of %d partitions assigned, err %v",
+				within, state, len(members), kept, assigned, s.cfg.Partitions, err)
+		}
+		sleepCtx(ctx, 200*time.Millisecond)
+		if ctx.Err() != nil {
+			return time.Time{}, ctx.Err()
+		}
+	}
 }
 
 // Finish stops the load, drains, stops the processes, and checks the
