@@ -40,8 +40,9 @@ Options:
   --faults N        number of faults [one per 3 s]
   --kinds LIST      comma-separated fault kinds, or all, or quick (all but the
                     Kafka restarts) [all]
-  --profile P       defaults (the flags' defaults) or fast (short session and
-                    visibility timeouts) [defaults]
+  --profile P       defaults (the flags' defaults), fast (short session and
+                    visibility timeouts) or proposed (the defaults proposed in
+                    docs/reliability.md) [defaults]
   --isolate         instead of a schedule: each kind alone, --reps times, each
                     after the previous one recovered: recovery time per fault type
   --reps N          with --isolate [3]

@@ -48,7 +48,7 @@ func run() int {
 		rate       = fs.Int("rate", 500, "records per second")
 		size       = fs.Int("size", 100, "value bytes")
 		delay      = fs.Duration("delay", 2*time.Millisecond, "handler time per record")
-		profile    = fs.String("profile", "defaults", "flags of ingests and workers: defaults, or fast (short session and visibility timeouts)")
+		profile    = fs.String("profile", "defaults", "flags of ingests and workers: defaults, fast (short session and visibility timeouts) or proposed (the defaults docs/reliability.md proposes)")
 		ingestArgs = fs.String("ingest-flags", "", "extra flags of every ingest (space-separated)")
 		workerArgs = fs.String("worker-flags", "", "extra flags of every worker (space-separated)")
 		dir        = fs.String("dir", "", "run directory: logs, data, report.json (default: a new temporary one)")
