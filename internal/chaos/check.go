@@ -20,6 +20,7 @@ type Outcome struct {
 	LostSamples []string // a few of them, described
 	DeadLetters int      // offsets dead-lettered and never handled (in a dead-letter stream at the end)
 	DeadErased  int      // offsets seen dead-lettered, never handled, gone from Redis at the end (part of Lost)
+	Poison      int      // poison records (failed on every delivery): each must end in a dead-letter stream
 	SeqLost     int      // acknowledged records whose sequence number was never handled
 
 	Duplicates  int            // handler calls beyond the first, per offset
@@ -51,13 +52,15 @@ type CheckInput struct {
 	ProducedAt                      map[int64]time.Time // nil: skip the sequence check
 	DeadSeen                        map[pOff]time.Time  // every dead letter ever seen
 	DeadAtEnd                       map[pOff]bool       // dead letters in Redis at the end
+	Poisoned                        map[pOff]int        // poison records the handler failed, with their calls
+	PoisonSeqs                      map[int64]bool      // their sequence numbers (never handled, by design)
 	Faults                          []FaultResult
 	Backwards, PastEnd, PastUnacked []string
 }
 
 // Check computes the Outcome.
 func Check(in CheckInput) *Outcome {
-	o := &Outcome{Produced: in.Produced, Deliveries: len(in.Deliveries), DupCauses: map[string]int{},
+	o := &Outcome{Produced: in.Produced, Deliveries: len(in.Deliveries), DupCauses: map[string]int{}, Poison: len(in.Poisoned),
 		Backwards: in.Backwards, PastEnd: in.PastEnd, PastUnacked: in.PastUnacked}
 	byOff := map[pOff][]Delivery{}
 	seqAt := map[int64]map[pOff]bool{}
@@ -85,6 +88,9 @@ func Check(in CheckInput) *Outcome {
 			}
 			o.Lost++
 			why := "never handled"
+			if n := in.Poisoned[k]; n > 0 {
+				why = fmt.Sprintf("a poison record (failed %d times) not in a dead-letter stream", n)
+			}
 			if seen, ok := in.DeadSeen[k]; ok {
 				o.DeadErased++
 				why = fmt.Sprintf("dead-lettered (seen %s), then erased from Redis", rel(in.Began, seen))
@@ -98,7 +104,7 @@ func Check(in CheckInput) *Outcome {
 		o.KafkaCopies += len(offs) - 1
 	}
 	for seq := range in.ProducedAt {
-		if seqAt[seq] == nil {
+		if seqAt[seq] == nil && !in.PoisonSeqs[seq] {
 			o.SeqLost++
 		}
 	}

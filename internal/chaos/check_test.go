@@ -223,3 +223,22 @@ func TestUpdateDoc(t *testing.T) {
 		t.Errorf("document around the sections damaged:\n%s", doc)
 	}
 }
+
+func TestCheckPoison(t *testing.T) {
+	// Offsets 1 and 2 are poison: 1 is in a dead-letter stream at the end,
+	// 2 was dead-lettered and then erased (a Redis restart): lost.
+	o := Check(CheckInput{Began: t0, LogEnd: []int64{3}, Committed: []int64{3},
+		Deliveries: []Delivery{dl(1, 0, 0, 1, "w")},
+		ProducedAt: map[int64]time.Time{0: at(0), 10: at(0), 20: at(0)},
+		Poisoned:   map[pOff]int{{0, 1}: 5, {0, 2}: 5},
+		PoisonSeqs: map[int64]bool{10: true, 20: true},
+		DeadSeen:   map[pOff]time.Time{{0, 1}: at(3), {0, 2}: at(3)},
+		DeadAtEnd:  map[pOff]bool{{0, 1}: true}})
+	if o.Poison != 2 || o.DeadLetters != 1 || o.Lost != 1 || o.DeadErased != 1 || o.SeqLost != 0 {
+		t.Errorf("poison %d dead letters %d lost %d erased %d seq lost %d, want 2 1 1 1 0; %v",
+			o.Poison, o.DeadLetters, o.Lost, o.DeadErased, o.SeqLost, o.LostSamples)
+	}
+	if o.Ok() {
+		t.Error("Ok() = true with an erased dead letter")
+	}
+}

@@ -34,6 +34,10 @@ type Ledger struct {
 	Topic string
 	// Delay is how long the handler takes per record (0: answer at once).
 	Delay time.Duration
+	// PoisonEvery makes every record whose sequence number is a multiple
+	// of it fail (HTTP 500) on every delivery, so that it ends in a
+	// dead-letter stream; 0: none. Set before serving.
+	PoisonEvery int64
 
 	mu         sync.Mutex
 	produced   map[int64]time.Time // seq → acknowledged by Kafka
@@ -41,6 +45,8 @@ type Ledger struct {
 	parts      map[int]*partLedger
 	dead       map[pOff]time.Time // dead letters seen in Redis, first seen
 	bad        []string           // requests the handler could not read
+	poisoned   map[pOff]int       // failed calls of poison records
+	poisonSeq  map[int64]bool     // their sequence numbers
 }
 
 type pOff struct {
@@ -55,7 +61,8 @@ type partLedger struct {
 
 // NewLedger returns an empty ledger for topic.
 func NewLedger(topic string) *Ledger {
-	return &Ledger{Topic: topic, produced: map[int64]time.Time{}, parts: map[int]*partLedger{}, dead: map[pOff]time.Time{}}
+	return &Ledger{Topic: topic, produced: map[int64]time.Time{}, parts: map[int]*partLedger{}, dead: map[pOff]time.Time{},
+		poisoned: map[pOff]int{}, poisonSeq: map[int64]bool{}}
 }
 
 // Produced records that Kafka acknowledged the record with sequence seq.
@@ -176,12 +183,37 @@ func (l *Ledger) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad delivery", http.StatusBadRequest)
 		return
 	}
-	l.Record(Delivery{At: at, Partition: p, Offset: off, Seq: parseSeq(body[:k]), Deliveries: n,
+	seq := parseSeq(body[:k])
+	if l.PoisonEvery > 0 && seq >= 0 && seq%l.PoisonEvery == 0 {
+		l.mu.Lock()
+		l.poisoned[pOff{p, off}]++
+		l.poisonSeq[seq] = true
+		l.mu.Unlock()
+		http.Error(w, "poison record", http.StatusInternalServerError)
+		return
+	}
+	l.Record(Delivery{At: at, Partition: p, Offset: off, Seq: seq, Deliveries: n,
 		Worker: worker, Replayed: h.Get("Kbridge-Replayed") == "1"})
 	if l.Delay > 0 {
 		time.Sleep(l.Delay)
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// Poisoned returns the poison records the handler failed, with their
+// calls, and their sequence numbers.
+func (l *Ledger) Poisoned() (map[pOff]int, map[int64]bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[pOff]int, len(l.poisoned))
+	for k, v := range l.poisoned {
+		out[k] = v
+	}
+	seqs := make(map[int64]bool, len(l.poisonSeq))
+	for k := range l.poisonSeq {
+		seqs[k] = true
+	}
+	return out, seqs
 }
 
 // BadRequests returns the deliveries the handler could not read.

@@ -112,7 +112,11 @@ func (r *Report) Markdown() string {
 		if o.DeadErased > 0 {
 			fmt.Fprintf(&b, " (%d of them dead letters erased by a Redis restart)", o.DeadErased)
 		}
-		fmt.Fprintf(&b, "; acknowledged records never handled: %d; dead letters at the end: %d.\n", o.SeqLost, o.DeadLetters)
+		fmt.Fprintf(&b, "; acknowledged records never handled: %d; dead letters at the end: %d", o.SeqLost, o.DeadLetters)
+		if o.Poison > 0 {
+			fmt.Fprintf(&b, " (%d poison records, which fail on every delivery)", o.Poison)
+		}
+		b.WriteString(".\n")
 		fmt.Fprintf(&b, "- Duplicates: %d%s.\n", o.Duplicates, causes(o.DupCauses))
 		fmt.Fprintf(&b, "- Commits (%d samples, %d failed while a server was down): backwards %d, beyond the log end %d, past an unhandled offset %d; final commit = log end: %s.\n",
 			r.Samples, r.SampleErrors, len(o.Backwards), len(o.PastEnd), len(o.PastUnacked), yesNo(o.FinalOK))

@@ -190,8 +190,9 @@ func (s *System) Finish(ctx context.Context, began time.Time, drainWithin time.D
 		producedAt[k] = v
 	}
 	s.Ledger.mu.Unlock()
+	poisoned, poisonSeqs := s.Ledger.Poisoned()
 	o := Check(CheckInput{Began: began, LogEnd: logEnd, Committed: committed,
 		Deliveries: s.Ledger.Deliveries(), Produced: len(producedAt), ProducedAt: producedAt,
-		DeadSeen: s.Ledger.Dead(), DeadAtEnd: deadAtEnd, Backwards: back, PastEnd: past, PastUnacked: unacked})
+		DeadSeen: s.Ledger.Dead(), DeadAtEnd: deadAtEnd, Poisoned: poisoned, PoisonSeqs: poisonSeqs, Backwards: back, PastEnd: past, PastUnacked: unacked})
 	return o, shutdowns, drainErr
 }

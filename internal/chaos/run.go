@@ -145,9 +145,10 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		producedAt[k] = v
 	}
 	sys.Ledger.mu.Unlock()
+	poisoned, poisonSeqs := sys.Ledger.Poisoned()
 	rep.Outcome = Check(CheckInput{Began: rep.Began, LogEnd: logEnd, Committed: committed,
 		Deliveries: sys.Ledger.Deliveries(), Produced: len(producedAt), ProducedAt: producedAt,
-		DeadSeen: sys.Ledger.Dead(), DeadAtEnd: deadAtEnd, Faults: rep.Results,
+		DeadSeen: sys.Ledger.Dead(), DeadAtEnd: deadAtEnd, Poisoned: poisoned, PoisonSeqs: poisonSeqs, Faults: rep.Results,
 		Backwards: back, PastEnd: past, PastUnacked: unacked})
 	if err := writeEvidence(sys, rep); err != nil {
 		log.Warn("evidence", "err", err)

@@ -30,6 +30,7 @@ type SystemConfig struct {
 	Rate       int           // records per second
 	Size       int           // value bytes
 	Delay      time.Duration // handler time per record
+	Poison     int64         // every Poison-th record fails on every delivery (dead-lettered); 0: none
 
 	// Extra flags of every ingest and worker (after the command name).
 	IngestArgs, WorkerArgs []string
@@ -132,6 +133,7 @@ func StartSystem(ctx context.Context, cfg SystemConfig) (s *System, err error) {
 	}
 	s.Ledger = NewLedger(s.Topic)
 	s.Ledger.Delay = cfg.Delay
+	s.Ledger.PoisonEvery = cfg.Poison
 	if s.HandlerAddr, err = s.Ledger.Serve(bgCtx, "127.0.0.1:"+strconv.Itoa(cfg.HandlerPort)); err != nil {
 		return nil, fmt.Errorf("handler: %w", err)
 	}

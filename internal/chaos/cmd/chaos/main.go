@@ -48,6 +48,7 @@ func run() int {
 		rate       = fs.Int("rate", 500, "records per second")
 		size       = fs.Int("size", 100, "value bytes")
 		delay      = fs.Duration("delay", 2*time.Millisecond, "handler time per record")
+		poison     = fs.Int64("poison", 0, "every Nth record fails on every delivery and must end in a dead-letter stream (0: none)")
 		profile    = fs.String("profile", "defaults", "flags of ingests and workers: defaults, fast (short session and visibility timeouts) or proposed (the defaults docs/reliability.md proposes)")
 		ingestArgs = fs.String("ingest-flags", "", "extra flags of every ingest (space-separated)")
 		workerArgs = fs.String("worker-flags", "", "extra flags of every worker (space-separated)")
@@ -126,7 +127,7 @@ func run() int {
 	}
 	defer out.Close()
 	sc := chaos.SystemConfig{Bin: abs(*bin), Scripts: abs(*scripts), Dir: abs(*dir),
-		Partitions: *partitions, Ingests: *ingests, Workers: *workers, Rate: *rate, Size: *size, Delay: *delay,
+		Partitions: *partitions, Ingests: *ingests, Workers: *workers, Rate: *rate, Size: *size, Delay: *delay, Poison: *poison,
 		IngestArgs: iargs, WorkerArgs: wargs, Log: log, Out: out}
 	if b := *portBase; b > 0 {
 		sc.KafkaPort, sc.KafkaProxyPort, sc.RedisPort, sc.RedisProxyPort, sc.HandlerPort = b+92, b+95, b+379, b+380, b+80
