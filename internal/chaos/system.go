@@ -98,9 +98,10 @@ func StartSystem(ctx context.Context, cfg SystemConfig) (s *System, err error) {
 	s = &System{cfg: cfg, log: cfg.Log, Topic: name, Group: name + "-ingest", Prefix: name, busy: map[string]bool{}}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bg = cancel
+	started := s
 	defer func() {
 		if err != nil {
-			s.Close()
+			started.Close() // s is nil by now
 		}
 	}()
 	kafkaForKbridge, redisForKbridge := "", ""
@@ -181,6 +182,12 @@ func (s *System) startServices(ctx context.Context, cfg *SystemConfig) error {
 			if *p, err = freePortRun(1); err != nil {
 				return err
 			}
+		}
+	}
+	for _, p := range []int{cfg.KafkaPort, cfg.KafkaPort + 1, cfg.KafkaPort + 2, cfg.KafkaProxyPort, cfg.RedisPort, cfg.RedisProxyPort, cfg.HandlerPort} {
+		if !canListen(p) {
+			return fmt.Errorf("port %d on 127.0.0.1 is in use (ports of this run: Kafka %d-%d, its proxy %d, Redis %d, its proxy %d, handler %d)",
+				p, cfg.KafkaPort, cfg.KafkaPort+2, cfg.KafkaProxyPort, cfg.RedisPort, cfg.RedisProxyPort, cfg.HandlerPort)
 		}
 	}
 	s.Kafka = &Kafka{Scripts: cfg.Scripts, Port: cfg.KafkaPort, ProxyAddr: "127.0.0.1:" + strconv.Itoa(cfg.KafkaProxyPort),
