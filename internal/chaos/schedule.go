@@ -202,7 +202,9 @@ func Profile(name string) (ingest, worker []string, err error) {
 		return []string{"--session-timeout", "6s", "--heartbeat-interval", "1s", "--rebalance-timeout", "15s"},
 			[]string{"--visibility-timeout", "5s"}, nil
 	case "proposed":
-		return []string{"--session-timeout", "10s", "--heartbeat-interval", "1s", "--rebalance-timeout", "10s"},
+		// The ingest wants rebalance ≥ heartbeat + 2 × the final commit
+		// timeout (5s).
+		return []string{"--session-timeout", "10s", "--heartbeat-interval", "1s", "--rebalance-timeout", "12s"},
 			[]string{"--visibility-timeout", "10s"}, nil
 	}
 	return nil, nil, fmt.Errorf("--profile %q: want defaults, fast or proposed", name)

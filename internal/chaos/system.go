@@ -239,6 +239,11 @@ func (s *System) StopLoad() {
 func (s *System) WaitFlowing(ctx context.Context, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
+		for _, p := range append(clone(s.Ingests), s.Workers...) {
+			if u := p.Unexpected(); len(u) > 0 {
+				return fmt.Errorf("before the pipeline flowed, %s", u[0])
+			}
+		}
 		if last, ok := s.Monitor.Last(); ok {
 			all := true
 			for _, c := range last.Committed {
