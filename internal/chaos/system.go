@@ -184,10 +184,17 @@ func (s *System) startServices(ctx context.Context, cfg *SystemConfig) error {
 			}
 		}
 	}
+	// Ports in the kernel's ephemeral range can be held for a minute by a
+	// connection of another program in TIME_WAIT: wait that long.
 	for _, p := range []int{cfg.KafkaPort, cfg.KafkaPort + 1, cfg.KafkaPort + 2, cfg.KafkaProxyPort, cfg.RedisPort, cfg.RedisProxyPort, cfg.HandlerPort} {
-		if !canListen(p) {
-			return fmt.Errorf("port %d on 127.0.0.1 is in use (ports of this run: Kafka %d-%d, its proxy %d, Redis %d, its proxy %d, handler %d)",
-				p, cfg.KafkaPort, cfg.KafkaPort+2, cfg.KafkaProxyPort, cfg.RedisPort, cfg.RedisProxyPort, cfg.HandlerPort)
+		deadline := time.Now().Add(75 * time.Second)
+		for !canListen(p) {
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return fmt.Errorf("port %d on 127.0.0.1 is in use (ports of this run: Kafka %d-%d, its proxy %d, Redis %d, its proxy %d, handler %d)",
+					p, cfg.KafkaPort, cfg.KafkaPort+2, cfg.KafkaProxyPort, cfg.RedisPort, cfg.RedisProxyPort, cfg.HandlerPort)
+			}
+			s.log.Warn("port in use; waiting for it (a connection in TIME_WAIT holds it for up to a minute)", "port", p)
+			sleepCtx(ctx, 2*time.Second)
 		}
 	}
 	s.Kafka = &Kafka{Scripts: cfg.Scripts, Port: cfg.KafkaPort, ProxyAddr: "127.0.0.1:" + strconv.Itoa(cfg.KafkaProxyPort),
