@@ -175,8 +175,9 @@ func Cause(prev, cur Delivery, faults []FaultResult) string {
 		return func(f FaultResult) bool { return slices.Contains(ks, f.Kind) }
 	}
 	// A paused worker that resumes finishes the handler call it had begun
-	// on an entry others reclaimed meanwhile: its copy is the older delivery.
-	if cur.Deliveries <= prev.Deliveries && cur.Worker != prev.Worker {
+	// on an entry another worker reclaimed meanwhile (so with a higher
+	// delivery count): its copy is the older delivery.
+	if cur.Deliveries < prev.Deliveries && cur.Worker != prev.Worker {
 		if c := find(0, func(f FaultResult) bool { return f.Kind == WorkerStop && f.Target == cur.Worker }); c != "" {
 			return c + " (stale copy finished after SIGCONT)"
 		}

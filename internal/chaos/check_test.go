@@ -29,6 +29,7 @@ func TestCause(t *testing.T) {
 		fault(WorkerStop, "worker-2", 40, 45),
 		fault(IngestKill, "ingest-1", 50, 51),
 		fault(RedisOld, "redis", 60, 61),
+		fault(WorkerStop, "worker-2", 56, 61),
 		{Fault: Fault{Kind: WorkerKill}, Target: "worker-3", Start: at(70), End: at(71), Skipped: "busy"},
 		fault(WorkerTerm, "worker-1", 90, 91),
 		fault(WorkerTerm, "worker-1", 100, 101),
@@ -51,6 +52,7 @@ func TestCause(t *testing.T) {
 		{"an ingest crash never explains a duplicate", dl(49, 0, 5, 1, "worker-1"), dl(53, 0, 5, 1, "worker-2"), ""},
 		{"a skipped fault explains nothing", dl(69, 0, 5, 1, "worker-3"), dl(75, 0, 5, 2, "worker-1"), ""},
 		{"no fault at all", dl(80, 0, 5, 1, "worker-1"), dl(81, 0, 5, 2, "worker-2"), ""},
+		{"fresh entry after an old snapshot, read by a worker just resumed", dl(59, 0, 5, 1, "worker-1"), dl(61.5, 0, 5, 1, "worker-2"), "redis-old"},
 		{"a graceful stop should not duplicate", dl(89, 0, 5, 1, "worker-1"), dl(95, 0, 5, 2, "worker-2"), "worker-term " + UnexpectedCause},
 		{"Redis loss before a graceful stop", dl(99, 0, 5, 1, "worker-1"), dl(103, 0, 5, 2, "worker-2"), "redis-old"},
 	}

@@ -273,7 +273,7 @@ func measure(results []FaultResult, samples []Sample, rate int) {
 		// Caught up: recovered, and the backlog back to what it was.
 		limit := max(2*lag0, int64(rate))
 		for _, s := range samples {
-			if !s.At.Before(r.Recovered) && s.Lag() <= limit {
+			if !s.At.Before(r.Recovered) && !s.At.Before(r.End) && s.Lag() <= limit {
 				r.CaughtUp = s.At
 				break
 			}

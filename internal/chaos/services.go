@@ -168,8 +168,9 @@ func runScript(ctx context.Context, out io.Writer, script, verb string, env []st
 		out = io.Discard
 	}
 	var buf strings.Builder
-	cmd.Stdout = io.MultiWriter(out, &buf)
-	cmd.Stderr = io.MultiWriter(out, &buf)
+	// One writer for both: exec then writes from one goroutine at a time.
+	w := io.MultiWriter(out, &buf)
+	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Run(); err != nil {
 		tail := buf.String()
 		if len(tail) > 2000 {
