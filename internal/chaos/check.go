@@ -183,8 +183,11 @@ func Cause(prev, cur Delivery, faults []FaultResult) string {
 		}
 	}
 	if cur.Deliveries == 1 && !cur.Replayed {
-		// A new entry with the same offset: the stream was rebuilt.
-		if c := find(0, is(RedisEmpty, RedisOld)); c != "" {
+		// A new entry with the same offset: the stream was rebuilt. The
+		// first of the two may itself be a copy read before the loss by a
+		// worker that was paused through it and handled it afterwards
+		// (beside the new entry): a loss up to 10 s before it counts.
+		if c := find(10*time.Second, is(RedisEmpty, RedisOld)); c != "" {
 			return c
 		}
 		return find(0, is(RedisSaved))
