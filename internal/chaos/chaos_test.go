@@ -81,8 +81,13 @@ func TestQuickSeed(t *testing.T) {
 	}
 	t.Logf("schedule:\n%s", rep.ScheduleText())
 	t.Logf("report:\n%s", rep.Markdown())
-	if !rep.Passed() {
+	if !rep.Safe() {
 		t.Errorf("the run did not keep every promise (see the findings above)")
+	}
+	for _, u := range rep.Outcome.Unexplained {
+		// At-least-once allows it; the harness's verdict (scripts/chaos.sh)
+		// fails on it, the CI test only reports it.
+		t.Logf("FINDING: a duplicate no fault explains: %s", u)
 	}
 	if rep.Outcome.Handled == 0 || rep.Outcome.Records == 0 {
 		t.Errorf("nothing flowed: %d records, %d handled", rep.Outcome.Records, rep.Outcome.Handled)
@@ -132,7 +137,7 @@ func TestRecoveryIsolated(t *testing.T) {
 	}
 	t.Logf("faults:\n%s", rep.ScheduleText())
 	t.Logf("report:\n%s", rep.Markdown())
-	if !rep.Passed() {
+	if !rep.Safe() {
 		t.Errorf("the run did not keep every promise (see the findings above)")
 	}
 	for _, ks := range rep.ByKind() {

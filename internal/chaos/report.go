@@ -322,6 +322,9 @@ func splitSections(text string) []string {
 
 // Passed reports whether the run kept every promise (see Outcome.Ok), drained,
 // and every process exited as asked.
-func (r *Report) Passed() bool {
-	return r.Outcome != nil && r.Outcome.Ok() && r.DrainErr == "" && len(r.Unexpected) == 0 && badShutdowns(r.Shutdowns) == 0
+func (r *Report) Passed() bool { return r.Safe() && r.Outcome.Ok() }
+
+// Safe is Passed but for unexplained duplicates (see Outcome.Safe).
+func (r *Report) Safe() bool {
+	return r.Outcome != nil && r.Outcome.Safe() && r.DrainErr == "" && len(r.Unexpected) == 0 && badShutdowns(r.Shutdowns) == 0
 }
