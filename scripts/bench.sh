@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks of kbridge on a real Kafka broker and a real redis-server (started
-# here on loopback, like scripts/test.sh does). Prints every figure it measures.
+# The benchmarks of kbridge (issues 10 and 8) on a real Kafka broker and a real
+# redis-server that it starts itself on its own loopback ports. Writes
+# docs/benchmarks.md, docs/benchmarks.json (the figures), docs/img/*.png (the
+# charts) and docs/profiles/ (CPU profiles behind missed targets).
 set -euo pipefail
 LOG_NAME=bench.sh
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -8,87 +10,145 @@ root=$(cd "$here/.." && pwd)
 # shellcheck source=scripts/_lib.sh
 source "$here/_lib.sh"
 
-if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+usage() {
   cat <<'USAGE'
-scripts/bench.sh — measure kbridge on real Kafka and Redis
+Usage: scripts/bench.sh [--quick] [--only IDS] [--go | --no-go] [--rounds N] [--keep-services]
 
-  1. Go benchmarks (bridge): the conditional append script side by side with a
-     plain pipelined XADD of the same entries, and one commit observation.
-  2. Ingest throughput: N records (BENCH_RECORDS, default 300000, 256-byte
-     values, 8 partitions) produced first, then one `kbridge ingest` with no
-     backpressure and no workers: records/s appended and the peak RSS.
-  3. Ingest memory under a backlog: the same topic, a new group, cap 5000 per
-     partition and no workers: the RSS sampled for 15 s while every partition is
-     paused, whatever the Kafka backlog.
+Runs every benchmark against a real Apache Kafka broker and a real redis-server
+(started here, own ports, stopped at the end), then rewrites docs/benchmarks.md
+and the charts in docs/img/. Every figure is a ratio or a paired measurement of
+one run, the sides interleaved and repeated (median and spread).
 
-Services: KAFKA_PORT (19092) and REDIS_PORT (16379), started if not running and
-stopped at the end if started here.
+  10a  ceiling: raw kafka-go fetch, raw pipelined XADD, kbridge ingest (100 B, 1 KB)
+  10b  end to end, no-op handlers: records/s, CPU µs/record/process, Redis cmds/record
+  10c  backlog of 1,000,000 records, cap 10,000: length, memory, RSS, drain (chart)
+  10d  1,000 partitions: idle CPU of ingest and Redis; RSS under a backlog everywhere
+  10e  a second ingest joining under load: throughput ratio, duplicates (chart)
+  10f  commit lag p50/p99
+  8-i  hot partition: 1,000-partition topic vs 1-partition topic
+  8-ii 1 ms partition beside a 500 ms / a failing one, vs alone
+  8-iii reclaim of a SIGKILLed worker's entries while the others are saturated
+  8-iv Little's-law efficiency at N = 32, 128, 512 vs a goroutine pool (chart)
+  go   go test -bench of the tracker, the codec and the append path
+
+Options:
+  --quick          smaller sizes and 2 rounds (a smoke run; the report says so)
+  --only IDS       comma-separated ids (e.g. 10a,8-iv); the others keep their
+                   last figures in docs/benchmarks.json
+  --go             only the Go benchmarks      --no-go   skip them
+  --rounds N       repetitions of each paired measurement (default 3, quick 2)
+  --keep-services  leave Kafka and Redis running at the end
+  -h, --help       this help
+
+Environment: BENCH_KAFKA_PORT [37092] (controller: +1), BENCH_REDIS_PORT [37379],
+BENCH_DIR (logs) [a new temporary directory].
+Needs Go; installs redis-server, Java and Maven (for Kafka's jars) when missing.
+A full run takes about 25 minutes on a 2-core machine; --quick about 8.
 USAGE
-  exit 0
+}
+
+quick=0 only="" gobench=1 rest=1 rounds="" keep=0
+args_text="scripts/bench.sh${*:+ $*}"
+while (( $# )); do
+  case $1 in
+    --quick) quick=1 ;;
+    --only) only=${2:?--only needs ids}; shift ;;
+    --only=*) only=${1#*=} ;;
+    --go) rest=0 ;;
+    --no-go) gobench=0 ;;
+    --rounds) rounds=${2:?--rounds needs a number}; shift ;;
+    --keep-services) keep=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+  shift
+done
+if [[ -n $only ]]; then
+  # "go" in --only selects the Go benchmarks.
+  if [[ ,$only, == *,go,* ]]; then
+    only=$(tr ',' '\n' <<<"$only" | grep -vx go | paste -sd, -)
+    [[ -z $only ]] && rest=0
+  else
+    gobench=0
+  fi
 fi
 
-KAFKA_PORT=${KAFKA_PORT:-19092}
-REDIS_PORT=${REDIS_PORT:-16379}
-N=${BENCH_RECORDS:-300000}
-export KAFKA_PORT REDIS_PORT
+T0=$SECONDS
+KAFKA_PORT=${BENCH_KAFKA_PORT:-37092}
+REDIS_PORT=${BENCH_REDIS_PORT:-37379}
+kafka_env=(KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$((KAFKA_PORT + 1))"
+  KAFKA_DATA_DIR="${TMPDIR:-/tmp}/kbench-kafka-$KAFKA_PORT")
+redis_env=(REDIS_PORT="$REDIS_PORT" REDIS_PERSIST=none REDIS_DATA_DIR="${TMPDIR:-/tmp}/kbench-redis-$REDIS_PORT")
+command -v go >/dev/null || die "go is not installed (need the Go toolchain named in go.mod)"
+ensure_cmds redis-server:redis-server redis-cli:redis-tools java:openjdk-17-jre-headless mvn:maven
+
 started=()
 cleanup() {
-  if [[ -n ${ingest_pid:-} ]]; then kill "$ingest_pid" 2>/dev/null || true; fi
-  for s in "${started[@]}"; do bash "$here/$s.sh" stop >/dev/null 2>&1 || true; done
+  local rc=$?
+  set +e
+  if (( ! keep )); then
+    for s in "${started[@]}"; do
+      case $s in
+        kafka) env "${kafka_env[@]}" bash "$here/kafka.sh" stop >/dev/null 2>&1 ;;
+        redis) env "${redis_env[@]}" bash "$here/redis.sh" stop >/dev/null 2>&1 ;;
+      esac
+    done
+  fi
+  log "whole run took $(human_duration $((SECONDS - T0)))"
+  exit "$rc"
 }
 trap cleanup EXIT
-if ! port_open "$KAFKA_PORT"; then bash "$here/kafka.sh" start; started+=(kafka); fi
-if ! port_open "$REDIS_PORT"; then bash "$here/redis.sh" start; started+=(redis); fi
-brokers=127.0.0.1:$KAFKA_PORT
-redis_url=redis://127.0.0.1:$REDIS_PORT/0
-bin=$(mktemp -d)/kbridge
-(cd "$root" && go build -o "$bin" ./cmd/kbridge)
-log "machine: $(nproc) cores, $(go version | awk '{print $3}'), redis $(redis-server --version | awk '{print $3}')"
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-log "1. Go benchmarks (bridge, real Redis on $REDIS_PORT)"
-(cd "$root" && REDIS_ADDR=127.0.0.1:$REDIS_PORT go test -run XXX -bench 'BenchmarkAppend|BenchmarkObserve' \
-  -benchtime 200000x -count 3 ./bridge/ | grep -E '^Benchmark')
+bin=$(mktemp -d "${TMPDIR:-/tmp}/kbench-bin.XXXXXX")
+log "building kbridge and kbench"
+(cd "$root" && go build -o "$bin/kbridge" ./cmd/kbridge && go build -o "$bin/kbench" ./internal/bench/kbench)
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null) ]]; then commit="$commit+dirty"; fi
 
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-appended() { # sum over the status hashes of the prefix: top+1
-  local sum=0 k top
-  for k in $(redis-cli -p "$REDIS_PORT" --scan --pattern "$1:{*}:status"); do
-    top=$(redis-cli -p "$REDIS_PORT" hget "$k" top)
-    sum=$((sum + top + 1))
-  done
-  echo "$sum"
-}
+if (( rest )); then
+  if env "${kafka_env[@]}" bash "$here/kafka.sh" status >/dev/null 2>&1; then
+    log "Kafka already running on 127.0.0.1:$KAFKA_PORT: reusing it"
+  else
+    env "${kafka_env[@]}" KAFKA_FRESH=1 bash "$here/kafka.sh" start
+    started+=(kafka)
+  fi
+fi
+if env "${redis_env[@]}" bash "$here/redis.sh" status >/dev/null 2>&1; then
+  log "Redis already running on 127.0.0.1:$REDIS_PORT: reusing it"
+else
+  env "${redis_env[@]}" bash "$here/redis.sh" start
+  started+=(redis)
+fi
+redis_pid=$(cat "${TMPDIR:-/tmp}/kbench-redis-$REDIS_PORT/redis.pid")
+kafka_version=$(env "${kafka_env[@]}" bash -c 'echo ${KAFKA_VERSION:-4.1.2}')
 
-topic=bench-$(date +%s)
-log "2. ingest throughput: producing $N records of 256 bytes to $topic (8 partitions)"
-t0=$(date +%s.%N)
-"$bin" produce --brokers "$brokers" --topic "$topic" --partitions 8 --count "$N" --rate 0 --size 256 --batch 1000 -q
-t1=$(date +%s.%N)
-log "produced $N records in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
-
-"$bin" --redis-url "$redis_url" --prefix "b1-$topic" --log-level warn ingest --brokers "$brokers" --topics "$topic" \
-  --group "b1-$topic" --partition-cap 100000000 &
-ingest_pid=$!
-t0=$(date +%s.%N); peak=0
-while :; do
-  peak=$(( $(rss_kb $ingest_pid) > peak ? $(rss_kb $ingest_pid) : peak ))
-  n=$(appended "b1-$topic")
-  (( n >= N )) && break
-  sleep 0.5
-done
-t1=$(date +%s.%N)
-secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
-log "ingest: $N records appended in $secs s = $(awk -v n="$N" -v s="$secs" 'BEGIN{printf "%.0f", n/s}') records/s (includes group join; status read every 0.5 s); peak RSS $((peak / 1024)) MiB"
-kill -TERM $ingest_pid; wait $ingest_pid || true; ingest_pid=
-
-log "3. ingest memory with a backlog of $N records, cap 5000 per partition, no workers"
-"$bin" --redis-url "$redis_url" --prefix "b2-$topic" --log-level warn ingest --brokers "$brokers" --topics "$topic" \
-  --group "b2-$topic" --partition-cap 5000 &
-ingest_pid=$!
-while (( $(appended "b2-$topic") < 40000 )); do sleep 0.5; done
-samples=()
-for _ in $(seq 15); do samples+=("$(( $(rss_kb $ingest_pid) / 1024 ))"); sleep 1; done
-log "paused at $(appended "b2-$topic") records in Redis (8 x 5000); RSS over 15 s (MiB): ${samples[*]}"
-kill -TERM $ingest_pid; wait $ingest_pid || true; ingest_pid=
-redis-cli -p "$REDIS_PORT" --scan --pattern "b[12]-$topic*" | xargs -r redis-cli -p "$REDIS_PORT" del >/dev/null
-log "done"
+cd "$root"
+mkdir -p docs/img docs/profiles
+rc=0
+if (( gobench )); then
+  log "Go benchmarks: tracker, codec (in-process) and the append path (Redis on $REDIS_PORT)"
+  out=$bin/gobench.txt
+  {
+    go test -run XXX -bench . -benchmem -count 3 ./tracker/ ./internal/wire/
+    REDIS_ADDR=127.0.0.1:$REDIS_PORT go test -run XXX -bench . -benchmem -benchtime 100000x -count 3 ./bridge/
+  } 2>&1 | grep -E '^(Benchmark|goos|goarch|pkg|cpu|ok|FAIL|---)' | tee "$out" || rc=1
+  "$bin/kbench" report --results docs/benchmarks.json --out docs/benchmarks.md --gobench "$out"
+fi
+if (( rest )); then
+  run_args=(--brokers "127.0.0.1:$KAFKA_PORT" --redis "127.0.0.1:$REDIS_PORT" --redis-pid "$redis_pid"
+    --kbridge "$bin/kbridge" --results docs/benchmarks.json --profiles docs/profiles
+    --command "$args_text" --kafka-version "$kafka_version" --commit "$commit")
+  (( quick )) && run_args+=(--quick)
+  [[ -n $only ]] && run_args+=(--only "$only")
+  [[ -n $rounds ]] && run_args+=(--rounds "$rounds")
+  [[ -n ${BENCH_DIR:-} ]] && run_args+=(--dir "$BENCH_DIR")
+  "$bin/kbench" run "${run_args[@]}" || rc=$?
+fi
+"$bin/kbench" report --results docs/benchmarks.json --out docs/benchmarks.md
+log "drawing the charts (internal/bench/chart, a module of its own)"
+(cd internal/bench/chart && go run . -results "$root/docs/benchmarks.json" -out "$root/docs/img") || rc=1
+rm -rf "$bin"
+log "wrote docs/benchmarks.md, docs/benchmarks.json, docs/img/, docs/profiles/"
+exit "$rc"

@@ -39,6 +39,19 @@ Environment (defaults in brackets):
   KAFKA_START_TIMEOUT    seconds to wait for readiness [90]
   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL [30]
   KAFKA_EXTRA_PROPS      extra server.properties lines (newline separated)
+
+Security (all off by default; the PLAINTEXT listener on KAFKA_PORT always stays,
+as the admin door of tests: its principal User:ANONYMOUS is a super user):
+  KAFKA_SASL_SSL_PORT        add a SASL_SSL listener (SCRAM-SHA-256 and SCRAM-SHA-512)
+  KAFKA_SASL_PLAINTEXT_PORT  add a SASL_PLAINTEXT listener (PLAIN)
+  KAFKA_SASL_USERS           users of both listeners, "name:password,name:password"
+                             (SCRAM credentials of both hashes are written when the
+                             storage is formatted; PLAIN ones go in server.properties)
+  KAFKA_TLS_DIR              certificates for SASL_SSL, as scripts/certs.sh writes them
+                             (server.pem, ca.crt) [\$KAFKA_DATA_DIR/tls, made by certs.sh]
+  KAFKA_ACL=1                StandardAuthorizer, no access without an ACL
+                             (allow.everyone.if.no.acl.found=false)
+  KAFKA_SUPER_USERS          more super users besides ANONYMOUS, "name,name" [admin]
   KAFKA_LOG4J_VERSION    log4j2 version put on the classpath [2.25.3]
   KAFKA_SLF4J_VERSION    slf4j-api version put on the classpath [2.0.17]
   KBRIDGE_CACHE          jar cache root [\$HOME/.cache/kbridge]
@@ -58,6 +71,12 @@ KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
 KAFKA_LOG4J_VERSION=${KAFKA_LOG4J_VERSION:-2.25.3}
 KAFKA_SLF4J_VERSION=${KAFKA_SLF4J_VERSION:-2.0.17}
 KBRIDGE_CACHE=${KBRIDGE_CACHE:-$HOME/.cache/kbridge}
+KAFKA_SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT:-}
+KAFKA_SASL_PLAINTEXT_PORT=${KAFKA_SASL_PLAINTEXT_PORT:-}
+KAFKA_SASL_USERS=${KAFKA_SASL_USERS:-}
+KAFKA_TLS_DIR=${KAFKA_TLS_DIR:-$KAFKA_DATA_DIR/tls}
+KAFKA_ACL=${KAFKA_ACL:-0}
+KAFKA_SUPER_USERS=${KAFKA_SUPER_USERS:-admin}
 
 KAFKA_HOME=$KBRIDGE_CACHE/kafka-$KAFKA_VERSION
 LIBS=$KAFKA_HOME/libs
@@ -236,11 +255,11 @@ write_props() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT$(extra_listeners)
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$(extra_listeners)
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT
 log.dirs=$LOG_DIRS
 
 num.partitions=1
@@ -268,8 +287,71 @@ num.recovery.threads.per.data.dir=1
 log.retention.hours=168
 log.retention.check.interval.ms=300000
 PROPS
+  security_props >>"$PROPS"
   if [[ -n ${KAFKA_EXTRA_PROPS:-} ]]; then
     printf '\n# KAFKA_EXTRA_PROPS\n%s\n' "$KAFKA_EXTRA_PROPS" >>"$PROPS"
+  fi
+}
+
+# ---------------------------------------------------------------- security (opt-in)
+# extra_listeners: ",SASL_SSL://...,SASL_PLAINTEXT://..." for the opted-in ones
+extra_listeners() {
+  [[ -n $KAFKA_SASL_SSL_PORT ]] && printf ',SASL_SSL://127.0.0.1:%s' "$KAFKA_SASL_SSL_PORT"
+  [[ -n $KAFKA_SASL_PLAINTEXT_PORT ]] && printf ',SASL_PLAINTEXT://127.0.0.1:%s' "$KAFKA_SASL_PLAINTEXT_PORT"
+  return 0
+}
+
+# sasl_users: one "name password" line per KAFKA_SASL_USERS entry
+sasl_users() {
+  local pair
+  local IFS=,
+  for pair in $KAFKA_SASL_USERS; do
+    [[ $pair == *:* && -n ${pair%%:*} && -n ${pair#*:} ]] ||
+      die "KAFKA_SASL_USERS: want name:password,name:password (got an entry without both)"
+    [[ $pair =~ ^[A-Za-z0-9._-]+:[A-Za-z0-9._~-]+$ ]] ||
+      die "KAFKA_SASL_USERS: names and passwords of these test users are limited to [A-Za-z0-9._-] (and ~ in passwords)"
+    printf '%s %s\n' "${pair%%:*}" "${pair#*:}"
+  done
+}
+
+security_props() {
+  local name pass
+  if [[ -n $KAFKA_SASL_SSL_PORT ]]; then
+    [[ -s $KAFKA_TLS_DIR/server.pem && -s $KAFKA_TLS_DIR/ca.crt ]] || bash "$SCRIPT_DIR/certs.sh" "$KAFKA_TLS_DIR" >&2
+    cat <<PROPS
+
+# SASL_SSL listener (KAFKA_SASL_SSL_PORT): SCRAM over TLS, certificates of $KAFKA_TLS_DIR
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_TLS_DIR/server.pem
+listener.name.sasl_ssl.ssl.truststore.type=PEM
+listener.name.sasl_ssl.ssl.truststore.location=$KAFKA_TLS_DIR/ca.crt
+listener.name.sasl_ssl.ssl.client.auth=none
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+PROPS
+  fi
+  if [[ -n $KAFKA_SASL_PLAINTEXT_PORT ]]; then
+    printf '\n# SASL_PLAINTEXT listener (KAFKA_SASL_PLAINTEXT_PORT): PLAIN, users of KAFKA_SASL_USERS\n'
+    printf 'listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN\n'
+    printf 'listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required'
+    while read -r name pass; do
+      [[ -n $name ]] && printf ' user_%s="%s"' "$name" "$pass"
+    done < <(sasl_users)
+    printf ';\n'
+  fi
+  if [[ $KAFKA_ACL == 1 ]]; then
+    local supers="User:ANONYMOUS" u
+    local IFS=,
+    for u in $KAFKA_SUPER_USERS; do [[ -n $u ]] && supers+=";User:$u"; done
+    cat <<PROPS
+
+# KAFKA_ACL=1: nothing is allowed without an ACL, except to the super users
+# (ANONYMOUS = the PLAINTEXT and controller listeners: the tests' admin door)
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=$supers
+PROPS
   fi
 }
 
@@ -282,8 +364,15 @@ format_storage() {
   local cid
   cid=$(random_cluster_id)
   log "formatting storage in $LOG_DIRS (cluster id $cid)"
+  # SCRAM credentials can only be given at format time (or later through an
+  # admin client); KAFKA_SASL_USERS get both hashes.
+  local scram=() name pass
+  while read -r name pass; do
+    [[ -n $name ]] || continue
+    scram+=(--add-scram "SCRAM-SHA-256=[name=$name,password=$pass]" --add-scram "SCRAM-SHA-512=[name=$name,password=$pass]")
+  done < <(sasl_users)
   if ! java "${TOOL_JVM[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format \
-      -t "$cid" -c "$PROPS" --ignore-formatted >"$KAFKA_DATA_DIR/format.log" 2>&1; then
+      -t "$cid" -c "$PROPS" --ignore-formatted "${scram[@]}" >"$KAFKA_DATA_DIR/format.log" 2>&1; then
     cat "$KAFKA_DATA_DIR/format.log" >&2
     die "storage format failed"
   fi
@@ -303,10 +392,11 @@ cmd_start() {
     return 0
   fi
   local p
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" $KAFKA_SASL_SSL_PORT $KAFKA_SASL_PLAINTEXT_PORT; do
     port_open "$p" && die "port $p on 127.0.0.1 is already in use by another process (not the broker of $KAFKA_DATA_DIR)"
   done
 
+  sasl_users >/dev/null # dies on a malformed KAFKA_SASL_USERS
   ensure_libs
   local t0=$SECONDS
   if [[ ${KAFKA_FRESH:-0} == 1 && -d $KAFKA_DATA_DIR ]]; then

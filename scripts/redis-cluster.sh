@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A 3-master Redis Cluster (no replicas) of Debian's redis-server on 127.0.0.1, for tests.
+# A 3-master Redis Cluster (no replicas by default) of Debian's redis-server on 127.0.0.1, for tests.
 set -euo pipefail
 
 LOG_NAME=redis-cluster.sh
@@ -10,10 +10,11 @@ source "$SCRIPT_DIR/_lib.sh"
 usage() {
   cat <<EOF
 Usage: scripts/redis-cluster.sh start|stop|status|cli [ARGS...]
+       scripts/redis-cluster.sh kill-node PORT | start-node PORT | pid PORT
 
-Runs a Redis Cluster of 3 masters and no replicas (Debian's redis-server, installed
-with apt-get when missing) on 127.0.0.1, daemonized, without persistence, with
-maxmemory-policy noeviction.
+Runs a Redis Cluster of 3 masters (and REDIS_CLUSTER_REPLICAS replicas of each,
+none by default) of Debian's redis-server (installed with apt-get when missing)
+on 127.0.0.1, daemonized, without persistence, with maxmemory-policy noeviction.
 
 Commands:
   start    start the nodes, create the cluster (redis-cli --cluster create), wait for
@@ -24,13 +25,22 @@ Commands:
            data dir, so the next start makes a fresh cluster. Stopped -> exit 0.
   status   print "running ..." (exit 0) or "stopped" (exit 3).
   cli      redis-cli -c against the first node, e.g. scripts/redis-cluster.sh cli cluster nodes
+  kill-node PORT   SIGKILL the node on PORT (a crash: its replica takes over after
+                   REDIS_CLUSTER_NODE_TIMEOUT ms)
+  start-node PORT  start the node on PORT again, empty, with its nodes.conf: it rejoins
+                   the cluster (as a replica of whoever took its slots)
+  pid PORT         print the pid of the node on PORT
 
 Then run the cluster test:
   REDIS_CLUSTER_ADDRS=127.0.0.1:17000,127.0.0.1:17001,127.0.0.1:17002 go test -run TestRedisCluster -v ./worker/
 
 Environment (defaults in brackets):
-  REDIS_CLUSTER_PORT          first port; the nodes use PORT, PORT+1, PORT+2 [17000]
-                              (and the cluster bus PORT+10000...)
+  REDIS_CLUSTER_PORT          first port; the nodes use PORT, PORT+1, ... [17000]
+                              (3 × (1 + replicas) of them, and the cluster bus PORT+10000...)
+  REDIS_CLUSTER_REPLICAS      replicas per master [0]; with 1: 6 nodes, the first 3
+                              masters (start waits until every replica is in sync)
+  REDIS_CLUSTER_NODE_TIMEOUT  cluster-node-timeout in ms: how long a master may be
+                              unreachable before its replica is promoted [5000]
   REDIS_CLUSTER_DIR           dir for the nodes' pid, log, nodes.conf
                               [\${TMPDIR:-/tmp}/kbridge-redis-cluster-\$REDIS_CLUSTER_PORT]
   REDIS_CLUSTER_TIMEOUT       seconds to wait for PONG and cluster_state:ok [60]
@@ -40,7 +50,12 @@ EOF
 REDIS_CLUSTER_PORT=${REDIS_CLUSTER_PORT:-17000}
 REDIS_CLUSTER_DIR=${REDIS_CLUSTER_DIR:-${TMPDIR:-/tmp}/kbridge-redis-cluster-$REDIS_CLUSTER_PORT}
 REDIS_CLUSTER_TIMEOUT=${REDIS_CLUSTER_TIMEOUT:-60}
-PORTS=("$REDIS_CLUSTER_PORT" $((REDIS_CLUSTER_PORT + 1)) $((REDIS_CLUSTER_PORT + 2)))
+REDIS_CLUSTER_REPLICAS=${REDIS_CLUSTER_REPLICAS:-0}
+REDIS_CLUSTER_NODE_TIMEOUT=${REDIS_CLUSTER_NODE_TIMEOUT:-5000}
+[[ $REDIS_CLUSTER_REPLICAS =~ ^[0-9]$ ]] || die "REDIS_CLUSTER_REPLICAS must be a number 0-9"
+[[ $REDIS_CLUSTER_NODE_TIMEOUT =~ ^[0-9]+$ ]] || die "REDIS_CLUSTER_NODE_TIMEOUT must be milliseconds"
+PORTS=()
+for ((i = 0; i < 3 * (1 + REDIS_CLUSTER_REPLICAS); i++)); do PORTS+=($((REDIS_CLUSTER_PORT + i))); done
 
 addrs() { local IFS=,; local a=("${PORTS[@]/#/127.0.0.1:}"); echo "${a[*]}"; }
 
@@ -81,6 +96,64 @@ wait_cluster_ok() {
   done
 }
 
+# start_node PORT: one daemonized cluster node (its nodes.conf kept, if any)
+start_node() {
+  local port=$1 dir
+  dir=$(node_dir "$port")
+  mkdir -p "$dir"
+  redis-server \
+    --bind 127.0.0.1 --port "$port" \
+    --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT" \
+    --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir" \
+    --maxmemory 0 --maxmemory-policy noeviction --save '' --appendonly no </dev/null 8>&- 9>&- ||
+    { tail -n 20 "$dir/redis.log" >&2 2>/dev/null || true; die "redis-server on port $port failed to start"; }
+  register_instance redis "$dir" "$port"
+}
+
+# wait_replicas_synced: every replica reports master_link_status:up and every
+# master as many connected replicas as configured.
+wait_replicas_synced() {
+  local port info deadline=$((SECONDS + REDIS_CLUSTER_TIMEOUT))
+  for port in "${PORTS[@]}"; do
+    while :; do
+      info=$(rcli "$port" info replication 2>/dev/null | tr -d '\r' || true)
+      if grep -qx 'role:slave' <<<"$info"; then
+        grep -qx 'master_link_status:up' <<<"$info" && ! grep -qx 'master_sync_in_progress:1' <<<"$info" && break
+      elif grep -qx 'role:master' <<<"$info"; then
+        grep -qx "connected_slaves:$REDIS_CLUSTER_REPLICAS" <<<"$info" && break
+      fi
+      (( SECONDS >= deadline )) && return 1
+      sleep 0.2
+    done
+  done
+}
+
+known_port() {
+  local p
+  for p in "${PORTS[@]}"; do [[ $p == "$1" ]] && return 0; done
+  die "port $1 is not a node of this cluster (${PORTS[*]})"
+}
+
+cmd_kill_node() {
+  local port=${1:?kill-node needs a PORT} pid
+  known_port "$port"
+  pid=$(read_pid "$port") || die "no node running on 127.0.0.1:$port"
+  log "SIGKILL node pid $pid on 127.0.0.1:$port"
+  kill -KILL "$pid"
+  wait_pid_gone "$pid" 10 || die "node pid $pid did not die"
+}
+
+cmd_start_node() {
+  local port=${1:?start-node needs a PORT}
+  known_port "$port"
+  read_pid "$port" >/dev/null && { log "node on 127.0.0.1:$port already running"; return 0; }
+  ensure_redis
+  port_open "$port" && die "port $port on 127.0.0.1 is already in use by another process"
+  start_node "$port"
+  wait_pong "$port" || die "node 127.0.0.1:$port did not answer PING"
+  log "node 127.0.0.1:$port started (pid $(read_pid "$port" || echo '?'))"
+}
+
 all_running() {
   local port
   for port in "${PORTS[@]}"; do read_pid "$port" >/dev/null || return 1; done
@@ -108,25 +181,19 @@ cmd_start() {
   done
   log "starting redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') cluster nodes on $(addrs) (data $REDIS_CLUSTER_DIR)"
   for port in "${PORTS[@]}"; do
-    local dir
-    dir=$(node_dir "$port")
-    mkdir -p "$dir"
-    redis-server \
-      --bind 127.0.0.1 --port "$port" \
-      --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 5000 \
-      --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir" \
-      --maxmemory 0 --maxmemory-policy noeviction --save '' --appendonly no </dev/null 8>&- 9>&- ||
-      { tail -n 20 "$dir/redis.log" >&2 2>/dev/null || true; die "redis-server on port $port failed to start"; }
-    register_instance redis "$dir" "$port"
+    start_node "$port"
   done
   for port in "${PORTS[@]}"; do
     wait_pong "$port" || { tail -n 20 "$(node_dir "$port")/redis.log" >&2 || true; die "node 127.0.0.1:$port did not answer PING"; }
   done
-  log "creating the cluster (3 masters, no replicas)"
+  log "creating the cluster (3 masters, $REDIS_CLUSTER_REPLICAS replica(s) each)"
   timeout "$REDIS_CLUSTER_TIMEOUT" redis-cli --cluster create "${PORTS[@]/#/127.0.0.1:}" \
-    --cluster-replicas 0 --cluster-yes >"$REDIS_CLUSTER_DIR/create.log" 2>&1 ||
+    --cluster-replicas "$REDIS_CLUSTER_REPLICAS" --cluster-yes >"$REDIS_CLUSTER_DIR/create.log" 2>&1 ||
     { cat "$REDIS_CLUSTER_DIR/create.log" >&2; die "redis-cli --cluster create failed"; }
   wait_cluster_ok || { rcli "${PORTS[0]}" cluster info >&2 || true; die "cluster_state:ok not reached within ${REDIS_CLUSTER_TIMEOUT}s"; }
+  if (( REDIS_CLUSTER_REPLICAS > 0 )); then
+    wait_replicas_synced || { rcli "${PORTS[0]}" cluster nodes >&2 || true; die "replicas not in sync within ${REDIS_CLUSTER_TIMEOUT}s"; }
+  fi
   for port in "${PORTS[@]}"; do
     pid=$(read_pid "$port" || echo '?')
     log "node 127.0.0.1:$port pid $pid"
@@ -172,6 +239,9 @@ main() {
     stop)   cmd_stop ;;
     status) cmd_status ;;
     cli)    shift; ensure_redis; exec redis-cli -c -h 127.0.0.1 -p "${PORTS[0]}" "$@" ;;
+    kill-node)  shift; cmd_kill_node "$@" ;;
+    start-node) shift; cmd_start_node "$@" ;;
+    pid)    shift; known_port "${1:?pid needs a PORT}"; read_pid "$1" && echo ;;
     -h|--help|help) usage ;;
     "") usage >&2; exit 2 ;;
     *) log "unknown command: $cmd"; usage >&2; exit 2 ;;

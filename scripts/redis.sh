@@ -37,6 +37,18 @@ Environment (defaults in brackets):
   REDIS_EXTRA_ARGS    extra redis-server arguments (word-split)
   REDIS_START_TIMEOUT seconds to wait for PONG [30]
   REDIS_STOP_TIMEOUT  seconds to wait for exit before SIGKILL [30]
+
+Security (off by default):
+  REDIS_TLS=1             serve TLS only, on REDIS_PORT (no plain port), with the
+                          certificates of REDIS_TLS_DIR
+  REDIS_TLS_DIR           certificates as scripts/certs.sh writes them (ca.crt,
+                          server.crt/key; client.crt/key for redis-cli)
+                          [\$REDIS_DATA_DIR/tls, made by certs.sh when missing]
+  REDIS_TLS_AUTH_CLIENTS  tls-auth-clients: yes (a client certificate signed by the
+                          CA is required), optional or no [no]
+  REDIS_PASSWORD          requirepass of the default user, written to a config
+                          file (never on the command line); redis-cli here reads
+                          it from REDISCLI_AUTH
 EOF
 }
 
@@ -47,6 +59,10 @@ REDIS_DATA_DIR=${REDIS_DATA_DIR:-${TMPDIR:-/tmp}/kbridge-redis-$REDIS_PORT}
 REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-0}
 REDIS_START_TIMEOUT=${REDIS_START_TIMEOUT:-30}
 REDIS_STOP_TIMEOUT=${REDIS_STOP_TIMEOUT:-30}
+REDIS_TLS=${REDIS_TLS:-0}
+REDIS_TLS_DIR=${REDIS_TLS_DIR:-$REDIS_DATA_DIR/tls}
+REDIS_TLS_AUTH_CLIENTS=${REDIS_TLS_AUTH_CLIENTS:-no}
+REDIS_PASSWORD=${REDIS_PASSWORD:-}
 
 PID_FILE=$REDIS_DATA_DIR/redis.pid
 LOG_FILE=$REDIS_DATA_DIR/redis.log
@@ -63,7 +79,34 @@ ensure_redis() {
   ensure_cmds redis-server:redis-server redis-cli:redis-tools
 }
 
-rcli() { timeout 10 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+case $REDIS_TLS_AUTH_CLIENTS in yes|optional|no) ;; *) die "REDIS_TLS_AUTH_CLIENTS must be yes, optional or no" ;; esac
+
+# cli_args: how redis-cli reaches this instance. A started instance
+# remembers its TLS dir (tls-dir) and password (secrets.conf) in its data dir,
+# so stop/status/cli work without the start's environment (scripts/test.sh
+# stops what tests started knowing only port and data dir).
+cli_args() {
+  CLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+  local tls_dir=""
+  if [[ $REDIS_TLS == 1 ]]; then
+    tls_dir=$REDIS_TLS_DIR
+  elif [[ -s $REDIS_DATA_DIR/tls-dir ]]; then
+    tls_dir=$(<"$REDIS_DATA_DIR/tls-dir")
+  fi
+  if [[ -n $tls_dir ]]; then
+    CLI+=(--tls --cacert "$tls_dir/ca.crt" --cert "$tls_dir/client.crt" --key "$tls_dir/client.key")
+  fi
+  # The password reaches redis-cli through its environment, not argv (an
+  # empty REDISCLI_AUTH would send AUTH "": only set when there is one).
+  local pw=$REDIS_PASSWORD
+  if [[ -z $pw && -s $REDIS_DATA_DIR/secrets.conf ]]; then
+    pw=$(awk '$1 == "requirepass" {print $2}' "$REDIS_DATA_DIR/secrets.conf")
+  fi
+  if [[ -n $pw ]]; then export REDISCLI_AUTH=$pw; else unset REDISCLI_AUTH; fi
+}
+cli_args
+
+rcli() { timeout 10 "${CLI[@]}" "$@"; }
 
 read_pid() {
   [[ -f $PID_FILE ]] || return 1
@@ -97,18 +140,39 @@ cmd_start() {
   fi
   mkdir -p "$REDIS_DATA_DIR"
   rm -f "$PID_FILE"
-  local extra=()
+  local extra=() conf=()
   # shellcheck disable=SC2206
   [[ -n ${REDIS_EXTRA_ARGS:-} ]] && extra=($REDIS_EXTRA_ARGS)
-  log "starting redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') on $ADDR (persistence $REDIS_PERSIST, data $REDIS_DATA_DIR)"
-  redis-server \
-    --bind 127.0.0.1 --port "$REDIS_PORT" \
+  local listen=(--port "$REDIS_PORT")
+  if [[ $REDIS_TLS == 1 ]]; then
+    [[ -s $REDIS_TLS_DIR/server.crt && -s $REDIS_TLS_DIR/client.key ]] || bash "$SCRIPT_DIR/certs.sh" "$REDIS_TLS_DIR" >&2
+    listen=(--port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$REDIS_TLS_DIR/server.crt"
+      --tls-key-file "$REDIS_TLS_DIR/server.key" --tls-ca-cert-file "$REDIS_TLS_DIR/ca.crt"
+      --tls-auth-clients "$REDIS_TLS_AUTH_CLIENTS")
+  fi
+  # Secrets go in a config file of mode 0600, not on the command line (ps).
+  if [[ -n $REDIS_PASSWORD ]]; then
+    [[ $REDIS_PASSWORD =~ ^[A-Za-z0-9._~-]+$ ]] || die "REDIS_PASSWORD: limited to [A-Za-z0-9._~-] in these test scripts"
+    (umask 077; printf 'requirepass %s\n' "$REDIS_PASSWORD" >"$REDIS_DATA_DIR/secrets.conf")
+    conf=("$REDIS_DATA_DIR/secrets.conf")
+  else
+    rm -f "$REDIS_DATA_DIR/secrets.conf"
+  fi
+  local sec=""
+  [[ $REDIS_TLS == 1 ]] && sec+=", TLS only (tls-auth-clients $REDIS_TLS_AUTH_CLIENTS, certificates $REDIS_TLS_DIR)"
+  [[ -n $REDIS_PASSWORD ]] && sec+=", requirepass"
+  log "starting redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') on $ADDR (persistence $REDIS_PERSIST, data $REDIS_DATA_DIR$sec)"
+  redis-server "${conf[@]}" \
+    --bind 127.0.0.1 "${listen[@]}" \
     --daemonize yes --pidfile "$PID_FILE" --logfile "$LOG_FILE" --dir "$REDIS_DATA_DIR" \
     --maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy noeviction \
     "${PERSIST_ARGS[@]}" "${extra[@]}" </dev/null 8>&- 9>&- ||
     { tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true; die "redis-server failed to start"; }
-  # remembered so that stop saves (or not) the way this instance was started
+  # remembered so that stop saves (or not) the way this instance was started,
+  # and reaches it over TLS (cli_args)
   echo "$REDIS_PERSIST" >"$REDIS_DATA_DIR/persist-mode"
+  if [[ $REDIS_TLS == 1 ]]; then echo "$REDIS_TLS_DIR" >"$REDIS_DATA_DIR/tls-dir"; else rm -f "$REDIS_DATA_DIR/tls-dir"; fi
+  cli_args
   register_instance redis "$REDIS_DATA_DIR" "$REDIS_PORT"
   if ! wait_pong; then
     tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true
@@ -167,7 +231,7 @@ main() {
     stop)    cmd_stop ;;
     status)  cmd_status ;;
     restart) cmd_stop; cmd_start ;;
-    cli)     shift; ensure_redis; exec redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" ;;
+    cli)     shift; ensure_redis; exec "${CLI[@]}" "$@" ;;
     -h|--help|help) usage ;;
     "") usage >&2; exit 2 ;;
     *) log "unknown command: $cmd"; usage >&2; exit 2 ;;

@@ -144,17 +144,6 @@ func decodeDeadLetter(stream, topic string, part int, xm redis.XMessage) DeadLet
 	return d
 }
 
-// replayScript moves one dead letter to the replay stream: XADD there, XDEL
-// from the dead-letter stream, both or neither. Returns 0 if the dead letter
-// is gone. KEYS[1] dead-letter stream, KEYS[2] replay stream; ARGV[1] ID.
-var replayScript = redis.NewScript(`
-local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #e == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(e[1][2]))
-redis.call('XDEL', KEYS[1], ARGV[1])
-return 1
-`)
-
 // ReplayDeadLetters hands dead letters back to the workers: each moves
 // atomically to its partition's replay stream, where the group that
 // dead-lettered it (created there at ID 0 if missing) reads it again with a

@@ -2,9 +2,7 @@ package main
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/segmentio/kafka-go/sasl"
@@ -23,7 +21,8 @@ func kafkaFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "kafka-tls-insecure", EnvVars: []string{"KBRIDGE_KAFKA_TLS_INSECURE"}, Usage: "do not verify the brokers' certificates (testing only)"},
 		&cli.StringFlag{Name: "kafka-sasl", EnvVars: []string{"KBRIDGE_KAFKA_SASL"}, Usage: "SASL mechanism: plain, scram-sha-256 or scram-sha-512 (default: none)"},
 		&cli.StringFlag{Name: "kafka-username", EnvVars: []string{"KBRIDGE_KAFKA_USERNAME"}, Usage: "SASL user name"},
-		&cli.StringFlag{Name: "kafka-password", EnvVars: []string{"KBRIDGE_KAFKA_PASSWORD"}, Usage: "SASL password (prefer the environment variable: flags show in ps)"},
+		&cli.StringFlag{Name: "kafka-password", EnvVars: []string{"KBRIDGE_KAFKA_PASSWORD"}, Usage: "SASL password (prefer --kafka-password-file or the environment variable: flags show in ps)"},
+		&cli.StringFlag{Name: "kafka-password-file", EnvVars: []string{"KBRIDGE_KAFKA_PASSWORD_FILE"}, Usage: "read the SASL password from `FILE` (its first line)"},
 	}
 }
 
@@ -31,13 +30,40 @@ func kafkaFlags() []cli.Flag {
 func kafkaSecurity(c *cli.Context, probs *[]string) (*tls.Config, sasl.Mechanism) {
 	t, err := tlsConfig(c.Bool("kafka-tls"), c.Bool("kafka-tls-insecure"), c.String("kafka-tls-ca"))
 	if err != nil {
-		*probs = append(*probs, err.Error())
+		*probs = append(*probs, "--kafka-tls-ca: "+err.Error())
+	}
+	if !c.Bool("kafka-tls") {
+		for _, f := range []string{"kafka-tls-ca", "kafka-tls-insecure"} {
+			if c.IsSet(f) {
+				*probs = append(*probs, fmt.Sprintf("--%s is set but --kafka-tls is not: add --kafka-tls", f))
+			}
+		}
 	}
 	mech := strings.ToLower(c.String("kafka-sasl"))
 	user, pass := c.String("kafka-username"), c.String("kafka-password")
-	switch mech {
-	case "":
+	if f := c.String("kafka-password-file"); f != "" {
+		switch pw, err := readSecretFile(f); {
+		case err != nil:
+			*probs = append(*probs, "--kafka-password-file: "+err.Error())
+		case pass != "":
+			*probs = append(*probs, "--kafka-password and --kafka-password-file: give one of them")
+		default:
+			pass = pw
+		}
+	}
+	if mech == "" {
+		if user != "" || pass != "" {
+			*probs = append(*probs, "--kafka-username/--kafka-password are set but --kafka-sasl is not: add --kafka-sasl plain, scram-sha-256 or scram-sha-512")
+		}
 		return t, nil
+	}
+	if user == "" {
+		*probs = append(*probs, fmt.Sprintf("--kafka-sasl %s needs --kafka-username", mech))
+	}
+	if pass == "" && c.String("kafka-password-file") == "" {
+		*probs = append(*probs, fmt.Sprintf("--kafka-sasl %s needs a password: --kafka-password-file, KBRIDGE_KAFKA_PASSWORD or --kafka-password", mech))
+	}
+	switch mech {
 	case "plain":
 		return t, plain.Mechanism{Username: user, Password: pass}
 	case "scram-sha-256", "scram-sha-512":
@@ -54,18 +80,6 @@ func kafkaSecurity(c *cli.Context, probs *[]string) (*tls.Config, sasl.Mechanism
 	}
 	*probs = append(*probs, fmt.Sprintf("--kafka-sasl %q: want plain, scram-sha-256 or scram-sha-512", mech))
 	return t, nil
-}
-
-func loadCA(file string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("--kafka-tls-ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("--kafka-tls-ca %s: no PEM certificate in it", file)
-	}
-	return pool, nil
 }
 
 // splitList flattens comma-separated values of a string slice flag.

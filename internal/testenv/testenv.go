@@ -9,7 +9,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -166,7 +168,25 @@ func ProduceSized(t testing.TB, brokers []string, topic string, from, n, size in
 		if len(msgs) == 0 {
 			return
 		}
-		if err := w.WriteMessages(ctx, msgs...); err != nil {
+		// A topic created a moment ago may still answer "not leader" for a
+		// few partitions: retry only the messages that failed, so that no
+		// record is written twice.
+		pending := msgs
+		err := retryKafka(ctx, func() error {
+			err := w.WriteMessages(ctx, pending...)
+			var werrs kafka.WriteErrors
+			if errors.As(err, &werrs) {
+				var failed []kafka.Message
+				for i, e := range werrs {
+					if e != nil {
+						failed = append(failed, pending[i])
+					}
+				}
+				pending = failed
+			}
+			return err
+		})
+		if err != nil {
 			t.Fatalf("produce to %s: %v", topic, err)
 		}
 		msgs = msgs[:0]
@@ -411,13 +431,29 @@ func StartKafkaBroker(t testing.TB) *KafkaBroker {
 	if !RealKafka() {
 		t.Skip("needs a real Kafka broker (run scripts/test.sh, which sets KAFKA_BROKERS)")
 	}
-	k := &KafkaBroker{Dir: t.TempDir()}
-	for k.Port == 0 || portTaken(k.Port+1) {
-		k.Port = FreePort(t)
-	}
+	k := &KafkaBroker{Dir: t.TempDir(), Port: freePortPair(t)}
 	k.run(t, "start", "KAFKA_FRESH=1")
 	t.Cleanup(func() { k.run(t, "stop") })
 	return k
+}
+
+// freePortPair returns a port p such that p and p+1 are free, chosen below
+// the kernel's ephemeral range (32768-60999 by default): a port from that
+// range can be taken by any outgoing connection between the check and the
+// broker's bind.
+func freePortPair(t testing.TB) int {
+	t.Helper()
+	for range 1000 {
+		p := 20000 + mrand.IntN(9000)
+		if p >= 29090 && p <= 29100 { // the shared development broker's ports
+			continue
+		}
+		if !portTaken(p) && !portTaken(p+1) {
+			return p
+		}
+	}
+	t.Fatal("no free port pair in 20000-29000")
+	return 0
 }
 
 func portTaken(p int) bool {

@@ -1,0 +1,688 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/kbridge/kbridge/internal/testenv"
+	"github.com/kbridge/kbridge/internal/wire"
+	"github.com/kbridge/kbridge/worker"
+)
+
+// ---------------------------------------------------------------- the cluster
+
+// cluster is a Redis Cluster of 3 masters with one replica each, of one test
+// (scripts/redis-cluster.sh), with a short cluster-node-timeout so that a
+// replica takes over a killed master in about two seconds.
+type cluster struct {
+	base int // first port; the nodes are base..base+5
+	dir  string
+	rdb  *redis.ClusterClient
+}
+
+const clusterNodeTimeout = 1000 // ms
+
+func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	if !testenv.RealRedis() || !testenv.RealKafka() {
+		t.Skip("needs redis-server and a real Kafka (scripts/test.sh sets REDIS_ADDR and KAFKA_BROKERS)")
+	}
+	c := &cluster{base: clusterPorts(t), dir: t.TempDir()}
+	began := time.Now()
+	if out, err := script("redis-cluster.sh", c.env(), "start"); err != nil {
+		t.Fatalf("redis-cluster.sh start: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := script("redis-cluster.sh", c.env(), "stop"); err != nil {
+			t.Errorf("redis-cluster.sh stop: %v\n%s", err, out)
+		}
+	})
+	// As kbridge's --redis-cluster client (cmd/kbridge ClusterStateReloadInterval):
+	// read the slot map again after a second, or a dead master is used for
+	// a minute.
+	c.rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.addrs(), ContextTimeoutEnabled: true,
+		ClusterStateReloadInterval: time.Second})
+	t.Cleanup(func() { c.rdb.Close() })
+	t.Logf("Redis Cluster 3 masters × 1 replica on 127.0.0.1:%d-%d (cluster-node-timeout %dms), started in %v",
+		c.base, c.base+5, clusterNodeTimeout, time.Since(began).Round(time.Millisecond))
+	return c
+}
+
+// clusterPorts finds 6 consecutive free ports whose cluster bus ports
+// (+10000) are free too, in this package's range 35200-35899.
+func clusterPorts(t *testing.T) int {
+	t.Helper()
+	for base := 35200; base < 35900; base += 20 {
+		free := true
+		for i := range 6 {
+			for _, p := range []int{base + i, base + i + 10000} {
+				l, err := net.Listen("tcp", addr(p))
+				if err != nil {
+					free = false
+					break
+				}
+				l.Close()
+			}
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatal("no 6 free ports (and bus ports) in 35200-35899")
+	return 0
+}
+
+func (c *cluster) env() []string {
+	return []string{"REDIS_CLUSTER_PORT=" + strconv.Itoa(c.base), "REDIS_CLUSTER_DIR=" + c.dir,
+		"REDIS_CLUSTER_REPLICAS=1", "REDIS_CLUSTER_NODE_TIMEOUT=" + strconv.Itoa(clusterNodeTimeout)}
+}
+
+func (c *cluster) addrs() []string {
+	var a []string
+	for i := range 6 {
+		a = append(a, addr(c.base+i))
+	}
+	return a
+}
+
+// url is kbridge's --redis-url for the cluster (with --redis-cluster).
+func (c *cluster) url() string {
+	a := c.addrs()
+	return "redis://" + a[0] + "/0?addr=" + strings.Join(a[1:], "&addr=")
+}
+
+// node is one line of CLUSTER NODES.
+type node struct {
+	id, addr string
+	master   bool
+	failed   bool
+	masterID string
+	slots    [][2]int
+}
+
+func (n node) owns(slot int) bool {
+	for _, r := range n.slots {
+		if slot >= r[0] && slot <= r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// nodes asks a live node (not skip) for CLUSTER NODES.
+func (c *cluster) nodes(t *testing.T, skip ...string) []node {
+	t.Helper()
+	for _, a := range c.addrs() {
+		if slices.Contains(skip, a) {
+			continue
+		}
+		cl := redis.NewClient(&redis.Options{Addr: a, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
+		out, err := cl.ClusterNodes(context.Background()).Result()
+		cl.Close()
+		if err != nil {
+			continue
+		}
+		var ns []node
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 8 {
+				continue
+			}
+			n := node{id: f[0], addr: strings.SplitN(f[1], "@", 2)[0], master: strings.Contains(f[2], "master"),
+				failed: strings.Contains(f[2], "fail"), masterID: f[3]}
+			for _, s := range f[8:] {
+				if strings.HasPrefix(s, "[") {
+					continue // a slot being migrated
+				}
+				lo, hi, _ := strings.Cut(s, "-")
+				a, _ := strconv.Atoi(lo)
+				b := a
+				if hi != "" {
+					b, _ = strconv.Atoi(hi)
+				}
+				n.slots = append(n.slots, [2]int{a, b})
+			}
+			ns = append(ns, n)
+		}
+		return ns
+	}
+	t.Fatal("no cluster node answers CLUSTER NODES")
+	return nil
+}
+
+// ownerOf returns the live master that serves slot.
+func (c *cluster) ownerOf(t *testing.T, slot int, skip ...string) (node, bool) {
+	for _, n := range c.nodes(t, skip...) {
+		if n.master && !n.failed && n.owns(slot) {
+			return n, true
+		}
+	}
+	return node{}, false
+}
+
+func (c *cluster) node(t *testing.T, a string) *redis.Client {
+	cl := redis.NewClient(&redis.Options{Addr: a, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// top returns the offset of the last entry of a stream on one node, -1 if none.
+func top(ctx context.Context, cl *redis.Client, stream string) int64 {
+	xs, err := cl.XRevRangeN(ctx, stream, "+", "-", 1).Result()
+	if err != nil || len(xs) == 0 {
+		return -1
+	}
+	off, err := wire.ParseID(xs[0].ID)
+	if err != nil {
+		return -1
+	}
+	return off
+}
+
+// ---------------------------------------------------------------- the load
+
+// load runs a kbridge ingest process on the cluster and an in-process worker
+// that records every record it handles, while a producer writes records
+// until told to stop, and checks the commits as they move.
+type load struct {
+	t          *testing.T
+	c          *cluster
+	brokers    []string
+	topic      string
+	group      string
+	prefix     string
+	partitions int
+	ingest     *proc
+
+	produced   atomic.Int64
+	stopProd   chan struct{}
+	prodDone   chan struct{}
+	stopWorker func() error
+
+	mu      sync.Mutex
+	handled map[[2]int64]int // (partition, offset) → handler calls
+
+	watchStop  chan struct{}
+	watchDone  chan struct{}
+	violations []string // commits past an offset not handled yet
+	samples    int
+}
+
+func newLoad(t *testing.T, c *cluster, topic string, partitions int) *load {
+	t.Helper()
+	l := &load{t: t, c: c, brokers: testenv.Kafka(t), topic: topic, group: testenv.Name(t), prefix: testenv.Name(t),
+		partitions: partitions, handled: map[[2]int64]int{}, stopProd: make(chan struct{}), prodDone: make(chan struct{}),
+		watchStop: make(chan struct{}), watchDone: make(chan struct{})}
+	testenv.CreateTopic(t, l.brokers, topic, partitions)
+	return l
+}
+
+func (l *load) streams() []string {
+	var s []string
+	for p := range l.partitions {
+		s = append(s, wire.StreamKey(l.prefix, l.topic, p))
+	}
+	return s
+}
+
+// start starts the producer (batches of 100 records every 100ms), the ingest
+// process, the worker and the commit watcher.
+func (l *load) start() {
+	t := l.t
+	t.Helper()
+	go func() {
+		defer close(l.prodDone)
+		for {
+			select {
+			case <-l.stopProd:
+				return
+			default:
+			}
+			n := l.produced.Load()
+			testenv.ProduceSized(t, l.brokers, l.topic, int(n), 100, 200)
+			l.produced.Add(100)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	l.ingest = startKbridge(t, "ingest", nil, append([]string{"--redis-url", l.c.url(), "--redis-cluster", "--prefix", l.prefix,
+		"ingest", "--brokers", strings.Join(l.brokers, ","), "--topics", l.topic, "--group", l.group, "--partition-cap", "2000"}, fastIngest...)...)
+	w, err := worker.New(worker.Config{
+		Redis:             l.c.rdb,
+		Prefix:            l.prefix,
+		Concurrency:       16,
+		VisibilityTimeout: 3 * time.Second,
+		AckInterval:       10 * time.Millisecond,
+		DiscoveryInterval: 200 * time.Millisecond,
+		BackoffMin:        10 * time.Millisecond,
+		BackoffMax:        100 * time.Millisecond,
+		Logger:            slog.New(slog.NewTextHandler(testWriter{t, "worker"}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Handler: func(ctx context.Context, m *worker.Message) error {
+			l.mu.Lock()
+			l.handled[[2]int64{int64(m.Partition), m.Offset}]++
+			l.mu.Unlock()
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	var once sync.Once
+	l.stopWorker = func() (err error) {
+		once.Do(func() { cancel(); err = <-errc })
+		return err
+	}
+	t.Cleanup(func() { _ = l.stopWorker() })
+	go l.watch()
+	t.Cleanup(func() { l.stopWatch() })
+}
+
+// watch samples the committed offsets and checks each against what the
+// worker had handled by then: a commit must never pass an unhandled offset.
+func (l *load) watch() {
+	defer close(l.watchDone)
+	for {
+		select {
+		case <-l.watchStop:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		committed := testenv.Committed(l.t, l.brokers, l.group, l.topic, l.partitions)
+		l.mu.Lock()
+		l.samples++
+		for p, c := range committed {
+			for o := int64(0); o < c; o++ {
+				if l.handled[[2]int64{int64(p), o}] == 0 {
+					l.violations = append(l.violations, fmt.Sprintf("partition %d committed %d but offset %d was not handled", p, c, o))
+					break
+				}
+			}
+		}
+		l.mu.Unlock()
+	}
+}
+
+func (l *load) stopWatch() {
+	select {
+	case <-l.watchStop:
+	default:
+		close(l.watchStop)
+	}
+	<-l.watchDone
+}
+
+func (l *load) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.handled)
+}
+
+// finish stops the producer, waits for the commits to reach the log end,
+// stops everything and checks the ledger: every produced record handled at
+// least once, no commit ever past an unhandled offset. It returns the
+// number of records and of duplicate handler calls.
+func (l *load) finish(within time.Duration) (records, dups int) {
+	t := l.t
+	t.Helper()
+	close(l.stopProd)
+	<-l.prodDone
+	ends := testenv.LogEnd(t, l.brokers, l.topic, l.partitions)
+	var committed map[int]int64
+	testenv.Eventually(t, within, func() bool {
+		committed = testenv.Committed(t, l.brokers, l.group, l.topic, l.partitions)
+		for p, e := range ends {
+			if committed[p] != e {
+				return false
+			}
+		}
+		return true
+	}, "commits %v, want the log ends %v", func() any { return committed }(), ends)
+	l.stopWatch()
+	if err := l.stopWorker(); err != nil {
+		t.Errorf("worker Run = %v", err)
+	}
+	l.ingest.stop(t)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lost := 0
+	var first string
+	for p, e := range ends {
+		records += int(e)
+		for o := int64(0); o < e; o++ {
+			n := l.handled[[2]int64{int64(p), o}]
+			if n == 0 {
+				if lost == 0 {
+					first = fmt.Sprintf("%d/%d", p, o)
+				}
+				lost++
+			}
+			if n > 1 {
+				dups += n - 1
+			}
+		}
+	}
+	if lost != 0 {
+		t.Errorf("LOST %d of %d records (first %s)", lost, records, first)
+	}
+	if len(l.violations) > 0 {
+		t.Errorf("%d commit samples passed an unhandled offset, e.g. %s", len(l.violations), l.violations[0])
+	}
+	t.Logf("ledger: %d records, lost %d, duplicate handler calls %d; %d commit samples, none past an unhandled offset: %v",
+		records, lost, dups, l.samples, len(l.violations) == 0)
+	return records, dups
+}
+
+// testWriter sends log lines to t.Log.
+type testWriter struct {
+	t    *testing.T
+	name string
+}
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(w.name + ": " + strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// ---------------------------------------------------------------- the tests
+
+// TestClusterFailover kills (SIGKILL) the master that holds some partition
+// streams while records flow, after cutting its replica off so that the
+// replica is promoted without the master's last writes — the loss a real
+// failover can cause with asynchronous replication. The ingest must notice
+// that the streams went back (its loss detection), fetch the lost records
+// again from Kafka, and lose nothing: every produced offset handled at least
+// once, no commit ever past an unhandled offset.
+func TestClusterFailover(t *testing.T) {
+	c := startCluster(t)
+	ctx := context.Background()
+	l := newLoad(t, c, testenv.Name(t), 8)
+	l.start()
+	testenv.Eventually(t, 60*time.Second, func() bool { return l.count() >= 2000 }, "the worker handled only %d records", l.count())
+
+	// The victim: the master of partition 0's stream, and its replica.
+	s0 := l.streams()[0]
+	m, ok := c.ownerOf(t, wire.Slot(s0))
+	if !ok {
+		t.Fatalf("no master serves %s", s0)
+	}
+	var r node
+	var victims []string // the streams on m
+	for _, n := range c.nodes(t) {
+		if !n.master && n.masterID == m.id {
+			r = n
+		}
+	}
+	for _, s := range l.streams() {
+		if m.owns(wire.Slot(s)) {
+			victims = append(victims, s)
+		}
+	}
+	if r.id == "" {
+		t.Fatalf("master %s has no replica", m.addr)
+	}
+	pid := func(a string) int {
+		_, port, _ := strings.Cut(a, ":")
+		out, err := script("redis-cluster.sh", c.env(), "pid", port)
+		if err != nil {
+			t.Fatalf("pid of %s: %v %s", a, err, out)
+		}
+		p, err := strconv.Atoi(strings.TrimSpace(lastLine(out)))
+		if err != nil {
+			t.Fatalf("pid of %s: %q", a, out)
+		}
+		return p
+	}
+	rpid := pid(r.addr)
+	mcl := c.node(t, m.addr)
+	// However long the replica stays cut off on a slow machine, it must still
+	// stand for election (by default a replica whose data is older than 10 ×
+	// cluster-node-timeout does not).
+	if err := c.node(t, r.addr).ConfigSet(ctx, "cluster-replica-validity-factor", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Cut the replica off: stop it, drop its link on the master. From now on
+	// the master's writes reach no replica.
+	if err := syscall.Kill(rpid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	t.Cleanup(func() {
+		if stopped {
+			_ = syscall.Kill(rpid, syscall.SIGCONT)
+		}
+	})
+	if err := mcl.Do(ctx, "client", "kill", "type", "replica").Err(); err != nil {
+		t.Fatalf("CLIENT KILL TYPE replica on %s: %v", m.addr, err)
+	}
+	before := map[string]int64{}
+	for _, s := range victims {
+		before[s] = top(ctx, mcl, s)
+	}
+	// Let the ingest append more on the master alone.
+	var onMaster map[string]int64
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		onMaster = map[string]int64{}
+		grew := 0
+		for _, s := range victims {
+			onMaster[s] = top(ctx, mcl, s)
+			if onMaster[s] > before[s]+50 {
+				grew++
+			}
+		}
+		return grew == len(victims)
+	}, "the ingest appended too little to %v on the master: before %v, now %v", victims, before, onMaster)
+
+	if out, err := script("redis-cluster.sh", c.env(), "kill-node", strings.SplitN(m.addr, ":", 2)[1]); err != nil {
+		t.Fatalf("kill-node %s: %v\n%s", m.addr, err, out)
+	}
+	killed := time.Now()
+	if err := syscall.Kill(rpid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	var promoted node
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		n, ok := c.ownerOf(t, wire.Slot(s0), m.addr)
+		promoted = n
+		return ok && n.id == r.id
+	}, "replica %s was not promoted for the slots of %s (owner now %+v)", r.addr, m.addr, promoted)
+	failover := time.Since(killed)
+
+	rcl := c.node(t, r.addr)
+	var lostStreams []string
+	for _, s := range victims {
+		after := top(ctx, rcl, s)
+		t.Logf("%s: top %d on the master when the replica was cut off, %d on the master when killed, %d on the promoted replica",
+			s, before[s], onMaster[s], after)
+		if after < onMaster[s] {
+			lostStreams = append(lostStreams, s)
+		}
+	}
+	if len(lostStreams) == 0 {
+		t.Fatalf("the promoted replica lost no write: the test did not create the loss it is about")
+	}
+	// The ingest must notice each loss.
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		for _, s := range lostStreams {
+			if !l.ingest.has("redis lost writes", s) {
+				return false
+			}
+		}
+		return true
+	}, "the ingest did not log the lost writes of %v", lostStreams)
+	t.Logf("master %s SIGKILLed; replica %s promoted after %v; %d of %d streams on it lost writes and the ingest noticed each",
+		m.addr, r.addr, failover.Round(time.Millisecond), len(lostStreams), len(victims))
+
+	// Records keep flowing after the failover.
+	n := l.count()
+	testenv.Eventually(t, 60*time.Second, func() bool { return l.count() >= n+2000 }, "the worker stopped after the failover: %d", l.count())
+	records, dups := l.finish(2 * time.Minute)
+	t.Logf("failover under load: %d records, 0 lost, %d duplicate handler calls (entries the promoted replica lost were fetched and delivered again)", records, dups)
+}
+
+// TestClusterReshard migrates the slot of a partition stream from one master
+// to another with `redis-cli --cluster reshard` while records flow (the
+// ingest appends, the worker reads and acknowledges, through MOVED and ASK
+// redirections): nothing lost, no commit past an unhandled offset.
+func TestClusterReshard(t *testing.T) {
+	c := startCluster(t)
+	// A topic whose partition 0 stream sits among the first 64 slots of a
+	// master, so that moving 64 slots moves it.
+	ns := c.nodes(t)
+	var topic string
+	var from node
+	for i := 0; topic == "" && i < 10000; i++ {
+		cand := testenv.Name(t)
+		slot := wire.Slot(wire.StreamKey("x", cand, 0))
+		for _, n := range ns {
+			if n.master && len(n.slots) > 0 && slot >= n.slots[0][0] && slot < n.slots[0][0]+64 {
+				topic, from = cand, n
+			}
+		}
+	}
+	if topic == "" {
+		t.Fatal("found no topic name whose partition 0 sits in the first 64 slots of a master")
+	}
+	var to node
+	for _, n := range ns {
+		if n.master && n.id != from.id {
+			to = n
+			break
+		}
+	}
+	l := newLoad(t, c, topic, 8)
+	l.start()
+	testenv.Eventually(t, 60*time.Second, func() bool { return l.count() >= 2000 }, "the worker handled only %d records", l.count())
+	s0 := l.streams()[0]
+	slot := wire.Slot(s0)
+	if n, _ := c.ownerOf(t, slot); n.id != from.id {
+		t.Fatalf("slot %d of %s is on %s, want %s", slot, s0, n.addr, from.addr)
+	}
+	length := c.rdb.XLen(context.Background(), s0).Val()
+
+	began := time.Now()
+	cmd := exec.Command("redis-cli", "--cluster", "reshard", from.addr, "--cluster-from", from.id, "--cluster-to", to.id,
+		"--cluster-slots", "64", "--cluster-yes")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster reshard: %v\n%s", err, out)
+	}
+	took := time.Since(began)
+	if n, _ := c.ownerOf(t, slot); n.id != to.id {
+		t.Fatalf("after the reshard slot %d is on %s, want %s\n%s", slot, n.addr, to.addr, out)
+	}
+	movedSlots := map[string]bool{} // redis-cli prints each slot in its plan and again as it moves it
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "Moving" && f[1] == "slot" {
+			movedSlots[f[2]] = true
+		}
+	}
+	moved := len(movedSlots)
+	t.Logf("resharded %d slots from %s to %s in %v under load, among them slot %d of %s (XLEN %d when it started)",
+		moved, from.addr, to.addr, took.Round(time.Millisecond), slot, s0, length)
+
+	n := l.count()
+	testenv.Eventually(t, 60*time.Second, func() bool { return l.count() >= n+2000 }, "the worker stopped after the reshard: %d", l.count())
+	records, dups := l.finish(2 * time.Minute)
+	losses := strings.Count(l.ingest.output(), "redis lost writes")
+	t.Logf("reshard under load: %d records, 0 lost, %d duplicate handler calls, %d loss detections by the ingest", records, dups, losses)
+}
+
+func lastLine(s string) string {
+	sc := bufio.NewScanner(strings.NewReader(s))
+	var last string
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) != "" {
+			last = sc.Text()
+		}
+	}
+	return last
+}
+
+// aclClusterCommands are what kbridge needs beyond aclCommands on a Redis
+// Cluster: go-redis reads the slot map with CLUSTER SLOTS and the key
+// positions of commands with COMMAND (refused, it asks again and again).
+var aclClusterCommands = []string{"cluster|slots", "command"}
+
+// TestClusterACLUser runs ingest, worker, status and dlq list with
+// --redis-cluster as the ACL user of TestRedisACLUser, created on every node
+// with aclCommands and aclClusterCommands: everything flows, and INFO
+// commandstats of every node shows no command outside the rule and none
+// rejected.
+func TestClusterACLUser(t *testing.T) {
+	c := startCluster(t)
+	ctx := context.Background()
+	pw := secret("redis-kbridge-pw")
+	url := strings.Replace(c.url(), "redis://", "redis://kbridge@", 1)
+	r := newPipeline(t, 4, 400, "--redis-url", url, "--redis-cluster", "--redis-password-file", writeSecret(t, pw))
+	rule := append(aclRule(r.prefix, append(slices.Clone(aclCommands), aclClusterCommands...)), ">"+pw)
+	replicas := map[string]bool{} // read before the stats are reset: CLUSTER NODES is the test's
+	for _, n := range c.nodes(t) {
+		replicas[n.addr] = !n.master
+	}
+	clients := map[string]*redis.Client{}
+	for _, a := range c.addrs() {
+		cl := c.node(t, a)
+		clients[a] = cl
+		if err := cl.Do(ctx, append([]any{"acl", "setuser", "kbridge"}, rule...)...).Err(); err != nil {
+			t.Fatalf("ACL SETUSER on %s: %v", a, err)
+		}
+		if err := cl.ConfigResetStat(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.start(t, nil)
+	took := r.waitCommitted(t, 60*time.Second)
+	if n, first := r.ledger.missing(t, r.ends); n != 0 {
+		t.Errorf("%d records never handled (first %s)", n, first)
+	}
+	lag := r.statusLag(t)
+	r.kbridge(t, "dlq", "list")
+	r.worker.stop(t)
+	r.ingest.stop(t)
+	allowed := append(slices.Clone(aclCommands), aclClusterCommands...)
+	var used []string
+	for a, cl := range clients {
+		u, rejected := commandStats(t, cl)
+		delete(rejected, "config|get") // the ingest's eviction check, left out of the rule on purpose
+		if len(rejected) > 0 {
+			t.Errorf("%s rejected %v", a, rejected)
+		}
+		for _, cmd := range u {
+			// the test's own ACL SETUSER/RESETSTAT; HELLO/AUTH need no permission; replication
+			if slices.Contains([]string{"config|resetstat", "config|get", "hello", "auth", "acl|setuser", "ping", "replconf", "psync", "sync"}, cmd) {
+				continue
+			}
+			// A replica counts what its master's replication stream runs.
+			if replicas[a] && slices.Contains([]string{"select", "multi", "exec", "pexpireat"}, cmd) {
+				continue
+			}
+			if !slices.Contains(allowed, cmd) {
+				t.Errorf("%s: kbridge called %s, which is not in the rule", a, cmd)
+			}
+			if !slices.Contains(used, cmd) {
+				used = append(used, cmd)
+			}
+		}
+	}
+	slices.Sort(used)
+	t.Logf("Redis Cluster, ACL user ~%s:* with %d commands: %d records committed in %v, status lag %d; called: %s",
+		r.prefix, len(allowed), r.records, took.Round(time.Millisecond), lag, strings.Join(used, " "))
+}

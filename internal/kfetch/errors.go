@@ -1,0 +1,57 @@
+package kfetch
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// ErrClosed is returned by Partition.Next after the partition was closed or
+// the Fetcher stopped, and by Add once the Fetcher stopped.
+var ErrClosed = errors.New("kfetch: closed")
+
+// ErrBrokerTooOld is the error of a fetch from a broker that does not speak
+// Fetch v4 (Kafka < 0.11): it cannot report transactions.
+var ErrBrokerTooOld = errors.New("kfetch: broker does not support Fetch v4 (Kafka 0.11+ needed)")
+
+// PartitionError is a per-partition error of a fetch that the Fetcher does
+// not retry by itself (see Result.Err). Err is a kafka.Error (match with
+// errors.Is(err, kafka.OffsetOutOfRange)) or a *CorruptError.
+type PartitionError struct {
+	Topic     string
+	Partition int
+	Offset    int64 // the offset fetched
+	Err       error
+}
+
+func (e *PartitionError) Error() string {
+	return fmt.Sprintf("fetch %s/%d at offset %d: %v", e.Topic, e.Partition, e.Offset, e.Err)
+}
+
+func (e *PartitionError) Unwrap() error { return e.Err }
+
+// CorruptError is a record set that cannot be read: a CRC mismatch, a
+// malformed batch or record, a failed decompression, or a message format
+// older than record batch v2 (Unsupported). Offset is where it starts.
+type CorruptError struct {
+	Offset      int64
+	Reason      string
+	Unsupported bool
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("unreadable record batch at offset %d: %s", e.Offset, e.Reason)
+}
+
+func corrupt(offset int64, format string, args ...any) error {
+	return &CorruptError{Offset: offset, Reason: fmt.Sprintf(format, args...)}
+}
+
+// retriable reports whether a partition error code is one the Fetcher
+// handles itself (refresh the leader, back off, fetch again), as Kafka's
+// consumer does; the others end the partition's fetching until SetOffset.
+func retriable(code int16) bool {
+	e := kafka.Error(code)
+	return e == kafka.Unknown || e.Temporary() || e == kafka.ReplicaNotAvailable || e == kafka.BrokerNotAvailable
+}
