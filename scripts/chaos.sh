@@ -44,7 +44,8 @@ Options:
                     visibility timeouts) or proposed (the defaults proposed in
                     docs/reliability.md) [defaults]
   --isolate         instead of a schedule: each kind alone, --reps times, each
-                    after the previous one recovered: recovery time per fault type
+                    after the previous one recovered, after "none" (no fault: the
+                    pipeline's own latency): recovery time per fault type
   --reps N          with --isolate [3]
   --quick           the CI seed (TestQuickSeed): 20 faults in 60 s, --kinds quick,
                     --profile fast, 4 partitions, 2 ingests, 2 workers, 300/s

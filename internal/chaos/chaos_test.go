@@ -129,7 +129,7 @@ func TestRecoveryIsolated(t *testing.T) {
 		System: SystemConfig{Bin: testenv.BuildKbridge(t), Scripts: testenv.ScriptsDir(), Dir: runDir(t),
 			Partitions: 8, Ingests: 3, Workers: 3, Rate: 500, Delay: 2 * time.Millisecond,
 			IngestArgs: ingestArgs, WorkerArgs: workerArgs, Log: testLogger(t)},
-		Mode: ModeIsolate, Kinds: append([]Kind{None}, kinds...), Reps: envInt("CHAOS_REPS", 2), Profile: profile,
+		Mode: ModeIsolate, Kinds: kinds, Reps: envInt("CHAOS_REPS", 2), Profile: profile,
 		Command: "CHAOS_LONG=1 go test -run TestRecoveryIsolated ./internal/chaos/",
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -101,6 +102,10 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 			Kinds: cfg.Kinds, Ingests: sc.Ingests, Workers: sc.Workers, MaxHold: cfg.MaxHold})
 		rep.Results = runSchedule(ctx, sys, rep.Schedule)
 	case ModeIsolate:
+		// The baseline first: the pipeline's own latency.
+		if !slices.Contains(cfg.Kinds, None) {
+			cfg.Kinds = append([]Kind{None}, cfg.Kinds...)
+		}
 		rep.Results = runIsolated(ctx, sys, cfg)
 	default:
 		return nil, fmt.Errorf("unknown mode %q", cfg.Mode)
