@@ -55,8 +55,11 @@ Options:
                     --partitions --ingests --workers --rate --delay --max-hold
                     --ingest-flags --worker-flags --drain-within -v ...
 
-Ports: CHAOS_PORT_BASE [36000]: Kafka +92..+95 (listener, controller, proxied
-listener, proxy), Redis +379 and its proxy +380, the handler +80.
+Ports: free ones below the kernel's ephemeral range (32768-60999), where no
+outgoing connection of another program can take one between the check and the
+bind; CHAOS_PORT_BASE=N fixes them instead: Kafka N+92..N+95 (listener,
+controller, proxied listener, proxy), Redis N+379 and its proxy N+380, the
+handler N+80.
 Run directory (logs of every process, report.json, evidence/ per fault):
 CHAOS_DIR [a new directory under ${TMPDIR:-/tmp}], kept at the end.
 
@@ -99,14 +102,14 @@ fi
 ensure_cmds redis-server:redis-server redis-cli:redis-tools
 bash "$SCRIPT_DIR/kafka.sh" libs >/dev/null
 
-base=${CHAOS_PORT_BASE:-36000}
+base=${CHAOS_PORT_BASE:-0}
 dir=${CHAOS_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/kbridge-chaos-XXXXXX")}
 mkdir -p "$dir/bin"
 log "building kbridge and the harness into $dir/bin"
 (cd "$ROOT" && go build -o "$dir/bin/kbridge" ./cmd/kbridge && go build -o "$dir/bin/chaos" ./internal/chaos/cmd/chaos)
 
 (( doc )) && args+=(--doc "$ROOT/docs/reliability.md")
-log "run directory $dir (ports from $base)"
+log "run directory $dir$( (( base )) && echo " (ports from $base)")"
 # The harness stops everything it started (processes, Kafka, Redis) when it
 # ends or gets SIGINT/SIGTERM: pass the signal on and wait for it.
 "$dir/bin/chaos" --bin "$dir/bin/kbridge" --scripts "$SCRIPT_DIR" --dir "$dir" --port-base "$base" \
