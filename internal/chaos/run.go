@@ -219,6 +219,7 @@ func runIsolated(ctx context.Context, sys *System, cfg RunConfig) []FaultResult 
 	var out []FaultResult
 	began := time.Now()
 	reps := max(cfg.Reps, 1)
+	stuck := ""
 	for _, k := range cfg.Kinds {
 		for i := range reps {
 			if ctx.Err() != nil {
@@ -226,15 +227,28 @@ func runIsolated(ctx context.Context, sys *System, cfg RunConfig) []FaultResult 
 			}
 			hold, lag := isolatedHold(k)
 			f := Fault{At: time.Since(began).Round(100 * time.Millisecond), Kind: k, Target: i, Hold: hold, Lag: lag}
+			if stuck != "" {
+				// Measuring more faults on a system that did not recover
+				// would measure nothing.
+				out = append(out, FaultResult{Fault: f, Target: k.service(), Skipped: stuck})
+				continue
+			}
 			sys.log.Info("fault", "fault", f.String())
 			r := sys.Apply(ctx, f)
 			if r.Skipped == "" && r.Point != nil {
 				deadline := time.Now().Add(cfg.RecoverWithin)
+				recovered := false
 				for ctx.Err() == nil && time.Now().Before(deadline) {
-					if _, ok := Recovery(sys.Monitor.Samples(), r.Start, r.Point); ok {
+					if _, recovered = Recovery(sys.Monitor.Samples(), r.Start, r.Point); recovered {
 						break
 					}
 					sleepCtx(ctx, 250*time.Millisecond)
+				}
+				if !recovered && ctx.Err() == nil {
+					stuck = fmt.Sprintf("not applied: the %s fault before it did not recover within %v", k, cfg.RecoverWithin)
+					sys.log.Error("fault did not recover; skipping the rest", "fault", f.String(), "within", cfg.RecoverWithin)
+					out = append(out, r)
+					continue
 				}
 			}
 			// Let the lag come back down before the next fault, and keep
