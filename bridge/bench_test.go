@@ -34,7 +34,7 @@ func BenchmarkAppend(b *testing.B) {
 		top := tracker.None
 		b.ResetTimer()
 		for done := 0; done < b.N; done += chunk {
-			res, err := s.append(ctx, top, mk(done, min(chunk, b.N-done)))
+			res, err := s.append(ctx, top, -1, mk(done, min(chunk, b.N-done)))
 			if err != nil || res.lost {
 				b.Fatalf("append: %v %+v", err, res)
 			}
@@ -74,7 +74,7 @@ func BenchmarkObserve(b *testing.B) {
 	for i := range recs {
 		recs[i] = wire.Record{Topic: "bench", Offset: int64(i), Value: []byte("v")}
 	}
-	if _, err := s.append(ctx, tracker.None, recs); err != nil {
+	if _, err := s.append(ctx, tracker.None, -1, recs); err != nil {
 		b.Fatal(err)
 	}
 	rdb.XReadGroup(ctx, &redisXReadGroupArgs{Group: "a", Consumer: "c", Streams: []string{s.key, ">"}, Count: 1000})

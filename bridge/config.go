@@ -34,8 +34,13 @@ type Config struct {
 	Redis redis.UniversalClient
 	// Prefix of every Redis key. Default "kbridge".
 	Prefix string
-	// WorkerGroups are the Redis consumer groups the workers read in. The
-	// commit waits for all of them (fan-out). Default ["workers"].
+	// WorkerGroups are the Redis consumer groups the ingest creates on each
+	// stream (at ID 0, with MKSTREAM, before its first append) and recreates
+	// when Redis lost them. The commit and the trim wait for every group
+	// that exists on a stream — these and any other, e.g. one another ingest
+	// created during a rolling restart (fan-out) — so leaving a group out of
+	// this list never removes it: that is an explicit act (XGROUP DESTROY,
+	// "kbridge groups remove"). Default ["workers"].
 	WorkerGroups []string
 
 	// PartitionCap is the backlog (records appended but not yet acknowledged

@@ -155,15 +155,24 @@ func (l *ledger) total() int {
 // it reads, records each entry in the ledger, waits delay, and acks. It stops
 // when ctx is done. Redis errors (a restart) are retried.
 func (e *env) work(ctx context.Context, t *testing.T, l *ledger, delay time.Duration) *sync.WaitGroup {
+	all := make([]int, e.partitions)
+	for p := range all {
+		all[p] = p
+	}
+	return e.workGroup(ctx, t, l, delay, "workers", all)
+}
+
+// workGroup is work in another consumer group, on some partitions.
+func (e *env) workGroup(ctx context.Context, t *testing.T, l *ledger, delay time.Duration, group string, partitions []int) *sync.WaitGroup {
 	var wg sync.WaitGroup
-	for p := 0; p < e.partitions; p++ {
+	for _, p := range partitions {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			key := e.stream(p)
 			for ctx.Err() == nil {
 				res, err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-					Group: "workers", Consumer: "c", Streams: []string{key, ">"}, Count: 100, Block: 100 * time.Millisecond,
+					Group: group, Consumer: "c", Streams: []string{key, ">"}, Count: 100, Block: 100 * time.Millisecond,
 				}).Result()
 				if err != nil {
 					if !errors.Is(err, redis.Nil) && ctx.Err() == nil {
@@ -190,7 +199,7 @@ func (e *env) work(ctx context.Context, t *testing.T, l *ledger, delay time.Dura
 					}
 					// Ack after the work, as a worker must; a failed ack
 					// (Redis restarting) leaves them pending: redelivered.
-					e.rdb.XAck(context.Background(), key, "workers", ids...)
+					e.rdb.XAck(context.Background(), key, group, ids...)
 				}
 			}
 		}()

@@ -77,6 +77,21 @@ func (in *Ingest) Run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil // stopped while waiting for Redis: never joined
 	}
+	// The wire contract version workers check (docs/wire.md); a newer one
+	// in Redis is a newer kbridge's, which this one must not lower.
+	var verr error
+	if err := retry(ctx, in.log, "redis", func() error {
+		verr = wire.PublishVersion(ctx, in.cfg.Redis, in.cfg.Prefix)
+		if errors.Is(verr, wire.ErrVersion) {
+			return nil
+		}
+		return verr
+	}); err != nil {
+		return nil // ctx done
+	}
+	if verr != nil {
+		return verr
+	}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                in.cfg.Group,
 		Brokers:           in.cfg.Brokers,

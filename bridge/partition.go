@@ -30,7 +30,10 @@ type partition struct {
 	logEnd   int64
 	backlog  int64 // exact after an observation, estimated after appends
 	paused   bool
-	stalled  string // why the partition stopped for good (topic recreated), "" if not
+	stalled  string // why the partition stopped (topic recreated, a stray entry), "" if not
+	// stray: the stall is an entry another program wrote into the stream;
+	// it lifts by itself once the entry is gone (docs/operations.md).
+	stray    bool
 	lastTrim int64
 	observed time.Time
 	snap     snapshot
@@ -136,41 +139,47 @@ func (p *partition) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if start := p.tr.Start(); start != tracker.None && start > p.logEnd {
-		p.stall(start, p.logEnd)
+	p.tr.SetLogEnd(p.logEnd)
+	switch {
+	case committed > p.logEnd:
+		p.stall(committed, p.logEnd)
+	case p.snap.Top != tracker.None && (p.snap.Top >= p.logEnd || p.snap.topOurs == 0):
+		// Found at assignment, a top that cannot be a record (another
+		// program's XADD) would be taken for this group's own progress.
+		p.stallStray(p.snap.Top, p.snap.topOurs == 0)
+	}
+	if err := p.restart(ctx); err != nil {
+		return err
 	}
 	// What the stream already holds counts against the caps from the start
-	// (a restart or a hand-over finds a full stream).
+	// (a restart or a hand-over finds a full stream). The frontier — or,
+	// with nothing in the stream and no commit, the start offset just
+	// resolved — is offered for commit at once, so that the group's
+	// position is in Kafka before Redis can lose it.
 	d := p.tr.Observe(p.snap.Observation)
 	p.backlog = d.Backlog
 	if d.ShouldCommit && p.stalled == "" {
 		p.c.offer(p.t, d.Commit)
 	}
 	p.in.parts.set(p, p.status())
-	if err := p.restart(ctx); err != nil {
-		return err
-	}
 	p.observed = time.Now()
 	p.log.Info("partition assigned", "committed", committed, "top", p.snap.Top, "offset", p.next)
 	return nil
 }
 
-// restart sets the fetch position from the tracker, resolving the configured
-// start offset when neither a commit nor a stream top says where to start.
+// restart sets the fetch position from the tracker (at assignment and after
+// a loss), resolving the configured start offset only when neither a commit,
+// the stream's top nor an earlier resolution says where to start.
 func (p *partition) restart(ctx context.Context) error {
-	p.next = p.tr.Start()
-	if p.next == tracker.None {
-		err := retry(ctx, p.log, "kafka", func() error {
-			off, err := p.listOffset(ctx, p.in.cfg.startOffset())
-			p.next = off
-			return err
+	return retry(ctx, p.log, "kafka", func() error {
+		next, err := p.tr.Position(func() (int64, error) {
+			return p.listOffset(ctx, p.in.cfg.startOffset())
 		})
-		if err != nil {
-			return err
+		if err == nil {
+			p.next = next
 		}
-	}
-	p.tr.Started(p.next)
-	return nil
+		return err
+	})
 }
 
 func (p *partition) listOffset(ctx context.Context, which int64) (int64, error) {
@@ -222,10 +231,11 @@ func (p *partition) observe(ctx context.Context) {
 		}
 	}
 	p.backlog = d.Backlog
+	p.checkStray(ctx, d.Ahead)
 	if d.ShouldCommit && p.stalled == "" {
 		p.c.offer(p.t, d.Commit)
 	}
-	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim {
+	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim && p.stalled == "" {
 		n, err := p.stream.trim(ctx, tp)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -263,6 +273,11 @@ func (p *partition) recover(ctx context.Context, d tracker.Decision) {
 	}
 	p.tr.Reset(p.snap.Top)
 	p.backlog = 0
+	if p.stray {
+		// The stray entry was removed by resetting the stream's top (the
+		// runbook): what this ingest appended above it is fetched again.
+		p.unstall()
+	}
 	_ = p.restart(ctx)
 	p.observed = time.Time{} // observe again before fetching
 }
@@ -312,6 +327,7 @@ func (p *partition) room() int64 {
 
 // fetch reads the next records of the partition, at most room() of them.
 func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
+	p.in.counters.fetches.Add(1)
 	res, err := p.in.client.Fetch(ctx, &kafka.FetchRequest{
 		Topic: p.t.topic, Partition: p.t.partition, Offset: p.next,
 		MinBytes: 1, MaxBytes: int64(p.in.cfg.FetchMaxBytes), MaxWait: p.in.cfg.FetchMaxWait,
@@ -330,6 +346,7 @@ func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
 	p.logEnd = res.HighWatermark
+	p.tr.SetLogEnd(res.HighWatermark)
 	limit := p.room()
 	var recs []wire.Record
 	for int64(len(recs)) < limit {
@@ -355,8 +372,33 @@ func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
 		}
 		recs = append(recs, rec)
 	}
+	p.skipEmpty(recs, limit, res.HighWatermark)
 	p.in.counters.fetched.Add(int64(len(recs)))
 	return recs, nil
+}
+
+// skipEmpty tells the tracker which offsets at the fetch position hold no
+// record to deliver (invariant 3: a fully acknowledged partition commits its
+// log end, past transaction markers and compacted gaps), and steps the
+// position past an offset that holds none, so the loop does not fetch it
+// again and again. The broker answers a fetch with the batch that holds the
+// position (whole, however large) and what follows it, in order (isolation
+// read_uncommitted, bounded by the high watermark), and kafka-go's reader
+// yields every data record of it and skips control batches silently. So:
+// the offsets from the position to the first record yielded hold none; and
+// when nothing at or after the position was yielded though it is below the
+// high watermark, the position itself holds none. (internal/kfetch, with
+// batch boundaries, will skip whole batches at once.)
+func (p *partition) skipEmpty(recs []wire.Record, limit, hwm int64) {
+	switch {
+	case len(recs) > 0:
+		if first := recs[0].Offset; first > p.next {
+			p.tr.Skipped(p.next, first)
+		}
+	case limit > 0 && p.next < hwm:
+		p.tr.Skipped(p.next, p.next+1)
+		p.next++
+	}
 }
 
 // outOfRange handles a fetch offset Kafka no longer (or not yet) has. Below
@@ -390,14 +432,73 @@ func (p *partition) outOfRange(ctx context.Context) error {
 func (p *partition) stall(offset, logEnd int64) {
 	p.stalled = fmt.Sprintf("offset %d is above the log end %d (stream top %d, committed %d): the topic was recreated or its log truncated; not fetching nor committing until the stream and the group's offsets are reset",
 		offset, logEnd, p.tr.Appended(), p.tr.Committed())
+	p.stray = false
 	p.log.Error("partition stalled: "+p.stalled, "offset", offset, "log_end", logEnd)
+}
+
+// stallStray stops fetching and committing the partition while its stream's
+// top is an entry that cannot be a record: above what this ingest appended
+// and at or above the log end, or not written by kbridge (another program's
+// XADD). Appending would skip the partition's next records as duplicates of
+// it, and the commit would follow it past records nobody processed. It lifts
+// by itself once the entry is gone (checkStray, recover).
+func (p *partition) stallStray(top int64, notOurs bool) {
+	mine := fmt.Sprint(p.tr.Appended())
+	if p.tr.Appended() >= top {
+		mine = fmt.Sprintf("found at assignment, committed %d", p.tr.Committed())
+	}
+	var reason string
+	if notOurs {
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%s): entry %s was not written by kbridge (it is not a record of %s/%d), another program wrote into the stream; not fetching nor committing until it is removed (docs/operations.md, \"A stalled partition\")",
+			top, mine, wire.EntryID(top), p.t.topic, p.t.partition)
+	} else {
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%s) and above the log end %d: an entry not written by kbridge (another program's XADD into the stream?), or the topic was recreated; not fetching nor committing until it is removed (docs/operations.md, \"A stalled partition\")",
+			top, mine, p.logEnd)
+	}
+	if p.stalled == reason {
+		return
+	}
+	p.stalled, p.stray = reason, true
+	p.log.Error("partition stalled: "+reason, "offset", top, "log_end", p.logEnd)
+}
+
+func (p *partition) unstall() {
+	p.log.Warn("partition no longer stalled: the entry that was not a record is gone", "was", p.stalled)
+	p.stalled, p.stray = "", false
+}
+
+// checkStray looks at a stream top above what this ingest appended (ahead):
+// another ingest's append (a zombie of an old generation: harmless, below
+// the log end) or an entry that cannot be a record, which stalls the
+// partition. The log end is read afresh before blaming a top at or above the
+// one last seen. A stray stall lifts when the top is no longer ahead.
+func (p *partition) checkStray(ctx context.Context, ahead bool) {
+	if !ahead && !p.stray {
+		return
+	}
+	top := p.snap.Top
+	foreign := top != tracker.None && p.snap.topOurs == 0
+	above := top != tracker.None && top >= p.logEnd
+	if above && !foreign {
+		if end, err := p.listOffset(ctx, kafka.LastOffset); err == nil {
+			p.logEnd = end
+			p.tr.SetLogEnd(end)
+			above = top >= end
+		}
+	}
+	switch {
+	case foreign || above:
+		p.stallStray(top, foreign)
+	case p.stray:
+		p.unstall()
+	}
 }
 
 // append writes recs once. An error leaves p.next where it was: the records
 // are fetched again and the conditional append makes a retry of a batch that
 // did land harmless.
 func (p *partition) append(ctx context.Context, recs []wire.Record) error {
-	res, err := p.stream.append(ctx, p.tr.Appended(), recs)
+	res, err := p.stream.append(ctx, p.tr.Appended(), p.logEnd, recs)
 	if err != nil {
 		p.in.counters.redisErrs.Add(1)
 		if redis.HasErrorPrefix(err, "OOM") {
@@ -405,15 +506,18 @@ func (p *partition) append(ctx context.Context, recs []wire.Record) error {
 		}
 		return err
 	}
-	if res.lost {
-		p.observe(ctx) // sees the loss and recovers
+	if res.lost || res.foreign {
+		p.observe(ctx) // sees the loss and recovers, or stalls on the stray top
 		return nil
 	}
-	p.tr.MarkAppended(res.top)
+	// The records up to the last one are in the stream (appended, or found
+	// there): that, not the stream's top, is what this ingest knows.
+	last := recs[len(recs)-1].Offset
+	p.tr.MarkAppended(last)
 	p.in.counters.appended.Add(int64(res.added))
 	p.in.counters.dups.Add(int64(len(recs) - res.added))
 	p.backlog += int64(res.added)
-	p.next = max(recs[len(recs)-1].Offset+1, res.top+1)
+	p.next = last + 1
 	return nil
 }
 
@@ -444,7 +548,7 @@ func (p *partition) status() PartitionStatus {
 		OldestPending: p.snap.oldest.offset, OldestPendingGroup: p.snap.oldest.group,
 		OldestPendingConsumer: p.snap.oldest.consumer, OldestPendingIdle: p.snap.oldest.idle,
 		OldestPendingDelivery: p.snap.oldest.deliveries,
-		Owner:                 p.in.owner, Updated: time.Now(),
+		WorkerGroups:          p.in.cfg.WorkerGroups, Owner: p.in.owner, Updated: time.Now(),
 	}
 }
 

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,9 @@ type PartitionStatus struct {
 	OldestPendingConsumer string
 	OldestPendingIdle     time.Duration
 	OldestPendingDelivery int64
+	// WorkerGroups are the groups the owning ingest creates (its
+	// --worker-groups): a group removed while listed here is recreated at 0.
+	WorkerGroups []string
 	// Owner identifies the ingest process (host:pid) and Updated the time of
 	// this status.
 	Owner   string
@@ -67,6 +71,7 @@ const (
 	StatusOldestConsumer  = "oldest_pending_consumer"
 	StatusOldestIdleMs    = "oldest_pending_idle_ms"
 	StatusOldestDelivered = "oldest_pending_deliveries"
+	StatusWorkerGroups    = "worker_groups"
 	StatusOwner           = "owner"
 	StatusUpdatedMs       = "updated_ms"
 )
@@ -90,6 +95,7 @@ func (s PartitionStatus) fields() []any {
 		StatusOldestConsumer, s.OldestPendingConsumer,
 		StatusOldestIdleMs, itoa(s.OldestPendingIdle.Milliseconds()),
 		StatusOldestDelivered, itoa(s.OldestPendingDelivery),
+		StatusWorkerGroups, strings.Join(s.WorkerGroups, ","),
 		StatusOwner, s.Owner,
 		StatusUpdatedMs, itoa(s.Updated.UnixMilli()),
 	}
@@ -118,14 +124,23 @@ func ParseStatus(h map[string]string) PartitionStatus {
 		OldestPendingConsumer: h[StatusOldestConsumer],
 		OldestPendingIdle:     time.Duration(n(StatusOldestIdleMs)) * time.Millisecond,
 		OldestPendingDelivery: n(StatusOldestDelivered),
+		WorkerGroups:          splitGroups(h[StatusWorkerGroups]),
 		Owner:                 h[StatusOwner],
 		Updated:               time.UnixMilli(n(StatusUpdatedMs)),
 	}
 }
 
+func splitGroups(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
 // Counters are the ingest's running totals since start. Read them with
 // Ingest.Stats.
 type Counters struct {
+	Fetches           int64 // fetch requests sent to Kafka
 	Fetched           int64 // records fetched from Kafka
 	Appended          int64 // entries appended to Redis
 	DuplicatesSkipped int64 // records already in the stream (retry, zombie, restart)
@@ -140,12 +155,12 @@ type Counters struct {
 }
 
 type counters struct {
-	fetched, appended, dups, commits, commitErrs, redisErrs, kafkaErrs, losses, trimmed, rebalances, pauses atomic.Int64
+	fetches, fetched, appended, dups, commits, commitErrs, redisErrs, kafkaErrs, losses, trimmed, rebalances, pauses atomic.Int64
 }
 
 func (c *counters) snapshot() Counters {
 	return Counters{
-		Fetched: c.fetched.Load(), Appended: c.appended.Load(), DuplicatesSkipped: c.dups.Load(),
+		Fetches: c.fetches.Load(), Fetched: c.fetched.Load(), Appended: c.appended.Load(), DuplicatesSkipped: c.dups.Load(),
 		Commits: c.commits.Load(), CommitErrors: c.commitErrs.Load(), RedisErrors: c.redisErrs.Load(),
 		KafkaErrors: c.kafkaErrs.Load(), Losses: c.losses.Load(), Trimmed: c.trimmed.Load(),
 		Rebalances: c.rebalances.Load(), Pauses: c.pauses.Load(),

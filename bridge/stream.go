@@ -35,17 +35,41 @@ local function streaminfo(key)
   return top, len, last
 end
 
--- the last-delivered-id of every group of a stream, by group name
-local function lastdelivered(key)
+-- every consumer group that exists on a stream, in XINFO GROUPS order:
+-- {{name, last-delivered-id}, ...}. All of them hold the commit and the trim
+-- (invariant 2), whoever created them: a group is removed by an operator
+-- (XGROUP DESTROY, kbridge groups remove), never by a flag.
+local function groups(key)
   local out = {}
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
     local name, last
     for i = 1, #g, 2 do
       if g[i] == 'name' then name = g[i+1] elseif g[i] == 'last-delivered-id' then last = g[i+1] end
     end
-    out[name] = last
+    table.insert(out, {name, last})
   end
   return out
+end
+
+-- whether the stream's top entry (ID last, offset top) is a record kbridge
+-- wrote: 1 yes, 0 no (another program's XADD), -1 cannot tell (the entry was
+-- deleted or trimmed). kbridge's IDs are <offset>-1 and its entries start
+-- with topic, partition, offset (docs/wire.md).
+local function ours(key, last, top)
+  local ms, seq = string.match(last, '^(%d+)%-(%d+)$')
+  if ms == nil or seq ~= '1' then return 0 end
+  local e = redis.call('XRANGE', key, last, last)
+  if #e == 0 then return -1 end
+  local f = e[1][2]
+  if f[1] == 'topic' and f[3] == 'partition' and f[5] == 'offset' and f[6] == ms then return 1 end
+  return 0
+end
+
+-- the first entry after a group's last-delivered-id, '' when none
+local function nextafter(key, last)
+  local nxt = redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', 1)
+  if #nxt > 0 then return nxt[1][1] end
+  return ''
 end
 `
 
@@ -53,18 +77,26 @@ end
 // expects (invariant 1: no holes). Entries at or below the actual top are
 // already there (a retry, or another ingest got there first) and are skipped;
 // a top below the expected one means Redis lost writes, and nothing is
-// appended. It never creates the stream: a missing stream is a loss too.
+// appended. It never creates the stream: a missing stream is a loss too. A top
+// above the expected one that cannot be a record — at or above the Kafka log
+// end, or an entry kbridge did not write — appends nothing either: skipping
+// the batch's records as "already there" would lose them (invariant 3).
 //
-// KEYS[1] stream; ARGV[1] expected top offset (-1: empty); ARGV[2] n; then n
-// times: offset, field count f, f field/value strings.
-// Returns {status, top, added}: status 0 appended, 1 no stream, 2 top behind.
+// KEYS[1] stream; ARGV[1] expected top offset (-1: empty); ARGV[2] the log
+// end (-1: unknown); ARGV[3] n; then n times: offset, field count f, f
+// field/value strings. Returns {status, top, added}: status 0 appended, 1 no
+// stream, 2 top behind, 3 top ahead and not a record.
 var appendScript = redis.NewScript(luaTop + `
-local top = streaminfo(KEYS[1])
+local top, _, last = streaminfo(KEYS[1])
 if top == nil then return {1, -1, 0} end
 local expected = tonumber(ARGV[1])
 if top < expected then return {2, top, 0} end
-local n = tonumber(ARGV[2])
-local i, added = 3, 0
+if top > expected then
+  local logend = tonumber(ARGV[2])
+  if (logend >= 0 and top >= logend) or ours(KEYS[1], last, top) == 0 then return {3, top, 0} end
+end
+local n = tonumber(ARGV[3])
+local i, added = 4, 0
 for _ = 1, n do
   local off, nf = tonumber(ARGV[i]), tonumber(ARGV[i+1])
   if off > top then
@@ -78,59 +110,100 @@ return {0, top, added}
 `)
 
 // observeScript reads, atomically, everything the commit needs (invariant 2):
-// the stream's top and length and, per configured group, its pending count,
-// its lowest pending entry (with the consumer holding it, idle time and
-// delivery count) and the first entry after its last-delivered-id. One script
-// makes the reads one snapshot, so no entry can slip between them.
+// the stream's top and length and, for every consumer group on the stream
+// (the configured ones and any other: a group another ingest or an operator
+// created counts just the same), its pending count, its lowest pending entry
+// (with the consumer holding it, idle time and delivery count) and the first
+// entry after its last-delivered-id. One script makes the reads one
+// snapshot, so no entry can slip between them.
 //
-// KEYS[1] stream; ARGV group names. Returns {0} when the stream does not
-// exist, else {1, top, length, g1, g2, ...} with g = {0} for a missing group
-// or {1, pending, lowest-id, consumer, idle-ms, deliveries, next-id}.
+// It also says whether the top entry is one kbridge wrote (see ours), so that
+// an entry another program wrote above the top is told from a zombie's.
+//
+// KEYS[1] stream; ARGV the configured group names. Returns {0} when the
+// stream does not exist, else {1, top, length, ours, g1, g2, ...} with, per
+// group on the stream, g = {name, 1, pending, lowest-id, consumer, idle-ms,
+// deliveries, next-id}, then g = {name, 0} per configured group missing.
 var observeScript = redis.NewScript(luaTop + `
-local top, len = streaminfo(KEYS[1])
+local top, len, last = streaminfo(KEYS[1])
 if top == nil then return {0} end
-local delivered = lastdelivered(KEYS[1])
-local out = {1, top, len}
+local mine = -1
+if top >= 0 then mine = ours(KEYS[1], last, top) end
+local out = {1, top, len, mine}
+local seen = {}
+for _, g in ipairs(groups(KEYS[1])) do
+  local name, last = g[1], g[2]
+  seen[name] = true
+  local count = redis.call('XPENDING', KEYS[1], name)[1]
+  local low = {'', '', 0, 0}
+  if count > 0 then low = redis.call('XPENDING', KEYS[1], name, '-', '+', 1)[1] end
+  table.insert(out, {name, 1, count, low[1], low[2], low[3], low[4], nextafter(KEYS[1], last)})
+end
 for _, name in ipairs(ARGV) do
-  local last = delivered[name]
-  if last == nil then
-    table.insert(out, {0})
-  else
-    local count = redis.call('XPENDING', KEYS[1], name)[1]
-    local low = {'', '', 0, 0}
-    if count > 0 then low = redis.call('XPENDING', KEYS[1], name, '-', '+', 1)[1] end
-    local nxt = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
-    local nid = ''
-    if #nxt > 0 then nid = nxt[1][1] end
-    table.insert(out, {1, count, low[1], low[2], low[3], low[4], nid})
-  end
+  if not seen[name] then table.insert(out, {name, 0}) end
 end
 return out
 `)
 
-// trimScript trims below min(ARGV[1], the frontier read afresh), so that a
-// trim point computed before Redis came back from an older snapshot cannot
-// delete entries the restored groups still hold pending or undelivered
-// (invariant 4). It trims nothing when the stream or a group is missing.
+// trimScript trims below min(ARGV[1], the frontier read afresh over every
+// group on the stream), so that a trim point computed before Redis came back
+// from an older snapshot, or before another ingest or an operator created a
+// group, cannot delete entries a group still holds pending or undelivered
+// (invariants 2 and 4). It trims nothing when the stream or a configured
+// group is missing, or when the stream has no group at all.
 //
 // KEYS[1] stream; ARGV[1] offset bound (the committed offset); ARGV[2..]
-// group names. Returns the number of entries trimmed.
+// configured group names. Returns the number of entries trimmed.
 var trimScript = redis.NewScript(luaTop + `
 local top = streaminfo(KEYS[1])
 if top == nil then return 0 end
 local function offset(id) return tonumber(string.match(id, '^(%d+)')) end
-local delivered = lastdelivered(KEYS[1])
 local below = math.min(tonumber(ARGV[1]), top + 1)
-for i = 2, #ARGV do
-  local last = delivered[ARGV[i]]
-  if last == nil then return 0 end
-  local low = redis.call('XPENDING', KEYS[1], ARGV[i], '-', '+', 1)
+local seen = {}
+local gs = groups(KEYS[1])
+if #gs == 0 then return 0 end
+for _, g in ipairs(gs) do
+  local name, last = g[1], g[2]
+  seen[name] = true
+  local low = redis.call('XPENDING', KEYS[1], name, '-', '+', 1)
   if #low > 0 then below = math.min(below, offset(low[1][1])) end
-  local nxt = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
-  if #nxt > 0 then below = math.min(below, offset(nxt[1][1])) end
+  local nid = nextafter(KEYS[1], last)
+  if nid ~= '' then below = math.min(below, offset(nid)) end
+end
+for i = 2, #ARGV do
+  if not seen[ARGV[i]] then return 0 end
 end
 if below <= 0 then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', below))
+`)
+
+// rewindGroupsScript sets back, to the stream's top, every group whose
+// last-delivered-id is above it. Redis never lowers a stream's top by itself;
+// an operator does (XSETID, after deleting an entry another program wrote:
+// docs/operations.md). A group left above the top would never be delivered
+// the records appended next — its first undelivered entry would be none — and
+// the commit would pass them.
+//
+// KEYS[1] stream. Returns the number of groups set back.
+var rewindGroupsScript = redis.NewScript(luaTop + `
+local top, _, last = streaminfo(KEYS[1])
+if top == nil then return 0 end
+-- miniredis reports '' for a group or stream at "0-0"
+local function parse(id)
+  local ms, seq = string.match(id or '', '^(%d+)%-(%d+)$')
+  if ms == nil then return 0, 0 end
+  return tonumber(ms), tonumber(seq)
+end
+local tms, tseq = parse(last)
+local n = 0
+for _, g in ipairs(groups(KEYS[1])) do
+  local ms, seq = parse(g[2])
+  if ms > tms or (ms == tms and seq > tseq) then
+    redis.call('XGROUP', 'SETID', KEYS[1], g[1], last)
+    n = n + 1
+  end
+end
+return n
 `)
 
 // stream is the Redis side of one partition.
@@ -143,13 +216,18 @@ type stream struct {
 }
 
 // ensure creates every worker group at ID 0 with MKSTREAM (a group made at $
-// would skip entries) and registers the stream for worker discovery.
+// would skip entries), sets back any group whose last-delivered-id is above
+// the stream's top (rewindGroupsScript), and registers the stream for worker
+// discovery.
 func (s *stream) ensure(ctx context.Context) error {
 	for _, g := range s.groups {
 		err := s.rdb.XGroupCreateMkStream(ctx, s.key, g, "0").Err()
 		if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
 			return fmt.Errorf("create group %s on %s: %w", g, s.key, err)
 		}
+	}
+	if err := rewindGroupsScript.Run(ctx, s.rdb, []string{s.key}).Err(); err != nil {
+		return fmt.Errorf("set back groups above the top of %s: %w", s.key, err)
 	}
 	if err := s.rdb.SAdd(ctx, s.registry, s.key).Err(); err != nil {
 		return fmt.Errorf("register %s: %w", s.key, err)
@@ -162,20 +240,24 @@ type appendResult struct {
 	top   int64 // the stream's top after the appends
 	added int   // entries added (the rest were already there)
 	lost  bool  // the stream is gone or its top is behind the expected one
+	// foreign: the top is ahead of the expected one and cannot be a record
+	// (at or above the log end, or not written by kbridge): nothing added.
+	foreign bool
 }
 
 // append writes recs (consecutive Kafka records of the partition, offsets
 // rising) on top of expected, in script calls of batchSize pipelined in one
 // round trip. Each call expects the top the previous one leaves, so a loss
-// stops the rest of the pipeline from appending too.
-func (s *stream) append(ctx context.Context, expected int64, recs []wire.Record) (appendResult, error) {
+// stops the rest of the pipeline from appending too. logEnd is the
+// partition's log end (-1: unknown): a top at or above it is not a record.
+func (s *stream) append(ctx context.Context, expected, logEnd int64, recs []wire.Record) (appendResult, error) {
 	pipe := s.rdb.Pipeline()
 	var cmds []*redis.Cmd
 	args := make([]any, 0, 2+len(recs)*16)
 	exp := expected
 	for start := 0; start < len(recs); start += s.batchSize {
 		batch := recs[start:min(start+s.batchSize, len(recs))]
-		args = append(args[:0], exp, len(batch))
+		args = append(args[:0], exp, logEnd, len(batch))
 		for i := range batch {
 			mark := len(args)
 			args = append(args, batch[i].Offset, 0)
@@ -198,12 +280,17 @@ func (s *stream) append(ctx context.Context, expected int64, recs []wire.Record)
 			if err := appendScript.Load(ctx, s.rdb).Err(); err != nil {
 				return appendResult{}, fmt.Errorf("load append script: %w", err)
 			}
-			return s.append(ctx, expected, recs)
+			return s.append(ctx, expected, logEnd, recs)
 		}
 		if err != nil {
 			return appendResult{}, fmt.Errorf("append to %s: %w", s.key, err)
 		}
-		if v[0] != 0 {
+		switch v[0] {
+		case 0:
+		case 3:
+			res.foreign, res.top = true, v[1]
+			return res, nil
+		default:
 			res.lost, res.top = true, v[1]
 			return res, nil
 		}
@@ -221,6 +308,9 @@ func isScriptMiss(err error) bool {
 type snapshot struct {
 	tracker.Observation
 	oldest oldestPending
+	// topOurs says whether the top entry is a record kbridge wrote: 1 yes,
+	// 0 no, -1 cannot tell (deleted, trimmed, or no entry).
+	topOurs int64
 }
 
 // oldestPending is the lowest pending entry over all groups: the one that
@@ -243,10 +333,10 @@ func (s *stream) observe(ctx context.Context) (snapshot, error) {
 	if err != nil {
 		return snapshot{}, fmt.Errorf("observe %s: %w", s.key, err)
 	}
-	return parseObservation(s.groups, v)
+	return parseObservation(v)
 }
 
-func parseObservation(groups []string, v []any) (snapshot, error) {
+func parseObservation(v []any) (snapshot, error) {
 	snap := snapshot{oldest: oldestPending{offset: tracker.None}}
 	bad := func(what string) (snapshot, error) {
 		return snapshot{}, fmt.Errorf("observe: unexpected reply (%s): %v", what, v)
@@ -258,41 +348,43 @@ func parseObservation(groups []string, v []any) (snapshot, error) {
 		snap.Top = tracker.None
 		return snap, nil
 	}
-	if len(v) != 3+len(groups) {
+	if len(v) < 4 {
 		return bad("length")
 	}
 	snap.Exists = true
 	snap.Top, _ = v[1].(int64)
 	snap.Length, _ = v[2].(int64)
-	for i, name := range groups {
-		g := tracker.Group{Name: name, LowestPending: tracker.None, NextUndelivered: tracker.None}
-		f, ok := v[3+i].([]any)
-		if !ok || len(f) == 0 {
+	snap.topOurs, _ = v[3].(int64)
+	for _, gv := range v[4:] {
+		f, ok := gv.([]any)
+		if !ok || len(f) < 2 {
 			return bad("group")
 		}
-		if n, _ := f[0].(int64); n == 0 {
+		name, _ := f[0].(string)
+		g := tracker.Group{Name: name, LowestPending: tracker.None, NextUndelivered: tracker.None}
+		if n, _ := f[1].(int64); n == 0 {
 			g.Missing = true
 			snap.Groups = append(snap.Groups, g)
 			continue
 		}
-		if len(f) != 7 {
+		if len(f) != 8 {
 			return bad("group fields")
 		}
-		g.Pending, _ = f[1].(int64)
-		if id, _ := f[2].(string); id != "" {
+		g.Pending, _ = f[2].(int64)
+		if id, _ := f[3].(string); id != "" {
 			off, err := wire.ParseID(id)
 			if err != nil {
 				return snapshot{}, err
 			}
 			g.LowestPending = off
 			if snap.oldest.offset == tracker.None || off < snap.oldest.offset {
-				idle, _ := f[4].(int64)
-				snap.oldest = oldestPending{offset: off, group: name, consumer: fmt.Sprint(f[3]),
+				idle, _ := f[5].(int64)
+				snap.oldest = oldestPending{offset: off, group: name, consumer: fmt.Sprint(f[4]),
 					idle: time.Duration(idle) * time.Millisecond}
-				snap.oldest.deliveries, _ = f[5].(int64)
+				snap.oldest.deliveries, _ = f[6].(int64)
 			}
 		}
-		if id, _ := f[6].(string); id != "" {
+		if id, _ := f[7].(string); id != "" {
 			off, err := wire.ParseID(id)
 			if err != nil {
 				return snapshot{}, err

@@ -87,7 +87,7 @@ func TestConditionalAppend(t *testing.T) {
 		{"top behind what was appended: loss, nothing added", 30, span(31, 33), 20, 0, true, append(span(0, 15), 17, 20)},
 	}
 	for _, st := range steps {
-		res, err := s.append(ctx, st.expected, recs(st.offsets...))
+		res, err := s.append(ctx, st.expected, -1, recs(st.offsets...))
 		if err != nil {
 			t.Fatalf("%s: %v", st.name, err)
 		}
@@ -103,7 +103,7 @@ func TestConditionalAppend(t *testing.T) {
 	if err := rdb.Del(ctx, s.key).Err(); err != nil {
 		t.Fatal(err)
 	}
-	res, err := s.append(ctx, 20, recs(21, 22))
+	res, err := s.append(ctx, 20, -1, recs(21, 22))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,9 +122,57 @@ func TestConditionalAppend(t *testing.T) {
 	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	res, err = s.append(ctx, tracker.None, recs(span(100, 104)...))
+	res, err = s.append(ctx, tracker.None, -1, recs(span(100, 104)...))
 	if err != nil || res.added != 5 || res.top != 104 {
 		t.Errorf("append after SCRIPT FLUSH: %+v, %v; want 5 added, top 104", res, err)
+	}
+}
+
+// TestAppendRefusesStrayTop (issue 7 point 7): a stream top above what the
+// ingest expects that cannot be a record — an entry another program wrote, or
+// one at or above the log end — makes the append add nothing: skipping the
+// batch as "already there" would lose its records. A zombie's entries (real
+// records below the log end) are still skipped as duplicates.
+func TestAppendRefusesStrayTop(t *testing.T) {
+	ctx := context.Background()
+	s, rdb := newStream(t, 100)
+	if err := s.ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.append(ctx, tracker.None, -1, recs(span(0, 9)...)); err != nil {
+		t.Fatal(err)
+	}
+	// A zombie appended 10..12: this ingest's 10..13 adds 13 only.
+	if _, err := s.append(ctx, 9, -1, recs(10, 11, 12)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.append(ctx, 9, 20, recs(10, 11, 12, 13))
+	if err != nil || res.foreign || res.added != 1 || res.top != 13 {
+		t.Fatalf("zombie ahead: %+v, %v; want 1 added, top 13", res, err)
+	}
+	snap, err := s.observe(ctx)
+	if err != nil || snap.topOurs != 1 {
+		t.Fatalf("observe: topOurs=%d, %v; want 1 (a kbridge entry)", snap.topOurs, err)
+	}
+	// Another program's XADD above the top.
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.key, ID: "199-1", Values: []string{"foo", "bar"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err = s.append(ctx, 13, 1000, recs(14, 15))
+	if err != nil || !res.foreign || res.added != 0 || res.top != 199 {
+		t.Errorf("entry not written by kbridge above the top: %+v, %v; want foreign, nothing added", res, err)
+	}
+	if snap, err = s.observe(ctx); err != nil || snap.topOurs != 0 || snap.Top != 199 {
+		t.Errorf("observe: top %d topOurs=%d, %v; want 199 and 0 (not a kbridge entry)", snap.Top, snap.topOurs, err)
+	}
+	// Gone (XDEL): cannot tell by its fields, but it is above the log end.
+	rdb.XDel(ctx, s.key, "199-1")
+	res, err = s.append(ctx, 13, 104, recs(14, 15))
+	if err != nil || !res.foreign || res.added != 0 {
+		t.Errorf("top 199 above the log end 104: %+v, %v; want foreign, nothing added", res, err)
+	}
+	if got := streamOffsets(t, rdb, s.key); !equal(got, span(0, 13)) {
+		t.Errorf("stream %v, want 0..13", got)
 	}
 }
 
@@ -143,7 +191,7 @@ func TestObserve(t *testing.T) {
 	if !snap.Exists || snap.Top != tracker.None || snap.Length != 0 || len(snap.Groups) != 2 {
 		t.Fatalf("empty stream: got %+v", snap)
 	}
-	if _, err := s.append(ctx, tracker.None, recs(10, 11, 12, 13, 15)); err != nil {
+	if _, err := s.append(ctx, tracker.None, -1, recs(10, 11, 12, 13, 15)); err != nil {
 		t.Fatal(err)
 	}
 	// Group a: 10, 11 delivered; 11 acked. Group b: nothing delivered.
@@ -155,7 +203,7 @@ func TestObserve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, b := snap.Groups[0], snap.Groups[1]
+	a, b := groupOf(t, snap, "a"), groupOf(t, snap, "b")
 	if snap.Top != 15 || snap.Length != 5 {
 		t.Errorf("top=%d length=%d, want 15 and 5", snap.Top, snap.Length)
 	}
@@ -171,7 +219,32 @@ func TestObserve(t *testing.T) {
 	if f, ok := snap.Frontier(); !ok || f != 10 {
 		t.Errorf("frontier = %d, %v; want 10", f, ok)
 	}
-	// A group that disappeared is reported missing: no frontier.
+	// A group the ingest was not configured with (another ingest's
+	// --worker-groups, an operator) holds the frontier too (invariant 2).
+	for _, ack := range []string{"a", "b"} {
+		rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: ack, Consumer: "w1", Streams: []string{s.key, ">"}, Count: 10, Block: -1})
+		rdb.XAck(ctx, s.key, ack, wire.EntryID(10), wire.EntryID(11), wire.EntryID(12), wire.EntryID(13), wire.EntryID(15))
+	}
+	if err := rdb.XGroupCreate(ctx, s.key, "audit", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	snap, err = s.observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Groups) != 3 {
+		t.Errorf("groups %+v, want a, b and audit", snap.Groups)
+	}
+	if g := groupOf(t, snap, "audit"); g.Missing || g.NextUndelivered != 10 {
+		t.Errorf("group audit: %+v, want present, next undelivered 10", g)
+	}
+	if f, ok := snap.Frontier(); !ok || f != 10 {
+		t.Errorf("frontier with an unconfigured group that read nothing = %d, %v; want 10", f, ok)
+	}
+	if err := rdb.XGroupDestroy(ctx, s.key, "audit").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A configured group that disappeared is reported missing: no frontier.
 	if err := rdb.XGroupDestroy(ctx, s.key, "b").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -179,8 +252,8 @@ func TestObserve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !snap.Groups[1].Missing {
-		t.Errorf("destroyed group b not reported missing: %+v", snap.Groups[1])
+	if g := groupOf(t, snap, "b"); !g.Missing {
+		t.Errorf("destroyed group b not reported missing: %+v", g)
 	}
 	if _, ok := snap.Frontier(); ok {
 		t.Errorf("frontier known with a missing group")
@@ -192,7 +265,7 @@ func TestObserve(t *testing.T) {
 	if snap, err := s.observe(ctx); err == nil {
 		t.Errorf("observe of a string key: %+v, want an error", snap)
 	}
-	if res, err := s.append(ctx, tracker.None, recs(1)); err == nil {
+	if res, err := s.append(ctx, tracker.None, -1, recs(1)); err == nil {
 		t.Errorf("append to a string key: %+v, want an error (not a loss)", res)
 	}
 	// A missing stream.
@@ -259,7 +332,7 @@ func TestTrimRechecksFrontier(t *testing.T) {
 	if err := s.ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.append(ctx, tracker.None, recs(span(0, 9)...)); err != nil {
+	if _, err := s.append(ctx, tracker.None, -1, recs(span(0, 9)...)); err != nil {
 		t.Fatal(err)
 	}
 	// Group a has 0..4 delivered, 2..4 pending; group b nothing delivered.
@@ -283,11 +356,38 @@ func TestTrimRechecksFrontier(t *testing.T) {
 			t.Errorf("%s: stream %v, want %v", tt.name, got, tt.want)
 		}
 	}
+	// A group the ingest was not configured with holds the trim: created
+	// at 3 (its next entry is 4), it has read nothing.
+	if err := rdb.XGroupCreate(ctx, s.key, "audit", wire.EntryID(3)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "a", Consumer: "w", Streams: []string{s.key, ">"}, Count: 10, Block: -1})
+	rdb.XAck(ctx, s.key, "a", wire.EntryID(2), wire.EntryID(3), wire.EntryID(4), wire.EntryID(5), wire.EntryID(6))
+	rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "b", Consumer: "w", Streams: []string{s.key, ">"}, Count: 10, Block: -1})
+	rdb.XAck(ctx, s.key, "b", wire.EntryID(4), wire.EntryID(5), wire.EntryID(6))
+	if _, err := s.trim(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := streamOffsets(t, rdb, s.key), span(4, 9); !equal(got, want) {
+		t.Errorf("trim below 7 with group audit at 4: stream %v, want %v", got, want)
+	}
+	rdb.XGroupDestroy(ctx, s.key, "audit")
 	// A missing group: nothing is trimmed.
 	rdb.XGroupDestroy(ctx, s.key, "b")
 	if n, err := s.trim(ctx, 8); err != nil || n != 0 {
 		t.Errorf("trim with a missing group: %d trimmed, %v; want 0", n, err)
 	}
+}
+
+func groupOf(t *testing.T, snap snapshot, name string) tracker.Group {
+	t.Helper()
+	for _, g := range snap.Groups {
+		if g.Name == name {
+			return g
+		}
+	}
+	t.Fatalf("group %s not in the observation %+v", name, snap.Groups)
+	return tracker.Group{}
 }
 
 type (

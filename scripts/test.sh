@@ -145,6 +145,17 @@ if (( services )); then
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
 fi
 (( ${#missing[@]} )) && apt_install "${missing[@]}"
+# The Python worker of examples/python runs through the conformance kit
+# (internal/conformance) and needs redis-py.
+if (( services )); then
+  command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip
+  if ! python3 -c 'import redis' 2>/dev/null; then
+    log "installing redis-py for examples/python (pip install -r examples/python/requirements.txt)"
+    python3 -m pip install --quiet -r examples/python/requirements.txt 2>/dev/null ||
+      python3 -m pip install --quiet --break-system-packages -r examples/python/requirements.txt ||
+      die "cannot install redis-py (examples/python/requirements.txt)"
+  fi
+fi
 
 log "go vet ./..."
 go vet ./... || die "go vet failed"

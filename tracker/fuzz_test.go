@@ -9,9 +9,11 @@ import (
 )
 
 // FuzzPartition drives a Partition through a model of one partition — a
-// Kafka log with gaps, the ingest, a Redis stream with 1–3 worker groups, and
-// Redis faults — with the operations and their order chosen by the fuzz
-// input, and checks invariants 1–5 of the design after every step:
+// Kafka log with gaps, the ingest, a Redis stream with 1–3 worker groups,
+// Redis faults, failing Kafka commits and hand-overs to a new owner (which,
+// like partition.setup, starts from the commit and the stream top it reads) —
+// with the operations and their order chosen by the fuzz input, and checks
+// invariants 1–5 of the design after every step:
 //
 //   - a commit never passes the lowest Kafka record some group has not
 //     acknowledged (ground truth: an ack is processed work and stays done;
@@ -67,8 +69,7 @@ func runModel(in []byte, verbose bool) (failure string) {
 // modelLatestStart lets the fuzz configure the ingest to start at the log end
 // ("newest") when neither a commit nor a stream says where to start. It
 // caught Start() returning None after a loss of Redis before the first commit
-// (the ingest then resolved "newest" again and skipped records); Started
-// fixed it.
+// (the ingest then resolved "newest" again and skipped records).
 const modelLatestStart = true
 
 // fuzzSeeds start with a header — log start, "newest" start (odd),
@@ -116,6 +117,17 @@ var fuzzSeeds = [][]byte{
 	{0, 0, 0, 8, 1, 1, 1, 1, 1, 1, 1, 1,
 		opAppend, 7, opDeliver, 0, 3, opSnapshot, opAck, 0, 0, opObserve, commitOK, opLoss,
 		opObserve, commitOK, opAppend, 1, opRollback, 0, opObserveTrim, opAppend, 7},
+	// Issue 7 point 0: a new owner takes over a stream holding entries not
+	// yet acknowledged (commit 1, top 7), then Redis restarts empty. It must
+	// fetch again from the commit, not from the top it read at assignment.
+	{0, 0, 0, 8, 1, 1, 1, 1, 1, 1, 1, 1,
+		opAppend, 7, opDeliver, 0, 3, opAck, 0, 0, opObserve, commitOK, opOther, 0, commitOK,
+		opLoss, opObserve, commitOK, opAppend, 7, opDeliver, 0, 3, opAck, 0, 0},
+	// The same without any commit: the new owner's floor is the frontier
+	// it observed at assignment.
+	{0, 1, 0, 6, 1, 1, 1, 1, 1, 1,
+		opAppend, 7, opDeliver, 0, 3, opAck, 0, 0, opOther, 0, commitFail,
+		opLoss, opObserve, commitFail, opAppend, 7},
 	// New Kafka records while the ingest runs; a rebalance hands the
 	// partition over; an operator destroys a group.
 	{0, 0, 1, 2, 1, 1,
@@ -175,10 +187,9 @@ type model struct {
 	logStart int64   // first offset of the partition
 	logEnd   int64   // next offset the producer writes
 	latest   bool    // the ingest's configured start: newest (true) or oldest
-	origin   int64   // the lowest start resolved for the current Partition (its Started), None if none
 	floor    int64   // the lowest offset the ingest is responsible for, None before it resolved "newest"
-	resolved int64   // the configured start as the ingest resolved it at (re)start, None when not
 	kafka    int64   // committed offset in Kafka, None when none
+	next     int64   // the ingest's fetch position (the partition's p.next)
 
 	groups []string
 	acked  []map[int64]bool // per group: offsets ever acknowledged
@@ -195,7 +206,7 @@ func newModel(in []byte, verbose bool) *model {
 	if len(in) > maxInput {
 		in = in[:maxInput]
 	}
-	m := &model{in: in, verbose: verbose, floor: None, resolved: None, kafka: None, origin: None}
+	m := &model{in: in, verbose: verbose, floor: None, kafka: None, next: None}
 	m.logStart = int64(m.byte() % 4)
 	m.logEnd = m.logStart
 	m.latest = m.byte()%2 == 1 && modelLatestStart
@@ -211,9 +222,8 @@ func newModel(in []byte, verbose bool) *model {
 	}
 	m.produce(int(m.byte() % 12))
 	m.redis = &modelStream{groups: map[string]*modelGroup{}}
-	m.redis.ensure(m.groups)
-	m.p = NewPartition(None, None)
 	m.logf("log %v (start %d, end %d), groups %v, latest=%v", m.log, m.logStart, m.logEnd, m.groups, m.latest)
+	m.assign()
 	return m
 }
 
@@ -331,8 +341,12 @@ func (m *model) run() {
 				m.trim()
 			}
 		case op < opSnapshot:
-			n := 1 + int(m.byte()%4)
+			b := m.byte()
+			n := 1 + int(b%4)
 			m.produce(n)
+			if b&0x80 != 0 {
+				m.logEnd++ // a transaction marker after them: the tail holds no record
+			}
 			m.logf("produce %d: log end %d", n, m.logEnd)
 		case op < opLoss:
 			if len(m.snapshots) == 4 {
@@ -364,13 +378,10 @@ func (m *model) run() {
 	}
 }
 
-// resolveStart is the ingest's configured start offset, used when the
-// partition has neither a commit nor a stream top. The ingest resolves it
-// once when it (re)starts the partition, and keeps fetching from there.
-func (m *model) resolveStart() int64 {
-	if m.resolved != None {
-		return m.resolved
-	}
+// resolve is the ingest's configured start offset (ListOffsets of the log
+// start or end), called through Partition.Position only when neither a
+// commit, a stream top nor a floor says where to start.
+func (m *model) resolve() (int64, error) {
 	off := m.logStart
 	if m.latest {
 		off = m.logEnd
@@ -378,12 +389,43 @@ func (m *model) resolveStart() int64 {
 	if m.floor == None || off < m.floor {
 		m.floor = off
 	}
-	m.resolved = off
-	m.p.Started(off)
-	if m.origin == None || off < m.origin {
-		m.origin = off
+	m.logf("resolve the configured start: %d", off)
+	return off, nil
+}
+
+// restart is the ingest's partition.restart: the fetch position from
+// Position, at assignment and after a loss.
+func (m *model) restart() {
+	next, err := m.p.Position(m.resolve)
+	if err != nil || next == None {
+		m.fatalf("Position() = %d, %v: want an offset", next, err)
 	}
-	return off
+	if m.floor != None && next > m.floor {
+		// Everything from the floor up to the position must be done: in
+		// the stream, or acknowledged.
+		for _, off := range m.log {
+			if off >= next {
+				break
+			}
+			if off >= m.floor && !m.allAcked(off) && !m.redis.has(off) {
+				m.fatalf("Position() = %d skips record %d, neither acknowledged nor in the stream", next, off)
+			}
+		}
+	}
+	m.next = next
+	m.logf("restart: fetch from %d; %v", next, m.p)
+}
+
+// assign is partition.setup of a new owner (at start, and at a hand-over):
+// it creates the groups at 0 (MKSTREAM), reads the commit and the stream's
+// top, chooses its position and observes once (offering the frontier, or the
+// resolved start, for commit at once).
+func (m *model) assign() {
+	m.redis.ensure(m.groups)
+	m.p = NewPartition(m.kafka, m.redis.top)
+	m.restart()
+	m.faulted = false
+	m.observe(m.byte())
 }
 
 // append is one run of the ingest's append script: it appends a contiguous
@@ -395,14 +437,24 @@ func (m *model) append(k int) {
 		m.logf("append refused: stream %v behind appended=%d", m.view(), m.p.Appended())
 		return
 	}
-	start := m.p.Start()
-	if start == None {
-		start = m.resolveStart()
-	} else if start < m.logStart {
-		m.fatalf("Start() = %d is below the log start %d", start, m.logStart)
-	}
+	start := m.next
+	m.p.SetLogEnd(m.logEnd) // the fetch's high watermark
 	i, _ := slices.BinarySearch(m.log, start)
 	batch := m.log[i:min(i+k, len(m.log))]
+	if len(batch) == 0 {
+		// A fetch below the log end that returns nothing: the offset holds
+		// no record (a transaction marker, compacted away).
+		if start < m.logEnd {
+			m.p.Skipped(start, start+1)
+			m.next = start + 1
+			m.logf("fetch at %d: nothing; skipped; %v", start, m.p)
+		}
+		return
+	}
+	if batch[0] > start {
+		// The fetch's first record is past the position: nothing between.
+		m.p.Skipped(start, batch[0])
+	}
 	var added []int64
 	for _, off := range batch {
 		if off <= s.top {
@@ -423,7 +475,8 @@ func (m *model) append(k int) {
 		s.top = off
 		added = append(added, off)
 	}
-	m.p.MarkAppended(s.top)
+	m.p.MarkAppended(batch[len(batch)-1])
+	m.next = batch[len(batch)-1] + 1
 	m.logf("append from %d: %v; %v", start, added, m.p)
 }
 
@@ -530,12 +583,11 @@ func (m *model) observe(kafka byte) bool {
 		if !o.Exists {
 			top = None
 		}
-		want := max(m.p.Committed(), top+1, m.origin)
-		if m.p.Committed() == None && top == None {
-			want = m.origin
-		}
-		if d.Rewind != want {
-			m.fatalf("lost: want Rewind max(committed %d, top %d + 1) = %d, got %d", m.p.Committed(), top, want, d.Rewind)
+		// Invariant 5: max(committed, top+1), the top read after the loss;
+		// without a commit the floor may raise it (checked by restart: it
+		// skips nothing unacknowledged), nothing else.
+		if c := m.p.Committed(); c != None && d.Rewind != max(c, top+1) {
+			m.fatalf("lost: want Rewind max(committed %d, top %d + 1) = %d, got %d", c, top, max(c, top+1), d.Rewind)
 		}
 		// Recreate every group at 0, on the stream as it is now.
 		if m.redis.exists {
@@ -543,11 +595,9 @@ func (m *model) observe(kafka byte) bool {
 		}
 		m.redis.ensure(m.groups)
 		m.p.Reset(m.redis.top)
-		m.resolved = None // the ingest restarts the partition
-		// With an oldest-offset start, None resolves to the log start,
-		// which is at or below any rewind point.
-		if start := m.p.Start(); start != d.Rewind && !(start == None && !m.latest) {
-			m.fatalf("after Reset(%d): want Start() = Rewind %d, got %d", m.redis.top, d.Rewind, start)
+		m.restart()
+		if d.Rewind != None && m.next != d.Rewind {
+			m.fatalf("after Reset(%d): want Position() = Rewind %d, got %d", m.redis.top, d.Rewind, m.next)
 		}
 		m.logf("recovered: groups recreated at 0; %v", m.p)
 		return false
@@ -562,8 +612,11 @@ func (m *model) observe(kafka byte) bool {
 	if d.Commit <= m.p.Committed() || d.Commit <= m.kafka {
 		m.fatalf("commit %d goes backwards: committed %d, Kafka has %d", d.Commit, m.p.Committed(), m.kafka)
 	}
-	if d.Commit > o.Top+1 {
-		m.fatalf("commit %d passes what was appended: top %d", d.Commit, o.Top)
+	// Invariant 3: never past the log end (the ground-truth check below
+	// covers "never past a record not acknowledged": past what was
+	// appended, only offsets that hold no record).
+	if d.Commit > m.logEnd {
+		m.fatalf("commit %d passes the log end %d", d.Commit, m.logEnd)
 	}
 	if m.floor != None && d.Commit < m.floor {
 		m.fatalf("commit %d is below the first offset fetched %d", d.Commit, m.floor)
@@ -633,20 +686,23 @@ func (m *model) trim() {
 }
 
 // rebalance hands the partition to a new ingest: it reads the commit from
-// Kafka and the stream's top, and makes sure the groups exist.
+// Kafka and the stream's top as they are now (assign). When neither says
+// anything (no commit, nothing in the stream), the new owner resolves its
+// configured start afresh, as any Kafka consumer would: the records produced
+// since the old owner resolved "newest" are not its to deliver. (The old
+// owner committed its start at once to make that window small; only a
+// commit that failed, then a loss of Redis, leave it open.)
 func (m *model) rebalance() {
-	if m.latest && m.kafka == None {
-		// A new owner with no commit starts at the newest offset by
-		// configuration, as any Kafka consumer would: not a case for
-		// the tracker.
-		return
+	if m.latest && m.kafka == None && (!m.redis.exists || m.redis.top == None) {
+		// Nothing says where the group stands: the responsibility starts
+		// anew. A Redis snapshot of the old owner's time restored later
+		// would bring back entries from before it; the model keeps none.
+		m.floor = None
+		m.snapshots = nil
 	}
-	m.redis.ensure(m.groups)
-	m.p = NewPartition(m.kafka, m.redis.top)
-	m.resolved = None
-	m.origin = None
-	m.faulted = true // the new owner has not observed yet
-	m.logf("rebalance: NewPartition(%d, %d); start %d", m.kafka, m.redis.top, m.p.Start())
+	m.logf("rebalance to a new owner")
+	m.assign()
+	m.faulted = true // the old owner's last trim point is not the new one's
 }
 
 // checkRedis asserts what must hold of Redis after every step: every
@@ -674,7 +730,7 @@ func (m *model) allAcked(off int64) bool {
 }
 
 // finish checks liveness: no more faults, the workers keep up, and the
-// commit reaches the end of the log.
+// commit reaches the log end — past transaction markers at the tail too.
 func (m *model) finish() {
 	m.in = nil
 	m.logf("--- faults over")
@@ -682,19 +738,13 @@ func (m *model) finish() {
 		if m.observe(commitOK) {
 			m.trim()
 		}
-		want := None
-		for _, off := range m.log {
-			if m.floor != None && off >= m.floor {
-				want = off + 1
-			}
-		}
-		if want != None && m.kafka == want {
+		if m.kafka == m.logEnd {
 			return
 		}
-		for {
-			top := m.redis.top
+		for range 100 {
+			next, top := m.next, m.redis.top
 			m.append(64)
-			if m.redis.top == top {
+			if m.next == next && m.redis.top == top {
 				break
 			}
 		}
@@ -704,9 +754,6 @@ func (m *model) finish() {
 				m.ack(gi, 0)
 			}
 		}
-		if m.floor != None && want == None && len(m.redis.entries) == 0 {
-			return // nothing for this ingest in the log
-		}
 	}
-	m.fatalf("liveness: commit %d never reached the end of the log %v", m.kafka, m.log)
+	m.fatalf("liveness: commit %d never reached the log end %d (log %v)", m.kafka, m.logEnd, m.log)
 }

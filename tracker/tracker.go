@@ -44,7 +44,9 @@ type Observation struct {
 	Top int64
 	// Length is XLEN: the entries still in the stream.
 	Length int64
-	// Groups holds one entry per configured worker group.
+	// Groups holds one entry per consumer group that exists on the stream,
+	// plus one (Missing) per configured group that does not: every group on
+	// the stream holds the commit, whoever created it (invariant 2).
 	Groups []Group
 }
 
@@ -76,33 +78,66 @@ type Decision struct {
 	ShouldCommit bool
 	// Lost is true when Redis lost writes: the stream is gone, or its top is
 	// below what was appended. The caller must recreate the worker groups at
-	// ID 0 and fetch again from Rewind.
+	// ID 0, call Reset with the stream's top as it is now, and fetch again
+	// from Position (which then returns Rewind).
 	Lost bool
 	// RecreateGroups is true when the stream or a configured group is missing.
 	RecreateGroups bool
-	// Rewind is the offset to fetch from after a loss: max(committed, top+1,
-	// the offset first started from). None when none of them is known: the
-	// caller then resolves its configured start offset, as at first.
+	// Rewind is the offset to fetch from after a loss: max(committed, top+1),
+	// top read after the loss. Without a commit in Kafka it is
+	// max(top+1, floor) (see Position); None when nothing at all is known:
+	// the caller then resolves its configured start offset, as at first.
 	Rewind int64
 	// Backlog is the number of offsets appended but not acknowledged by every
 	// group (top+1 - frontier); with Kafka gaps (compaction, transaction
 	// markers) it counts high, so backpressure errs on the safe side.
 	Backlog int64
+	// Ahead is true when the stream's top is above every offset this ingest
+	// appended or found at assignment: another ingest appended (a zombie of
+	// an old generation: harmless), or another program wrote into the stream
+	// (an entry at or above the log end cannot be a record). The caller tells
+	// them apart; the commit never follows the top there (see Observe).
+	Ahead bool
 }
 
 // Partition tracks one partition's commit point. It is not safe for
 // concurrent use; the ingest keeps one per assigned partition.
 type Partition struct {
 	committed int64 // last offset committed to Kafka, None if none
-	appended  int64 // highest offset known to be in the stream, None if none
-	frontier  int64 // last known frontier, None if unknown
-	origin    int64 // where fetching began when nothing said where (Started), None otherwise
+	// appended is the highest offset of a Kafka record known to be in the
+	// stream: appended by this ingest (or found there by its own append),
+	// or the stream's top at assignment. None if none. It never follows a
+	// top that grew by other hands: those entries are not known records.
+	appended int64
+	// covered is the offset below which every record of the partition is
+	// accounted for: in the stream (appended+1) or known to hold nothing to
+	// deliver (Skipped: transaction markers, compacted gaps, aborted
+	// records). Commits never pass it. None if nothing is known.
+	covered  int64
+	logEnd   int64 // the partition's log end as last seen (SetLogEnd), None if unknown
+	frontier int64 // last known frontier, None if unknown
+	// floor stands in for a commit Kafka does not have (yet): the lowest
+	// offset this group is responsible for, below which every record was
+	// acknowledged or never wanted. It is the configured start offset as
+	// resolved by Position, or the lowest frontier observed on a stream that
+	// was found without a commit (a hand-over before the first commit).
+	// Observe offers it for commit at once, so "no commit" does not outlive
+	// the first commit interval. None when unknown.
+	floor int64
 }
 
 // NewPartition starts tracking from the offset committed in Kafka (None when
 // the group has none) and the stream's top as read at assignment.
 func NewPartition(committed, top int64) *Partition {
-	return &Partition{committed: committed, appended: top, frontier: None, origin: None}
+	return &Partition{committed: committed, appended: top, covered: next(top), logEnd: None, frontier: None, floor: None}
+}
+
+// next is off+1, None for None.
+func next(off int64) int64 {
+	if off == None {
+		return None
+	}
+	return off + 1
 }
 
 // Committed returns the last committed offset, or None.
@@ -111,38 +146,84 @@ func (p *Partition) Committed() int64 { return p.committed }
 // Appended returns the highest offset known to be in the stream, or None.
 func (p *Partition) Appended() int64 { return p.appended }
 
-// Start returns the offset to fetch from: max(committed, appended+1). It is
-// None when neither is known (a new group on a new stream): the caller then
-// starts from its configured start offset.
-func (p *Partition) Start() int64 { return startAt(p.committed, p.appended, p.origin) }
+// Start returns the offset to fetch from: max(committed, appended+1); without
+// a commit, max(appended+1, floor). It is None when nothing is known (a new
+// group on a new stream): see Position.
+//
+// Only the commit, the stream's top and the floor (at or below every record
+// not yet acknowledged) count. In particular, the top read at assignment is
+// not where this group started: after Reset (Redis lost the stream), Start is
+// max(committed, top+1) with the top read after the loss, so the entries
+// that only lived in Redis are fetched again (invariant 5).
+func (p *Partition) Start() int64 { return startAt(p.committed, p.appended, p.floor) }
 
-func startAt(committed, appended, origin int64) int64 {
-	if committed == None && appended == None {
-		return origin
+func startAt(committed, appended, floor int64) int64 {
+	switch {
+	case committed != None:
+		return max(committed, appended+1)
+	case appended != None:
+		return max(appended+1, floor)
 	}
-	return max(committed, appended+1, origin)
+	return floor
 }
 
-// Started records the offset the caller began fetching from (Start, or its
-// configured start offset when Start returned None). After a loss of Redis before the first commit, Start returns it
-// again instead of None: resolving "latest" anew would skip every record
-// appended, or produced, since.
-func (p *Partition) Started(off int64) {
-	if p.origin == None || off < p.origin {
-		p.origin = off
+// Position returns the offset to fetch from at assignment and after a loss
+// (Reset): Start, or, when nothing says where to start, the configured start
+// offset resolve returns (the log start for "earliest", the log end for
+// "latest"). A resolved offset becomes the floor: the next Observe offers it
+// for commit even while the stream is empty, and a loss of Redis before the
+// first commit rewinds to it instead of resolving "latest" again, which would
+// skip every record appended, or produced, since. resolve is called only when
+// needed, and its error returned as is.
+func (p *Partition) Position(resolve func() (int64, error)) (int64, error) {
+	if off := p.Start(); off != None {
+		return off, nil
+	}
+	off, err := resolve()
+	if err != nil {
+		return None, err
+	}
+	p.floor = off
+	return off, nil
+}
+
+// MarkAppended records that the partition's records up to off — fetched from
+// Kafka, so real records — are in the stream: appended by this ingest, or
+// found there already (a retry, another ingest). Pass the offset of the last
+// record of the batch, not the stream's top: a top written by other hands is
+// not a record, and commits must not follow it.
+func (p *Partition) MarkAppended(off int64) {
+	p.appended = max(p.appended, off)
+	p.covered = max(p.covered, off+1)
+}
+
+// Skipped records that the offsets in [from, to) hold no record to deliver:
+// transaction markers, records compacted away, aborted transactional records
+// — as the fetch layer found them (a fetch that returned nothing deliverable
+// below to). It counts only when it continues what is accounted for (from is
+// at or below the commit, the floor or what the stream covers); commits may
+// then reach to, so that a partition whose every record is acknowledged
+// commits its log end. It never raises the fetch position: the caller moves
+// its own.
+func (p *Partition) Skipped(from, to int64) {
+	if to <= from {
+		return
+	}
+	if known := max(p.covered, p.committed, p.floor); known != None && from <= known {
+		p.covered = max(p.covered, to)
 	}
 }
 
-// MarkAppended records that the stream's top is now top (after a successful
-// append, or an append that found the stream already ahead).
-func (p *Partition) MarkAppended(top int64) {
-	p.appended = max(p.appended, top)
-}
+// SetLogEnd records the partition's log end offset (high watermark) as the
+// fetch layer last saw it. Commits never pass it.
+func (p *Partition) SetLogEnd(end int64) { p.logEnd = end }
 
-// Reset is called after Lost: the stream was recreated with top top.
-// Appended restarts from there, so that the next Start is the rewind point.
+// Reset is called after Lost: the stream was recreated with top top (None
+// when empty). Appended restarts from there, so that the next Start is the
+// rewind point.
 func (p *Partition) Reset(top int64) {
 	p.appended = top
+	p.covered = next(top)
 	p.frontier = None
 }
 
@@ -172,11 +253,13 @@ func (p *Partition) Observe(o Observation) Decision {
 	if !o.Exists || o.Top < p.appended {
 		d.Lost = true
 		d.RecreateGroups = true
-		d.Rewind = startAt(p.committed, o.Top, p.origin)
+		d.Rewind = startAt(p.committed, o.Top, p.floor)
 		p.frontier = None
 		return d
 	}
-	p.appended = o.Top
+	// A top above what this ingest knows is not a record it knows of: the
+	// caller decides (zombie, or an entry another program wrote).
+	d.Ahead = o.Top > p.appended
 	f, ok := o.Frontier()
 	if !ok {
 		d.RecreateGroups = true
@@ -186,14 +269,41 @@ func (p *Partition) Observe(o Observation) Decision {
 	}
 	p.frontier = f
 	d.Backlog = max(0, o.Top+1-f)
-	// Nothing ever appended: no commit, or 0 would replace the start offset.
-	if f > p.committed && o.Top != None {
-		d.Commit, d.ShouldCommit = f, true
+	if p.committed == None && o.Top != None && (p.floor == None || f < p.floor) {
+		// A stream found without a commit: everything below its frontier
+		// was acknowledged, so that is where the group stands.
+		p.floor = f
+	}
+	c := None
+	switch {
+	case o.Top != None:
+		// Never past what this ingest covered, whatever the stream says;
+		// with everything in the stream acknowledged, up to it: past what
+		// holds no record (Skipped).
+		c = min(f, p.covered)
+		if f == o.Top+1 && !d.Ahead {
+			c = max(c, p.covered)
+		}
+	case p.committed == None && p.floor != None:
+		// Nothing appended yet: commit the resolved start offset (or past
+		// it, what holds no record), so that the group's position survives
+		// a hand-over or a loss of Redis. Without a floor nothing is
+		// committed: 0 would replace the configured start.
+		c = max(p.floor, p.covered)
+	case p.committed != None:
+		c = p.covered // an empty stream: only what holds no record
+	}
+	if c != None && p.logEnd != None {
+		c = min(c, p.logEnd)
+	}
+	if c != None && c > p.committed {
+		d.Commit, d.ShouldCommit = c, true
 	}
 	return d
 }
 
 // String describes the partition's state, for logs.
 func (p *Partition) String() string {
-	return fmt.Sprintf("committed=%d appended=%d frontier=%d", p.committed, p.appended, p.frontier)
+	return fmt.Sprintf("committed=%d appended=%d covered=%d log_end=%d frontier=%d floor=%d",
+		p.committed, p.appended, p.covered, p.logEnd, p.frontier, p.floor)
 }

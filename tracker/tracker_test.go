@@ -171,6 +171,8 @@ func TestPartitionStart(t *testing.T) {
 
 // step is one observation fed to a Partition and what must come of it.
 type step struct {
+	// mark: MarkAppended calls before the observation (the ingest's appends).
+	mark []int64
 	obs  Observation
 	want Decision
 	// commit: call MarkCommitted(want.Commit) when the decision commits.
@@ -182,6 +184,9 @@ type step struct {
 func runSteps(t *testing.T, p *Partition, steps []step) {
 	t.Helper()
 	for i, s := range steps {
+		for _, m := range s.mark {
+			p.MarkAppended(m)
+		}
 		got := p.Observe(s.obs)
 		if got != s.want {
 			t.Fatalf("step %d: Observe(%+v):\nwant %+v\ngot  %+v", i, s.obs, s.want, got)
@@ -210,7 +215,7 @@ func TestPartitionObserve(t *testing.T) {
 			name:      "pending entry holds the commit, its ack releases it",
 			committed: none, top: none,
 			steps: []step{
-				{obs: obs(4, 5, group("g", 2, none)), commit: true,
+				{mark: []int64{4}, obs: obs(4, 5, group("g", 2, none)), commit: true,
 					want:      Decision{Commit: 2, ShouldCommit: true, Backlog: 3},
 					committed: 2, appended: 4, trim: 2},
 				{obs: obs(4, 5, group("g", none, none)), commit: true,
@@ -231,7 +236,7 @@ func TestPartitionObserve(t *testing.T) {
 			name:      "commits are monotonic: a frontier below the commit gives none",
 			committed: none, top: none,
 			steps: []step{
-				{obs: obs(9, 10, group("g", none, 8)), commit: true,
+				{mark: []int64{9}, obs: obs(9, 10, group("g", none, 8)), commit: true,
 					want:      Decision{Commit: 8, ShouldCommit: true, Backlog: 2},
 					committed: 8, appended: 9, trim: 8},
 				// Redis came back from a snapshot with the same top but
@@ -242,7 +247,7 @@ func TestPartitionObserve(t *testing.T) {
 				{obs: obs(9, 10, group("g", 7, none)), commit: true,
 					want:      Decision{Backlog: 3},
 					committed: 8, appended: 9, trim: 7},
-				{obs: obs(12, 13, group("g", none, 12)), commit: true,
+				{mark: []int64{12}, obs: obs(12, 13, group("g", none, 12)), commit: true,
 					want:      Decision{Commit: 12, ShouldCommit: true, Backlog: 1},
 					committed: 12, appended: 12, trim: 12},
 			},
@@ -276,7 +281,7 @@ func TestPartitionObserve(t *testing.T) {
 			committed: 2, top: 1,
 			// Stream holds 0, 1, 5, 6; offsets 2..4 do not exist in Kafka.
 			steps: []step{
-				{obs: obs(6, 4, group("g", none, 5)), commit: true,
+				{mark: []int64{6}, obs: obs(6, 4, group("g", none, 5)), commit: true,
 					want:      Decision{Commit: 5, ShouldCommit: true, Backlog: 2},
 					committed: 5, appended: 6, trim: 5},
 				{obs: obs(6, 4, group("g", none, none)), commit: true,
@@ -285,10 +290,16 @@ func TestPartitionObserve(t *testing.T) {
 			},
 		},
 		{
-			name:      "stream ahead of what this ingest appended (another owner): not a loss",
+			// Issue 7 point 7: the commit never follows a top this ingest
+			// did not append, until its own appends (duplicates found
+			// there) cover it.
+			name:      "stream ahead of what this ingest appended (another owner): not a loss, commit clamped",
 			committed: 3, top: 5,
 			steps: []step{
 				{obs: obs(9, 10, group("g", none, 7)), commit: true,
+					want:      Decision{Commit: 6, ShouldCommit: true, Backlog: 3, Ahead: true},
+					committed: 6, appended: 5, trim: 6},
+				{mark: []int64{9}, obs: obs(9, 10, group("g", none, 7)), commit: true,
 					want:      Decision{Commit: 7, ShouldCommit: true, Backlog: 3},
 					committed: 7, appended: 9, trim: 7},
 			},
@@ -328,7 +339,9 @@ func TestPartitionLost(t *testing.T) {
 		{"top below appended, commit above top+1", 8, 9, none, obs(5, 6, group("g", none, none)), true, 8},
 		{"top below appended, commit at top+1", 6, 9, none, obs(5, 6, group("g", none, none)), true, 6},
 		{"stream recreated empty", 4, 9, none, obs(none, 0, group("g", none, 0)), true, 4},
-		{"top below appended, no commit", none, none, 9, obs(5, 6, group("g", none, none)), true, 6},
+		// The first observation saw everything below 9 acknowledged: with
+		// no commit, that frontier (the floor) stands in for one.
+		{"top below appended, no commit", none, none, 9, obs(5, 6, group("g", none, none)), true, 9},
 		{"top equal to appended: not lost", 4, 9, none, obs(9, 10, group("g", none, 4)), false, 0},
 		{"top above appended: not lost", 4, 9, none, obs(11, 12, group("g", none, 4)), false, 0},
 		{"groups missing, stream intact: not lost", 4, 9, none, obs(9, 10, Group{Name: "g", Missing: true}), false, 0},
@@ -394,19 +407,126 @@ func TestPartitionStartAfterLossBeforeFirstCommit(t *testing.T) {
 	if got := p.Start(); got != None {
 		t.Fatalf("Start() of a new partition: want None (use the configured start), got %d", got)
 	}
-	p.Started(100) // the ingest resolved its configured start: 100
+	resolved := 0
+	resolve := func() (int64, error) { resolved++; return 100, nil } // "latest": the log end
+	if got, err := p.Position(resolve); got != 100 || err != nil {
+		t.Fatalf("Position(): want 100 (resolved), got %d, %v", got, err)
+	}
+	// The resolved start is committed at once, even before any append.
+	d := p.Observe(Observation{Exists: true, Top: None, Groups: []Group{group("g", none, none)}})
+	if !d.ShouldCommit || d.Commit != 100 {
+		t.Fatalf("Observe(empty stream) after resolving 100: want commit 100, got %+v", d)
+	}
 	p.MarkAppended(105)
-	d := p.Observe(Observation{Exists: false, Top: None})
+	d = p.Observe(Observation{Exists: false, Top: None})
 	if !d.Lost {
 		t.Fatalf("Observe(stream gone): want Lost, got %+v", d)
 	}
 	p.Reset(None)
-	got := p.Start()
-	if got == None || got > 100 {
-		t.Fatalf("Start() after the loss: want an offset <= 100 (the rewind point is %d), got %d", d.Rewind, got)
+	got, err := p.Position(resolve)
+	if err != nil || got == None || got > 100 {
+		t.Fatalf("Position() after the loss: want an offset <= 100 (the rewind point is %d), got %d, %v", d.Rewind, got, err)
 	}
 	if got != d.Rewind {
-		t.Errorf("Start() after Reset: want the rewind point %d, got %d", d.Rewind, got)
+		t.Errorf("Position() after Reset: want the rewind point %d, got %d", d.Rewind, got)
+	}
+	if resolved != 1 {
+		t.Errorf("the configured start was resolved %d times, want once", resolved)
+	}
+}
+
+// TestPartitionHandOverThenLoss: issue 7 point 0. A new owner takes over a
+// partition whose stream holds entries not yet acknowledged (committed 40,
+// top 999), then Redis restarts empty. It must fetch again from the commit —
+// max(committed, top+1) with the top read after the loss — not from the top
+// it read at assignment: the entries 40..999 only lived in Redis.
+func TestPartitionHandOverThenLoss(t *testing.T) {
+	never := func() (int64, error) { t.Fatal("resolve called: something says where to start"); return 0, nil }
+	tests := []struct {
+		name       string
+		committed  int64
+		top        int64
+		frontier   int64 // of the first observation (every entry from it is unacknowledged)
+		wantStart  int64
+		wantRewind int64
+	}{
+		{"commit below the stream's top", 40, 999, 40, 1000, 40},
+		{"no commit: the frontier observed at assignment", none, 999, 10, 1000, 10},
+		{"no commit, all acknowledged", none, 999, 1000, 1000, 1000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewPartition(tt.committed, tt.top)
+			if got, _ := p.Position(never); got != tt.wantStart {
+				t.Fatalf("Position() at assignment: want %d, got %d", tt.wantStart, got)
+			}
+			p.Observe(obs(tt.top, tt.top+1-tt.frontier, group("g", none, tt.frontier)))
+			d := p.Observe(Observation{Exists: false, Top: None})
+			if !d.Lost || d.Rewind != tt.wantRewind {
+				t.Fatalf("Observe(stream gone): want Lost, Rewind %d; got %+v", tt.wantRewind, d)
+			}
+			p.Reset(None)
+			if got, _ := p.Position(never); got != tt.wantRewind {
+				t.Fatalf("Position() after the loss: want %d, got %d (%v)", tt.wantRewind, got, p)
+			}
+		})
+	}
+}
+
+// TestPartitionCommitClamped (issue 7 point 7): another program wrote entry
+// 199-1 into a stream whose top was 99, with the Kafka log end at 104, and a
+// worker acknowledged it. The commit must stay at what this ingest appended
+// (100), never 200; with the ingest's own appends it moves up to them, and
+// never past the log end.
+func TestPartitionCommitClamped(t *testing.T) {
+	p := NewPartition(100, 99)
+	p.SetLogEnd(104)
+	d := p.Observe(obs(199, 101, group("g", none, none)))
+	if !d.Ahead || d.ShouldCommit || d.Lost {
+		t.Fatalf("stray entry 199 above the top 99: want Ahead and no commit, got %+v", d)
+	}
+	p.MarkAppended(103) // the ingest's own records 100..103 (found as "duplicates" under 199)
+	d = p.Observe(obs(199, 105, group("g", none, none)))
+	if !d.Ahead || !d.ShouldCommit || d.Commit != 104 {
+		t.Fatalf("after appending up to 103: want commit 104 (not 200), got %+v", d)
+	}
+	p.MarkCommitted(d.Commit)
+	p.SetLogEnd(102) // a log end that went back (truncation): never passed
+	p.MarkAppended(110)
+	if d = p.Observe(obs(199, 105, group("g", none, none))); d.ShouldCommit {
+		t.Fatalf("log end 102 below the commit 104: want no commit, got %+v", d)
+	}
+}
+
+// TestPartitionSkipped (issue 7 point 4): offsets that hold no record to
+// deliver (a transaction marker at the tail, compacted records) let a fully
+// acknowledged partition commit past them, up to the log end; a range that
+// does not continue what is accounted for counts for nothing.
+func TestPartitionSkipped(t *testing.T) {
+	p := NewPartition(0, None)
+	p.MarkAppended(5)
+	p.SetLogEnd(8)
+	all := obs(5, 6, group("g", none, none))
+	if d := p.Observe(all); d.Commit != 6 {
+		t.Fatalf("all acknowledged, nothing skipped: want commit 6, got %+v", d)
+	}
+	p.Skipped(10, 12) // not contiguous: ignored
+	if d := p.Observe(all); d.Commit != 6 {
+		t.Fatalf("a gap before the skipped range: want commit 6, got %+v", d)
+	}
+	p.Skipped(6, 8) // the marker(s) at the tail
+	if d := p.Observe(all); d.Commit != 8 {
+		t.Fatalf("6..7 hold nothing: want commit 8 (the log end), got %+v", d)
+	}
+	if d := p.Observe(obs(5, 6, group("g", 4, none))); d.Commit != 4 {
+		t.Fatalf("4 pending: want commit 4, got %+v", d)
+	}
+	p.Skipped(8, 20) // beyond the log end 8: commits stop at the log end
+	if d := p.Observe(all); d.Commit != 8 {
+		t.Fatalf("skipped up to 20, log end 8: want commit 8, got %+v", d)
+	}
+	if got := p.Start(); got != 6 {
+		t.Errorf("Start() = %d: Skipped must not move the fetch position (the caller does), want 6", got)
 	}
 }
 
@@ -559,7 +679,7 @@ func TestPartitionMarkCommitted(t *testing.T) {
 func TestPartitionString(t *testing.T) {
 	p := NewPartition(4, 9)
 	p.Observe(obs(9, 10, group("g", 6, none)))
-	want := "committed=4 appended=9 frontier=6"
+	want := "committed=4 appended=9 covered=10 log_end=-1 frontier=6 floor=-1"
 	if got := fmt.Sprint(p); got != want {
 		t.Fatalf("String(): want %q, got %q", want, got)
 	}

@@ -29,6 +29,7 @@ func newAcker(w *Worker) *acker {
 // add queues the acknowledgement of an entry. After close it is dropped: the
 // entry stays pending and will be reclaimed.
 func (a *acker) add(stream, id string) {
+	a.w.settling(stream, id)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {

@@ -19,6 +19,7 @@ func TestCLIBadInput(t *testing.T) {
 		{"both handlers", []string{"worker", "--exec", "true", "--http", "http://x"}, "exclude each other"},
 		{"bad url", []string{"worker", "--http", "ftp://x"}, "want an http:// or https:// URL"},
 		{"zero concurrency", []string{"worker", "--exec", "true", "--concurrency", "0", "--max-deliveries", "-1"}, "--concurrency 0 must be at least 1"},
+		{"bad read-ahead and transient time", []string{"worker", "--exec", "true", "--read-ahead", "0", "--max-transient-time", "0s"}, "--read-ahead 0 must be at least 1\n--max-transient-time 0s must be above 0"},
 		{"stray argument", []string{"worker", "--exec", "true", "extra"}, "takes no arguments"},
 		{"bad duration", []string{"worker", "--exec", "true", "--visibility-timeout", "soon"}, "visibility-timeout"},
 		{"replay nothing", []string{"dlq", "replay"}, "or --all"},

@@ -42,6 +42,7 @@ const (
 	DefaultDiscoveryInterval = 2 * time.Second
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultConsumerIdle      = time.Hour
+	DefaultMaxTransientTime  = 5 * time.Minute
 )
 
 // Config configures a Worker. The zero value of every field but Redis and
@@ -63,7 +64,14 @@ type Config struct {
 	// every stream of the registry.
 	Topics []string
 	// Concurrency is the number of handlers run at the same time. Default 16.
+	// The streams with entries share them by handler time: each gets
+	// ceil(Concurrency / streams with entries) slots while another waits.
 	Concurrency int
+	// ReadAhead is how many entries are read ahead of the handlers (leased,
+	// waiting for a slot), so that a handler that finishes finds its next
+	// entry without waiting for Redis. Default Concurrency. Reclaimed
+	// entries may take up to Concurrency more.
+	ReadAhead int
 	// VisibilityTimeout is how long an entry may stay pending without its
 	// lease being extended before other workers reclaim it. The lease of a
 	// running handler is extended every VisibilityTimeout/3. Default 30s.
@@ -79,6 +87,16 @@ type Config struct {
 	BackoffMin time.Duration
 	// BackoffMax caps the retry backoff. Default 1m.
 	BackoffMax time.Duration
+	// MaxTransientTime bounds how long an entry may keep backing off
+	// without counting deliveries: from its first transient failure in this
+	// worker (a handler error wrapped with RetryAfter; for HTTPHandler 429,
+	// 502, 503, 504 or no connection), each further transient failure within
+	// MaxTransientTime costs no delivery; after it, each one counts as a
+	// failed delivery, so that a downstream that never comes back still has
+	// its entries dead-lettered after MaxDeliveries (about MaxTransientTime
+	// plus the backoffs of MaxDeliveries deliveries). A redeploy shorter
+	// than MaxTransientTime dead-letters nothing. Default 5m.
+	MaxTransientTime time.Duration
 	// AckInterval is the longest an acknowledgement waits to be sent with
 	// others (XACK in batches). Default 50ms.
 	AckInterval time.Duration
@@ -123,6 +141,9 @@ func (c *Config) Validate() error {
 	if c.Concurrency < 0 {
 		errs = append(errs, fmt.Errorf("worker: concurrency %d must not be negative", c.Concurrency))
 	}
+	if c.ReadAhead < 0 {
+		errs = append(errs, fmt.Errorf("worker: read-ahead %d must not be negative", c.ReadAhead))
+	}
 	if c.MaxDeliveries < 0 {
 		errs = append(errs, fmt.Errorf("worker: max deliveries %d must not be negative", c.MaxDeliveries))
 	}
@@ -133,6 +154,7 @@ func (c *Config) Validate() error {
 	neg("reclaim interval", c.ReclaimInterval)
 	neg("backoff min", c.BackoffMin)
 	neg("backoff max", c.BackoffMax)
+	neg("max transient time", c.MaxTransientTime)
 	neg("ack interval", c.AckInterval)
 	neg("block timeout", c.BlockTimeout)
 	neg("discovery interval", c.DiscoveryInterval)
@@ -167,6 +189,9 @@ func (c Config) withDefaults() Config {
 	if c.Concurrency == 0 {
 		c.Concurrency = DefaultConcurrency
 	}
+	if c.ReadAhead == 0 {
+		c.ReadAhead = c.Concurrency
+	}
 	if c.VisibilityTimeout == 0 {
 		c.VisibilityTimeout = DefaultVisibilityTimeout
 	}
@@ -181,6 +206,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BackoffMax == 0 {
 		c.BackoffMax = max(DefaultBackoffMax, c.BackoffMin)
+	}
+	if c.MaxTransientTime == 0 {
+		c.MaxTransientTime = DefaultMaxTransientTime
 	}
 	if c.AckInterval == 0 {
 		c.AckInterval = DefaultAckInterval

@@ -413,10 +413,12 @@ func TestDeadLetterOnlyIfOwned(t *testing.T) {
 	}
 }
 
-// TestReclaimBudget: a worker whose handler slots are all busy reclaims
-// nothing more (it would hold the entries leased, out of reach of idle
-// workers): a second, idle worker gets every remaining entry of a dead
-// consumer while the first is busy.
+// TestReclaimBudget: a worker whose handler slots are all taken by handlers
+// that hang (nothing finished for a visibility timeout) reclaims nothing
+// more (it would hold the entries leased, out of reach of idle workers): a
+// second, idle worker gets every remaining entry of a dead consumer while
+// the first hangs. (A worker that is busy but making progress does reclaim:
+// TestReclaimUnderSaturation.)
 func TestReclaimBudget(t *testing.T) {
 	e := newEnv(t)
 	s := e.stream(t, "t", 0)
@@ -536,4 +538,62 @@ func TestAckPermanentError(t *testing.T) {
 	if st := w.Stats(); st.Held != 0 {
 		t.Errorf("Stats.Held = %d, want 0", st.Held)
 	}
+}
+
+// TestLeaseLostOnlyWhenTaken: LeaseLost counts the entries another consumer
+// really took, not the acknowledgements that land between the lease loop's
+// snapshot of the held entries and its script. One worker, nobody stealing,
+// leases extended every 30ms while thousands of acks flow: 0 lost. Then
+// two held entries are taken by another consumer (one of them also
+// acknowledged by it): 2 lost.
+func TestLeaseLostOnlyWhenTaken(t *testing.T) {
+	e := newEnv(t)
+	var streams []string
+	for p := range 4 {
+		s := e.stream(t, "t", p)
+		e.add(t, s, 0, 1500)
+		streams = append(streams, s)
+	}
+	cfg := e.config(func(ctx context.Context, m *Message) error { return nil })
+	cfg.VisibilityTimeout = 90 * time.Millisecond // a lease extension every 30ms
+	cfg.BlockTimeout = 30 * time.Millisecond
+	cfg.AckInterval = 2 * time.Millisecond
+	cfg.Concurrency = 32
+	w := mustNew(t, cfg)
+	stop := running(t, w)
+	testenv.Eventually(t, 60*time.Second, func() bool { return w.Stats().Acked == 6000 }, "acked %d of 6000", w.Stats().Acked)
+	if st := w.Stats(); st.LeaseLost != 0 {
+		t.Errorf("no-steal run: Stats.LeaseLost = %d, want 0 (stats %+v)", st.LeaseLost, st)
+	} else {
+		t.Logf("no-steal run: %+v", st)
+	}
+	_ = stop()
+
+	// A real steal.
+	s := streams[0]
+	e.add(t, s, 1500, 2)
+	started := make(chan string, 2)
+	release := make(chan struct{})
+	cfg.Handler = func(ctx context.Context, m *Message) error {
+		started <- m.ID
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	}
+	cfg.VisibilityTimeout = 300 * time.Millisecond
+	cfg.ReclaimInterval = time.Hour
+	w = mustNew(t, cfg)
+	running(t, w)
+	ids := []string{<-started, <-started}
+	ctx := context.Background()
+	if err := e.rdb.XClaim(ctx, &redis.XClaimArgs{Stream: s, Group: DefaultGroup, Consumer: "thief", Messages: ids}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.XAck(ctx, s, DefaultGroup, ids[1]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return w.Stats().LeaseLost == 2 }, "LeaseLost = %d, want 2", w.Stats().LeaseLost)
+	close(release)
 }

@@ -4,22 +4,28 @@
 //
 // A Worker is one consumer in one worker group. It discovers the partition
 // streams from the registry key (new partitions are picked up while it runs),
-// reads all of them with XREADGROUP, a bounded number per stream per read so
-// that a busy partition cannot starve the others, and runs at most
-// Config.Concurrency handlers at a time. Acknowledgements are batched.
+// reads them with XREADGROUP — the streams that had entries in one call,
+// the idle ones probed together, so that reading costs what the busy
+// streams cost — and runs at most Config.Concurrency handlers at a time,
+// shared between the streams by handler time (sched.go): a slow or failing
+// partition cannot take the slots of the others. Config.ReadAhead entries
+// are read ahead of the handlers. Acknowledgements are batched.
 //
 // Crash safety (invariant 9 of the design): every entry a worker holds is
 // pending in Redis under its consumer until it is acknowledged. While a
 // handler runs, the worker extends its lease (XCLAIM JUSTID to itself every
 // VisibilityTimeout/3), so no other worker steals it; the entries of a worker
 // that died are reclaimed by the others with XAUTOCLAIM once they have been
-// idle for VisibilityTimeout. A consumer is only deleted when XPENDING shows
-// it has nothing pending, inside the same Lua script.
+// idle for VisibilityTimeout — even while they are saturated: reclaimed
+// entries have room beyond the read-ahead. A consumer is only deleted when
+// XPENDING shows it has nothing pending, inside the same Lua script.
 //
 // Failures: a handler error or panic leaves the entry pending and the worker
-// retries it after an exponential backoff. The delivery count that Redis keeps
+// retries it after an exponential backoff, during which the entry gives its
+// handler slot back (it stays leased). The delivery count that Redis keeps
 // for the entry is the authority; each retry increments it (XCLAIM
-// RETRYCOUNT). After Config.MaxDeliveries deliveries the entry is written to
+// RETRYCOUNT). A RetryAfter error (the downstream is unavailable) pauses the
+// entry's stream and counts no delivery, for up to Config.MaxTransientTime. After Config.MaxDeliveries deliveries the entry is written to
 // the partition's dead-letter stream together with its last error, and
 // acknowledged in the same Lua script, so the ingest's commit moves on.
 // ListDeadLetters, ReplayDeadLetters and DeleteDeadLetters are what

@@ -29,9 +29,11 @@ type PanicError struct {
 func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.Value) }
 
 // RetryError asks the worker to back off and try again without counting a
-// failed delivery: the downstream is overloaded (HTTP 429/503), not the record
-// broken. The worker also stops reading new entries for After. Create it with
-// RetryAfter.
+// failed delivery: the downstream is overloaded or unavailable (HTTP 429,
+// 502, 503, 504, connection refused), not the record broken. The worker also
+// stops reading new entries for After. Deliveries stay uncounted for at most
+// Config.MaxTransientTime per entry; after that a RetryError counts like any
+// failure. Create it with RetryAfter.
 type RetryError struct {
 	After time.Duration // 0: the worker's exponential backoff
 	Err   error
@@ -48,7 +50,7 @@ func (e *RetryError) Unwrap() error { return e.Err }
 
 // RetryAfter returns an error that makes the worker back off for d (0: its
 // exponential backoff) and run the handler again, without counting a
-// delivery toward Config.MaxDeliveries.
+// delivery toward Config.MaxDeliveries (within Config.MaxTransientTime).
 func RetryAfter(d time.Duration, err error) error { return &RetryError{After: d, Err: err} }
 
 // PermanentError marks a failure that no retry can fix: the worker
@@ -85,10 +87,16 @@ func (e *ExecError) Unwrap() error { return e.Err }
 type HTTPError struct {
 	StatusCode int
 	Body       string // the start of the response body
+	// Location is the Location header of a redirect (3xx), which
+	// HTTPHandler does not follow; "(none)" if the answer had none.
+	Location string
 }
 
 func (e *HTTPError) Error() string {
 	msg := fmt.Sprintf("HTTP %d", e.StatusCode)
+	if e.Location != "" {
+		msg += fmt.Sprintf(" redirect to %s not followed (a redirected POST loses its body): point the URL at the final address", e.Location)
+	}
 	if e.Body != "" {
 		msg += ": " + e.Body
 	}

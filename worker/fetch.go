@@ -13,83 +13,95 @@ import (
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
-// fetchLoop reads and reclaims entries and starts their handlers until ctx is
-// cancelled. It returns the streams it last read, for the consumer clean-up.
+// probeInterval is how often, at most, the reader probes the streams whose
+// last read found nothing while others keep it busy (when it is idle, a
+// blocking read covers them all).
+const probeInterval = 100 * time.Millisecond
+
+// probeChunk is the most keys one probing XREADGROUP names.
+const probeChunk = 1000
+
+// readLoop reads new entries for the scheduler until ctx is cancelled.
 //
-// At most Concurrency handlers run. Entries are read only for free handler
-// slots: with k free slots and S streams, one XREADGROUP asks each stream for
-// k/S entries when k >= S; otherwise it asks windows of k streams, in turn,
-// for one entry each, and blocks on all streams only when a whole round found
-// nothing. So every stream is served each round whatever the others hold.
-// Entries that arrive beyond the free slots (a blocking read woken by several
-// streams, or a reclaim) wait in a local queue, leased like the others, and
-// are started before anything new is read; at shutdown they are handed
-// back (unclaim).
-func (w *Worker) fetchLoop(ctx, hctx context.Context) []string {
+// Its cost does not grow with the number of idle streams: one XREADGROUP
+// over the streams the last reads found entries in ("hot"), for as many
+// entries as the read-ahead has room for; the others are probed together,
+// in one XREADGROUP with COUNT 1 (so a probe reads at most one entry per
+// stream), every probeInterval at most, and whenever the hot ones run dry;
+// when nothing has entries, one blocking XREADGROUP over every stream wakes
+// on the first entry appended to any. (On a Redis Cluster each of these is
+// one XREADGROUP per hash slot: slots.go.) Reclaim, discovery and the
+// consumer clean-up run in goroutines of their own and never hold up a read.
+func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
+	// Reads are not cancelled with ctx: entries Redis delivers are pending
+	// under this consumer, and a read cut short would leave them unseen
+	// until reclaimed. BlockTimeout bounds the wait instead.
+	rctx := context.WithoutCancel(ctx)
 	var (
-		streams                                 []string
-		nextDiscovery, nextReclaim, nextJanitor time.Time
-		queue                                   []*Message
-		rr, rrReclaim                           int
-		cursors                                 = map[string]string{}
-		errDelay                                time.Duration
+		nextProbe time.Time
+		errDelay  time.Duration
 	)
+	wait := time.NewTimer(time.Hour)
+	defer wait.Stop()
 	for ctx.Err() == nil {
-		now := time.Now()
-		if !now.Before(nextDiscovery) {
-			if s, err := w.discover(ctx); err != nil {
-				w.log.Warn("stream discovery failed", "err", err)
-			} else {
-				streams = s
-				w.stats.streams.Store(int64(len(s)))
+		if msgs, err := w.collectSlotReads(); err == nil && len(msgs) > 0 {
+			w.queueRead(nil, msgs)
+		}
+		probe := !time.Now().Before(nextProbe) || !w.sched.anyHot()
+		req := w.sched.wanted(probe)
+		if len(req.hot) == 0 && len(req.idle) == 0 {
+			// Nothing wanted (the read-ahead is full, or no stream may be
+			// read): wait until the scheduler takes entries (a stream's
+			// queue runs low), or the next probe.
+			wait.Reset(min(w.cfg.BlockTimeout, probeInterval))
+			select {
+			case <-ctx.Done():
+			case <-w.sched.space:
+			case <-wait.C:
 			}
-			nextDiscovery = now.Add(w.cfg.DiscoveryInterval)
-		}
-		for len(queue) > 0 && w.acquire(ctx, time.Time{}) {
-			w.start(ctx, hctx, queue[0])
-			queue = queue[1:]
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		if len(streams) == 0 {
-			sleep(ctx, time.Until(nextDiscovery))
 			continue
 		}
-		if !now.Before(nextReclaim) {
-			rrReclaim++
-			queue = append(queue, w.reclaim(ctx, rotate(streams, rrReclaim%len(streams)), cursors)...)
-			nextReclaim = now.Add(w.cfg.ReclaimInterval)
-			if len(queue) > 0 {
-				continue
+		var err error
+		got := 0
+		if len(req.hot) > 0 {
+			var msgs []*Message
+			if msgs, err = w.readNow(rctx, req.hot, req.count); err == nil {
+				got += w.queueRead(req.hot, msgs)
 			}
 		}
-		if w.cfg.ConsumerIdleTimeout > 0 && !now.Before(nextJanitor) {
-			w.removeIdleConsumers(ctx, streams)
-			nextJanitor = now.Add(time.Minute)
+		if err == nil && probe {
+			nextProbe = time.Now().Add(w.probeEvery(len(req.idle)))
+			for i := 0; i < len(req.idle) && err == nil; i += probeChunk {
+				keys := req.idle[i:min(i+probeChunk, len(req.idle))]
+				var msgs []*Message
+				if msgs, err = w.readNow(rctx, keys, 1); err == nil {
+					got += w.queueRead(keys, msgs)
+				}
+			}
 		}
-		if wait := time.Until(time.Unix(0, w.pauseUntil.Load())); wait > 0 {
-			sleep(ctx, max(min(wait, time.Until(nextReclaim)), time.Millisecond))
-			continue
+		switch {
+		case err != nil, got > 0, req.moreHot:
+		case w.sched.anyHot():
+			// Streams with entries have enough queued: wait until
+			// they take some, or the next probe.
+			wait.Reset(max(time.Until(nextProbe), time.Millisecond))
+			select {
+			case <-ctx.Done():
+			case <-w.sched.space:
+			case <-wait.C:
+			}
+		case probe:
+			// Nothing anywhere: wait for the first new entry of any stream.
+			keys := append(slices.Clone(req.hot), req.idle...)
+			count := int64(max(1, req.budget/len(keys)))
+			var msgs []*Message
+			if msgs, err = w.readBlocking(rctx, keys, count, w.cfg.BlockTimeout); err == nil {
+				w.queueRead(keys, msgs)
+			}
 		}
-		deadline := nextReclaim
-		if nextDiscovery.Before(deadline) {
-			deadline = nextDiscovery
-		}
-		if !w.acquire(ctx, deadline) {
-			continue
-		}
-		k := 1
-		for k < w.cfg.Concurrency && w.tryAcquire() {
-			k++
-		}
-		msgs, err := w.read(ctx, streams, k, &rr, time.Until(deadline))
 		if err != nil {
-			for range k {
-				<-w.slots
-			}
 			if redis.HasErrorPrefix(err, "NOGROUP") {
-				nextDiscovery = time.Time{} // a stream went away or lost its group
+				rediscover() // a stream went away or lost its group
 			}
 			errDelay = min(max(2*errDelay, 50*time.Millisecond), 2*time.Second)
 			w.log.Warn("XREADGROUP failed", "err", err, "retry_in", errDelay)
@@ -97,21 +109,78 @@ func (w *Worker) fetchLoop(ctx, hctx context.Context) []string {
 			continue
 		}
 		errDelay = 0
-		for i, m := range msgs {
-			if i < k {
-				w.start(ctx, hctx, m)
-			} else {
-				queue = append(queue, m)
-			}
-		}
-		for range k - min(k, len(msgs)) {
-			<-w.slots
+	}
+}
+
+// probeEvery is the time between probes of n idle streams while others
+// keep the reader busy: probeInterval, and on a Redis Cluster (where each
+// idle stream is an XREADGROUP of its own) probeInterval per 100 streams, at
+// most BlockTimeout, so that probing stays near 1,000 commands a second.
+func (w *Worker) probeEvery(n int) time.Duration {
+	if !w.perSlot || n <= 100 {
+		return probeInterval
+	}
+	return max(min(probeInterval*time.Duration((n+99)/100), w.cfg.BlockTimeout), probeInterval)
+}
+
+// queueRead hands what a read of keys delivered to the scheduler and
+// returns how many entries that was. After the scheduler stopped, the
+// entries are handed back at once.
+func (w *Worker) queueRead(keys []string, msgs []*Message) int {
+	ts := make([]*task, len(msgs))
+	for i, m := range msgs {
+		ts[i] = &task{m: m}
+	}
+	if refused := w.sched.readDone(keys, ts); len(refused) > 0 {
+		w.handBack(refused)
+	}
+	return len(msgs)
+}
+
+// handBack gives back tasks that were never started (shutdown): entries
+// read or reclaimed are unclaimed (reclaimable at once, the delivery that
+// never ran not counted); entries waiting for a retry are let go as they
+// are (reclaimable after the visibility timeout; their next delivery has not
+// been counted yet).
+func (w *Worker) handBack(ts []*task) {
+	var msgs []*Message
+	for _, t := range ts {
+		if t.redeliver {
+			w.release(t.m.Stream, t.m.ID)
+		} else {
+			msgs = append(msgs, t.m)
 		}
 	}
-	// What was read or reclaimed but not started goes back at once, rather
-	// than staying leased by a worker that will not run it.
-	w.unclaim(append(queue, w.stopSlotReads()...))
-	return streams
+	w.unclaim(msgs)
+}
+
+// discoveryLoop reads the registry at once, then every DiscoveryInterval
+// (and when kicked), and hands the streams to the scheduler.
+func (w *Worker) discoveryLoop(ctx context.Context, kick <-chan struct{}) {
+	t := time.NewTicker(w.cfg.DiscoveryInterval)
+	defer t.Stop()
+	for {
+		w.discoverOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-kick:
+		}
+	}
+}
+
+func (w *Worker) discoverOnce(ctx context.Context) {
+	s, err := w.discover(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("stream discovery failed", "err", err)
+		}
+		return
+	}
+	w.sched.setStreams(s)
+	w.stats.streams.Store(int64(len(s)))
+	w.discoveredOnce.Do(func() { close(w.discovered) })
 }
 
 // unclaim hands entries this consumer holds but has not started back to
@@ -140,72 +209,6 @@ func (w *Worker) unclaim(msgs []*Message) {
 			w.release(stream, id.(string))
 		}
 	}
-}
-
-// acquire takes a handler slot, waiting until one is free, ctx is done
-// (false) or deadline passes (false; zero: no deadline).
-func (w *Worker) acquire(ctx context.Context, deadline time.Time) bool {
-	var timeout <-chan time.Time
-	if !deadline.IsZero() {
-		t := time.NewTimer(max(time.Until(deadline), 0))
-		defer t.Stop()
-		timeout = t.C
-	}
-	select {
-	case w.slots <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	case <-timeout:
-		return false
-	}
-}
-
-func (w *Worker) tryAcquire() bool {
-	select {
-	case w.slots <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
-
-// read returns new entries for k free slots (possibly more, see fetchLoop),
-// as messages ready to start. Malformed entries and replayed entries meant
-// for another group are dealt with here and not returned. On a Redis Cluster
-// each XREADGROUP below is one per hash slot (slots.go).
-func (w *Worker) read(ctx context.Context, streams []string, k int, rr *int, block time.Duration) ([]*Message, error) {
-	// The read is not cancelled with ctx: entries Redis delivers are
-	// pending under this consumer, and a read cut short would leave them
-	// unseen until reclaimed. BlockTimeout bounds the wait instead.
-	rctx := context.WithoutCancel(ctx)
-	block = max(min(block, w.cfg.BlockTimeout), time.Millisecond)
-	if msgs, err := w.collectSlotReads(); err != nil || len(msgs) > 0 {
-		return msgs, err // delivered by blocking reads of earlier rounds
-	}
-	s := len(streams)
-	if k >= s {
-		*rr++
-		order := rotate(streams, *rr%s)
-		if w.perSlot {
-			if msgs, err := w.readNow(rctx, order, int64(k/s)); err != nil || len(msgs) > 0 {
-				return msgs, err
-			}
-		}
-		return w.readBlocking(rctx, order, int64(k/s), block)
-	}
-	for tried := 0; tried < s; tried += k {
-		window := make([]string, 0, k)
-		for i := range k {
-			window = append(window, streams[(*rr+i)%s])
-		}
-		*rr = (*rr + k) % s
-		msgs, err := w.readNow(rctx, window, 1)
-		if err != nil || len(msgs) > 0 {
-			return msgs, err
-		}
-	}
-	return w.readBlocking(rctx, rotate(streams, *rr), 1, block)
 }
 
 // readGroup runs one XREADGROUP (block < 0: no BLOCK).
@@ -320,52 +323,6 @@ func isNoSuchKey(err error) bool {
 	return err != nil && strings.Contains(strings.ToLower(err.Error()), "no such key")
 }
 
-// reclaim claims entries of other consumers idle for VisibilityTimeout
-// (XAUTOCLAIM), at most as many per round as there are free handler slots
-// (none when all are busy: what this worker could not start at once would
-// stay leased by it, out of reach of idle workers), continuing each stream's
-// scan where the last round stopped. The caller rotates streams, so that the
-// first ones cannot take the whole budget every round. Entries this consumer holds itself are left
-// alone (see reclaimScript): their lease failed to be extended, they are not
-// abandoned.
-func (w *Worker) reclaim(ctx context.Context, streams []string, cursors map[string]string) []*Message {
-	budget := cap(w.slots) - len(w.slots)
-	var out []*Message
-	for _, s := range streams {
-		if budget <= 0 || ctx.Err() != nil {
-			break
-		}
-		cur := cursors[s]
-		if cur == "" {
-			cur = "0-0"
-		}
-		args := append([]any{w.cfg.Group, w.cfg.Consumer, w.cfg.VisibilityTimeout.Milliseconds(), cur, budget}, w.heldIn(s)...)
-		res, err := reclaimScript.Run(ctx, w.rdb, []string{s}, args...).Slice()
-		if err != nil {
-			if !isNoSuchKey(err) && !redis.HasErrorPrefix(err, "NOGROUP") {
-				w.log.Warn("reclaim failed", "stream", s, "err", err)
-			}
-			continue
-		}
-		next, entries, counts, err := parseReclaim(res)
-		if err != nil {
-			w.log.Warn("reclaim: unexpected reply", "stream", s, "err", err)
-			continue
-		}
-		cursors[s] = next
-		for i, e := range entries {
-			w.hold(s, e.ID)
-			w.stats.reclaimed.Add(1)
-			w.log.Debug("reclaimed entry", "stream", s, "id", e.ID, "deliveries", counts[i])
-			if m := w.admit(ctx, s, e.ID, e.Values, counts[i]); m != nil {
-				out = append(out, m)
-			}
-			budget--
-		}
-	}
-	return out
-}
-
 func parseReclaim(res []any) (next string, entries []redis.XMessage, counts []int64, err error) {
 	if len(res) != 3 {
 		return "", nil, nil, fmt.Errorf("want 3 elements, got %d", len(res))
@@ -393,25 +350,6 @@ func parseReclaim(res []any) (next string, entries []redis.XMessage, counts []in
 		counts = append(counts, n)
 	}
 	return next, entries, counts, nil
-}
-
-// removeIdleConsumers deletes the group's consumers that have nothing
-// pending and have been idle longer than ConsumerIdleTimeout.
-func (w *Worker) removeIdleConsumers(ctx context.Context, streams []string) {
-	for _, s := range streams {
-		cs, err := w.rdb.XInfoConsumers(ctx, s, w.cfg.Group).Result()
-		if err != nil {
-			continue
-		}
-		for _, c := range cs {
-			if c.Name == w.cfg.Consumer || c.Pending > 0 || c.Idle < w.cfg.ConsumerIdleTimeout {
-				continue
-			}
-			if n, err := delConsumerScript.Run(ctx, w.rdb, []string{s}, w.cfg.Group, c.Name).Int64(); err == nil && n >= 0 {
-				w.log.Info("deleted idle consumer with nothing pending", "stream", s, "idle_consumer", c.Name, "idle", c.Idle)
-			}
-		}
-	}
 }
 
 // cleanupSelf deletes this consumer from every stream where it has nothing

@@ -4,29 +4,45 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // HTTPHandler POSTs each message to URL: the value as the body, the rest in
-// headers (see Handle). A 2xx answer means done; 429 and 503 mean "back off
-// and retry" (Retry-After is honoured; no delivery is counted, and the worker
-// reads nothing new meanwhile); anything else, or no answer, is a failure
-// (retried, then dead-lettered).
+// headers (see Handle). A 2xx answer means done. The endpoint being
+// unavailable — 429, 502, 503, 504, or no connection at all (refused, DNS,
+// connect timeout: nothing was sent) — means "back off and retry" without
+// counting a delivery (RetryAfter; Retry-After is honoured, in seconds or as
+// an HTTP date), within Config.MaxTransientTime. Anything else is a failure
+// (retried, then dead-lettered): other statuses, a request cut off after it
+// was sent, and redirects.
+//
+// Redirects are never followed: net/http turns a POST answered with 301, 302
+// or 303 into a GET without the body, and a 2xx to that GET would acknowledge
+// a record that was never delivered. A 3xx is a failed delivery whose error
+// names the Location; point URL at the final address.
 type HTTPHandler struct {
 	URL string
 	// Client sends the requests; nil: a client with Timeout, keeping up to
-	// 64 idle connections to the endpoint.
+	// 64 idle connections to the endpoint. Whatever its CheckRedirect, the
+	// handler does not follow redirects (it uses a copy of Client that
+	// returns them).
 	Client *http.Client
 	// Timeout bounds one request when Client is nil. Default 30s.
 	Timeout time.Duration
 	// Header is added to every request (e.g. Authorization).
 	Header http.Header
+
+	once   sync.Once
+	client *http.Client // Client (or the default), not following redirects
 }
 
 // maxIdlePerHost is how many idle connections HTTPHandler keeps to its
@@ -52,7 +68,26 @@ func NewHTTPHandler(url string, timeout time.Duration) *HTTPHandler {
 	return &HTTPHandler{URL: url, Timeout: timeout, Client: &http.Client{Timeout: timeout, Transport: httpTransport}}
 }
 
-// Handle POSTs m. It is a Handler. Request headers:
+// noRedirect makes a client return a redirect response as it is.
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// httpClient returns the client Handle uses: a copy of Client (or a default
+// one) that does not follow redirects.
+func (h *HTTPHandler) httpClient() *http.Client {
+	h.once.Do(func() {
+		if h.Client != nil {
+			c := *h.Client
+			h.client = &c
+		} else {
+			h.client = &http.Client{Timeout: cmpOr(h.Timeout, 30*time.Second), Transport: httpTransport}
+		}
+		h.client.CheckRedirect = noRedirect
+	})
+	return h.client
+}
+
+// Handle POSTs m. It is a Handler; safe for concurrent use (do not change the
+// fields after the first call). Request headers:
 //
 //	Content-Type: application/octet-stream
 //	Kbridge-Topic, Kbridge-Partition, Kbridge-Offset
@@ -92,12 +127,11 @@ func (h *HTTPHandler) Handle(ctx context.Context, m *Message) error {
 	if m.Replayed {
 		hd.Set("Kbridge-Replayed", "1")
 	}
-	client := h.Client
-	if client == nil {
-		client = &http.Client{Timeout: cmpOr(h.Timeout, 30*time.Second), Transport: httpTransport}
-	}
-	resp, err := client.Do(req)
+	resp, err := h.httpClient().Do(req)
 	if err != nil {
+		if notSent(err) && ctx.Err() == nil {
+			return RetryAfter(0, err)
+		}
 		return err
 	}
 	defer resp.Body.Close()
@@ -107,25 +141,49 @@ func (h *HTTPHandler) Handle(ctx context.Context, m *Message) error {
 		return nil
 	}
 	herr := &HTTPError{StatusCode: resp.StatusCode, Body: strings.TrimSpace(string(body))}
-	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		herr.Location = resp.Header.Get("Location")
+		if herr.Location == "" {
+			herr.Location = "(none)"
+		}
+	}
+	switch resp.StatusCode {
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return RetryAfter(retryAfter(resp.Header.Get("Retry-After")), herr)
 	}
 	return herr
 }
 
-// retryAfter parses a Retry-After header (seconds or an HTTP date); 0 if
-// absent or unparsable. It is capped at 5 minutes.
-func retryAfter(v string) time.Duration {
+// notSent reports whether a request failed before anything was sent: the
+// connection could not be made (refused, no route, DNS, connect timeout).
+// The endpoint is unavailable, the record not at fault, and nothing was
+// delivered twice.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// maxRetryAfter caps the wait a Retry-After header may ask for.
+const maxRetryAfter = 5 * time.Minute
+
+// retryAfter parses a Retry-After header, delta-seconds or an HTTP date (RFC
+// 9110 10.2.3, in any of the three formats http.ParseTime accepts), as the
+// wait from now; 0 if absent, unparsable or in the past (the worker's own
+// backoff then applies). It is capped at 5 minutes.
+func retryAfter(v string) time.Duration { return retryAfterAt(v, time.Now()) }
+
+func retryAfterAt(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0
 	}
 	var d time.Duration
-	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
-		d = time.Duration(s) * time.Second
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
+		d = time.Duration(min(max(s, 0), int64(maxRetryAfter/time.Second))) * time.Second
 	} else if t, err := http.ParseTime(v); err == nil {
-		d = time.Until(t)
+		d = t.Sub(now)
 	}
-	return min(max(d, 0), 5*time.Minute)
+	return min(max(d, 0), maxRetryAfter)
 }
 
 func cmpOr(d, def time.Duration) time.Duration {

@@ -47,7 +47,7 @@ type Message struct {
 
 func newMessage(stream, id string, values map[string]any, deliveries int64) (*Message, error) {
 	m := &Message{Stream: stream, ID: id, Deliveries: deliveries, fields: values}
-	r, err := wire.Decode(values)
+	r, err := wire.DecodeEntry(stream, id, values) // topic/partition of the stream, ID <offset>-1 (docs/wire.md)
 	if err != nil {
 		return m, err
 	}

@@ -10,104 +10,122 @@ import (
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
-// start runs the handler of m in a goroutine that owns one handler slot
-// (already taken) and gives it back when done.
-func (w *Worker) start(ctx, hctx context.Context, m *Message) {
-	w.handlers.Add(1)
-	w.stats.running.Add(1)
-	go func() {
-		defer func() {
-			w.stats.running.Add(-1)
-			<-w.slots
-			w.handlers.Done()
-		}()
-		w.process(ctx, hctx, m)
-	}()
+// slot runs t, then whatever the scheduler gives this handler slot next,
+// until it gives the slot back. hctx is given to the handlers.
+func (w *Worker) slot(hctx context.Context, t *task) {
+	defer w.handlers.Done()
+	for t != nil {
+		res, at, took := w.attempt(hctx, t)
+		next, letGo := w.sched.finish(t, took, res, at)
+		if letGo {
+			// Stopping: the retry will not happen here. The entry stays
+			// pending; it is reclaimed after the visibility timeout,
+			// with its delivery count.
+			w.release(t.m.Stream, t.m.ID)
+		}
+		t = next
+	}
 }
 
-// process delivers m until it succeeds, is dead-lettered, or the worker
-// stops. ctx is the worker's run context (done: stop retrying); hctx is
-// given to the handler (done: the shutdown timeout passed).
-//
-// A failed entry stays pending under this consumer, its lease extended, while
-// the worker waits for the backoff; then the retry counts a delivery in Redis
-// (redeliverScript). If the worker dies meanwhile, another reclaims the entry
-// with its delivery count, so the retry budget survives crashes.
-func (w *Worker) process(ctx, hctx context.Context, m *Message) {
-	if m.Deliveries > int64(w.cfg.MaxDeliveries) {
+// result is the outcome of one attempt.
+type result int
+
+const (
+	settled result = iota // acknowledged, dead-lettered, or no longer ours
+	handled               // succeeded (and acknowledged): settled too
+	retry                 // to be run again at the time given
+)
+
+// attempt makes one delivery of t's entry: counts the delivery first if it is
+// a retry after a failure, dead-letters it if it was delivered too often,
+// runs the handler, and settles the entry or says when to retry it. A
+// failed entry stays pending under this consumer, its lease extended, while
+// it waits for its retry (in the scheduler's timer heap, not in a slot);
+// the retry counts a delivery in Redis (redeliverScript). If the worker dies
+// meanwhile, another reclaims the entry with its delivery count, so the
+// retry budget survives crashes.
+func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Time, took time.Duration) {
+	m := t.m
+	ctx := context.WithoutCancel(hctx) // Redis calls: not cut short by the shutdown timeout
+	if !w.holds(m.Stream, m.ID) {
+		return settled, at, 0 // its lease was lost while it waited: another worker has it
+	}
+	if t.redeliver {
+		n, err := redeliverScript.Run(ctx, w.rdb, []string{m.Stream}, w.cfg.Group, w.cfg.Consumer, m.ID).Int64()
+		if err != nil || n < 0 {
+			// Redis unreachable, or the entry is no longer ours: leave
+			// it to the reclaim.
+			w.log.Warn("cannot count the retry; leaving the entry to be reclaimed", "stream", m.Stream, "id", m.ID, "err", err)
+			w.release(m.Stream, m.ID)
+			return settled, at, 0
+		}
+		m.Deliveries = n
+		t.redeliver = false
+		w.stats.retries.Add(1)
+	} else if t.backoffs == 0 && m.Deliveries > int64(w.cfg.MaxDeliveries) {
 		w.deadLetter(ctx, m, wire.ReasonMaxDeliveries, fmt.Errorf(
 			"delivered %d times (max %d) without an outcome: the workers that held it stopped or lost it",
 			m.Deliveries, w.cfg.MaxDeliveries))
-		return
+		return settled, at, 0
 	}
-	backoffs := int64(0)
-	for {
-		err := w.call(hctx, m)
-		if err == nil {
-			w.stats.processed.Add(1)
-			w.acks.add(m.Stream, m.ID)
-			return
+	start := time.Now()
+	err := w.call(hctx, m)
+	took = time.Since(start)
+	if err == nil {
+		w.stats.processed.Add(1)
+		w.acks.add(m.Stream, m.ID)
+		return handled, at, took
+	}
+	if hctx.Err() != nil {
+		// The shutdown timeout passed and the handler was cancelled: its
+		// error says nothing about the record (an exec handler's "signal:
+		// killed"). Leave the entry pending, with its delivery count, for
+		// another worker to reclaim; never dead-letter it from here, after
+		// Run has returned.
+		w.release(m.Stream, m.ID)
+		return settled, at, took
+	}
+	var (
+		perm *PermanentError
+		re   *RetryError
+	)
+	if errors.As(err, &re) {
+		if t.transientSince.IsZero() {
+			t.transientSince = start
 		}
-		if hctx.Err() != nil {
-			// The shutdown timeout passed and the handler was cancelled:
-			// its error says nothing about the record (an exec handler's
-			// "signal: killed"). Leave the entry pending, with its delivery
-			// count, for another worker to reclaim; never dead-letter it
-			// from here, after Run has returned.
-			w.release(m.Stream, m.ID)
-			return
+		if time.Since(t.transientSince) >= w.cfg.MaxTransientTime {
+			// The downstream has been unavailable for too long: from now
+			// on its failures count, so that the entry ends in the
+			// dead-letter stream.
+			w.log.Warn("downstream unavailable for longer than the max transient time; counting deliveries",
+				"stream", m.Stream, "offset", m.Offset, "max_transient_time", w.cfg.MaxTransientTime, "err", err)
+			re = nil
 		}
-		var (
-			perm  *PermanentError
-			retry *RetryError
-			wait  time.Duration
-		)
-		switch {
-		case errors.As(err, &perm):
-			w.stats.failed.Add(1)
-			w.deadLetter(ctx, m, wire.ReasonRejected, err)
-			return
-		case errors.As(err, &retry):
-			w.stats.backoffs.Add(1)
-			backoffs++
-			wait = retry.After
-			if wait <= 0 {
-				wait = w.cfg.backoff(backoffs)
-			}
-			// The downstream is overloaded: read nothing new meanwhile.
-			if until := time.Now().Add(wait).UnixNano(); until > w.pauseUntil.Load() {
-				w.pauseUntil.Store(until)
-			}
-			w.log.Info("handler asked to back off", "stream", m.Stream, "offset", m.Offset, "wait", wait, "err", err)
-		default:
-			w.stats.failed.Add(1)
-			if m.Deliveries >= int64(w.cfg.MaxDeliveries) {
-				w.deadLetter(ctx, m, wire.ReasonMaxDeliveries, err)
-				return
-			}
-			wait = w.cfg.backoff(m.Deliveries)
-			w.log.Info("handler failed; will retry", "stream", m.Stream, "offset", m.Offset,
-				"deliveries", m.Deliveries, "retry_in", wait, "err", err)
+	}
+	switch {
+	case errors.As(err, &perm):
+		w.stats.failed.Add(1)
+		w.deadLetter(ctx, m, wire.ReasonRejected, err)
+		return settled, at, took
+	case re != nil:
+		// The downstream is unavailable: this stream starts and reads
+		// nothing new until the wait is over.
+		w.stats.backoffs.Add(1)
+		t.backoffs++
+		wait := w.sched.backOff(t, re.After, w.cfg.backoff)
+		w.log.Info("handler asked to back off", "stream", m.Stream, "offset", m.Offset, "wait", wait, "err", err)
+		return retry, time.Now().Add(wait), took
+	default:
+		w.stats.failed.Add(1)
+		if m.Deliveries >= int64(w.cfg.MaxDeliveries) {
+			w.deadLetter(ctx, m, wire.ReasonMaxDeliveries, err)
+			return settled, at, took
 		}
-		sleep(ctx, wait)
-		if ctx.Err() != nil {
-			// Stopping: leave the entry pending. It is reclaimed after the
-			// visibility timeout, with its delivery count.
-			w.release(m.Stream, m.ID)
-			return
-		}
-		if retry == nil {
-			n, err := redeliverScript.Run(ctx, w.rdb, []string{m.Stream}, w.cfg.Group, w.cfg.Consumer, m.ID).Int64()
-			if err != nil || n < 0 {
-				// Redis unreachable, or the entry is no longer ours: leave
-				// it to the reclaim.
-				w.log.Warn("cannot count the retry; leaving the entry to be reclaimed", "stream", m.Stream, "id", m.ID, "err", err)
-				w.release(m.Stream, m.ID)
-				return
-			}
-			m.Deliveries = n
-			w.stats.retries.Add(1)
-		}
+		wait := w.cfg.backoff(m.Deliveries)
+		w.log.Info("handler failed; will retry", "stream", m.Stream, "offset", m.Offset,
+			"deliveries", m.Deliveries, "retry_in", wait, "err", err)
+		t.redeliver = true
+		return retry, time.Now().Add(wait), took
 	}
 }
 
@@ -145,6 +163,7 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 	args := append([]any{w.cfg.Group, w.cfg.Consumer, m.ID}, fields...)
 	dlq := wire.DLQKey(wire.PartitionStreamOf(m.Stream))
 	bctx := context.WithoutCancel(ctx)
+	w.settling(m.Stream, m.ID)
 	var err error
 	for attempt := range 3 {
 		if attempt > 0 {

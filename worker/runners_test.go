@@ -260,11 +260,3 @@ func TestHTTPHandler(t *testing.T) {
 		t.Errorf("Stats.Backoffs = %d, want 2", st.Backoffs)
 	}
 }
-
-func TestRetryAfterHeader(t *testing.T) {
-	for v, want := range map[string]time.Duration{"": 0, "3": 3 * time.Second, "junk": 0, "99999": 5 * time.Minute} {
-		if got := retryAfter(v); got != want {
-			t.Errorf("retryAfter(%q) = %v, want %v", v, got, want)
-		}
-	}
-}

@@ -21,14 +21,15 @@ type Worker struct {
 	started atomic.Bool
 	stats   counters
 
-	slots    chan struct{} // one token per running handler
-	handlers sync.WaitGroup
+	sched    *scheduler     // which entry runs in which handler slot (sched.go)
+	handlers sync.WaitGroup // slot goroutines
 	acks     *acker
 
 	mu   sync.Mutex
 	held map[entryRef]*heldEntry // entries this consumer holds: leased until acknowledged
 
-	pauseUntil atomic.Int64 // Unix nanoseconds: no new reads before (a handler asked to back off)
+	discovered     chan struct{} // closed by the first discovery
+	discoveredOnce sync.Once
 
 	perSlot   bool       // Redis Cluster: one XREADGROUP per hash slot (slots.go)
 	slotReads *slotReads // the blocking reads running, when perSlot
@@ -42,6 +43,11 @@ type entryRef struct{ stream, id string }
 
 type heldEntry struct {
 	since time.Time
+	// settling: this consumer queued the entry's acknowledgement or is
+	// dead-lettering it, so the entry may leave the PEL at any moment by
+	// our own doing; a lease extension that then finds it gone has not
+	// lost it. Guarded by Worker.mu.
+	settling bool
 }
 
 // New checks cfg and returns a Worker.
@@ -51,12 +57,13 @@ func New(cfg Config) (*Worker, error) {
 	}
 	cfg = cfg.withDefaults()
 	w := &Worker{
-		cfg:   cfg,
-		rdb:   cfg.Redis,
-		log:   cfg.Logger.With("group", cfg.Group, "consumer", cfg.Consumer),
-		slots: make(chan struct{}, cfg.Concurrency),
-		held:  map[entryRef]*heldEntry{},
+		cfg:        cfg,
+		rdb:        cfg.Redis,
+		log:        cfg.Logger.With("group", cfg.Group, "consumer", cfg.Consumer),
+		held:       map[entryRef]*heldEntry{},
+		discovered: make(chan struct{}),
 	}
+	w.sched = newScheduler(cfg.Concurrency, cfg.ReadAhead, nil)
 	w.acks = newAcker(w)
 	if c, ok := cfg.Redis.(*redis.ClusterClient); ok {
 		w.perSlot, w.slotReads = true, newSlotReads(maxBlocking(c))
@@ -68,14 +75,16 @@ func New(cfg Config) (*Worker, error) {
 func (w *Worker) Consumer() string { return w.cfg.Consumer }
 
 // Run processes messages until ctx is cancelled, then shuts down in this
-// order: stop reading (at most BlockTimeout later); wait for the running
-// handlers up to ShutdownTimeout, still extending their leases, so that what
-// is in flight finishes rather than being handed to another worker; then
-// cancel the handlers' context and wait for them a second more; send the
-// last acknowledgements; stop extending leases; delete this consumer from
-// every stream where it has nothing pending (what it still holds is
-// reclaimed by the others after VisibilityTimeout). Acks go before the lease
-// stops so that no finished entry is ever reclaimed.
+// order: stop reading and reclaiming (at most BlockTimeout later); hand back
+// the entries read ahead but not started (reclaimable at once) and let go
+// those waiting for a retry; wait for the running handlers up to
+// ShutdownTimeout, still extending their leases, so that what is in flight
+// finishes rather than being handed to another worker; then cancel the
+// handlers' context and wait for them a second more; send the last
+// acknowledgements; stop extending leases; delete this consumer from every
+// stream where it has nothing pending (what it still holds is reclaimed by
+// the others after VisibilityTimeout). Acks go before the lease stops so
+// that no finished entry is ever reclaimed.
 //
 // Run returns nil after a clean shutdown, an error wrapping
 // ErrShutdownTimeout if handlers were still running, and ErrRunning if
@@ -86,18 +95,47 @@ func (w *Worker) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	w.log.Info("worker starting", "prefix", w.cfg.Prefix, "concurrency", w.cfg.Concurrency,
-		"visibility_timeout", w.cfg.VisibilityTimeout, "max_deliveries", w.cfg.MaxDeliveries)
+		"read_ahead", w.cfg.ReadAhead, "visibility_timeout", w.cfg.VisibilityTimeout, "max_deliveries", w.cfg.MaxDeliveries)
 
-	// Handlers and the background loops outlive ctx: they are stopped in
-	// the shutdown order above, not by the caller's cancellation.
+	// Handlers, acks and leases outlive ctx: they are stopped in the
+	// shutdown order above, not by the caller's cancellation.
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
+	w.sched.mu.Lock()
+	w.sched.start = func(t *task) {
+		w.handlers.Add(1)
+		go w.slot(hctx, t)
+	}
+	w.sched.mu.Unlock()
 	ackStop, leaseStop := make(chan struct{}), make(chan struct{})
 	ackDone, leaseDone := make(chan struct{}), make(chan struct{})
 	go func() { defer close(ackDone); w.acks.run(ackStop) }()
 	go func() { defer close(leaseDone); w.leaseLoop(leaseStop) }()
 
-	streams := w.fetchLoop(ctx, hctx)
+	// Reading, reclaiming, discovery and the consumer clean-up each run on
+	// their own, so that none of them waits for another. The reader has
+	// nothing to read until the first discovery.
+	kick := make(chan struct{}, 1)
+	rediscover := func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	var bg sync.WaitGroup
+	bg.Go(func() { w.discoveryLoop(ctx, kick) })
+	bg.Go(func() { w.reclaimLoop(ctx) })
+	bg.Go(func() { w.janitorLoop(ctx) })
+	w.readLoop(ctx, rediscover)
+	bg.Wait()
+
+	// What was read or reclaimed but not started goes back at once, rather
+	// than staying leased by a worker that will not run it.
+	queued, waiting := w.sched.stop()
+	for _, m := range w.stopSlotReads() {
+		queued = append(queued, &task{m: m})
+	}
+	w.handBack(append(queued, waiting...))
 
 	var err error
 	done := make(chan struct{})
@@ -107,7 +145,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-done:
 		timer.Stop()
 	case <-timer.C:
-		n := w.stats.running.Load()
+		_, _, n := w.sched.counts()
 		cancelHandlers()
 		err = fmt.Errorf("%w: %d handlers did not finish in %v; their entries stay pending and will be reclaimed",
 			ErrShutdownTimeout, n, w.cfg.ShutdownTimeout)
@@ -126,7 +164,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-ackDone
 	close(leaseStop)
 	<-leaseDone
-	w.cleanupSelf(streams)
+	w.cleanupSelf(w.sched.listed())
 	w.log.Info("worker stopped", "processed", w.stats.processed.Load())
 	return err
 }
@@ -145,6 +183,25 @@ func (w *Worker) release(stream, id string) {
 	w.mu.Lock()
 	delete(w.held, entryRef{stream, id})
 	w.mu.Unlock()
+}
+
+// settling marks a held entry as about to be acknowledged (or
+// dead-lettered, which acknowledges it) by this consumer. Call it before the
+// XACK can reach Redis.
+func (w *Worker) settling(stream, id string) {
+	w.mu.Lock()
+	if he := w.held[entryRef{stream, id}]; he != nil {
+		he.settling = true
+	}
+	w.mu.Unlock()
+}
+
+// holds reports whether this consumer still holds an entry (it was not
+// released, e.g. after its lease was lost).
+func (w *Worker) holds(stream, id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.held[entryRef{stream, id}] != nil
 }
 
 // heldIn returns the IDs this consumer holds in stream.
@@ -201,12 +258,25 @@ func (w *Worker) extendLeases() {
 			continue
 		}
 		for _, id := range lost {
-			// Another worker reclaimed it (our lease lapsed, e.g. Redis was
-			// unreachable). The handler goes on; its ack, if any, is
-			// harmless; the other worker's run is a duplicate.
-			w.stats.leaseLost.Add(1)
-			w.log.Warn("lease lost: entry reclaimed by another consumer", "stream", stream, "id", id)
-			w.release(stream, id)
+			// The entry is no longer pending under this consumer. If we
+			// acknowledged it (or dead-lettered it) since the snapshot
+			// above, that is why: nothing was lost. Otherwise another
+			// worker reclaimed it (our lease lapsed, e.g. Redis was
+			// unreachable), and perhaps acknowledged it already. The
+			// handler goes on; its ack, if any, is harmless; the other
+			// worker's run is a duplicate.
+			ref := entryRef{stream, id}
+			w.mu.Lock()
+			he := w.held[ref]
+			taken := he != nil && !he.settling
+			if taken {
+				delete(w.held, ref)
+			}
+			w.mu.Unlock()
+			if taken {
+				w.stats.leaseLost.Add(1)
+				w.log.Warn("lease lost: entry reclaimed by another consumer", "stream", stream, "id", id)
+			}
 		}
 	}
 }
@@ -222,12 +292,14 @@ type Stats struct {
 	Acked        int64 // entries acknowledged
 	LeaseLost    int64 // held entries another consumer took
 	InFlight     int64 // handlers running now
-	Held         int64 // entries held now (running, queued or awaiting ack)
+	Queued       int64 // entries read ahead or reclaimed, waiting for a handler slot
+	Waiting      int64 // entries waiting for a retry (their slot given back)
+	Held         int64 // entries held now: running, queued, waiting, or awaiting their ack
 	Streams      int64 // streams read at the last discovery
 }
 
 type counters struct {
-	processed, failed, retries, backoffs, deadLettered, reclaimed, acked, leaseLost, running, streams atomic.Int64
+	processed, failed, retries, backoffs, deadLettered, reclaimed, acked, leaseLost, streams atomic.Int64
 }
 
 // Stats returns a snapshot of the worker's counters.
@@ -235,6 +307,7 @@ func (w *Worker) Stats() Stats {
 	w.mu.Lock()
 	held := int64(len(w.held))
 	w.mu.Unlock()
+	queued, waiting, running := w.sched.counts()
 	return Stats{
 		Processed:    w.stats.processed.Load(),
 		Failed:       w.stats.failed.Load(),
@@ -244,7 +317,9 @@ func (w *Worker) Stats() Stats {
 		Reclaimed:    w.stats.reclaimed.Load(),
 		Acked:        w.stats.acked.Load(),
 		LeaseLost:    w.stats.leaseLost.Load(),
-		InFlight:     w.stats.running.Load(),
+		InFlight:     int64(running),
+		Queued:       int64(queued),
+		Waiting:      int64(waiting),
 		Held:         held,
 		Streams:      w.stats.streams.Load(),
 	}

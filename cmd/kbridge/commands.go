@@ -10,6 +10,9 @@ func commands() []*cli.Command {
 		workerCommand(),
 		statusCommand(),
 		dlqCommand(),
+		groupsCommand(),
 		produceCommand(),
+		conformanceCommand(),
+		conformanceHandlerCommand(),
 	}
 }

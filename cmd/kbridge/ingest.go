@@ -31,7 +31,7 @@ Examples:
 			&cli.StringSliceFlag{Name: "topics", EnvVars: []string{"KBRIDGE_TOPICS"}, Usage: "Kafka topics to read, comma-separated (required)"},
 			&cli.StringFlag{Name: "group", Value: "kbridge", EnvVars: []string{"KBRIDGE_GROUP"}, Usage: "Kafka consumer group of the ingest processes"},
 			&cli.StringSliceFlag{Name: "worker-groups", Value: cli.NewStringSlice("workers"), EnvVars: []string{"KBRIDGE_WORKER_GROUPS"},
-				Usage: "Redis consumer groups of the workers; several = fan-out, the commit waits for all"},
+				Usage: "Redis consumer groups the ingest creates on each stream (at 0); several = fan-out. The commit waits for every group on a stream, listed here or not: remove one with 'kbridge groups remove'"},
 			&cli.Int64Flag{Name: "partition-cap", Value: 10000, EnvVars: []string{"KBRIDGE_PARTITION_CAP"},
 				Usage: "un-acknowledged records per stream at which its partition stops being fetched"},
 			&cli.Int64Flag{Name: "low-watermark", EnvVars: []string{"KBRIDGE_LOW_WATERMARK"}, Usage: "backlog below which a paused partition resumes (default: half the cap)"},

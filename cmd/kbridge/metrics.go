@@ -239,7 +239,7 @@ func newWorkerMetrics() *workerMetrics {
 			cnt("processed_total", "Handler calls that succeeded.", func(s worker.Stats) int64 { return s.Processed }),
 			cnt("failed_total", "Handler calls that failed (errors, panics, non-zero exits, HTTP errors).", func(s worker.Stats) int64 { return s.Failed }),
 			cnt("retries_total", "Retries after a failure (each counts a delivery).", func(s worker.Stats) int64 { return s.Retries }),
-			cnt("backoffs_total", "Back-offs asked by the handler (HTTP 429/503, RetryAfter); no delivery counted.", func(s worker.Stats) int64 { return s.Backoffs }),
+			cnt("backoffs_total", "Back-offs on an unavailable downstream (HTTP 429/502/503/504, connection refused, RetryAfter); no delivery counted.", func(s worker.Stats) int64 { return s.Backoffs }),
 			cnt("dead_letters_total", "Entries written to a dead-letter stream.", func(s worker.Stats) int64 { return s.DeadLettered }),
 			cnt("reclaimed_total", "Entries claimed from other consumers after the visibility timeout (dead or stuck workers).", func(s worker.Stats) int64 { return s.Reclaimed }),
 			cnt("acked_total", "Entries acknowledged (XACK).", func(s worker.Stats) int64 { return s.Acked }),
@@ -247,7 +247,9 @@ func newWorkerMetrics() *workerMetrics {
 		},
 		gauges: []counterDesc[worker.Stats]{
 			cnt("in_flight", "Handlers running now.", func(s worker.Stats) int64 { return s.InFlight }),
-			cnt("held_entries", "Entries this worker holds now: running, queued or awaiting their acknowledgement (its pending entries).", func(s worker.Stats) int64 { return s.Held }),
+			cnt("queued_entries", "Entries read ahead or reclaimed, waiting for a handler slot.", func(s worker.Stats) int64 { return s.Queued }),
+			cnt("retry_waiting_entries", "Entries waiting for a retry after a failure or a back-off (their handler slot given back).", func(s worker.Stats) int64 { return s.Waiting }),
+			cnt("held_entries", "Entries this worker holds now: running, queued, waiting for a retry or for their acknowledgement (its pending entries).", func(s worker.Stats) int64 { return s.Held }),
 			cnt("streams", "Streams read, at the last discovery.", func(s worker.Stats) int64 { return s.Streams }),
 		},
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{

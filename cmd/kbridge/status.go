@@ -45,6 +45,9 @@ and the ingest's status hash) and prints one line per partition:
               delivery count, how long since it was delivered (or its lease
               extended), and the consumer that holds it
   PAUSED      yes while the ingest does not fetch the partition (stream full);
+              STALLED when it stopped fetching and committing it, with the
+              reason on a line below the table (an entry another program
+              wrote into the stream, a recreated topic: docs/operations.md);
               "-" when no ingest published a status (none runs, or it is gone)
   DLQ         dead letters of the partition
   OWNER       the ingest process (host:pid) and the age of its status
@@ -570,6 +573,11 @@ func printStatus(w io.Writer, rep statusReport) error {
 		fmt.Fprintf(tw, "total\t%d\t\t\t%d\t\t\t%d\t%d\t\t\t\t%d paused\t%d\t\t\n", len(rep.Partitions), t.KafkaLag, t.Backlog, t.Pending, t.Paused, t.DeadLetters)
 		if err := tw.Flush(); err != nil {
 			return err
+		}
+	}
+	for _, p := range rep.Partitions {
+		if p.Ingest != nil && p.Ingest.Stalled != "" {
+			fmt.Fprintf(w, "STALLED %s/%d: %s\n", p.Topic, p.Partition, p.Ingest.Stalled)
 		}
 	}
 	for _, e := range rep.Errors {

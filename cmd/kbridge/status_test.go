@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -151,5 +152,32 @@ func TestStatusNothingRegistered(t *testing.T) {
 	out, errs, code := runCLI(t, "--redis-url", "redis://"+r.Addr+"/0", "--prefix", testenv.Name(t), "status", "--brokers", strings.Join(brokers, ","))
 	if code != 0 || !strings.Contains(out, "no partitions") {
 		t.Errorf("exit %d, output %q %q; want 0 and a hint", code, out, errs)
+	}
+}
+
+// TestStatusShowsStall (issue 7 point 7): a partition the ingest stalled
+// shows STALLED in the table and the reason below it, and in --json.
+func TestStatusShowsStall(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	r := testenv.NewRedis(t)
+	rdb := r.Client(t)
+	ctx := context.Background()
+	topic, prefix := testenv.Name(t), testenv.Name(t)
+	testenv.CreateTopic(t, brokers, topic, 1)
+	key := wire.StreamKey(prefix, topic, 0)
+	rdb.SAdd(ctx, wire.RegistryKey(prefix), key)
+	rdb.XGroupCreateMkStream(ctx, key, "workers", "0")
+	const reason = "stream top 199 is above what this ingest appended (99): entry 199-1 was not written by kbridge"
+	rdb.HSet(ctx, wire.StatusKey(key), bridge.StatusStalled, reason, bridge.StatusOwner, "host:1", bridge.StatusUpdatedMs, time.Now().UnixMilli())
+	args := []string{"--redis-url", "redis://" + r.Addr, "--prefix", prefix, "status", "--brokers", strings.Join(brokers, ","), "--topics", topic}
+	out, errs, code := runCLI(t, args...)
+	// Exit 1 is fine: the group has no commit yet (a warning of its own).
+	if code > 1 || !strings.Contains(out, fmt.Sprintf("STALLED %s/0: %s", topic, reason)) {
+		t.Errorf("status: exit %d, stderr %q, stdout:\n%s\nwant STALLED and the reason", code, errs, out)
+	}
+	out, _, _ = runCLI(t, append(args, "--json")...)
+	var rep statusReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Partitions) != 1 || rep.Partitions[0].Ingest == nil || rep.Partitions[0].Ingest.Stalled != reason {
+		t.Errorf("status --json: %v, %+v; want the stall reason", err, rep.Partitions)
 	}
 }

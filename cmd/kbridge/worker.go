@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/kbridge/kbridge/internal/wire"
 	"github.com/kbridge/kbridge/worker"
 )
 
@@ -24,21 +26,35 @@ while running) in a worker group, --concurrency records at a time, and hands
 each record to a command or an HTTP endpoint. Start as many workers as you
 like, on any machine that reaches Redis.
 
+Scheduling: the partitions with records share the --concurrency slots by
+handler time: while others wait, each runs at most its share
+(concurrency / partitions with records), so a slow or failing partition
+cannot hold back the others. A record waiting for a retry gives its slot
+back. Up to --read-ahead records are read ahead of the handlers. The records
+of a worker that died are reclaimed within --visibility-timeout +
+--reclaim-interval, however busy the live workers are.
+
 --exec CMD runs "sh -c CMD" per record: the value on stdin; KBRIDGE_TOPIC,
 KBRIDGE_PARTITION, KBRIDGE_OFFSET, KBRIDGE_KEY, KBRIDGE_KEY_B64,
 KBRIDGE_TIMESTAMP, KBRIDGE_HEADERS, KBRIDGE_DELIVERIES, ... in the environment.
 Exit status 0 = done, anything else = failed.
 
 --http URL POSTs the value with Kbridge-Topic, Kbridge-Partition,
-Kbridge-Offset, Kbridge-Key (base64), ... headers. 2xx = done; 429 or 503 =
-back off (Retry-After is honoured) and retry without counting a delivery;
-anything else = failed.
+Kbridge-Offset, Kbridge-Key (base64), ... headers. 2xx = done. 429, 502, 503,
+504 or no connection (refused, DNS, connect timeout) = the endpoint is
+unavailable: back off (Retry-After is honoured, seconds or HTTP date) and retry
+without counting a delivery, for up to --max-transient-time per record (after
+that these count too, so a dead endpoint still ends in the dead-letter
+stream). Redirects (3xx) are not followed (a redirected POST would lose its
+body): they are failures; give the final URL. Anything else = failed.
 
 A failed record is retried with exponential backoff; after --max-deliveries it
 goes to the dead-letter stream (see "kbridge dlq"). A worker that dies has its
 records reclaimed by the others after --visibility-timeout. SIGTERM or SIGINT
 stops reading, lets running handlers finish (up to --shutdown-timeout),
-acknowledges and exits 0; a second signal exits at once.
+acknowledges and exits 0 (1 if handlers were still running at the end of
+--shutdown-timeout: their records are reclaimed by the other workers); a
+second signal exits at once (130).
 
 Examples:
    kbridge worker --exec 'jq -c . >> /var/log/orders.jsonl' --concurrency 4
@@ -56,6 +72,8 @@ Examples:
 			&cli.StringSliceFlag{Name: "topics", EnvVars: []string{"KBRIDGE_WORKER_TOPICS"}, Usage: "only the streams of these topics (default: all)"},
 			&cli.IntFlag{Name: "concurrency", Value: worker.DefaultConcurrency, EnvVars: []string{"KBRIDGE_WORKER_CONCURRENCY"},
 				Usage: "records processed at the same time"},
+			&cli.IntFlag{Name: "read-ahead", EnvVars: []string{"KBRIDGE_WORKER_READ_AHEAD"},
+				Usage: "records read ahead of the handlers, so that a freed slot does not wait for Redis (default: --concurrency)"},
 			&cli.DurationFlag{Name: "visibility-timeout", Value: worker.DefaultVisibilityTimeout, EnvVars: []string{"KBRIDGE_WORKER_VISIBILITY_TIMEOUT"},
 				Usage: "a record held this long by a worker that stopped extending its lease is reclaimed by the others"},
 			&cli.DurationFlag{Name: "reclaim-interval", EnvVars: []string{"KBRIDGE_WORKER_RECLAIM_INTERVAL"},
@@ -66,6 +84,8 @@ Examples:
 				Usage: "wait before the first retry; doubles per delivery"},
 			&cli.DurationFlag{Name: "backoff-max", Value: worker.DefaultBackoffMax, EnvVars: []string{"KBRIDGE_WORKER_BACKOFF_MAX"},
 				Usage: "longest wait between retries"},
+			&cli.DurationFlag{Name: "max-transient-time", Value: worker.DefaultMaxTransientTime, EnvVars: []string{"KBRIDGE_WORKER_MAX_TRANSIENT_TIME"},
+				Usage: "how long a record may back off on an unavailable endpoint (HTTP 429/502/503/504, refused) without counting deliveries"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: worker.DefaultShutdownTimeout, EnvVars: []string{"KBRIDGE_WORKER_SHUTDOWN_TIMEOUT"},
 				Usage: "on SIGTERM, how long running handlers may take to finish"},
 			&cli.DurationFlag{Name: "discovery-interval", Value: worker.DefaultDiscoveryInterval, EnvVars: []string{"KBRIDGE_WORKER_DISCOVERY_INTERVAL"},
@@ -126,11 +146,13 @@ func runWorker(c *cli.Context) error {
 		Consumer:          c.String("consumer"),
 		Topics:            c.StringSlice("topics"),
 		Concurrency:       c.Int("concurrency"),
+		ReadAhead:         c.Int("read-ahead"),
 		VisibilityTimeout: c.Duration("visibility-timeout"),
 		ReclaimInterval:   c.Duration("reclaim-interval"),
 		MaxDeliveries:     c.Int("max-deliveries"),
 		BackoffMin:        c.Duration("backoff-min"),
 		BackoffMax:        c.Duration("backoff-max"),
+		MaxTransientTime:  c.Duration("max-transient-time"),
 		ShutdownTimeout:   c.Duration("shutdown-timeout"),
 		DiscoveryInterval: c.Duration("discovery-interval"),
 		Logger:            log,
@@ -142,14 +164,30 @@ func runWorker(c *cli.Context) error {
 	if c.IsSet("concurrency") && cfg.Concurrency <= 0 {
 		bad = append(bad, fmt.Errorf("--concurrency %d must be at least 1", cfg.Concurrency))
 	}
+	if c.IsSet("read-ahead") && cfg.ReadAhead <= 0 {
+		bad = append(bad, fmt.Errorf("--read-ahead %d must be at least 1", cfg.ReadAhead))
+	}
 	if c.IsSet("max-deliveries") && cfg.MaxDeliveries <= 0 {
 		bad = append(bad, fmt.Errorf("--max-deliveries %d must be at least 1", cfg.MaxDeliveries))
 	}
 	if c.IsSet("visibility-timeout") && cfg.VisibilityTimeout <= 0 {
 		bad = append(bad, fmt.Errorf("--visibility-timeout %v must be above 0", cfg.VisibilityTimeout))
 	}
+	if c.IsSet("max-transient-time") && cfg.MaxTransientTime <= 0 {
+		bad = append(bad, fmt.Errorf("--max-transient-time %v must be above 0", cfg.MaxTransientTime))
+	}
 	if err := errors.Join(append(bad, cfg.Validate())...); err != nil {
 		return cli.Exit(err.Error(), 2)
+	}
+	// The wire contract version (docs/wire.md): a newer ingest wrote what
+	// this worker would misread. Unreachable Redis: the worker retries.
+	vctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err = wire.CheckVersion(vctx, rdb, cfg.Prefix)
+	cancel()
+	if errors.Is(err, wire.ErrVersion) {
+		return cli.Exit(err.Error(), 1)
+	} else if err != nil {
+		log.Warn("cannot read the wire contract version; starting anyway", "err", err)
 	}
 	w, err := worker.New(cfg)
 	if err != nil {

@@ -30,7 +30,7 @@ var aclCommands = []string{
 	"xadd", "xack", "xautoclaim", "xclaim", "xdel", "xgroup|create", "xgroup|delconsumer",
 	"xinfo|consumers", "xinfo|groups", "xinfo|stream", "xlen", "xpending", "xrange", "xreadgroup", "xtrim",
 	// the registry set, the status hashes
-	"sadd", "smembers", "hset", "hgetall", "pexpire", "exists",
+	"sadd", "smembers", "hset", "hget", "hgetall", "pexpire", "exists",
 }
 
 // aclRule is the ACL SETUSER rule of the kbridge user for a key prefix.

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Field names of a stream entry. See docs/wire.md.
@@ -77,7 +80,11 @@ func encodeHeaders(hs []Header) string {
 }
 
 // Decode reads an entry's fields, as go-redis returns them in XMessage.Values,
-// into a Record. Errors wrap ErrMalformed and say which field is wrong.
+// into a Record, by the rules of docs/wire.md ("Entries"): topic, partition,
+// offset and timestamp are required, numbers are canonical decimals, headers
+// are a JSON list of [name, canonical padded standard base64 | null] pairs.
+// Errors wrap ErrMalformed and say which field is wrong. Decode does not see
+// the entry's stream and ID: a worker uses DecodeEntry.
 func Decode(values map[string]any) (Record, error) {
 	var r Record
 	str := func(name string) (string, bool, error) {
@@ -102,28 +109,32 @@ func Decode(values map[string]any) (Record, error) {
 	if r.Topic, err = need(FieldTopic); err != nil {
 		return r, err
 	}
+	if r.Topic == "" {
+		return r, fmt.Errorf("%w: field %q is empty", ErrMalformed, FieldTopic)
+	}
 	s, err := need(FieldPartition)
 	if err != nil {
 		return r, err
 	}
-	if r.Partition, err = strconv.Atoi(s); err != nil || r.Partition < 0 {
-		return r, fmt.Errorf("%w: field %q = %q is not a partition number", ErrMalformed, FieldPartition, s)
+	p, ok := parseDecimal(s, false)
+	if !ok || p > math.MaxInt32 {
+		return r, fmt.Errorf("%w: field %q = %q is not a partition number (a decimal 0..2147483647, no sign or leading zero)", ErrMalformed, FieldPartition, s)
 	}
+	r.Partition = int(p)
 	if s, err = need(FieldOffset); err != nil {
 		return r, err
 	}
-	if r.Offset, err = strconv.ParseInt(s, 10, 64); err != nil || r.Offset < 0 {
-		return r, fmt.Errorf("%w: field %q = %q is not an offset", ErrMalformed, FieldOffset, s)
+	if r.Offset, ok = parseDecimal(s, false); !ok {
+		return r, fmt.Errorf("%w: field %q = %q is not an offset (a decimal 0..9223372036854775807, no sign or leading zero)", ErrMalformed, FieldOffset, s)
 	}
-	if s, ok, err := str(FieldTimestamp); err != nil {
+	if s, err = need(FieldTimestamp); err != nil {
 		return r, err
-	} else if ok {
-		ms, perr := strconv.ParseInt(s, 10, 64)
-		if perr != nil {
-			return r, fmt.Errorf("%w: field %q = %q is not Unix milliseconds", ErrMalformed, FieldTimestamp, s)
-		}
-		r.Time = time.UnixMilli(ms)
 	}
+	ms, ok := parseDecimal(s, true)
+	if !ok {
+		return r, fmt.Errorf("%w: field %q = %q is not Unix milliseconds (a decimal, optionally negative, no leading zero)", ErrMalformed, FieldTimestamp, s)
+	}
+	r.Time = time.UnixMilli(ms)
 	if s, ok, err := str(FieldKey); err != nil {
 		return r, err
 	} else if ok {
@@ -144,7 +155,58 @@ func Decode(values map[string]any) (Record, error) {
 	return r, nil
 }
 
+// DecodeEntry decodes the entry id of stream (a partition stream, or its
+// replay stream): Decode, and the entry's topic and partition must be those
+// of the stream key, and in a partition stream its ID must be
+// EntryID(offset). A replay stream's IDs are not offsets (the offset is the
+// field's). Errors wrap ErrMalformed.
+func DecodeEntry(stream, id string, values map[string]any) (Record, error) {
+	r, err := Decode(values)
+	if err != nil {
+		return r, err
+	}
+	_, topic, partition, err := ParseStreamKey(PartitionStreamOf(stream))
+	if err != nil {
+		return r, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if r.Topic != topic || r.Partition != partition {
+		return r, fmt.Errorf("%w: topic %q partition %d is not that of the stream %s", ErrMalformed, r.Topic, r.Partition, stream)
+	}
+	if !IsReplayKey(stream) && id != EntryID(r.Offset) {
+		return r, fmt.Errorf("%w: entry ID %s is not %s (offset %d)", ErrMalformed, id, EntryID(r.Offset), r.Offset)
+	}
+	return r, nil
+}
+
+// parseDecimal parses a canonical decimal int64: digits only, no leading
+// zero (but "0"), a leading '-' only if signed (and not "-0").
+func parseDecimal(s string, signed bool) (int64, bool) {
+	digits := s
+	if signed && strings.HasPrefix(s, "-") {
+		digits = s[1:]
+		if digits == "0" {
+			return 0, false
+		}
+	}
+	if digits == "" || len(digits) > 1 && digits[0] == '0' {
+		return 0, false
+	}
+	for i := 0; i < len(digits); i++ {
+		if digits[i] < '0' || digits[i] > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
+}
+
 func decodeHeaders(s string) ([]Header, error) {
+	if !utf8.ValidString(s) {
+		return nil, fmt.Errorf("%w: field %q is not valid UTF-8", ErrMalformed, FieldHeaders)
+	}
+	if t := strings.TrimLeft(s, " \t\r\n"); !strings.HasPrefix(t, "[") {
+		return nil, fmt.Errorf("%w: field %q is not a JSON list of [name, base64] pairs", ErrMalformed, FieldHeaders)
+	}
 	var pairs [][]*string
 	if err := json.Unmarshal([]byte(s), &pairs); err != nil {
 		return nil, fmt.Errorf("%w: field %q is not a JSON list of [name, base64] pairs: %v", ErrMalformed, FieldHeaders, err)
@@ -157,6 +219,9 @@ func decodeHeaders(s string) ([]Header, error) {
 		h := Header{Key: *p[0]}
 		if p[1] != nil {
 			v, err := base64.StdEncoding.DecodeString(*p[1])
+			if err == nil && base64.StdEncoding.EncodeToString(v) != *p[1] {
+				err = errors.New("not canonical (standard alphabet, = padding, zero padding bits, no line breaks)")
+			}
 			if err != nil {
 				return nil, fmt.Errorf("%w: header %q value is not base64: %v", ErrMalformed, h.Key, err)
 			}

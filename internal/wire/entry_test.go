@@ -277,24 +277,14 @@ func TestDecodeOptionalFields(t *testing.T) {
 		want   Record
 	}{
 		{
-			name:   "no timestamp: zero time",
-			values: map[string]any{"topic": "t", "partition": "0", "offset": "0"},
-			want:   Record{Topic: "t"},
-		},
-		{
-			name:   "headers JSON null: no headers",
-			values: map[string]any{"topic": "t", "partition": "0", "offset": "0", "headers": "null"},
-			want:   Record{Topic: "t"},
+			name:   "no key, value or headers: nulls, no headers",
+			values: map[string]any{"topic": "t", "partition": "0", "offset": "0", "timestamp": "0"},
+			want:   Record{Topic: "t", Time: time.UnixMilli(0)},
 		},
 		{
 			name:   "headers empty list: no headers",
-			values: map[string]any{"topic": "t", "partition": "0", "offset": "0", "headers": "[]"},
-			want:   Record{Topic: "t"},
-		},
-		{
-			name:   "empty topic is a string like any other",
-			values: map[string]any{"topic": "", "partition": "0", "offset": "0"},
-			want:   Record{},
+			values: map[string]any{"topic": "t", "partition": "0", "offset": "0", "timestamp": "-1", "headers": " [ ] "},
+			want:   Record{Topic: "t", Time: time.UnixMilli(-1)},
 		},
 	}
 	for _, tt := range tests {
@@ -306,8 +296,8 @@ func TestDecodeOptionalFields(t *testing.T) {
 			if d := diffRecords(tt.want, got); d != "" {
 				t.Fatal(d)
 			}
-			if _, ok := tt.values[FieldTimestamp]; !ok && !got.Time.IsZero() {
-				t.Fatalf("Time: want zero, got %v", got.Time)
+			if got.Key != nil || got.Value != nil {
+				t.Fatalf("Key, Value: want nil (Kafka null), got %q, %q", got.Key, got.Value)
 			}
 		})
 	}
@@ -340,6 +330,21 @@ func TestDecodeErrors(t *testing.T) {
 		{"missing topic", without("topic"), "topic"},
 		{"missing partition", without("partition"), "partition"},
 		{"missing offset", without("offset"), "offset"},
+		{"missing timestamp", without("timestamp"), "timestamp"},
+		{"empty topic", with("topic", ""), "topic"},
+		{"partition with a plus sign", with("partition", "+3"), "partition"},
+		{"partition with a leading zero", with("partition", "03"), "partition"},
+		{"partition above int32", with("partition", "2147483648"), "partition"},
+		{"offset with a leading zero", with("offset", "042"), "offset"},
+		{"offset with a space", with("offset", " 42"), "offset"},
+		{"timestamp minus zero", with("timestamp", "-0"), "timestamp"},
+		{"timestamp with a plus sign", with("timestamp", "+1"), "timestamp"},
+		{"timestamp in exponent form", with("timestamp", "1e3"), "timestamp"},
+		{"headers JSON null", with("headers", "null"), "headers"},
+		{"headers not UTF-8", with("headers", "[[\"\xff\",null]]"), "headers"},
+		{"header value base64 with a line break", with("headers", `[["a","eA==\n"]]`), `"a"`},
+		{"header value base64 without padding", with("headers", `[["a","eA"]]`), `"a"`},
+		{"header value base64 with non-zero padding bits", with("headers", `[["a","eB=="]]`), `"a"`},
 		{"non-numeric partition", with("partition", "three"), "partition"},
 		{"negative partition", with("partition", "-1"), "partition"},
 		{"empty partition", with("partition", ""), "partition"},

@@ -1,0 +1,663 @@
+package worker
+
+import (
+	"cmp"
+	"container/heap"
+	"slices"
+	"sync"
+	"time"
+)
+
+// The scheduler decides which entry runs in which handler slot. Everything
+// the worker holds (is pending under its consumer) and has not settled is a
+// task in exactly one place: a stream's queue (read or reclaimed, not
+// started), a handler slot (running), or the timer heap (waiting for a
+// retry, its slot given back). All of them stay leased (Worker.held).
+//
+// Fairness is by handler time. The streams that want slots (contenders:
+// entries queued or running, or the last read found entries) share the
+// Concurrency slots: each may run share = ceil(Concurrency / contenders)
+// handlers while another contender that has work runs fewer than its share.
+// Slot occupancy is handler time, so a partition whose handler takes 500 ms
+// holds at most its share of the slots, and a 1 ms partition beside it keeps
+// the rest. A stream may go over its share when no other stream under its
+// own share has entries queued (work conservation: the slot would stay
+// idle), unless another stream wants slots (entries queued, or its read on
+// the way) and our handlers take much longer than its (see lendSlack). When a
+// slot frees, it goes to the stream with the least handler time charged
+// (its virtual time; a stream that becomes a contender starts at the least
+// virtual time of the others, so a quiet stream gets no burst), among those
+// under their share first. Within a stream, reclaimed entries and due
+// retries go before entries read since.
+//
+// Retries wait in a timer heap, not in a slot: a failing partition holds no
+// slots during its backoff. A RetryError (the downstream asked to back off)
+// pauses its stream: nothing of it starts and nothing new is read for it
+// until the wait is over. A stream reads no new entries while maxWaiting of
+// its entries wait for a retry, so a failing partition holds a bounded
+// number of entries.
+//
+// The read-ahead is bounded: the reader asks for entries for the free slots
+// and for at most ReadAhead more, queued, each stream up to its part
+// (ceil((ReadAhead + free slots) / contenders)) and topped up when half of it
+// is left, so that a freed slot finds its next entry without a round trip to
+// Redis.
+type scheduler struct {
+	conc, readAhead, maxWaiting int
+	start                       func(t *task) // runs t in a new slot goroutine
+
+	mu         sync.Mutex
+	free       int // free handler slots
+	streams    map[string]*sstream
+	readyList  []*sstream // streams with queued tasks
+	contenders map[*sstream]struct{}
+	hotSet     map[*sstream]struct{} // listed streams that are hot
+	queued     int                   // tasks in stream queues
+	waiting    int                   // tasks in the timer heap
+	running    int
+	timers     taskHeap
+	timer      *time.Timer
+	timerAt    time.Time
+	stopped    bool
+	space      chan struct{} // a stream may want entries: wakes the reader
+	rr         uint64        // reads done (read rotation)
+	finished   uint64        // attempts finished
+}
+
+// lendSlack: a stream over its share may take a slot while another stream
+// wants slots if its handlers take at most twice as long as the other's,
+// plus lendSlack.
+const lendSlack = time.Millisecond
+
+// task is one held entry on its way through the scheduler.
+type task struct {
+	m  *Message
+	st *sstream
+	he *heldEntry
+
+	redeliver      bool      // a retry after a failure: count the delivery before running
+	reclaimed      bool      // taken from another consumer, not started yet
+	backoffs       int64     // RetryError back-offs so far
+	transientSince time.Time // first RetryError
+
+	queuedAt time.Time // when it entered its stream's queue
+	due      time.Time // in the timer heap: when it is due
+	wake     bool      // a heap entry that only ends st's pause
+	idx      int       // index in the heap
+}
+
+// sstream is the scheduler's state of one stream.
+type sstream struct {
+	key        string
+	ready      []*task // read, not started
+	urgent     []*task // reclaimed or due for a retry: before ready
+	running    int
+	waiting    int           // tasks in the timer heap
+	vtime      time.Duration // handler time charged
+	avg        time.Duration // moving average of the handler time: charged at start
+	timed      bool          // avg has a sample
+	pauseUntil time.Time     // a RetryError: nothing starts or is read before
+	hot        bool          // the last read of this stream returned entries
+	listed     bool          // in the last discovery
+	contender  bool
+	inReady    bool
+	rr         uint64 // read rotation: when it was last read
+	streak     int64  // consecutive back-offs (RetryError), reset by a success
+}
+
+func (st *sstream) queued() int { return len(st.ready) + len(st.urgent) }
+
+func (st *sstream) paused(now time.Time) bool { return now.Before(st.pauseUntil) }
+
+func newScheduler(conc, readAhead int, start func(*task)) *scheduler {
+	return &scheduler{
+		conc:       conc,
+		readAhead:  readAhead,
+		maxWaiting: conc,
+		start:      start,
+		free:       conc,
+		streams:    map[string]*sstream{},
+		contenders: map[*sstream]struct{}{},
+		hotSet:     map[*sstream]struct{}{},
+		space:      make(chan struct{}, 1),
+	}
+}
+
+// kick wakes the reader.
+func (s *scheduler) kick() {
+	select {
+	case s.space <- struct{}{}:
+	default:
+	}
+}
+
+func (s *scheduler) stream(key string) *sstream {
+	st := s.streams[key]
+	if st == nil {
+		st = &sstream{key: key}
+		s.streams[key] = st
+	}
+	return st
+}
+
+// share is how many slots a contender may hold while another waits.
+func (s *scheduler) share() int {
+	n := max(len(s.contenders), 1)
+	return (s.conc + n - 1) / n
+}
+
+// bufCap is how many tasks a stream may have queued, or be read for: its
+// part of the read-ahead and of the free slots.
+func (s *scheduler) bufCap() int {
+	n := max(len(s.contenders), 1)
+	return max((s.readAhead+s.free+n-1)/n, 1)
+}
+
+// wantsSlots reports whether st has entries to start now or soon: queued,
+// or the last read found some (and it may be read), and it is not paused.
+func (s *scheduler) wantsSlots(st *sstream, now time.Time) bool {
+	return !st.paused(now) && (st.queued() > 0 || (st.hot && st.listed && st.waiting < s.maxWaiting))
+}
+
+// update recomputes st's standing after a change (under s.mu).
+func (s *scheduler) update(st *sstream, now time.Time) {
+	if st.hot && st.listed {
+		s.hotSet[st] = struct{}{}
+	} else {
+		delete(s.hotSet, st)
+	}
+	c := st.running > 0 || s.wantsSlots(st, now)
+	if c != st.contender {
+		st.contender = c
+		if c {
+			// No credit for the time it was not competing.
+			first := true
+			var least time.Duration
+			for o := range s.contenders {
+				if first || o.vtime < least {
+					least, first = o.vtime, false
+				}
+			}
+			if !first && st.vtime < least {
+				st.vtime = least
+			}
+			s.contenders[st] = struct{}{}
+		} else {
+			delete(s.contenders, st)
+		}
+	}
+	if q := st.queued() > 0; q != st.inReady {
+		st.inReady = q
+		if q {
+			s.readyList = append(s.readyList, st)
+		} else {
+			for i, o := range s.readyList {
+				if o == st {
+					s.readyList[i] = s.readyList[len(s.readyList)-1]
+					s.readyList = s.readyList[:len(s.readyList)-1]
+					break
+				}
+			}
+		}
+	}
+	if !st.listed && !st.contender && st.queued() == 0 && st.waiting == 0 && st.running == 0 {
+		delete(s.streams, st.key)
+		delete(s.hotSet, st)
+	}
+}
+
+// setStreams takes the streams of a discovery. New ones are probed at the
+// reader's next round; streams that went away are read no more, and
+// forgotten once nothing of them is held.
+func (s *scheduler) setStreams(keys []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	in := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		in[k] = true
+		st := s.stream(k)
+		if !st.listed {
+			st.listed = true
+			s.update(st, now)
+		}
+	}
+	for k, st := range s.streams {
+		if !in[k] && st.listed {
+			st.listed = false
+			s.update(st, now)
+		}
+	}
+	s.kick()
+}
+
+// listed returns the streams of the last discovery.
+func (s *scheduler) listed() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for k, st := range s.streams {
+		if st.listed {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// pushUrgent queues reclaimed tasks, before the entries read of their
+// streams, and starts what the free slots allow. After stop, it returns the
+// tasks (to be handed back) instead.
+func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
+	if len(ts) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return ts
+	}
+	now := time.Now()
+	for _, t := range ts {
+		st := s.stream(t.m.Stream)
+		t.st, t.queuedAt = st, now
+		st.urgent = append(st.urgent, t)
+		s.queued++
+		s.update(st, now)
+	}
+	s.dispatch(now)
+	return nil
+}
+
+// dispatch starts tasks while slots are free (under s.mu).
+func (s *scheduler) dispatch(now time.Time) {
+	for {
+		t := s.pick(now)
+		if t == nil {
+			return
+		}
+		s.start(t)
+	}
+}
+
+// pick takes a free slot and the task to run in it, or returns nil (under
+// s.mu).
+func (s *scheduler) pick(now time.Time) *task {
+	if s.free == 0 || s.stopped || len(s.readyList) == 0 {
+		return nil
+	}
+	share := s.share()
+	var best *sstream
+	bestUnder := false
+	for _, st := range s.readyList {
+		if st.paused(now) {
+			continue
+		}
+		under := st.running < share
+		if best == nil || (under && !bestUnder) || (under == bestUnder && st.vtime < best.vtime) {
+			best, bestUnder = st, under
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	if !bestUnder {
+		// Every stream with queued entries has its share. This one may
+		// take more only if no other stream that wants slots (entries
+		// queued, or its next read on the way) would find them taken for
+		// much longer than its own handlers take: lending a slot to a
+		// stream as fast as the waiting one costs it nothing (the slot is
+		// back before long), lending it to a 500 ms stream while a 1 ms
+		// one waits for its read costs the 1 ms one 500 records.
+		for c := range s.contenders {
+			if c != best && s.wantsSlots(c, now) && (!best.timed || best.avg > 2*c.avg+lendSlack) {
+				return nil
+			}
+		}
+	}
+	var t *task
+	if len(best.urgent) > 0 {
+		t, best.urgent = best.urgent[0], best.urgent[1:]
+	} else {
+		t, best.ready = best.ready[0], best.ready[1:]
+	}
+	s.queued--
+	s.free--
+	s.running++
+	best.running++
+	best.vtime += best.avg
+	s.update(best, now)
+	if best.queued() <= s.bufCap()/2 {
+		s.kick()
+	}
+	return t
+}
+
+// finish is called when t's attempt in its slot is over, with its result
+// (retry: t is due again at at) and the handler's time. It returns the next
+// task to run in the same slot, or nil when the slot is given back; letGo
+// when t was to be retried but the scheduler is stopped.
+func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time) (next *task, letGo bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	st := t.st
+	st.running--
+	s.running--
+	s.free++
+	s.finished++
+	st.vtime += took - st.avg
+	if !st.timed {
+		st.avg, st.timed = took, true
+	} else {
+		st.avg += (took - st.avg) / 8
+	}
+	switch {
+	case res == handled:
+		st.streak = 0
+	case res == retry && s.stopped:
+		letGo = true
+	case res == retry:
+		t.due = at
+		heap.Push(&s.timers, t)
+		st.waiting++
+		s.waiting++
+		s.arm()
+	}
+	s.update(st, now)
+	next = s.pick(now) // kicks the reader if st's queue runs low
+	return next, letGo
+}
+
+// backOff pauses t's stream after a RetryError asking for after (0: the
+// exponential backoff of the stream's consecutive back-offs, or of t's, if
+// more) and returns the wait. Nothing of the stream starts or is read
+// meanwhile: its downstream is unavailable.
+func (s *scheduler) backOff(t *task, after time.Duration, backoff func(n int64) time.Duration) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := t.st
+	st.streak++
+	wait := after
+	if wait <= 0 {
+		wait = backoff(max(st.streak, t.backoffs))
+	}
+	now := time.Now()
+	if until := now.Add(wait); until.After(st.pauseUntil) {
+		st.pauseUntil = until
+		heap.Push(&s.timers, &task{st: st, due: until, wake: true})
+		s.arm()
+		s.update(st, now)
+	}
+	return wait
+}
+
+// arm sets the timer for the earliest entry of the heap (under s.mu).
+func (s *scheduler) arm() {
+	if len(s.timers) == 0 || s.stopped {
+		return
+	}
+	at := s.timers[0].due
+	if s.timer != nil && !s.timerAt.IsZero() && !at.Before(s.timerAt) {
+		return
+	}
+	s.timerAt = at
+	if s.timer == nil {
+		s.timer = time.AfterFunc(time.Until(at), s.fire)
+	} else {
+		s.timer.Reset(time.Until(at))
+	}
+}
+
+// fire moves the due retries to their streams' queues and ends pauses.
+func (s *scheduler) fire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.timerAt = time.Time{}
+	if s.stopped {
+		return
+	}
+	now := time.Now()
+	for len(s.timers) > 0 && !s.timers[0].due.After(now) {
+		t := heap.Pop(&s.timers).(*task)
+		st := t.st
+		if !t.wake {
+			st.waiting--
+			s.waiting--
+			t.queuedAt = now
+			st.urgent = append(st.urgent, t)
+			s.queued++
+		}
+		s.update(st, now)
+	}
+	s.arm()
+	s.dispatch(now)
+	s.kick()
+}
+
+// stop starts nothing more and returns what is queued (to be handed back)
+// and what waits for a retry (to be let go: pending, reclaimed later).
+func (s *scheduler) stop() (queued, waiting []*task) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	for _, st := range s.streams {
+		queued = append(queued, st.urgent...)
+		queued = append(queued, st.ready...)
+		st.urgent, st.ready = nil, nil
+	}
+	for _, t := range s.timers {
+		if !t.wake {
+			waiting = append(waiting, t)
+		}
+	}
+	s.timers = nil
+	s.queued, s.waiting = 0, 0
+	return queued, waiting
+}
+
+// counts returns the tasks queued, waiting for a retry and running.
+func (s *scheduler) counts() (queued, waiting, running int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queued, s.waiting, s.running
+}
+
+// readRequest is what the reader should read next.
+type readRequest struct {
+	hot     []string // streams believed to have entries
+	count   int64    // COUNT for the hot streams
+	moreHot bool     // hot streams left out for the budget: read them next
+	anyHot  bool     // some stream is hot, wanting entries or not
+	idle    []string // the other streams that want entries (probe: COUNT 1)
+	budget  int      // entries the read-ahead has room for
+}
+
+// wanted returns the streams that want entries: the hot ones, with a COUNT
+// that keeps the read-ahead within its bound (the least recently read first
+// when the budget does not cover them all), and if probe the others. An
+// empty request means: wait for space. Without probe, its cost is that of
+// the hot streams only.
+func (s *scheduler) wanted(probe bool) readRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var r readRequest
+	if s.stopped {
+		return r
+	}
+	r.anyHot = len(s.hotSet) > 0
+	// Entries for the free slots start at once; the read-ahead comes on
+	// top of them.
+	budget := s.readAhead + s.free - s.queued
+	if budget <= 0 {
+		return r
+	}
+	r.budget = budget
+	now := time.Now()
+	bc := s.bufCap()
+	wants := func(st *sstream) bool {
+		return st.listed && !st.paused(now) && st.waiting < s.maxWaiting && st.queued() <= bc/2
+	}
+	need := 0
+	var hot []*sstream
+	for st := range s.hotSet {
+		if wants(st) {
+			hot = append(hot, st)
+			need = max(need, bc-st.queued())
+		}
+	}
+	if probe {
+		for _, st := range s.streams {
+			if !st.hot && wants(st) {
+				r.idle = append(r.idle, st.key)
+			}
+		}
+	}
+	if len(hot) > budget {
+		r.moreHot = true
+		// Least recently read first, so that every hot stream is read in
+		// turn when the budget does not cover them all.
+		sortByRR(hot)
+		hot = hot[:budget]
+	}
+	for _, st := range hot {
+		r.hot = append(r.hot, st.key)
+	}
+	if len(hot) > 0 {
+		r.count = int64(max(1, min(need, budget/len(hot))))
+	}
+	return r
+}
+
+// anyHot reports whether some stream is hot: the reader will have entries
+// to read for it soon.
+func (s *scheduler) anyHot() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.hotSet) > 0
+}
+
+// readDone queues what a read of keys returned (keys nil: a blocking read
+// of earlier rounds) and starts what it can. A stream that returned nothing
+// is not hot any more; one that returned entries is. After stop, it returns
+// the tasks (to be handed back) instead.
+func (s *scheduler) readDone(keys []string, ts []*task) (refused []*task) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return ts
+	}
+	now := time.Now()
+	s.rr++
+	for _, k := range keys {
+		if st := s.streams[k]; st != nil {
+			st.rr = s.rr
+			st.hot = false
+		}
+	}
+	for _, t := range ts {
+		st := s.stream(t.m.Stream)
+		t.st, t.queuedAt = st, now
+		st.ready = append(st.ready, t)
+		st.hot = true
+		s.queued++
+	}
+	for _, k := range keys {
+		if st := s.streams[k]; st != nil {
+			s.update(st, now)
+		}
+	}
+	for _, t := range ts {
+		s.update(t.st, now)
+	}
+	s.dispatch(now)
+	return nil
+}
+
+// reclaimBudget is how many reclaimed entries may be queued now, given
+// that recent attempts finished in the last visibility timeout: room for
+// them goes Concurrency beyond the read-ahead, which new reads may not use,
+// so that a dead worker's entries are taken over even while this one is
+// saturated — but no more than its free slots and recent turnover, so that
+// a worker whose handlers hang does not take entries it cannot start.
+func (s *scheduler) reclaimBudget(recent int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return 0
+	}
+	return max(min(s.readAhead+s.conc-s.queued, s.free+recent), 0)
+}
+
+// finishedCount returns how many attempts finished so far.
+func (s *scheduler) finishedCount() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.finished
+}
+
+// takeStale removes and returns the tasks queued since before before: this
+// worker cannot start them (its handlers hang, or are much slower than the
+// visibility timeout), and another worker may. The time a stream was paused
+// (its downstream asked to back off) does not count: another worker would
+// have to wait too.
+func (s *scheduler) takeStale(before time.Time) []*task {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return nil
+	}
+	now := time.Now()
+	var out []*task
+	for _, st := range s.streams {
+		if st.queued() == 0 {
+			continue
+		}
+		if !st.pauseUntil.Before(before) {
+			continue
+		}
+		n := len(out)
+		keep := func(q []*task) []*task {
+			kept := q[:0]
+			for _, t := range q {
+				if t.queuedAt.Before(before) {
+					out = append(out, t)
+				} else {
+					kept = append(kept, t)
+				}
+			}
+			clear(q[len(kept):])
+			return kept
+		}
+		st.urgent, st.ready = keep(st.urgent), keep(st.ready)
+		if len(out) > n {
+			s.queued -= len(out) - n
+			s.update(st, now)
+		}
+	}
+	if len(out) > 0 {
+		s.dispatch(now)
+		s.kick()
+	}
+	return out
+}
+
+type taskHeap []*task
+
+func (h taskHeap) Len() int           { return len(h) }
+func (h taskHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h taskHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].idx = i; h[j].idx = j }
+func (h *taskHeap) Push(x any)        { t := x.(*task); t.idx = len(*h); *h = append(*h, t) }
+func (h *taskHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return t
+}
+
+func sortByRR(sts []*sstream) {
+	slices.SortFunc(sts, func(a, b *sstream) int { return cmp.Compare(a.rr, b.rr) })
+}
