@@ -92,6 +92,28 @@ type Config struct {
 
 	// Logger receives the ingest's logs; nil discards them.
 	Logger *slog.Logger
+
+	// Dead letters (bridge/dlqexport.go): the ingest copies every dead
+	// letter of its partitions to Kafka and commits no offset past one that
+	// Kafka does not have yet.
+
+	// DLQTopic is the template of the Kafka topic that receives a topic's
+	// dead letters; "{topic}" stands for the topic's name. A missing topic
+	// is created with the source topic's partition count. Default
+	// "{topic}.dlq".
+	DLQTopic string
+	// DisableDLQExport turns the export off: dead letters then live in
+	// Redis only, and a Redis that loses its data (a restart without
+	// persistence, a failover) loses them for good. Default false.
+	DisableDLQExport bool
+	// DLQMaxBytes is the largest dead letter exported (a Kafka message,
+	// headers included); a larger one is skipped with an error log and
+	// stays in Redis only. Default 1 MiB, the broker's default limit.
+	DLQMaxBytes int
+	// DLQScanInterval is how often the dead-letter streams of partitions
+	// with nothing to commit are looked at (others are looked at on every
+	// commit). Default 5s.
+	DLQScanInterval time.Duration
 }
 
 // withDefaults returns a copy of c with the defaults filled in.
@@ -150,7 +172,7 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	return c
+	return c.dlqDefaults()
 }
 
 // Validate reports every problem of c (after defaults) at once.
@@ -225,6 +247,7 @@ func (c Config) Validate() error {
 	if c.StatusTTL < c.CommitInterval {
 		add("status TTL %v must be at least --commit-interval %v", c.StatusTTL, c.CommitInterval)
 	}
+	p = append(p, c.dlqProblems()...)
 	if len(p) > 0 {
 		return &ConfigError{Problems: p}
 	}

@@ -31,6 +31,7 @@ type Ingest struct {
 
 	counters counters
 	parts    registry
+	dlq      *dlqExporter // nil when the dead-letter export is off
 }
 
 // New validates cfg and returns an Ingest. It does no I/O.
@@ -40,12 +41,14 @@ func New(cfg Config) (*Ingest, error) {
 	}
 	cfg = cfg.withDefaults()
 	host, _ := os.Hostname()
-	return &Ingest{
+	in := &Ingest{
 		cfg:    cfg,
 		log:    cfg.Logger,
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: cfg.transport()},
 		owner:  host + ":" + strconv.Itoa(os.Getpid()),
-	}, nil
+	}
+	in.dlq = newDLQExporter(in)
+	return in, nil
 }
 
 // Stats returns a snapshot of the counters and the assigned partitions.
@@ -91,6 +94,12 @@ func (in *Ingest) Run(ctx context.Context) error {
 	}
 	if verr != nil {
 		return verr
+	}
+	// Dead letters to Kafka (dlqexport.go); stopped after the final commit.
+	stopDLQ := in.dlq.start(ctx)
+	defer stopDLQ()
+	if in.dlq == nil {
+		in.log.Warn("dead letters are NOT exported to Kafka (export disabled): a Redis that loses its data loses them for good")
 	}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                in.cfg.Group,

@@ -54,6 +54,7 @@ func (in *Ingest) newPartition(topic string, id int, committed int64, c *committ
 // done: in kafka-go an early return would end the whole generation.
 func (p *partition) run(ctx context.Context) {
 	defer p.in.parts.remove(p.stream.key, p)
+	defer p.in.dlq.unregister(p)
 	if err := p.setup(ctx); err != nil {
 		<-ctx.Done()
 		return
@@ -151,6 +152,7 @@ func (p *partition) setup(ctx context.Context) error {
 	if err := p.restart(ctx); err != nil {
 		return err
 	}
+	p.in.dlq.register(p) // its dead letters go to Kafka (dlqexport.go)
 	// What the stream already holds counts against the caps from the start
 	// (a restart or a hand-over finds a full stream). The frontier — or,
 	// with nothing in the stream and no commit, the start offset just
@@ -159,7 +161,7 @@ func (p *partition) setup(ctx context.Context) error {
 	d := p.tr.Observe(p.snap.Observation)
 	p.backlog = d.Backlog
 	if d.ShouldCommit && p.stalled == "" {
-		p.c.offer(p.t, d.Commit)
+		p.offerCommit(ctx, p.snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	p.in.parts.set(p, p.status())
 	p.observed = time.Now()
@@ -233,7 +235,7 @@ func (p *partition) observe(ctx context.Context) {
 	p.backlog = d.Backlog
 	p.checkStray(ctx, d.Ahead)
 	if d.ShouldCommit && p.stalled == "" {
-		p.c.offer(p.t, d.Commit)
+		p.offerCommit(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim && p.stalled == "" {
 		n, err := p.stream.trim(ctx, tp)
@@ -535,7 +537,7 @@ func (p *partition) final() {
 		p.tr.MarkCommitted(off)
 	}
 	if d := p.tr.Observe(snap.Observation); d.ShouldCommit && p.stalled == "" {
-		p.c.offer(p.t, d.Commit)
+		p.offerCommit(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	p.log.Info("partition revoked", "committed", p.tr.Committed(), "top", snap.Top)
 }

@@ -19,6 +19,10 @@ commits a partition's offset once every worker group acknowledged every record
 below it, trims the stream below the commit, and stops fetching a partition
 whose backlog reaches --partition-cap until it drains below --low-watermark.
 
+Dead letters (records the workers gave up on) are copied to the Kafka topic
+--dlq-topic (<topic>.dlq), and no offset is committed past a dead letter before
+Kafka has it: a Redis that loses its data loses no dead letter.
+
 On SIGTERM or SIGINT it stops fetching, commits what the workers acknowledged,
 leaves the group and exits 0. Run several ingest processes with the same
 --group to spread partitions; a rebalance costs no waiting and no duplicates.
@@ -48,6 +52,13 @@ Examples:
 			&cli.BoolFlag{Name: "allow-eviction", EnvVars: []string{"KBRIDGE_ALLOW_EVICTION"},
 				Usage: "start even if Redis maxmemory-policy is not noeviction (an evicted stream loses records): warn instead of refusing"},
 			metricsFlag("KBRIDGE_METRICS_ADDR"),
+			// Dead letters to Kafka (bridge/dlqexport.go).
+			&cli.StringFlag{Name: "dlq-topic", Value: bridgeDefaults.DLQTopic, EnvVars: []string{"KBRIDGE_DLQ_TOPIC"},
+				Usage: "Kafka topic that receives each topic's dead letters ({topic} = the topic's name; created with the topic's partition count if missing)"},
+			&cli.BoolFlag{Name: "dlq-export", Value: true, EnvVars: []string{"KBRIDGE_DLQ_EXPORT"},
+				Usage: "export dead letters to --dlq-topic and commit no offset past one Kafka lacks; --dlq-export=false keeps them in Redis only, where a Redis that loses its data loses them for good"},
+			&cli.IntFlag{Name: "dlq-max-bytes", Value: bridgeDefaults.DLQMaxBytes, EnvVars: []string{"KBRIDGE_DLQ_MAX_BYTES"},
+				Usage: "largest dead letter exported (a larger one stays in Redis only, logged as an error)"},
 		),
 		Action: runIngest,
 	}
@@ -59,6 +70,7 @@ var bridgeDefaults = bridge.DefaultConfig()
 func ingestConfig(c *cli.Context) (bridge.Config, error) {
 	var probs []string
 	tlsCfg, mech := kafkaSecurity(c, &probs)
+	probs = append(probs, redisProblems(c)...)
 	cfg := bridge.Config{
 		Brokers:            splitList(c.StringSlice("brokers")),
 		Topics:             splitList(c.StringSlice("topics")),
@@ -80,6 +92,9 @@ func ingestConfig(c *cli.Context) (bridge.Config, error) {
 		RebalanceTimeout:   c.Duration("rebalance-timeout"),
 		HeartbeatInterval:  c.Duration("heartbeat-interval"),
 		AllowEviction:      c.Bool("allow-eviction"),
+		DLQTopic:           c.String("dlq-topic"),
+		DisableDLQExport:   !c.Bool("dlq-export"),
+		DLQMaxBytes:        c.Int("dlq-max-bytes"),
 	}
 	if c.Int64("partition-cap") == 0 {
 		probs = append(probs, "--partition-cap 0 must be at least 1")
@@ -117,5 +132,5 @@ func runIngest(c *cli.Context) error {
 		return cli.Exit(err.Error(), 2)
 	}
 	log.Info("redis", "url", redactURL(c.String("redis-url")), "prefix", cfg.Prefix)
-	return serve(c, log, newIngestCollector(in.Stats), in.Run, nil)
+	return serve(c, log, collectorList{newIngestCollector(in.Stats), newDLQCollector(in.DLQStats)}, in.Run, nil)
 }
