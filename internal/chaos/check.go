@@ -18,7 +18,8 @@ type Outcome struct {
 
 	Lost        int      // offsets never handled nor dead-lettered (dead letters erased included)
 	LostSamples []string // a few of them, described
-	DeadLetters int      // offsets dead-lettered and never handled (in a dead-letter stream at the end)
+	DeadLetters int      // offsets dead-lettered and never handled (in a dead-letter stream or the Kafka dead-letter topic at the end)
+	DeadInKafka int      // of them, in the Kafka dead-letter topic
 	DeadErased  int      // offsets seen dead-lettered, never handled, gone from Redis at the end (part of Lost)
 	Poison      int      // poison records (failed on every delivery): each must end in a dead-letter stream
 	SeqLost     int      // acknowledged records whose sequence number was never handled
@@ -56,7 +57,8 @@ type CheckInput struct {
 	Produced                        int
 	ProducedAt                      map[int64]time.Time // nil: skip the sequence check
 	DeadSeen                        map[pOff]time.Time  // every dead letter ever seen
-	DeadAtEnd                       map[pOff]bool       // dead letters in Redis at the end
+	DeadAtEnd                       map[pOff]bool       // dead letters in Redis at the end or in Kafka
+	DeadInKafka                     map[pOff]bool       // dead letters in the Kafka dead-letter topic at the end
 	Poisoned                        map[pOff]int        // poison records the handler failed, with their calls
 	PoisonSeqs                      map[int64]bool      // their sequence numbers (never handled, by design)
 	Faults                          []FaultResult
@@ -87,8 +89,11 @@ func Check(in CheckInput) *Outcome {
 			if len(byOff[k]) > 0 {
 				continue
 			}
-			if in.DeadAtEnd[k] {
+			if in.DeadAtEnd[k] || in.DeadInKafka[k] {
 				o.DeadLetters++
+				if in.DeadInKafka[k] {
+					o.DeadInKafka++
+				}
 				continue
 			}
 			o.Lost++

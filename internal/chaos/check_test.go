@@ -246,3 +246,15 @@ func TestCheckPoison(t *testing.T) {
 		t.Error("Ok() = true with an erased dead letter")
 	}
 }
+
+func TestCheckDeadLetterInKafka(t *testing.T) {
+	// Offset 1 was dead-lettered, erased from Redis by a restart, but the
+	// ingest had exported it to Kafka: not lost.
+	o := Check(CheckInput{Began: t0, LogEnd: []int64{2}, Committed: []int64{2},
+		Deliveries:  []Delivery{dl(1, 0, 0, 1, "w")},
+		DeadSeen:    map[pOff]time.Time{{0, 1}: at(3)},
+		DeadInKafka: map[pOff]bool{{0, 1}: true}})
+	if o.Lost != 0 || o.DeadLetters != 1 || o.DeadInKafka != 1 || !o.Ok() {
+		t.Errorf("lost %d dead letters %d in Kafka %d ok %v, want 0 1 1 true", o.Lost, o.DeadLetters, o.DeadInKafka, o.Ok())
+	}
+}

@@ -112,7 +112,7 @@ func (r *Report) Markdown() string {
 		if o.DeadErased > 0 {
 			fmt.Fprintf(&b, " (%d of them dead letters erased by a Redis restart)", o.DeadErased)
 		}
-		fmt.Fprintf(&b, "; acknowledged records never handled: %d; dead letters at the end: %d", o.SeqLost, o.DeadLetters)
+		fmt.Fprintf(&b, "; acknowledged records never handled: %d; dead letters at the end: %d (%d of them in the Kafka dead-letter topic)", o.SeqLost, o.DeadLetters, o.DeadInKafka)
 		if o.Poison > 0 {
 			fmt.Fprintf(&b, " (%d poison records, which fail on every delivery)", o.Poison)
 		}

@@ -178,12 +178,12 @@ func (s *System) Finish(ctx context.Context, began time.Time, drainWithin time.D
 	_, drainErr := s.Drain(ctx, drainWithin)
 	shutdowns := s.StopProcs(60 * time.Second)
 	s.Ledger.ScanDeadLetters(ctx, s.rdb, s.Prefix, s.cfg.Partitions)
-	deadAtEnd := s.deadNow(ctx)
+	deadAtEnd, inKafka := s.deadAtEnd(ctx)
 	committed, logEnd, err := s.Monitor.Read(ctx)
 	if err != nil {
 		return nil, shutdowns, err
 	}
-	back, past, unacked := s.Monitor.CommitFindings()
+	back, past, unacked := s.Monitor.CommitFindings(inKafka)
 	s.Ledger.mu.Lock()
 	producedAt := make(map[int64]time.Time, len(s.Ledger.produced))
 	for k, v := range s.Ledger.produced {
@@ -193,6 +193,6 @@ func (s *System) Finish(ctx context.Context, began time.Time, drainWithin time.D
 	poisoned, poisonSeqs := s.Ledger.Poisoned()
 	o := Check(CheckInput{Began: began, LogEnd: logEnd, Committed: committed,
 		Deliveries: s.Ledger.Deliveries(), Produced: len(producedAt), ProducedAt: producedAt,
-		DeadSeen: s.Ledger.Dead(), DeadAtEnd: deadAtEnd, Poisoned: poisoned, PoisonSeqs: poisonSeqs, Backwards: back, PastEnd: past, PastUnacked: unacked})
+		DeadSeen: s.Ledger.Dead(), DeadAtEnd: deadAtEnd, DeadInKafka: inKafka, Poisoned: poisoned, PoisonSeqs: poisonSeqs, Backwards: back, PastEnd: past, PastUnacked: unacked})
 	return o, shutdowns, drainErr
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // Modes of a run.
@@ -128,7 +130,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		rep.Unexpected = append(rep.Unexpected, p.Unexpected()...)
 	}
 	sys.Ledger.ScanDeadLetters(ctx, sys.rdb, sys.Prefix, sc.Partitions)
-	deadAtEnd := sys.deadNow(ctx)
+	deadAtEnd, inKafka := sys.deadAtEnd(ctx)
 	var committed, logEnd []int64
 	for range 20 {
 		if committed, logEnd, err = sys.Monitor.Read(ctx); err == nil {
@@ -143,7 +145,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	rep.ProducerRetries = sys.Producer.Retries()
 	rep.BadRequests = sys.Ledger.BadRequests()
 	measure(rep.Results, samples, sc.Rate)
-	back, past, unacked := sys.Monitor.CommitFindings()
+	back, past, unacked := sys.Monitor.CommitFindings(inKafka)
 	sys.Ledger.mu.Lock()
 	producedAt := make(map[int64]time.Time, len(sys.Ledger.produced))
 	for k, v := range sys.Ledger.produced {
@@ -153,7 +155,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	poisoned, poisonSeqs := sys.Ledger.Poisoned()
 	rep.Outcome = Check(CheckInput{Began: rep.Began, LogEnd: logEnd, Committed: committed,
 		Deliveries: sys.Ledger.Deliveries(), Produced: len(producedAt), ProducedAt: producedAt,
-		DeadSeen: sys.Ledger.Dead(), DeadAtEnd: deadAtEnd, Poisoned: poisoned, PoisonSeqs: poisonSeqs, Faults: rep.Results,
+		DeadSeen: sys.Ledger.Dead(), DeadAtEnd: deadAtEnd, DeadInKafka: inKafka, Poisoned: poisoned, PoisonSeqs: poisonSeqs, Faults: rep.Results,
 		Backwards: back, PastEnd: past, PastUnacked: unacked})
 	if err := writeEvidence(sys, rep); err != nil {
 		log.Warn("evidence", "err", err)
@@ -161,15 +163,25 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	return rep, nil
 }
 
-// deadNow returns the dead letters in Redis now.
-func (s *System) deadNow(ctx context.Context) map[pOff]bool {
+// deadAtEnd returns the dead letters that exist now: in the dead-letter
+// streams in Redis, or in the Kafka dead-letter topic (the ingest exports
+// them there, so that a Redis that loses its data does not lose them); and
+// those in Kafka alone, separately.
+func (s *System) deadAtEnd(ctx context.Context) (all, inKafka map[pOff]bool) {
 	l := NewLedger(s.Topic)
 	l.ScanDeadLetters(ctx, s.rdb, s.Prefix, s.cfg.Partitions)
-	out := map[pOff]bool{}
+	all = map[pOff]bool{}
 	for k := range l.dead {
-		out[k] = true
+		all[k] = true
 	}
-	return out
+	inKafka, err := KafkaDeadLetters(ctx, s.client, wire.DLQTopic(wire.DefaultDLQTopic, s.Topic), s.Topic)
+	if err != nil {
+		s.log.Warn("reading the dead-letter topic", "err", err)
+	}
+	for k := range inKafka {
+		all[k] = true
+	}
+	return all, inKafka
 }
 
 // runSchedule applies each fault at its time, each in a goroutine of its own

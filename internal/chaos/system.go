@@ -17,6 +17,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // SystemConfig describes the system under test.
@@ -313,7 +315,8 @@ func (s *System) Close() {
 
 // cleanShared deletes the run's topic and keys from servers it shares.
 func (s *System) cleanShared(ctx context.Context) {
-	if _, err := s.client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: []string{s.Topic}}); err != nil {
+	dlq := wire.DLQTopic(wire.DefaultDLQTopic, s.Topic)
+	if _, err := s.client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: []string{s.Topic, dlq}}); err != nil {
 		s.log.Warn("delete topic", "topic", s.Topic, "err", err)
 	}
 	if s.rdb == nil {
