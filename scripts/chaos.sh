@@ -113,7 +113,8 @@ log "run directory $dir$( (( base )) && echo " (ports from $base)")"
 # The harness stops everything it started (processes, Kafka, Redis) when it
 # ends or gets SIGINT/SIGTERM: pass the signal on and wait for it.
 "$dir/bin/chaos" --bin "$dir/bin/kbridge" --scripts "$SCRIPT_DIR" --dir "$dir" --port-base "$base" \
-  --command "${cmdline% }" "${args[@]}" "${extra[@]}" &
+  --command "${cmdline% }" --revision "$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)" \
+  "${args[@]}" "${extra[@]}" &
 harness=$!
 trap 'kill -TERM "$harness" 2>/dev/null || true' INT TERM
 rc=0

@@ -95,8 +95,12 @@ func (r *Report) Markdown() string {
 		verdict = "FAIL"
 	}
 	fmt.Fprintf(&b, "### %s\n\n", r.Title())
-	fmt.Fprintf(&b, "`%s` — %s, %s; %d partitions, %d ingests, %d workers (`kbridge worker --http`), %d records/s. Verdict: **%s**.\n\n",
-		r.Command, r.Began.UTC().Format("2006-01-02 15:04 UTC"), machine(), r.Partitions, r.Ingests, r.Workers, r.Rate, verdict)
+	rev := ""
+	if r.Revision != "" {
+		rev = ", kbridge " + r.Revision
+	}
+	fmt.Fprintf(&b, "`%s` — %s%s, %s; %d partitions, %d ingests, %d workers (`kbridge worker --http`), %d records/s. Verdict: **%s**.\n\n",
+		r.Command, r.Began.UTC().Format("2006-01-02 15:04 UTC"), rev, machine(), r.Partitions, r.Ingests, r.Workers, r.Rate, verdict)
 	fmt.Fprintf(&b, "Ingest flags: `%s`; worker flags: `%s`.\n\n", argsOrDefault(r.IngestArgs), argsOrDefault(r.WorkerArgs))
 	b.WriteString("| fault | applied | skipped | recovered: median / max from the end of the fault | from the fault | lag back down (from the end) | never recovered | duplicates caused |\n")
 	b.WriteString("| --- | ---: | ---: | --- | --- | --- | ---: | ---: |\n")

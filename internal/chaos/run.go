@@ -42,11 +42,13 @@ type RunConfig struct {
 	DrainWithin time.Duration // longest wait for the commits to reach the log ends
 	Command     string        // the command line, for the report
 	Profile     string        // name of the flag profile, for the report
+	Revision    string        // the revision under test, for the report
 }
 
 // Report is the result of a run.
 type Report struct {
 	Mode, Profile, Command string
+	Revision               string
 	Seed                   uint64
 	Duration               time.Duration
 	Partitions, Ingests    int
@@ -79,7 +81,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	if cfg.RecoverWithin <= 0 {
 		cfg.RecoverWithin = 3 * time.Minute
 	}
-	rep := &Report{Mode: cfg.Mode, Profile: cfg.Profile, Command: cfg.Command, Seed: cfg.Seed, Duration: cfg.Duration,
+	rep := &Report{Mode: cfg.Mode, Profile: cfg.Profile, Command: cfg.Command, Revision: cfg.Revision, Seed: cfg.Seed, Duration: cfg.Duration,
 		Partitions: sc.Partitions, Ingests: sc.Ingests, Workers: sc.Workers, Rate: sc.Rate,
 		IngestArgs: sc.IngestArgs, WorkerArgs: sc.WorkerArgs, Dir: sc.Dir}
 	log := sc.Log

@@ -60,6 +60,7 @@ func run() int {
 		drain      = fs.Duration("drain-within", 5*time.Minute, "longest wait for the commits to reach the log ends after the faults")
 		recover    = fs.Duration("recover-within", 3*time.Minute, "isolate: longest wait for a recovery")
 		command    = fs.String("command", "", "the command line to print in the report (default: this one)")
+		revision   = fs.String("revision", "", "the revision of kbridge under test, for the report (scripts/chaos.sh passes git's)")
 		verbose    = fs.Bool("v", false, "log every fault")
 	)
 	fs.Usage = func() {
@@ -137,7 +138,7 @@ func run() int {
 	fmt.Fprintf(os.Stderr, "chaos: %s mode, seed %d, run directory %s\n", *mode, *seed, *dir)
 	rep, err := chaos.Run(ctx, chaos.RunConfig{System: sc, Mode: *mode, Seed: *seed, Duration: *duration,
 		Faults: *faults, MaxHold: *maxHold, Kinds: ks, Reps: *reps, RecoverWithin: *recover,
-		DrainWithin: *drain, Command: *command, Profile: *profile})
+		DrainWithin: *drain, Command: *command, Profile: *profile, Revision: *revision})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		return 1
