@@ -258,3 +258,23 @@ func TestCheckDeadLetterInKafka(t *testing.T) {
 		t.Errorf("lost %d dead letters %d in Kafka %d ok %v, want 0 1 1 true", o.Lost, o.DeadLetters, o.DeadInKafka, o.Ok())
 	}
 }
+
+func TestLedgerPrefixSkipsDeadLetters(t *testing.T) {
+	l := NewLedger("t")
+	for _, off := range []int64{0, 1, 3, 4} {
+		l.Record(Delivery{Partition: 0, Offset: off, Deliveries: 1})
+	}
+	if got := l.Prefix(0); got != 2 {
+		t.Fatalf("prefix %d, want 2", got)
+	}
+	l.mu.Lock()
+	l.dead[pOff{0, 2}] = t0
+	l.advance(0, l.parts[0])
+	l.mu.Unlock()
+	if got := l.Prefix(0); got != 5 {
+		t.Errorf("prefix %d after offset 2 was dead-lettered, want 5", got)
+	}
+	if u := l.Unhandled(0, 0, 6, 10); len(u) != 1 || u[0] != 5 {
+		t.Errorf("unhandled %v, want [5]", u)
+	}
+}

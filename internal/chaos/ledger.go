@@ -92,8 +92,23 @@ func (l *Ledger) Record(d Delivery) {
 		l.parts[d.Partition] = pl
 	}
 	pl.count[d.Offset]++
-	for pl.count[pl.prefix] > 0 {
-		pl.prefix++
+	l.advance(d.Partition, pl)
+}
+
+// advance moves the handled prefix of partition p past what was handled or
+// dead-lettered (a dead letter is never handled: without this, one would
+// stop the prefix for good, and every commit sample would scan from it).
+func (l *Ledger) advance(p int, pl *partLedger) {
+	for {
+		if pl.count[pl.prefix] > 0 {
+			pl.prefix++
+			continue
+		}
+		if _, ok := l.dead[pOff{p, pl.prefix}]; ok {
+			pl.prefix++
+			continue
+		}
+		return
 	}
 }
 
@@ -115,8 +130,8 @@ func (l *Ledger) DeliveryCount() int {
 	return len(l.deliveries)
 }
 
-// Prefix returns the lowest offset of partition p never handled: every
-// offset below it was handled at least once.
+// Prefix returns the lowest offset of partition p neither handled nor seen
+// dead-lettered: every offset below it was one or the other.
 func (l *Ledger) Prefix(p int) int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -282,6 +297,9 @@ func (l *Ledger) ScanDeadLetters(ctx context.Context, rdb *redis.Client, prefix 
 			if _, ok := l.dead[k]; !ok {
 				l.dead[k] = now
 			}
+		}
+		if pl := l.parts[p]; pl != nil {
+			l.advance(p, pl)
 		}
 	}
 }
