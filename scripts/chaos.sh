@@ -110,10 +110,20 @@ log "building kbridge and the harness into $dir/bin"
 
 (( doc )) && args+=(--doc "$ROOT/docs/reliability.md")
 log "run directory $dir$( (( base )) && echo " (ports from $base)")"
+# revision: the commit under test, "-dirty" when files differ from it (but
+# docs/reliability.md, which the runs themselves write).
+revision() {
+  cd "$ROOT" || return
+  local rev
+  rev=$(git rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
+  git diff --quiet HEAD -- . ':(exclude)docs/reliability.md' 2>/dev/null || rev+=-dirty
+  echo "$rev"
+}
+
 # The harness stops everything it started (processes, Kafka, Redis) when it
 # ends or gets SIGINT/SIGTERM: pass the signal on and wait for it.
 "$dir/bin/chaos" --bin "$dir/bin/kbridge" --scripts "$SCRIPT_DIR" --dir "$dir" --port-base "$base" \
-  --command "${cmdline% }" --revision "$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)" \
+  --command "${cmdline% }" --revision "$(revision)" \
   "${args[@]}" "${extra[@]}" &
 harness=$!
 trap 'kill -TERM "$harness" 2>/dev/null || true' INT TERM
