@@ -291,7 +291,7 @@ func TestConfigValidate(t *testing.T) {
 			[]string{`topic "a b"`, "--low-watermark 500 must be below --partition-cap 100"}},
 		{"global and timing", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, GlobalCap: 10, GlobalLowWatermark: 20,
 			StartOffset: "middle", HeartbeatInterval: time.Minute}, []string{"--global-low-watermark 20", `--start-offset "middle"`, "--heartbeat-interval 1m0s",
-			"--rebalance-timeout 30s must be at least --heartbeat-interval 1m0s + 2 × --final-commit-timeout 5s = 1m10s"}},
+			"--rebalance-timeout 12s must be at least --heartbeat-interval 1m0s + 2 × --final-commit-timeout 5s = 1m10s"}},
 		// issue 7 point 9: a commit interval above the old 30s TTL, which no
 		// flag set, was refused; the TTL now follows the interval.
 		{"long commit interval", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, CommitInterval: 45 * time.Second}, nil},
@@ -301,7 +301,7 @@ func TestConfigValidate(t *testing.T) {
 			[]string{"--partition-cap -5 must be at least 1"}},
 		{"status TTL and final commit timeout", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb,
 			CommitInterval: 10 * time.Second, StatusTTL: 5 * time.Second, FinalCommitTimeout: 20 * time.Second},
-			[]string{"--status-ttl 5s must be at least --commit-interval 10s", "--final-commit-timeout 20s = 43s"}},
+			[]string{"--status-ttl 5s must be at least --commit-interval 10s", "--final-commit-timeout 20s = 41s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
