@@ -1,0 +1,78 @@
+package bridge_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/kbridge/kbridge/internal/testenv"
+	"github.com/kbridge/kbridge/internal/wire"
+)
+
+// TestBreakStrayRunbookNoRestart (review of issue 7 point 7): the runbook of
+// docs/operations.md ("A stalled partition") applied while the SAME ingest
+// keeps running — no restart in between, unlike TestStrayEntryStalls. A
+// worker was delivered (and acked) the stray entry, so group "workers" has
+// last-delivered-id = the stray ID. XDEL + XSETID back to the ingest's own
+// top makes the top equal to what the ingest appended: observe sees neither
+// a loss nor a top ahead, checkStray just unstalls — and nothing sets the
+// group back (rewindGroupsScript only runs in ensure: at assignment, after a
+// loss, when a group is missing). The records appended next have IDs below
+// the group's last-delivered-id: XREADGROUP > never delivers them, the
+// group's frontier is top+1, and the commit passes them. Lost records.
+func TestBreakStrayRunbookNoRestart(t *testing.T) {
+	e := newEnv(t, 1)
+	if e.redis.Mini != nil {
+		t.Skip("miniredis has no XSETID")
+	}
+	ctx := context.Background()
+	testenv.Produce(t, e.brokers, e.topic, 0, 100)
+	cfg := e.config(t)
+	in := startIngest(t, cfg)
+	l := newLedger()
+	e.ackAll(t, l)
+	end := testenv.LogEnd(t, e.brokers, e.topic, 1)
+	testenv.Eventually(t, 60*time.Second, func() bool { return e.committed(t, 0) == end[0] },
+		"commit did not reach the log end %v", end)
+
+	top := end[0] - 1
+	stray := wire.EntryID(top + 100)
+	if err := e.rdb.XAdd(ctx, &redis.XAddArgs{Stream: e.stream(0), ID: stray, Values: []string{"foo", "bar"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	stalled := func() string {
+		for _, p := range in.Stats().Partitions {
+			return p.Stalled
+		}
+		return ""
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return stalled() != "" }, "did not stall on %s", stray)
+	// The worker was delivered the stray entry (and acked it).
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		gs, err := e.rdb.XInfoGroups(ctx, e.stream(0)).Result()
+		return err == nil && len(gs) == 1 && gs[0].LastDeliveredID == stray && gs[0].Pending == 0
+	}, "the worker did not read the stray entry")
+
+	// The runbook, on the running ingest.
+	if err := e.rdb.XDel(ctx, e.stream(0), stray).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Do(ctx, "XSETID", e.stream(0), wire.EntryID(top)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return stalled() == "" }, "the stall did not lift")
+
+	// New records after the runbook.
+	testenv.Produce(t, e.brokers, e.topic, 100, 50)
+	end2 := testenv.LogEnd(t, e.brokers, e.topic, 1)
+	testenv.Eventually(t, 60*time.Second, func() bool { return e.committed(t, 0) == end2[0] },
+		"commit did not reach the log end %v (committed %d)", end2, e.committed(t, 0))
+	gs, _ := e.rdb.XInfoGroups(ctx, e.stream(0)).Result()
+	lost, _ := l.check(end2)
+	if lost != 0 {
+		t.Errorf("LOSS: committed %d (log end %d) but the worker never got %d records appended after the runbook; group state %+v",
+			e.committed(t, 0), end2[0], lost, gs)
+	}
+}
