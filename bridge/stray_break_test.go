@@ -76,3 +76,54 @@ func TestBreakStrayRunbookNoRestart(t *testing.T) {
 			e.committed(t, 0), end2[0], lost, gs)
 	}
 }
+
+// TestBreakStrayDeletedNotReset (review of issue 7 point 7): the operator
+// deletes the stray entry (XDEL) but does not set the stream's top back —
+// step 2 of the runbook half done, or a tool that XADDs and XDELs. The
+// last-generated-id stays at the stray ID; its entry is gone, so "ours"
+// answers -1 (cannot tell) and, below the log end, neither checkStray nor
+// the append script treat it as foreign: the stall lifts, and the append
+// script skips every record up to the stray offset as "already there".
+// They are never in the stream, never delivered, and the commit passes
+// them.
+func TestBreakStrayDeletedNotReset(t *testing.T) {
+	e := newEnv(t, 1)
+	ctx := context.Background()
+	testenv.Produce(t, e.brokers, e.topic, 0, 300)
+	cfg := e.config(t)
+	cfg.PartitionCap, cfg.LowWatermark = 20, 10
+	in := startIngest(t, cfg)
+	// No worker yet: the ingest appends 20 and pauses.
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		for _, p := range in.Stats().Partitions {
+			return p.Paused && p.Top == 19
+		}
+		return false
+	}, "ingest did not pause at the cap")
+
+	stray := wire.EntryID(150)
+	if err := e.rdb.XAdd(ctx, &redis.XAddArgs{Stream: e.stream(0), ID: stray, Values: []string{"foo", "bar"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	stalled := func() string {
+		for _, p := range in.Stats().Partitions {
+			return p.Stalled
+		}
+		return ""
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return stalled() != "" }, "did not stall on %s", stray)
+	if err := e.rdb.XDel(ctx, e.stream(0), stray).Err(); err != nil {
+		t.Fatal(err)
+	}
+	unstalled := testenv.Eventually
+	unstalled(t, 30*time.Second, func() bool { return stalled() == "" }, "stall did not lift (that would be safe)")
+	l := e.startWork(t, 0)
+	end := testenv.LogEnd(t, e.brokers, e.topic, 1)
+	testenv.Eventually(t, 60*time.Second, func() bool { return e.committed(t, 0) == end[0] },
+		"commit did not reach the log end %v (committed %d)", end, e.committed(t, 0))
+	lost, _ := l.check(end)
+	if lost != 0 {
+		t.Errorf("LOSS: committed %d (log end %d), %d records never delivered (stream %v ...)",
+			e.committed(t, 0), end[0], lost, e.streamOffsets(t, 0)[:5])
+	}
+}
