@@ -127,3 +127,63 @@ func TestBreakStrayDeletedNotReset(t *testing.T) {
 			e.committed(t, 0), end[0], lost, e.streamOffsets(t, 0)[:5])
 	}
 }
+
+// TestBreakStrayRunbookStatusTop (review of issue 7 point 7): the stray entry
+// is found at assignment (a restart after it was written), below the log
+// end. NewPartition takes the stream's top as what this ingest "appended",
+// so the status hash's top field — which the runbook tells the operator to
+// XSETID back to — is the stray's own offset. Following the runbook
+// literally (XDEL the stray, XSETID to the status top) leaves the top where
+// it was with its entry gone: "cannot tell" is not foreign, the stall lifts,
+// and the ingest fetches from top+1: every record between the commit and
+// the stray offset is never appended, and the commit passes them.
+func TestBreakStrayRunbookStatusTop(t *testing.T) {
+	e := newEnv(t, 1)
+	if e.redis.Mini != nil {
+		t.Skip("miniredis has no XSETID")
+	}
+	ctx := context.Background()
+	testenv.Produce(t, e.brokers, e.topic, 0, 100)
+	cfg := e.config(t)
+	first := startIngest(t, cfg)
+	l := newLedger()
+	e.ackAll(t, l)
+	testenv.Eventually(t, 60*time.Second, func() bool { return e.committed(t, 0) == 100 }, "commit did not reach 100")
+	first.stop(t)
+
+	testenv.Produce(t, e.brokers, e.topic, 100, 100) // log end 200
+	stray := wire.EntryID(150)
+	if err := e.rdb.XAdd(ctx, &redis.XAddArgs{Stream: e.stream(0), ID: stray, Values: []string{"foo", "bar"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	second := startIngest(t, cfg)
+	stalled := func() string {
+		for _, p := range second.Stats().Partitions {
+			return p.Stalled
+		}
+		return ""
+	}
+	testenv.Eventually(t, 60*time.Second, func() bool { return stalled() != "" }, "did not stall on %s at assignment", stray)
+	var statusTop string
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		h, _ := e.rdb.HGetAll(ctx, wire.StatusKey(e.stream(0))).Result()
+		statusTop = h["top"]
+		return h["stalled"] != "" // written by the second ingest
+	}, "no status hash of the stalled partition")
+	t.Logf("stalled: %s; status hash top=%s", stalled(), statusTop)
+
+	// The runbook: XDEL, then XSETID to the status hash's top.
+	if err := e.rdb.XDel(ctx, e.stream(0), stray).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Do(ctx, "XSETID", e.stream(0), statusTop+"-1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	end := testenv.LogEnd(t, e.brokers, e.topic, 1)
+	testenv.Eventually(t, 60*time.Second, func() bool { return e.committed(t, 0) == end[0] },
+		"commit did not reach the log end %v (committed %d, stalled %q)", end, e.committed(t, 0), stalled())
+	lost, _ := l.check(end)
+	if lost != 0 {
+		t.Errorf("LOSS: committed %d (log end %d), %d records never delivered", e.committed(t, 0), end[0], lost)
+	}
+}
