@@ -12,7 +12,7 @@ import "testing"
 // loss; the commit is simply not the floor it is documented to be.
 func TestBreakFloorClampedBelowItself(t *testing.T) {
 	p := NewPartition(None, None)
-	p.SetLogEnd(100) // setup: ListOffsets(latest) = 100
+	p.SetLogEnd(100)                                                  // setup: ListOffsets(latest) = 100
 	off, err := p.Position(func() (int64, error) { return 105, nil }) // 5 records later
 	if err != nil || off != 105 {
 		t.Fatalf("Position = %d, %v", off, err)
