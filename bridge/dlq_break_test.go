@@ -1,0 +1,71 @@
+package bridge_test
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/kbridge/kbridge/bridge"
+	"github.com/kbridge/kbridge/internal/testenv"
+	"github.com/kbridge/kbridge/internal/wire"
+)
+
+// TestBreakDLQBoundCommitsBackwards (review, invariant 3): offerCommit
+// (bridge/dlqexport.go) clamps the offer below the lowest dead letter not
+// yet exported — even when that dead letter's offset is below what is
+// already committed. A dead letter of a record far below the commit is
+// ordinary: a record handed back by `kbridge dlq replay` that fails again,
+// a pending entry of a Redis restored from an old snapshot that reaches
+// max deliveries, old dead letters when the export is first turned on.
+// While it is not exported (Kafka refuses for a while), the next commit the
+// partition makes goes back to its offset. Kafka's committed offset moves
+// backwards (the committer only compares with what it committed in this
+// generation: a restart or rebalance empties it).
+func TestBreakDLQBoundCommitsBackwards(t *testing.T) {
+	e := newEnv(t, 1)
+	ctx := context.Background()
+	testenv.Produce(t, e.brokers, e.topic, 0, 100)
+	var refuse atomic.Bool
+	start := func() *running {
+		return startIngestWith(t, e.config(t), func(in *bridge.Ingest) {
+			bridge.SetDLQRefusal(in, func() error {
+				if refuse.Load() {
+					return kafka.TopicAuthorizationFailed
+				}
+				return nil
+			})
+		})
+	}
+	first := start()
+	l := e.startWork(t, 0)
+	testenv.Eventually(t, 60*time.Second, func() bool { return e.committed(t, 0) == 100 }, "commit did not reach 100")
+
+	// A dead letter of offset 10 (a replayed record that failed again),
+	// not exported while Kafka refuses the dead-letter topic.
+	refuse.Store(true)
+	if err := e.rdb.XAdd(ctx, &redis.XAddArgs{Stream: wire.DLQKey(e.stream(0)), Values: []string{
+		"topic", e.topic, "partition", "0", "offset", "10", "reason", "failed again after replay"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A new generation (a restart, or any rebalance): the committer's
+	// in-generation guard starts empty.
+	first.stop(t)
+	start()
+	testenv.Produce(t, e.brokers, e.topic, 100, 20)
+	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= 120 }, "processed %d", l.total())
+	low := int64(100)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		low = min(low, e.committed(t, 0))
+		time.Sleep(50 * time.Millisecond)
+	}
+	if low < 100 {
+		t.Errorf("BACKWARDS: Kafka commit went from 100 down to %d", low)
+	}
+	t.Logf("lowest commit seen after 100: %s", strconv.FormatInt(low, 10))
+}
