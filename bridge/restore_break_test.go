@@ -2,6 +2,7 @@ package bridge_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,7 +37,7 @@ return out
 func TestBreakRestoredSnapshotCheckRace(t *testing.T) {
 	const n = 20_000
 	srv := testenv.StartRedisServer(t, "rdb")
-	e, in, l, watch := newRedisScenario(t, srv, n, true)
+	e, in, l, watch := newRedisScenario(t, srv, n, new(atomic.Bool)) // a reclaimer that never holds off
 	ctx := context.Background()
 
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= n/5 }, "processed %d", l.total())
