@@ -129,10 +129,12 @@ func TestConditionalAppend(t *testing.T) {
 }
 
 // TestAppendRefusesStrayTop (issue 7 point 7): a stream top above what the
-// ingest expects that cannot be a record — an entry another program wrote, or
-// one at or above the log end — makes the append add nothing: skipping the
-// batch as "already there" would lose its records. A zombie's entries (real
-// records below the log end) are still skipped as duplicates.
+// ingest expects that cannot be a record — an entry another program wrote, one
+// deleted (kbridge never removes one above what it appended), or one at or
+// above the log end — makes the append add nothing: skipping the batch as
+// "already there" would lose its records. A zombie's entries (real records
+// below the log end) are still skipped as duplicates. The observation says
+// what the top is and, when it is no record, the highest record below it.
 func TestAppendRefusesStrayTop(t *testing.T) {
 	ctx := context.Background()
 	s, rdb := newStream(t, 100)
@@ -151,8 +153,8 @@ func TestAppendRefusesStrayTop(t *testing.T) {
 		t.Fatalf("zombie ahead: %+v, %v; want 1 added, top 13", res, err)
 	}
 	snap, err := s.observe(ctx)
-	if err != nil || snap.topOurs != 1 {
-		t.Fatalf("observe: topOurs=%d, %v; want 1 (a kbridge entry)", snap.topOurs, err)
+	if err != nil || snap.TopEntry != tracker.TopRecord {
+		t.Fatalf("observe: TopEntry=%v, %v; want a kbridge record", snap.TopEntry, err)
 	}
 	// Another program's XADD above the top.
 	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.key, ID: "199-1", Values: []string{"foo", "bar"}}).Err(); err != nil {
@@ -162,14 +164,20 @@ func TestAppendRefusesStrayTop(t *testing.T) {
 	if err != nil || !res.foreign || res.added != 0 || res.top != 199 {
 		t.Errorf("entry not written by kbridge above the top: %+v, %v; want foreign, nothing added", res, err)
 	}
-	if snap, err = s.observe(ctx); err != nil || snap.topOurs != 0 || snap.Top != 199 {
-		t.Errorf("observe: top %d topOurs=%d, %v; want 199 and 0 (not a kbridge entry)", snap.Top, snap.topOurs, err)
+	if snap, err = s.observe(ctx); err != nil || snap.TopEntry != tracker.TopForeign || snap.Top != 199 || snap.RecordBelow != 13 {
+		t.Errorf("observe: top %d %v, record below %d, %v; want 199 not a kbridge entry, record below 13", snap.Top, snap.TopEntry, snap.RecordBelow, err)
 	}
-	// Gone (XDEL): cannot tell by its fields, but it is above the log end.
+	// Gone (XDEL): above what the ingest appended, so not a record either,
+	// below the log end as above it.
 	rdb.XDel(ctx, s.key, "199-1")
-	res, err = s.append(ctx, 13, 104, recs(14, 15))
-	if err != nil || !res.foreign || res.added != 0 {
-		t.Errorf("top 199 above the log end 104: %+v, %v; want foreign, nothing added", res, err)
+	for _, end := range []int64{104, 1000, -1} {
+		res, err = s.append(ctx, 13, end, recs(14, 15))
+		if err != nil || !res.foreign || res.added != 0 {
+			t.Errorf("top 199 deleted, log end %d: %+v, %v; want foreign, nothing added", end, res, err)
+		}
+	}
+	if snap, err = s.observe(ctx); err != nil || snap.TopEntry != tracker.TopGone || snap.RecordBelow != 13 {
+		t.Errorf("observe: top %d %v, record below %d, %v; want 199 gone, record below 13", snap.Top, snap.TopEntry, snap.RecordBelow, err)
 	}
 	if got := streamOffsets(t, rdb, s.key); !equal(got, span(0, 13)) {
 		t.Errorf("stream %v, want 0..13", got)
