@@ -68,17 +68,35 @@ local function ours(key, last)
   return 0
 end
 
+-- the highest entry below ID id, {id, fields}, or nil when none. XRANGE
+-- only (the ACL of docs/operations.md has no XREVRANGE): a binary search for
+-- the highest millisecond part with an entry below id, then that part's
+-- entries in order.
+local function entrybelow(key, id)
+  if #redis.call('XRANGE', key, '-', '(' .. id, 'COUNT', 1) == 0 then return nil end
+  local lo, hi = 0, math.min(tonumber(string.match(id, '^(%d+)')), 2^53)
+  while lo < hi do
+    local mid = math.floor((lo + hi + 1) / 2)
+    if #redis.call('XRANGE', key, string.format('%d-0', mid), '(' .. id, 'COUNT', 1) > 0 then lo = mid else hi = mid - 1 end
+  end
+  local from, e = string.format('%d-0', lo), nil
+  while true do
+    local es = redis.call('XRANGE', key, from, '(' .. id, 'COUNT', 100)
+    if #es > 0 then e = es[#es] end
+    if #es < 100 then return e end
+    from = '(' .. e[1]
+  end
+end
+
 -- the offset of the highest record kbridge wrote below the top (ID last),
--- -1 when none is among the 1,000 entries below it
+-- -1 when there is none, or none below the 10 entries just under the top
 local function recordbelow(key, last)
-  local hi = '(' .. last
+  local id = last
   for _ = 1, 10 do
-    local es = redis.call('XREVRANGE', key, hi, '-', 'COUNT', 100)
-    for _, e in ipairs(es) do
-      if isrecord(e[1], e[2]) then return tonumber(string.match(e[1], '^(%d+)')) end
-    end
-    if #es < 100 then return -1 end
-    hi = '(' .. es[#es][1]
+    local e = entrybelow(key, id)
+    if e == nil then return -1 end
+    if isrecord(e[1], e[2]) then return tonumber(string.match(e[1], '^(%d+)')) end
+    id = e[1]
   end
   return -1
 end
@@ -151,7 +169,8 @@ local top, len, last = streaminfo(KEYS[1])
 if top == nil then return {0} end
 local mine, below = 1, -1
 if top >= 0 then mine = ours(KEYS[1], last) end
-if mine ~= 1 then below = recordbelow(KEYS[1], last) end
+-- an empty stream (fully trimmed: its top gone too) has none to look for
+if mine ~= 1 and len > 0 then below = recordbelow(KEYS[1], last) end
 local out = {1, top, len, mine, below}
 local seen = {}
 for _, g in ipairs(groups(KEYS[1])) do

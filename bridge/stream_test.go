@@ -184,6 +184,65 @@ func TestAppendRefusesStrayTop(t *testing.T) {
 	}
 }
 
+// TestObserveRecordBelow (issue 7 point 7, review): when the stream's top is
+// no record, the observation names the highest record below it — what the
+// stall reason and the status top point the operator at, never the stray —
+// found with XRANGE alone (the documented ACL has no XREVRANGE): under one
+// stray, several, an auto-ID (a millisecond timestamp), a stray sharing a
+// record's millisecond part, and none when too many strays or no record lie
+// below.
+func TestObserveRecordBelow(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		records []int64
+		strays  []string
+		trim    string // XTRIM MINID before observing, "" for none
+		del     bool   // XDEL the top stray
+		entry   tracker.TopEntry
+		below   int64
+	}{
+		{"one stray", span(0, 13), []string{"199-1"}, "", false, tracker.TopForeign, 13},
+		{"stray deleted", span(0, 13), []string{"199-1"}, "", true, tracker.TopGone, 13},
+		{"several strays, an auto ID", span(0, 13), []string{"20-0", "30-7", "1700000000000-0"}, "", false, tracker.TopForeign, 13},
+		{"stray in a record's millisecond", span(0, 14), []string{"14-5"}, "", false, tracker.TopForeign, 14},
+		{"stray at a record's offset, no record", span(0, 13), []string{"14-0", "14-3"}, "", false, tracker.TopForeign, 13},
+		{"eleven strays", span(0, 3), []string{"5-0", "6-0", "7-0", "8-0", "9-0", "10-0", "11-0", "12-0", "13-0", "14-0", "15-0"}, "", false, tracker.TopForeign, -1},
+		{"records trimmed", span(0, 13), []string{"199-1"}, "14-0", false, tracker.TopForeign, -1},
+		{"everything trimmed", span(0, 13), nil, "14-0", false, tracker.TopGone, -1},
+		{"a record on top", span(0, 13), nil, "", false, tracker.TopRecord, -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, rdb := newStream(t, 100)
+			if err := s.ensure(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.append(ctx, tracker.None, -1, recs(tt.records...)); err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range tt.strays {
+				if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.key, ID: id, Values: []string{"foo", "bar"}}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.del {
+				rdb.XDel(ctx, s.key, tt.strays[len(tt.strays)-1])
+			}
+			if tt.trim != "" {
+				rdb.XTrimMinID(ctx, s.key, tt.trim)
+			}
+			snap, err := s.observe(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if snap.TopEntry != tt.entry || (tt.entry != tracker.TopRecord && snap.RecordBelow != tt.below) {
+				t.Errorf("top %d: want %v, record below %d; got %v, %d", snap.Top, tt.entry, tt.below, snap.TopEntry, snap.RecordBelow)
+			}
+		})
+	}
+}
+
 // TestObserve: the observation script's snapshot, per group: pending, lowest
 // pending and the consumer holding it, next undelivered; a missing group.
 func TestObserve(t *testing.T) {
