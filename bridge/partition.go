@@ -454,20 +454,20 @@ func (p *partition) stall(offset, logEnd int64) {
 // never the stray itself.
 func (p *partition) stallStray(top int64, st tracker.Stray) {
 	mine := p.tr.Appended()
-	back := "below it"
+	back := "back below it"
 	if mine != tracker.None {
-		back = "to " + wire.EntryID(mine) // the highest record below it, never the stray
+		back = "back to " + wire.EntryID(mine) // the highest record below it, never the stray
 	}
 	var reason string
 	switch st {
 	case tracker.StrayForeign:
-		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d): entry %s was not written by kbridge (it is not a record of %s/%d), another program wrote into the stream; not fetching nor committing until it is removed: XDEL it, then XSETID the stream's top back %s (docs/operations.md, \"A stalled partition\")",
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d): entry %s was not written by kbridge (it is not a record of %s/%d), another program wrote into the stream; not fetching nor committing until it is removed: XDEL it, then XSETID the stream's top %s (docs/operations.md, \"A stalled partition\")",
 			top, mine, wire.EntryID(top), p.t.topic, p.t.partition, back)
 	case tracker.StrayDeleted:
 		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d) and its entry %s is gone, though kbridge never deletes an entry above what it appended nor at or above its commit (%d): another program's entry deleted without setting the stream's top back (or the group's offsets were reset below the stream); not fetching nor committing until the stream's top is set back: XSETID it %s (docs/operations.md, \"A stalled partition\")",
 			top, mine, wire.EntryID(top), p.tr.Committed(), back)
 	default:
-		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d) and above the log end %d: an entry not written by kbridge (another program's XADD into the stream?), or the topic was recreated; not fetching nor committing until it is removed: XDEL it, then XSETID the stream's top back %s (docs/operations.md, \"A stalled partition\")",
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d) and above the log end %d: an entry not written by kbridge (another program's XADD into the stream?), or the topic was recreated; not fetching nor committing until it is removed: XDEL it, then XSETID the stream's top %s (docs/operations.md, \"A stalled partition\")",
 			top, mine, p.logEnd, back)
 	}
 	if p.stalled == reason {
