@@ -15,18 +15,17 @@ import (
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
-// TestBreakDLQBoundCommitsBackwards (review, invariant 3): offerCommit
-// (bridge/dlqexport.go) clamps the offer below the lowest dead letter not
-// yet exported — even when that dead letter's offset is below what is
-// already committed. A dead letter of a record far below the commit is
-// ordinary: a record handed back by `kbridge dlq replay` that fails again,
-// a pending entry of a Redis restored from an old snapshot that reaches
-// max deliveries, old dead letters when the export is first turned on.
-// While it is not exported (Kafka refuses for a while), the next commit the
-// partition makes goes back to its offset. Kafka's committed offset moves
-// backwards (the committer only compares with what it committed in this
-// generation: a restart or rebalance empties it).
-func TestBreakDLQBoundCommitsBackwards(t *testing.T) {
+// TestDLQBoundNeverLowersCommit (invariant 3; found by review: Kafka's
+// commit went from 100 down to 10): offerCommit (bridge/dlqexport.go) holds
+// the offer below the lowest dead letter not yet exported — but never below
+// what is already committed. A dead letter of a record far below the commit
+// is ordinary: a record handed back by `kbridge dlq replay` that fails again,
+// a pending entry of a Redis restored from an old snapshot that reaches max
+// deliveries, old dead letters when the export is first turned on. While it
+// is not exported (Kafka refuses for a while) the partition commits nothing
+// more, and a new generation (whose committer's in-generation guard starts
+// empty) does not move Kafka's commit back to it.
+func TestDLQBoundNeverLowersCommit(t *testing.T) {
 	e := newEnv(t, 1)
 	ctx := context.Background()
 	testenv.Produce(t, e.brokers, e.topic, 0, 100)
