@@ -64,7 +64,7 @@ func TestStrayRunbookWithoutRestart(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, func() bool { return stalled() == "" }, "the stall did not lift")
 	gs, err := e.rdb.XInfoGroups(ctx, e.stream(0)).Result()
 	if err != nil || len(gs) != 1 || gs[0].LastDeliveredID != wire.EntryID(top) {
-		t.Fatalf("after the stall lifted: want group workers set back to %s, got %+v, %v", wire.EntryID(top), gs, err)
+		t.Errorf("after the stall lifted: want group workers set back to %s, got %+v, %v", wire.EntryID(top), gs, err)
 	}
 
 	// New records after the runbook.
