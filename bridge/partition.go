@@ -501,15 +501,29 @@ func (p *partition) checkStray(ctx context.Context, st tracker.Stray) {
 	}
 	switch {
 	case st != tracker.NotStray:
+		// Found: Redis may have lost records before the stray entry was
+		// written over them (a restart between two observations): what was
+		// appended goes back to the highest record below it, so that the
+		// reason and the status top name it and the records above it are
+		// fetched again once the stall lifts (found by FuzzPartition).
+		st = p.tr.Found(p.snap.Observation)
 		p.stallStray(p.snap.Top, st)
 	case p.stray:
-		if err := p.stream.ensure(ctx); err != nil {
+		// Set back to the stream's top, or to the highest record this
+		// ingest knows every group read when another owner appended above
+		// it since the operator's XSETID (found by FuzzPartition).
+		err := p.stream.ensure(ctx)
+		if err == nil {
+			err = p.stream.setBack(ctx, p.tr.Appended())
+		}
+		if err != nil {
 			if ctx.Err() == nil {
 				p.log.Warn("setting back the groups above the stream's top failed; still stalled", "err", err)
 			}
 			return
 		}
 		p.unstall()
+		_ = p.restart(ctx) // from max(committed, appended+1): Found may have set it back
 	}
 }
 

@@ -226,7 +226,14 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', below))
 // the records appended next — its first undelivered entry would be none — and
 // the commit would pass them.
 //
-// KEYS[1] stream. Returns the number of groups set back.
+// With ARGV[1], an ID below the top, the groups above it are set back to it
+// instead: when a stall on a stray entry lifts, the highest record the ingest
+// knows every group read (they read in order, and the stray entry was above
+// it). Records another owner appended between the operator's XSETID and this
+// call are then delivered, not skipped by a group set back to the new top.
+//
+// KEYS[1] stream; ARGV[1] optional bound. Returns the number of groups set
+// back.
 var rewindGroupsScript = redis.NewScript(luaTop + `
 local top, _, last = streaminfo(KEYS[1])
 if top == nil then return 0 end
@@ -237,6 +244,12 @@ local function parse(id)
   return tonumber(ms), tonumber(seq)
 end
 local tms, tseq = parse(last)
+if ARGV[1] ~= nil then
+  local bms, bseq = parse(ARGV[1])
+  if bms < tms or (bms == tms and bseq < tseq) then
+    last, tms, tseq = string.format('%d-%d', bms, bseq), bms, bseq
+  end
+end
 local n = 0
 for _, g in ipairs(groups(KEYS[1])) do
   local ms, seq = parse(g[2])
@@ -247,6 +260,20 @@ for _, g in ipairs(groups(KEYS[1])) do
 end
 return n
 `)
+
+// setBack sets every group whose last-delivered-id is above record off (None:
+// "0-0"), or above the stream's top when that is lower, back to it
+// (rewindGroupsScript).
+func (s *stream) setBack(ctx context.Context, off int64) error {
+	id := "0-0"
+	if off != tracker.None {
+		id = wire.EntryID(off)
+	}
+	if err := rewindGroupsScript.Run(ctx, s.rdb, []string{s.key}, id).Err(); err != nil {
+		return fmt.Errorf("set back groups above %s on %s: %w", id, s.key, err)
+	}
+	return nil
+}
 
 // stream is the Redis side of one partition.
 type stream struct {
