@@ -26,11 +26,24 @@ package bridge
 //     nothing is lost. A dead letter exported twice (an ingest that died
 //     between Kafka's acknowledgement and the XACK) has the same
 //     kbridge.dlq.ref header: kafka-go has no idempotent producer.
+//   - Entries pending in the export group that another reader left (a
+//     zombie ingest, a program's XREADGROUP) are read again: the bound read
+//     counts them, and the exporter then reads the group's pending entries
+//     (XAUTOCLAIM to its consumer, XREADGROUP 0) before the new ones.
+//
+// The message's timestamp is the export time (the worker's dlq_time travels
+// as a header): Kafka refuses a timestamp too far ahead, and its retention
+// deletes one too far behind at once.
 //
 // Junk that another program writes into a dead-letter stream never blocks a
-// commit: it is exported as it is (wire.EncodeDLQMessage never fails), and a
-// dead letter Kafka refuses for itself (too large, invalid) is skipped with an
-// error log and counted, its copy kept in Redis.
+// commit: it is exported as it is (wire.EncodeDLQMessage never fails). A
+// dead letter over --dlq-max-bytes is exported as a stub (its coordinates,
+// dead-letter fields and why, not the record: wire.StubDLQMessage), recorded
+// in <stream>:dlq:stubs with the XACK, logged and counted: the record can be
+// read again from its source topic, and "kbridge dlq" says Kafka has a stub
+// only. Anything Kafka refuses (a broker error, whatever it says about the
+// message) holds the commit, retried with backoff: the status hash, the
+// stats, the log say so.
 
 import (
 	"context"
@@ -39,6 +52,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,10 +66,14 @@ import (
 // Fields of the partition status hash written by the dead-letter export.
 const (
 	// StatusDLQUnexported is the number of dead letters of the partition
-	// not yet in Kafka (at most dlqScanLimit are counted).
+	// not yet in Kafka: those pending in the export group plus those after
+	// its last-delivered-id, each counted up to dlqScanLimit (so at most
+	// 2 × dlqScanLimit).
 	StatusDLQUnexported = "dlq_unexported"
-	// StatusDLQHeldAt is the lowest record offset of those dead letters:
-	// the commit does not pass it until it is exported (-1: none).
+	// StatusDLQHeldAt is where the commit waits for those dead letters:
+	// the lowest record offset among them, or the committed offset when
+	// that is higher (a dead letter of a replayed record) or when more than
+	// dlqScanLimit wait (-1: not held).
 	StatusDLQHeldAt = "dlq_commit_held_at"
 	// StatusDLQExportError is why the last export of the partition's dead
 	// letters failed ("" after a success).
@@ -93,28 +111,42 @@ end
 // ARGV[2], the dead letters not yet exported: those pending in the export
 // group and those after its last-delivered-id. It creates the export group
 // at 0 when the dead-letter stream exists without it, and writes the counts
-// into the status hash when that exists.
+// into the status hash when that exists. Offsets are compared as decimal
+// strings: Lua's numbers are doubles, exact only up to 2^53.
 //
 // KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] status hash; ARGV[1]
 // export group, ARGV[2] observed top, ARGV[3] scan limit, ARGV[4] the offset
-// the caller would commit. Returns {status, lowest offset (-1: none),
-// count}: status 0 the stream is gone or below the observed top (commit
-// nothing), 1 complete, 2 more than the limit not exported (commit nothing).
+// the caller would commit, ARGV[5] the committed offset (-1: none). Returns
+// {status, lowest offset (-1: none), count, pending}: status 0 the stream is
+// gone or below the observed top (commit nothing), 1 complete, 2 more than
+// the limit not exported (commit nothing); pending is how many of them are
+// pending in the export group (read by someone, not acknowledged).
 var dlqBoundScript = redis.NewScript(luaTop + dlqLuaGroups + `
 local top = streaminfo(KEYS[1])
-if top == nil or top < tonumber(ARGV[2]) then return {0, -1, 0} end
-local status, low, n = 1, -1, 0
+if top == nil or top < tonumber(ARGV[2]) then return {0, -1, 0, 0} end
+-- a - b for decimal strings without sign or leading zeros: <0, 0, >0
+local function cmp(a, b)
+  if #a ~= #b then return #a - #b end
+  if a == b then return 0 end
+  if a < b then return -1 end
+  return 1
+end
+local function offset(s)
+  if type(s) ~= 'string' or not string.match(s, '^%d+$') then return nil end
+  s = string.gsub(s, '^0+', '')
+  if s == '' then s = '0' end
+  if cmp(s, '9223372036854775807') > 0 then return nil end
+  return s
+end
+local status, low, n, npend = 1, nil, 0, 0
 local function consider(f)
   n = n + 1
   for i = 1, #f, 2 do
     if f[i] == 'offset' then
-      local s = f[i+1]
       -- another program's junk without a usable offset bounds nothing: it is
       -- exported as it is, and holding the commit for it would gain nothing
-      if string.match(s, '^%d+$') and #s <= 15 then
-        local o = tonumber(s)
-        if low < 0 or o < low then low = o end
-      end
+      local o = offset(f[i+1])
+      if o ~= nil and (low == nil or cmp(o, low) < 0) then low = o end
       return
     end
   end
@@ -135,6 +167,7 @@ if groups ~= nil then
   end
   local limit = tonumber(ARGV[3])
   local pend = redis.call('XPENDING', KEYS[2], ARGV[1], '-', '+', limit)
+  npend = #pend
   for _, p in ipairs(pend) do
     local e = redis.call('XRANGE', KEYS[2], p[1], p[1])
     if #e > 0 then consider(e[1][2]) end
@@ -144,14 +177,16 @@ if groups ~= nil then
   if #pend >= limit or #rest >= limit then status = 2 end
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then
-  local held = -1
-  local want = tonumber(ARGV[4])
-  if status == 2 then held = want end
-  if low >= 0 and low < want then held = low end
+  local want, committed = offset(ARGV[4]), offset(ARGV[5])
+  local held = nil
+  if status == 2 then held = committed or '0' end
+  if low ~= nil and want ~= nil and cmp(low, want) < 0 then held = low end
+  -- the commit never goes back: below the committed offset, it waits there
+  if held ~= nil and committed ~= nil and cmp(held, committed) < 0 then held = committed end
   -- informational: a status key of another type is left alone
-  pcall(redis.call, 'HSET', KEYS[3], 'dlq_unexported', n, 'dlq_commit_held_at', held)
+  pcall(redis.call, 'HSET', KEYS[3], 'dlq_unexported', n, 'dlq_commit_held_at', held or '-1')
 end
-return {status, low, n}
+return {status, low or '-1', n, npend}
 `)
 
 // dlqReadScript reads dead letters in the export group: the ones pending in
@@ -195,12 +230,29 @@ if pcall(redis.call, 'HSET', KEYS[1], unpack(ARGV)) then return 1 end
 return 0
 `)
 
+// dlqStubAckScript acknowledges dead letters Kafka has as stubs only: for
+// each, it records why in the stubs hash, then XACKs it in the export group,
+// together, so that no reader ever sees one acknowledged and not recorded.
+//
+// KEYS[1] dead-letter stream, KEYS[2] its stubs hash (wire.DLQStubsKey);
+// ARGV[1] export group, then pairs of entry ID and why.
+var dlqStubAckScript = redis.NewScript(`
+local n = 0
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1])
+  n = n + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+end
+return n
+`)
+
 // DLQStats counts what the dead-letter export did since the Ingest started.
 type DLQStats struct {
 	// Exported dead letters (Kafka acknowledged them).
 	Exported int64
-	// Skipped dead letters Kafka refused for themselves (too large,
-	// invalid): they stay in Redis only. Each is logged at error level.
+	// Skipped dead letters: over DLQMaxBytes, exported as stubs (their
+	// coordinates and why, not the record), recorded in <stream>:dlq:stubs.
+	// Redis holds the record's only copy outside its source topic. Each is
+	// logged at error level.
 	Skipped int64
 	// Errors: failed export attempts (each retried with backoff; the
 	// partition's commit waits).
@@ -251,6 +303,8 @@ type dlqExporter struct {
 	// last logged.
 	failingParts           map[string]map[string]bool
 	failingSince, loggedAt map[string]time.Time
+	// Owned by run: dead-letter topics whose configuration was looked at.
+	checked map[string]bool
 
 	exported, skipped, errs atomic.Int64
 }
@@ -283,6 +337,7 @@ func newDLQExporter(in *Ingest) *dlqExporter {
 		parts:        map[string]*dlqPart{},
 		failingParts: map[string]map[string]bool{},
 		failingSince: map[string]time.Time{}, loggedAt: map[string]time.Time{},
+		checked: map[string]bool{},
 		writer: &kafka.Writer{
 			Addr:         kafka.TCP(cfg.Brokers...),
 			Transport:    in.client.Transport,
@@ -365,10 +420,14 @@ func (p *partition) offerCommit(ctx context.Context, top, off int64) {
 		p.c.offer(p.t, off)
 		return
 	}
+	committed := int64(-1)
+	if c, ok := p.c.committed(p.t); ok {
+		committed = c
+	}
 	v, err := dlqBoundScript.Run(ctx, p.stream.rdb,
 		[]string{p.stream.key, wire.DLQKey(p.stream.key), wire.StatusKey(p.stream.key)},
-		wire.DLQExportGroup, top, dlqScanLimit, off).Int64Slice()
-	if err == nil && len(v) != 3 {
+		wire.DLQExportGroup, top, dlqScanLimit, off, committed).Int64Slice()
+	if err == nil && len(v) != 4 {
 		err = fmt.Errorf("unexpected reply %v", v)
 	}
 	if err != nil {
@@ -378,9 +437,9 @@ func (p *partition) offerCommit(ctx context.Context, top, off int64) {
 		}
 		return
 	}
-	status, low, n := v[0], v[1], v[2]
+	status, low, n, npend := v[0], v[1], v[2], v[3]
 	held := status == 2 || (status == 1 && low >= 0 && low < off)
-	x.note(p, n, held, low, off)
+	x.note(p, n, npend, held, low, off)
 	switch status {
 	case 0:
 		return // the stream changed since the observation: the next one decides
@@ -400,7 +459,10 @@ func (p *partition) offerCommit(ctx context.Context, top, off int64) {
 
 // note records what a partition's bound read found, logs changes of the
 // held state, and wakes the exporter when there is something to export.
-func (x *dlqExporter) note(p *partition, n int64, held bool, low, want int64) {
+// Entries pending in the export group (npend) are read again, whoever read
+// them: another reader that left them (a zombie ingest, a program's
+// XREADGROUP) would otherwise hold the commit for ever.
+func (x *dlqExporter) note(p *partition, n, npend int64, held bool, low, want int64) {
 	x.mu.Lock()
 	dp, ok := x.parts[p.stream.key]
 	if !ok || dp.owner != p {
@@ -409,6 +471,9 @@ func (x *dlqExporter) note(p *partition, n int64, held bool, low, want int64) {
 	}
 	was := dp.held
 	dp.unexported, dp.held = n, held
+	if npend > 0 {
+		dp.pending = true
+	}
 	if n > 0 && dp.backoff == 0 {
 		dp.due = time.Time{}
 	}
@@ -443,23 +508,27 @@ func (x *dlqExporter) run(ctx context.Context) {
 
 // dlqRead is the outcome of reading one partition's dead-letter stream.
 type dlqRead struct {
-	dp      *dlqPart
-	entries []redis.XMessage
-	deleted []string // pending entries deleted since (replayed, deleted): nothing to export
-	err     error
-	full    bool // a whole batch: read again at once
+	dp          *dlqPart
+	fromPending bool // read the group's pending entries (XREADGROUP 0)
+	entries     []redis.XMessage
+	deleted     []string // pending entries deleted since (replayed, deleted): nothing to export
+	err         error
+	full        bool // a whole batch: read again at once
 }
 
-func (x *dlqExporter) due(now time.Time) []*dlqPart {
+// due returns the reads to do now: the partitions due, and for each
+// whether to read its pending entries (dp.pending, read under the lock:
+// note sets it on the partitions' goroutines).
+func (x *dlqExporter) due(now time.Time) []dlqRead {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	var out []*dlqPart
+	var out []dlqRead
 	for _, dp := range x.parts {
 		if !dp.due.After(now) {
-			out = append(out, dp)
+			out = append(out, dlqRead{dp: dp, fromPending: dp.pending})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].stream < out[j].stream })
+	sort.Slice(out, func(i, j int) bool { return out[i].dp.stream < out[j].dp.stream })
 	return out
 }
 
@@ -468,11 +537,11 @@ func (x *dlqExporter) due(now time.Time) []*dlqPart {
 // Kafka acknowledged.
 func (x *dlqExporter) round(ctx context.Context) {
 	now := time.Now()
-	parts := x.due(now)
-	if len(parts) == 0 || ctx.Err() != nil {
+	reads := x.due(now)
+	if len(reads) == 0 || ctx.Err() != nil {
 		return
 	}
-	reads := x.read(ctx, parts)
+	x.read(ctx, reads)
 	byTopic := map[string][]int{} // dead-letter topic -> indexes into msgs
 	var msgs []kafka.Message
 	var refs []dlqRef
@@ -483,49 +552,61 @@ func (x *dlqExporter) round(ctx context.Context) {
 		}
 		for _, e := range r.entries {
 			m := wire.EncodeDLQMessage(r.dp.t.topic, r.dp.t.partition, e.ID, e.Values, now)
-			km := kafka.Message{Topic: r.dp.topic, Key: m.Key, Value: m.Value, Time: m.Time}
-			for _, h := range m.Headers {
-				km.Headers = append(km.Headers, kafka.Header{Key: h.Key, Value: h.Value})
-			}
 			byTopic[r.dp.topic] = append(byTopic[r.dp.topic], len(msgs))
-			msgs = append(msgs, km)
+			msgs = append(msgs, kafkaMessage(r.dp.topic, m))
 			refs = append(refs, dlqRef{read: i, id: e.ID})
 		}
 	}
 	results := make([]error, len(msgs))
-	skipped := make([]bool, len(msgs))
+	stubs := make([]string, len(msgs)) // why a message is a stub ("": in full)
 	topics := make([]string, 0, len(byTopic))
 	for t := range byTopic {
 		topics = append(topics, t)
 	}
 	sort.Strings(topics)
 	for _, t := range topics {
-		x.produce(ctx, t, msgs, byTopic[t], results, skipped)
+		x.checkTopic(ctx, t)
+		x.produce(ctx, t, msgs, byTopic[t], results, stubs)
 	}
-	// Acknowledge, per partition, what Kafka has (or refused for itself),
+	// Acknowledge, per partition, what Kafka has (stubs recorded as such),
 	// and the pending entries deleted since they were read.
 	acks := map[int][]string{}
+	stubAcks := map[int][]string{} // pairs of ID and why
 	failed := map[int]error{}
 	for j, ref := range refs {
-		if results[j] == nil || skipped[j] {
-			acks[ref.read] = append(acks[ref.read], ref.id)
-			if skipped[j] {
-				x.skipped.Add(1)
-				dp := reads[ref.read].dp
-				x.log.Error("DEAD LETTER NOT EXPORTED: Kafka refuses it for itself; it stays in Redis only, and the commit moves past it",
-					"topic", dp.t.topic, "partition", dp.t.partition, "stream", dp.dlq, "id", ref.id,
-					"dlq_topic", dp.topic, "err", results[j])
-			} else {
-				x.exported.Add(1)
+		switch {
+		case results[j] != nil:
+			if failed[ref.read] == nil {
+				failed[ref.read] = results[j]
 			}
-		} else if failed[ref.read] == nil {
-			failed[ref.read] = results[j]
+		case stubs[j] != "":
+			stubAcks[ref.read] = append(stubAcks[ref.read], ref.id, stubs[j])
+		default:
+			acks[ref.read] = append(acks[ref.read], ref.id)
+			x.exported.Add(1)
 		}
 	}
 	for i := range reads {
 		acks[i] = append(acks[i], reads[i].deleted...)
 	}
 	ackErr := x.ack(ctx, reads, acks)
+	for i, pairs := range stubAcks {
+		dp := reads[i].dp
+		err := dlqStubAckScript.Run(ctx, x.in.cfg.Redis, []string{dp.dlq, wire.DLQStubsKey(dp.stream)},
+			append([]any{wire.DLQExportGroup}, toAny(pairs)...)...).Err()
+		if err != nil {
+			if ackErr[i] == nil {
+				ackErr[i] = fmt.Errorf("record the stubs in %s and XACK them: %w", wire.DLQStubsKey(dp.stream), err)
+			}
+			continue
+		}
+		for k := 0; k < len(pairs); k += 2 {
+			x.skipped.Add(1)
+			x.log.Error("DEAD LETTER EXPORTED AS A STUB: over --dlq-max-bytes, Kafka has its coordinates and dead-letter fields, not the record; the commit moves past it: read the record again from its source topic, or copy it out of Redis (kbridge dlq show)",
+				"topic", dp.t.topic, "partition", dp.t.partition, "stream", dp.dlq, "id", pairs[k],
+				"dlq_topic", dp.topic, "max_bytes", x.in.cfg.DLQMaxBytes, "why", pairs[k+1])
+		}
+	}
 	errs := make([]error, len(reads))
 	for i := range reads {
 		r := &reads[i]
@@ -541,24 +622,49 @@ func (x *dlqExporter) round(ctx context.Context) {
 	x.logRound(ctx, reads, errs)
 }
 
+// kafkaMessage is m as a kafka-go message to topic.
+func kafkaMessage(topic string, m wire.DLQMessage) kafka.Message {
+	km := kafka.Message{Topic: topic, Key: m.Key, Value: m.Value, Time: m.Time}
+	for _, h := range m.Headers {
+		km.Headers = append(km.Headers, kafka.Header{Key: h.Key, Value: h.Value})
+	}
+	return km
+}
+
+// dlqMessage is the inverse of kafkaMessage.
+func dlqMessage(km kafka.Message) wire.DLQMessage {
+	m := wire.DLQMessage{Key: km.Key, Value: km.Value, Time: km.Time}
+	for _, h := range km.Headers {
+		m.Headers = append(m.Headers, wire.Header{Key: h.Key, Value: h.Value})
+	}
+	return m
+}
+
+func toAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
 type dlqRef struct {
 	read int
 	id   string
 }
 
-// read runs dlqReadScript for each partition, pipelined.
-func (x *dlqExporter) read(ctx context.Context, parts []*dlqPart) []dlqRead {
+// read runs dlqReadScript for each read, pipelined, and fills them in.
+func (x *dlqExporter) read(ctx context.Context, reads []dlqRead) {
 	rdb := x.in.cfg.Redis
-	reads := make([]dlqRead, len(parts))
 	run := func() []*redis.Cmd {
 		pipe := rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(parts))
-		for i, dp := range parts {
+		cmds := make([]*redis.Cmd, len(reads))
+		for i, r := range reads {
 			start := ">"
-			if dp.pending {
+			if r.fromPending {
 				start = "0"
 			}
-			cmds[i] = dlqReadScript.EvalSha(ctx, pipe, []string{dp.dlq}, wire.DLQExportGroup, wire.DLQExportConsumer, dlqReadCount, start)
+			cmds[i] = dlqReadScript.EvalSha(ctx, pipe, []string{r.dp.dlq}, wire.DLQExportGroup, wire.DLQExportConsumer, dlqReadCount, start)
 		}
 		_, _ = pipe.Exec(ctx) // errors are per command
 		return cmds
@@ -574,17 +680,16 @@ func (x *dlqExporter) read(ctx context.Context, parts []*dlqPart) []dlqRead {
 	}
 	for i, c := range cmds {
 		r := &reads[i]
-		r.dp = parts[i]
 		v, err := c.Slice()
 		if err != nil {
-			r.err = fmt.Errorf("read %s: %w", parts[i].dlq, err)
+			r.err = fmt.Errorf("read %s: %w", r.dp.dlq, err)
 			continue
 		}
 		r.full = len(v) >= dlqReadCount
 		for _, e := range v {
 			f, ok := e.([]any)
 			if !ok || len(f) != 2 {
-				r.err = fmt.Errorf("read %s: unexpected entry %v", parts[i].dlq, e)
+				r.err = fmt.Errorf("read %s: unexpected entry %v", r.dp.dlq, e)
 				break
 			}
 			id, _ := f[0].(string)
@@ -601,49 +706,34 @@ func (x *dlqExporter) read(ctx context.Context, parts []*dlqPart) []dlqRead {
 			r.entries = append(r.entries, redis.XMessage{ID: id, Values: values})
 		}
 	}
-	return reads
 }
 
 // produce writes the messages idx of msgs, all to dead-letter topic topic,
-// and sets each one's result. A message Kafka refuses for itself (too
-// large, invalid) is retried alone, and marked skipped if it fails alone.
-func (x *dlqExporter) produce(ctx context.Context, topic string, msgs []kafka.Message, idx []int, results []error, skipped []bool) {
+// and sets each one's result. A message over --dlq-max-bytes (kafka-go's
+// own check, before anything is sent) is replaced by its stub first, and
+// stubs[i] says why. Whatever the broker refuses is an error: the
+// partition's commit waits for it, retried with backoff.
+func (x *dlqExporter) produce(ctx context.Context, topic string, msgs []kafka.Message, idx []int, results []error, stubs []string) {
 	batch := make([]kafka.Message, len(idx))
 	for k, i := range idx {
+		m := dlqMessage(msgs[i])
+		if size := wire.DLQMessageSize(m); size > x.in.cfg.DLQMaxBytes {
+			stub := wire.StubDLQMessage(m, size, x.in.cfg.DLQMaxBytes)
+			msgs[i] = kafkaMessage(topic, stub)
+			stubs[i] = string(stub.Headers[len(stub.Headers)-1].Value)
+		}
 		batch[k] = msgs[i]
 	}
 	err := x.write(ctx, batch...)
-	var tooLarge kafka.MessageTooLargeError
-	switch {
-	case err == nil:
-		return
-	case errors.As(err, &tooLarge) && len(idx) > 1:
-		// kafka-go refuses the whole call before sending anything: find
-		// the message(s) one by one.
-		for _, i := range idx {
-			x.produce(ctx, topic, msgs, []int{i}, results, skipped)
-		}
+	if err == nil {
 		return
 	}
 	var werrs kafka.WriteErrors
 	if errors.As(err, &werrs) && len(werrs) == len(idx) {
-		var alone []int
 		for k, i := range idx {
-			results[i] = werrs[k]
-			if werrs[k] != nil && refusedForItself(werrs[k]) {
-				alone = append(alone, i)
+			if werrs[k] != nil {
+				results[i] = fmt.Errorf("produce to %s: %w", topic, werrs[k])
 			}
-		}
-		if len(idx) > 1 {
-			// A batch fails as a whole: retry its messages one by one
-			// to tell the bad one from its neighbours.
-			for _, i := range alone {
-				x.produce(ctx, topic, msgs, []int{i}, results, skipped)
-			}
-			return
-		}
-		if len(alone) == 1 {
-			skipped[idx[0]] = true
 		}
 		return
 	}
@@ -654,11 +744,12 @@ func (x *dlqExporter) produce(ctx context.Context, topic string, msgs []kafka.Me
 			err = errTopicCreated
 		}
 	}
+	var tooLarge kafka.MessageTooLargeError
+	if errors.As(err, &tooLarge) {
+		err = fmt.Errorf("%w (a stub over --dlq-max-bytes %d: raise it)", err, x.in.cfg.DLQMaxBytes)
+	}
 	for _, i := range idx {
 		results[i] = fmt.Errorf("produce to %s: %w", topic, err)
-	}
-	if len(idx) == 1 && refusedForItself(err) {
-		skipped[idx[0]] = true
 	}
 }
 
@@ -666,35 +757,25 @@ func (x *dlqExporter) produce(ctx context.Context, topic string, msgs []kafka.Me
 // it is retried at once, and not counted as an error.
 var errTopicCreated = errors.New("the dead-letter topic did not exist: created it")
 
-// refusedForItself reports errors that are about a message, not about Kafka
-// or the topic: retrying cannot help, and holding the commit for ever would
-// not either.
-func refusedForItself(err error) bool {
-	var tooLarge kafka.MessageTooLargeError
-	if errors.As(err, &tooLarge) {
-		return true
-	}
-	for _, e := range []kafka.Error{kafka.InvalidMessage, kafka.InvalidMessageSize, kafka.MessageSizeTooLarge,
-		kafka.RecordListTooLarge, kafka.InvalidTimestamp, kafka.InvalidRecord} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
 // ensureTopic creates a dead-letter topic with as many partitions as the
 // source topic of m (a source partition's dead letters then go to the
-// partition of the same number), and the broker's default replication.
+// partition of the same number) and its replication factor, and
+// cleanup.policy=delete whatever the broker's default: compaction would
+// keep only the last dead letter of each key, and refuses null keys.
 func (x *dlqExporter) ensureTopic(ctx context.Context, topic string, m kafka.Message) error {
 	src := headerValue(m.Headers, wire.HeaderDLQTopic)
-	partitions := -1 // the broker's default
+	partitions, replication := -1, -1 // the broker's defaults
 	md, err := x.in.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{src}})
-	if err == nil && len(md.Topics) == 1 && md.Topics[0].Error == nil {
+	if err == nil && len(md.Topics) == 1 && md.Topics[0].Error == nil && len(md.Topics[0].Partitions) > 0 {
 		partitions = len(md.Topics[0].Partitions)
+		replication = len(md.Topics[0].Partitions[0].Replicas)
+	} else {
+		x.log.Warn("cannot read the source topic's partitions and replication: creating the dead-letter topic with the broker's defaults",
+			"dlq_topic", topic, "topic", src, "err", err)
 	}
 	res, err := x.in.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
-		Topic: topic, NumPartitions: partitions, ReplicationFactor: -1,
+		Topic: topic, NumPartitions: partitions, ReplicationFactor: replication,
+		ConfigEntries: []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "delete"}},
 	}}})
 	if err != nil {
 		return err
@@ -702,8 +783,55 @@ func (x *dlqExporter) ensureTopic(ctx context.Context, topic string, m kafka.Mes
 	if err := res.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
 		return err
 	}
-	x.log.Info("created the dead-letter topic", "dlq_topic", topic, "partitions", partitions, "topic", src)
+	x.log.Info("created the dead-letter topic", "dlq_topic", topic, "partitions", partitions, "replication", replication,
+		"cleanup_policy", "delete", "topic", src)
+	delete(x.checked, topic) // look at what was made
 	return nil
+}
+
+// checkTopic looks, once per run, at the configuration of a dead-letter
+// topic and warns of what makes dead letters less durable than the commit
+// assumes: compaction (the cleaner keeps only the last dead letter of each
+// key; a dead letter with a null key is refused and holds the commit), and
+// max.message.bytes below --dlq-max-bytes (a dead letter between the two is
+// refused and holds the commit, where a larger one would be a stub). A topic
+// that does not exist yet, or whose configuration the user may not read
+// (DESCRIBE_CONFIGS), is not checked.
+func (x *dlqExporter) checkTopic(ctx context.Context, topic string) {
+	if x.checked[topic] {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := x.in.client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{"cleanup.policy", "max.message.bytes"},
+	}}})
+	if err == nil && len(res.Resources) == 1 {
+		err = res.Resources[0].Error
+	}
+	if err != nil || len(res.Resources) != 1 {
+		if !errors.Is(err, kafka.UnknownTopicOrPartition) && ctx.Err() == nil {
+			x.checked[topic] = true
+			x.log.Info("cannot read the dead-letter topic's configuration (cleanup.policy, max.message.bytes): not checked",
+				"dlq_topic", topic, "err", err)
+		}
+		return
+	}
+	x.checked[topic] = true
+	for _, e := range res.Resources[0].ConfigEntries {
+		switch e.ConfigName {
+		case "cleanup.policy":
+			if strings.Contains(e.ConfigValue, "compact") {
+				x.log.Error("DEAD-LETTER TOPIC IS COMPACTED: the cleaner keeps only the last dead letter of each key, and Kafka refuses a dead letter with a null key (its partition's commit then waits); set cleanup.policy=delete on it",
+					"dlq_topic", topic, "cleanup_policy", e.ConfigValue)
+			}
+		case "max.message.bytes":
+			if n, err := strconv.Atoi(e.ConfigValue); err == nil && n < x.in.cfg.DLQMaxBytes {
+				x.log.Warn("the dead-letter topic takes smaller messages than --dlq-max-bytes: Kafka refuses a dead letter between the two, and its partition's commit waits; lower --dlq-max-bytes (larger dead letters are exported as stubs) or raise max.message.bytes",
+					"dlq_topic", topic, "max_message_bytes", n, "dlq_max_bytes", x.in.cfg.DLQMaxBytes)
+			}
+		}
+	}
 }
 
 func headerValue(hs []kafka.Header, name string) string {
@@ -761,11 +889,13 @@ func (x *dlqExporter) settle(ctx context.Context, r *dlqRead, err error, now tim
 		dp.backoff = 0
 		dp.failing = ""
 		switch {
-		case r.full || (dp.pending && len(r.entries)+len(r.deleted) > 0):
+		case r.full || (r.fromPending && len(r.entries)+len(r.deleted) > 0):
 			dp.due = time.Time{} // more to read
-		case dp.pending:
+		case r.fromPending:
 			dp.pending = false
 			dp.due = time.Time{} // now the new ones
+		case dp.pending:
+			dp.due = time.Time{} // a bound read found pending entries meanwhile
 		default:
 			dp.due = now.Add(x.in.cfg.DLQScanInterval)
 		}

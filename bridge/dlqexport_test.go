@@ -104,10 +104,19 @@ func (e *env) kafkaDLQ(t *testing.T) []dlqkafka.DeadLetter {
 	defer tr.CloseIdleConnections()
 	c := &kafka.Client{Addr: kafka.TCP(e.brokers...), Timeout: 10 * time.Second, Transport: tr}
 	var out []dlqkafka.DeadLetter
-	err := dlqkafka.List(ctx, c, e.dlqTopic(), nil, func(d dlqkafka.DeadLetter) bool {
-		out = append(out, d)
-		return true
-	})
+	var err error
+	// A topic created a moment ago may answer "not leader" for a while.
+	for {
+		out = out[:0]
+		err = dlqkafka.List(ctx, c, e.dlqTopic(), nil, func(d dlqkafka.DeadLetter) bool {
+			out = append(out, d)
+			return true
+		})
+		if !errors.Is(err, kafka.NotLeaderForPartition) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		if errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.LeaderNotAvailable) {
 			return nil
@@ -480,9 +489,11 @@ func TestCommitHeldWithManyDeadLetters(t *testing.T) {
 // into a dead-letter stream — entries without an offset, with a low offset
 // and nothing else, with binary fields, one larger than Kafka takes — and
 // reads one in the export group under a consumer name of its own; another
-// partition's dead-letter key is a string. None stalls the commit: junk is exported as it is (with the reason it is not a
-// record), the oversized one is skipped and counted, the one another
-// consumer held is taken over and exported.
+// partition's dead-letter key is a string. None stalls the commit: junk is
+// exported as it is (with the reason it is not a record), the oversized one
+// is exported as a stub (its coordinates and why, no value), recorded in
+// <stream>:dlq:stubs and counted as skipped; the one another consumer held
+// is taken over and exported.
 func TestJunkInDeadLetterStreamDoesNotStallCommit(t *testing.T) {
 	const n = 100
 	e := newEnv(t, 2)
@@ -503,7 +514,7 @@ func TestJunkInDeadLetterStreamDoesNotStallCommit(t *testing.T) {
 	add("foo", "bar")
 	add("offset", "0")
 	add("offset", "not a number", "value", "\x00\xff binary")
-	add("topic", e.topic, "partition", "0", "offset", "5", "value", strings.Repeat("x", 8<<10)) // too large
+	big := add("topic", e.topic, "partition", "0", "offset", "5", "value", strings.Repeat("x", 8<<10)) // too large
 	if err := e.rdb.XGroupCreate(ctx, dlq, wire.DLQExportGroup, "0").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -520,9 +531,18 @@ func TestJunkInDeadLetterStreamDoesNotStallCommit(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() == n && e.allCommitted(t) },
 		"handled %d of %d, commit %v of %v; stats %+v", l.total(), n,
 		testenv.Committed(t, e.brokers, e.group, e.topic, 2), testenv.LogEnd(t, e.brokers, e.topic, 2), in.DLQStats())
-	testenv.Eventually(t, 30*time.Second, func() bool { return len(e.kafkaDLQ(t)) == 4 }, "junk in Kafka: %d, want 4", len(e.kafkaDLQ(t)))
+	testenv.Eventually(t, 30*time.Second, func() bool { return len(e.kafkaDLQ(t)) == 5 }, "junk in Kafka: %d, want 5", len(e.kafkaDLQ(t)))
 	var got []string
+	stubs := 0
 	for _, d := range e.kafkaDLQ(t) {
+		if d.Stub != "" {
+			stubs++
+			if d.KafkaDeadLetter.Ref != wire.DeadLetterRef(e.topic, 0, big) || d.Value != nil || len(d.Fields) != 0 || !strings.Contains(d.Stub, "--dlq-max-bytes 4096") {
+				t.Errorf("stub of %s: %+v", big, d.KafkaDeadLetter)
+			}
+			t.Logf("stub in Kafka: ref %s, offset %d, malformed %q: %s", d.KafkaDeadLetter.Ref, d.Offset, d.Malformed, d.Stub)
+			continue
+		}
 		if d.Err != nil || d.Malformed == "" {
 			t.Errorf("junk exported as %+v (err %v), want malformed", d.KafkaDeadLetter, d.Err)
 		}
@@ -539,15 +559,18 @@ func TestJunkInDeadLetterStreamDoesNotStallCommit(t *testing.T) {
 		t.Errorf("junk in Kafka:\n got %q\nwant %q", got, want)
 	}
 	st := in.DLQStats()
-	if st.Skipped != 1 || st.Exported != 4 {
-		t.Errorf("stats %+v, want 4 exported and 1 skipped (too large)", st)
+	if st.Skipped != 1 || st.Exported != 4 || stubs != 1 {
+		t.Errorf("stats %+v, %d stubs in Kafka; want 4 exported, 1 skipped (too large) and its stub", st, stubs)
+	}
+	if why, err := e.rdb.HGet(ctx, wire.DLQStubsKey(e.stream(0)), big).Result(); err != nil || why == "" {
+		t.Errorf("%s of the stub %s: %q, %v", wire.DLQStubsKey(e.stream(0)), big, why, err)
 	}
 	pend, err := e.rdb.XPending(ctx, dlq, wire.DLQExportGroup).Result()
 	if err != nil || pend.Count != 0 {
 		t.Errorf("export group: %+v %v, want nothing pending (the rogue consumer's %s taken over)", pend, err, rogue)
 	}
-	t.Logf("5 junk dead letters and a dead-letter key of the wrong type: %d exported as malformed, %d skipped (over %d bytes); commit at the log end; stats %+v",
-		len(got), st.Skipped, cfg.DLQMaxBytes, st)
+	t.Logf("5 junk dead letters and a dead-letter key of the wrong type: %d exported as malformed, %d as a stub (over %d bytes); commit at the log end; stats %+v",
+		len(got), stubs, cfg.DLQMaxBytes, st)
 }
 
 // TestDeadLettersSurviveRedisRestart: poison records are dead-lettered

@@ -22,3 +22,10 @@ func SetDLQRefusal(in *Ingest, refuse func() error) {
 // DLQScanLimit is how many dead letters not yet exported a partition's
 // commit can look past; with more, it waits.
 const DLQScanLimit = dlqScanLimit
+
+// InjectCommitFault makes the ingest fail the commit of every partition for
+// which fault returns an error, as if the broker refused it (a seam for
+// tests of commit failures). Call it before Run.
+func InjectCommitFault(in *Ingest, fault func(topic string, partition int) error) {
+	in.commitFault = fault
+}

@@ -45,16 +45,21 @@ named by a REF, <topic>:<partition>/<entry id>, as "list" prints it.
 
 The ingest copies every dead letter to the Kafka topic --dlq-topic
 (<topic>.dlq by default) and commits no offset past a dead letter before
-Kafka has it, so a Redis that loses its data loses no dead letter. Dead
-letters stay in Redis too, until "delete". With --from-kafka, "list" reads
-the dead-letter topics instead; a dead letter there is named by a Kafka REF,
+Kafka has it, so a Redis that loses its data loses no dead letter. One over
+the ingest's --dlq-max-bytes goes to Kafka as a stub: its coordinates and
+why, not the record ("stub only" in "list"). Dead letters stay in Redis too,
+until "delete". With --from-kafka, "list" reads the dead-letter topics
+instead; a dead letter there is named by a Kafka REF,
 <dead-letter topic>:<partition>@<offset>, which "show" and "replay" take too.
 
 "replay" moves dead letters to the partition's replay stream, where the
-workers of the group that gave up on them process them again. A dead letter
-of Redis is replayed once Kafka has it (--force: before). One from Kafka is
-replayed from Redis if it is still there, and is not replayed twice
-(--again: once more).
+workers of the group that gave up on them process them again. "replay" and
+"delete" take a dead letter out of Redis only when Kafka has it in full:
+not one the ingest has not exported yet, nor one whose export state is
+unknown (no ingest exporting dead letters has looked at its partition), nor
+a stub; each is named with the reason, and the command exits 1 (--force:
+take it out anyway). One from Kafka is replayed from Redis if it is still
+there, and is not replayed twice (--again: once more).
 
 Examples:
    kbridge dlq list
@@ -90,7 +95,7 @@ Examples:
 					"\n   kbridge dlq replay --from-kafka --all [--topic T] [--partition P]... [--group G] [--again]",
 				Flags: append(append(filterFlags(), allFlag, fromKafka,
 					&cli.BoolFlag{Name: "force", EnvVars: []string{"KBRIDGE_DLQ_FORCE"},
-						Usage: "also replay dead letters the ingest has not exported to Kafka yet (if Redis loses them before the workers are done, they are gone)"},
+						Usage: "also replay dead letters Kafka has no full copy of (not exported yet, export state unknown, a stub): if Redis loses them before the workers are done, they are gone"},
 					&cli.BoolFlag{Name: "again", EnvVars: []string{"KBRIDGE_DLQ_AGAIN"},
 						Usage: "replay dead letters from Kafka that were replayed before (within 30 days)"}),
 					dlqKafkaFlags()...),
@@ -98,10 +103,12 @@ Examples:
 			},
 			{
 				Name:      "delete",
-				Usage:     "delete dead letters for good (from Redis; Kafka keeps its copy until its retention)",
-				UsageText: "kbridge dlq delete REF...\n   kbridge dlq delete --all [--topic T] [--partition P]... [--group G]",
-				Flags:     append(filterFlags(), allFlag),
-				Action:    func(c *cli.Context) error { return dlqMove(c, "delete") },
+				Usage:     "delete dead letters from Redis once Kafka has them (Kafka keeps its copy until its retention)",
+				UsageText: "kbridge dlq delete REF... [--force]\n   kbridge dlq delete --all [--topic T] [--partition P]... [--group G] [--force]",
+				Flags: append(filterFlags(), allFlag,
+					&cli.BoolFlag{Name: "force", EnvVars: []string{"KBRIDGE_DLQ_FORCE"},
+						Usage: "also delete dead letters Kafka has no full copy of (not exported yet, export state unknown, a stub): their records are then gone for good"}),
+				Action: func(c *cli.Context) error { return dlqMove(c, "delete") },
 			},
 		},
 	}
@@ -163,7 +170,7 @@ func dlqList(c *cli.Context) error {
 			off = "?"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", d.Ref, off, d.Info.Group, d.Info.Deliveries, d.Info.Reason,
-			d.Info.Time.Format(time.RFC3339), states[d.Ref], truncate(oneLine(d.Info.Error), 80))
+			d.Info.Time.Format(time.RFC3339), states[d.Ref].state, truncate(oneLine(d.Info.Error), 80))
 	}
 	return tw.Flush()
 }
@@ -174,14 +181,30 @@ func (s exportState) String() string {
 		return "yes"
 	case notExported:
 		return "not yet"
+	case exportedStub:
+		return "stub only"
 	}
-	return "-"
+	return "unknown"
+}
+
+// kafkaCopy is the export state for --json: "full", "stub", "none" or
+// "unknown".
+func (s exportState) kafkaCopy() string {
+	switch s {
+	case exported:
+		return "full"
+	case notExported:
+		return "none"
+	case exportedStub:
+		return "stub"
+	}
+	return "unknown"
 }
 
 // exportStates reads the export state of each dead letter (unknown where
 // Redis does not answer).
-func exportStates(ctx context.Context, rdb redis.UniversalClient, dls []worker.DeadLetter) map[string]exportState {
-	out := map[string]exportState{}
+func exportStates(ctx context.Context, rdb redis.UniversalClient, dls []worker.DeadLetter) map[string]exportInfo {
+	out := map[string]exportInfo{}
 	for _, d := range dls {
 		if st, err := deadLetterExportState(ctx, rdb, d); err == nil {
 			out[d.Ref] = st
@@ -222,6 +245,9 @@ func dlqListKafka(c *cli.Context, rdb redis.UniversalClient, f worker.Filter) er
 		rec := fmt.Sprintf("%s:%d@%d", d.Topic, d.Partition, d.Offset)
 		if d.Malformed != "" {
 			rec = fmt.Sprintf("%s:%d@?", d.Topic, d.Partition)
+		}
+		if d.Stub != "" {
+			rec += " (stub)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", d.Ref, rec, d.Info.Group, d.Info.Deliveries, d.Info.Reason,
 			d.Info.Time.Format(time.RFC3339), inRedisText(d), truncate(oneLine(d.Info.Error), 80))
@@ -285,7 +311,11 @@ func dlqShow(c *cli.Context) error {
 		}
 		fmt.Fprintf(out, "ref:          %s\n", d.Ref)
 		fmt.Fprintf(out, "dlq stream:   %s (entry %s)\n", d.DLQ, d.ID)
-		fmt.Fprintf(out, "in Kafka:     %s\n", states[d.Ref])
+		if x := states[d.Ref]; x.state == exportedStub {
+			fmt.Fprintf(out, "in Kafka:     stub only: %s\n", x.stub)
+		} else {
+			fmt.Fprintf(out, "in Kafka:     %s\n", x.state)
+		}
 		showInfo(out, d.Info)
 		if d.Malformed {
 			fmt.Fprintln(out, "fields (malformed entry):")
@@ -302,6 +332,9 @@ func dlqShow(c *cli.Context) error {
 		}
 		fmt.Fprintf(out, "ref:          %s\n", d.Ref)
 		fmt.Fprintf(out, "in Redis:     %s\n", inRedisText(d))
+		if d.Stub != "" {
+			fmt.Fprintf(out, "stub:         %s\n", d.Stub)
+		}
 		showInfo(out, d.Info)
 		if d.Malformed != "" {
 			fmt.Fprintf(out, "malformed:    %s\n", d.Malformed)
@@ -309,6 +342,10 @@ func dlqShow(c *cli.Context) error {
 			for k, v := range d.Fields {
 				fmt.Fprintf(out, "  %s = %s\n", k, bytesText([]byte(v)))
 			}
+			continue
+		}
+		if d.Stub != "" {
+			fmt.Fprintf(out, "record:       %s/%d offset %d (not in Kafka: see stub)\n", d.Topic, d.Partition, d.Offset)
 			continue
 		}
 		hs := make([]worker.Header, len(d.Headers))
@@ -394,27 +431,36 @@ func dlqMove(c *cli.Context, verb string) error {
 			dls = append(dls, d)
 		}
 	}
-	var n int
-	if verb == "delete" {
-		if n, err = worker.DeleteDeadLetters(c.Context, rdb, dls); err != nil {
-			return cli.Exit(fmt.Sprintf("delete: %v (%d done)", err, n), 1)
-		}
-		fmt.Fprintf(c.App.Writer, "deleted %d dead letter(s)\n", n)
-		return nil
-	}
+	// Take out of Redis only what Kafka has in full (--force: anyway).
 	report := func(line string) { fmt.Fprintln(c.App.ErrWriter, line) }
+	force := c.Bool("force")
 	ready, held := dls[:0:0], 0
 	for _, d := range dls {
-		st, err := deadLetterExportState(c.Context, rdb, d)
+		x, err := deadLetterExportState(c.Context, rdb, d)
 		if err != nil {
 			return cli.Exit(err.Error(), 1)
 		}
-		if st == notExported && !c.Bool("force") {
-			report(fmt.Sprintf("%s: not in Kafka yet (the ingest exports it within seconds): not replayed; --force to replay it now", d.Ref))
+		if why := unsafeToRemove(d, x); why != "" && !force {
+			report(fmt.Sprintf("%s: %s: not %s; --force to %s it anyway", d.Ref, why, pastTense(verb), verb))
 			held++
 			continue
 		}
 		ready = append(ready, d)
+	}
+	var n int
+	if verb == "delete" {
+		if n, err = worker.DeleteDeadLetters(c.Context, rdb, ready); err != nil {
+			return cli.Exit(fmt.Sprintf("delete: %v (%d done)", err, n), 1)
+		}
+		fmt.Fprintf(c.App.Writer, "deleted %d dead letter(s)", n)
+		if held > 0 {
+			fmt.Fprintf(c.App.Writer, "; %d without a full copy in Kafka: left alone", held)
+		}
+		fmt.Fprintln(c.App.Writer)
+		if held > 0 {
+			return cli.Exit("", 1)
+		}
+		return nil
 	}
 	if n, err = worker.ReplayDeadLetters(c.Context, rdb, ready); err != nil {
 		return cli.Exit(fmt.Sprintf("replay: %v (%d done)", err, n), 1)
@@ -448,21 +494,28 @@ func dlqMove(c *cli.Context, verb string) error {
 			}
 			return cli.Exit(err.Error(), 1)
 		}
-		k, s, err := replayKafkaDeadLetters(c.Context, rdb, prefix, kdls, c.Bool("again"), report)
-		n, skipped = n+k, s
+		k, s, h, err := replayKafkaDeadLetters(c.Context, rdb, prefix, kdls, c.Bool("again"), force, report)
+		n, skipped, held = n+k, s, held+h
 		if err != nil {
 			return cli.Exit(fmt.Sprintf("replay: %v (%d done)", err, n), 1)
 		}
 	}
 	fmt.Fprintf(c.App.Writer, "replayed %d dead letter(s)", n)
 	if held+skipped > 0 {
-		fmt.Fprintf(c.App.Writer, "; %d not yet in Kafka, %d replayed before: left alone", held, skipped)
+		fmt.Fprintf(c.App.Writer, "; %d without a full copy in Kafka, %d replayed before: left alone", held, skipped)
 	}
 	fmt.Fprintln(c.App.Writer)
 	if held > 0 {
 		return cli.Exit("", 1)
 	}
 	return nil
+}
+
+func pastTense(verb string) string {
+	if verb == "delete" {
+		return "deleted"
+	}
+	return verb + "ed"
 }
 
 type deadLetterJSON struct {
@@ -485,11 +538,17 @@ type deadLetterJSON struct {
 	ReadFrom   string            `json:"read_from"`
 	EntryID    string            `json:"entry_id"`
 	Time       time.Time         `json:"time"`
-	// InKafka: whether the ingest exported it (null: no export group).
+	// InKafka: whether Kafka has it in full (false: not exported yet, or
+	// a stub only; null: unknown, no export group).
 	InKafka *bool `json:"in_kafka"`
+	// KafkaCopy: "full", "stub" (over the ingest's --dlq-max-bytes: its
+	// coordinates only), "none" (not exported yet) or "unknown".
+	KafkaCopy string `json:"kafka_copy"`
+	// Stub: why Kafka has a stub only.
+	Stub string `json:"stub,omitempty"`
 }
 
-func printJSON(w io.Writer, dls []worker.DeadLetter, states map[string]exportState) error {
+func printJSON(w io.Writer, dls []worker.DeadLetter, states map[string]exportInfo) error {
 	enc := json.NewEncoder(w)
 	for _, d := range dls {
 		j := deadLetterJSON{Ref: d.Ref, DLQ: d.DLQ, ID: d.ID, Topic: d.Topic, Partition: d.Partition, Offset: d.Offset,
@@ -499,10 +558,12 @@ func printJSON(w io.Writer, dls []worker.DeadLetter, states map[string]exportSta
 		if d.Malformed {
 			j.Fields = d.Fields
 		}
-		if st, ok := states[d.Ref]; ok && st != exportUnknown {
-			in := st == exported
+		x := states[d.Ref]
+		if x.state != exportUnknown {
+			in := x.state == exported
 			j.InKafka = &in
 		}
+		j.KafkaCopy, j.Stub = x.state.kafkaCopy(), x.stub
 		if err := enc.Encode(j); err != nil {
 			return err
 		}
@@ -512,26 +573,29 @@ func printJSON(w io.Writer, dls []worker.DeadLetter, states map[string]exportSta
 
 // kafkaDeadLetterJSON is a dead letter of a dead-letter topic, for --json.
 type kafkaDeadLetterJSON struct {
-	KafkaRef   string            `json:"kafka_ref"`
-	Ref        string            `json:"ref"` // in Redis
-	InRedis    *bool             `json:"in_redis"`
-	Topic      string            `json:"topic"`
-	Partition  int               `json:"partition"`
-	Offset     int64             `json:"offset"`
-	Timestamp  string            `json:"timestamp,omitempty"`
-	Key        []byte            `json:"key"`
-	Value      []byte            `json:"value"`
-	Headers    []wire.Header     `json:"headers,omitempty"`
-	Malformed  string            `json:"malformed,omitempty"`
-	Fields     map[string]string `json:"fields,omitempty"`
-	Reason     string            `json:"reason"`
-	Error      string            `json:"error"`
-	Group      string            `json:"group"`
-	Consumer   string            `json:"consumer"`
-	Deliveries int64             `json:"deliveries"`
-	ReadFrom   string            `json:"read_from"`
-	EntryID    string            `json:"entry_id"`
-	Time       time.Time         `json:"time"`
+	KafkaRef  string            `json:"kafka_ref"`
+	Ref       string            `json:"ref"` // in Redis
+	InRedis   *bool             `json:"in_redis"`
+	Topic     string            `json:"topic"`
+	Partition int               `json:"partition"`
+	Offset    int64             `json:"offset"`
+	Timestamp string            `json:"timestamp,omitempty"`
+	Key       []byte            `json:"key"`
+	Value     []byte            `json:"value"`
+	Headers   []wire.Header     `json:"headers,omitempty"`
+	Malformed string            `json:"malformed,omitempty"`
+	Fields    map[string]string `json:"fields,omitempty"`
+	// Stub: why this is a stub (no key, value or headers: the record was
+	// over the ingest's --dlq-max-bytes); "" for a full copy.
+	Stub       string    `json:"stub,omitempty"`
+	Reason     string    `json:"reason"`
+	Error      string    `json:"error"`
+	Group      string    `json:"group"`
+	Consumer   string    `json:"consumer"`
+	Deliveries int64     `json:"deliveries"`
+	ReadFrom   string    `json:"read_from"`
+	EntryID    string    `json:"entry_id"`
+	Time       time.Time `json:"time"`
 }
 
 func printKafkaJSON(w io.Writer, dls []kafkaDeadLetter) error {
@@ -539,7 +603,7 @@ func printKafkaJSON(w io.Writer, dls []kafkaDeadLetter) error {
 	for _, d := range dls {
 		j := kafkaDeadLetterJSON{KafkaRef: d.Ref.String(), Ref: d.KafkaDeadLetter.Ref, InRedis: d.inRedis,
 			Topic: d.Topic, Partition: d.Partition, Offset: d.Offset, Timestamp: d.Timestamp,
-			Key: d.Key, Value: d.Value, Headers: d.Headers, Malformed: d.Malformed,
+			Key: d.Key, Value: d.Value, Headers: d.Headers, Malformed: d.Malformed, Stub: d.Stub,
 			Reason: d.Info.Reason, Error: d.Info.Error, Group: d.Info.Group, Consumer: d.Info.Consumer,
 			Deliveries: d.Info.Deliveries, ReadFrom: d.Info.Stream, EntryID: d.Info.ID, Time: d.Info.Time}
 		if len(d.Fields) > 0 {

@@ -206,11 +206,22 @@ func markReplayed(ctx context.Context, rdb redis.UniversalClient, stream string,
 // replayed twice); one replayed before (recorded in the partition's
 // wire.DLQReplayedKey) is skipped unless again; the others are added to the
 // partition's replay stream, as "kbridge dlq replay" does with Redis dead
-// letters. It returns what it replayed and skipped, and writes a line per
-// skipped one to report.
-func replayKafkaDeadLetters(ctx context.Context, rdb redis.UniversalClient, prefix string, dls []kafkaDeadLetter, again bool, report func(string)) (replayed, skipped int, err error) {
+// letters. A stub (no record) is not replayed: from Redis only with force
+// (the replay stream would hold its only copy), and not at all when Redis no
+// longer has it. It returns what it replayed, skipped (replayed before) and
+// held back (stubs), and writes a line per one left alone to report.
+func replayKafkaDeadLetters(ctx context.Context, rdb redis.UniversalClient, prefix string, dls []kafkaDeadLetter, again, force bool, report func(string)) (replayed, skipped, held int, err error) {
 	trimmed := map[string]bool{}
-	replayedBefore := map[string]map[string]string{} // stream -> ref -> Unix ms
+	replayedBefore := map[string]map[string]string{} // stream -> ref -> Unix ms; read once, kept up to date
+	mark := func(stream, ref string) error {
+		if err := markReplayed(ctx, rdb, stream, []string{ref}); err != nil {
+			return err
+		}
+		if m := replayedBefore[stream]; m != nil {
+			m[ref] = strconv.FormatInt(time.Now().UnixMilli(), 10)
+		}
+		return nil
+	}
 	for _, d := range dls {
 		stream := wire.StreamKey(prefix, d.Topic, d.Partition)
 		topic, part, _, perr := worker.ParseRef(d.KafkaDeadLetter.Ref)
@@ -218,7 +229,7 @@ func replayKafkaDeadLetters(ctx context.Context, rdb redis.UniversalClient, pref
 			perr = fmt.Errorf("ref %s names another partition than %s/%d", d.KafkaDeadLetter.Ref, d.Topic, d.Partition)
 		}
 		if perr != nil {
-			return replayed, skipped, fmt.Errorf("%s: %w", d.Ref, perr)
+			return replayed, skipped, held, fmt.Errorf("%s: %w", d.Ref, perr)
 		}
 		if d.inRedis == nil {
 			lookUpInRedis(ctx, rdb, prefix, []kafkaDeadLetter{d})
@@ -226,25 +237,31 @@ func replayKafkaDeadLetters(ctx context.Context, rdb redis.UniversalClient, pref
 		if d.inRedis != nil && *d.inRedis {
 			rd, err := worker.GetDeadLetter(ctx, rdb, prefix, d.KafkaDeadLetter.Ref)
 			if err == nil {
+				if d.Stub != "" && !force {
+					report(fmt.Sprintf("%s: a stub in Kafka (%s): the record is in %s, whose replay stream would then hold its only copy: not replayed; --force to replay it from Redis anyway",
+						d.Ref, d.Stub, d.KafkaDeadLetter.Ref))
+					held++
+					continue
+				}
 				n, err := worker.ReplayDeadLetters(ctx, rdb, []worker.DeadLetter{rd})
 				if err != nil {
-					return replayed, skipped, err
+					return replayed, skipped, held, err
 				}
-				if err := markReplayed(ctx, rdb, stream, []string{d.KafkaDeadLetter.Ref}); err != nil {
-					return replayed, skipped, err
+				if err := mark(stream, d.KafkaDeadLetter.Ref); err != nil {
+					return replayed, skipped, held, err
 				}
 				replayed += n
 				continue
 			}
 			if !errors.Is(err, worker.ErrNotFound) {
-				return replayed, skipped, err
+				return replayed, skipped, held, err
 			}
 		}
 		if !again {
 			if replayedBefore[stream] == nil {
 				m, err := rdb.HGetAll(ctx, wire.DLQReplayedKey(stream)).Result()
 				if err != nil {
-					return replayed, skipped, fmt.Errorf("read %s: %w", wire.DLQReplayedKey(stream), err)
+					return replayed, skipped, held, fmt.Errorf("read %s: %w", wire.DLQReplayedKey(stream), err)
 				}
 				replayedBefore[stream] = m
 			}
@@ -255,6 +272,12 @@ func replayKafkaDeadLetters(ctx context.Context, rdb redis.UniversalClient, pref
 				continue
 			}
 		}
+		if d.Stub != "" {
+			report(fmt.Sprintf("%s: a stub (%s), and Redis no longer has %s: nothing to replay; produce the record again from its source topic",
+				d.Ref, d.Stub, d.KafkaDeadLetter.Ref))
+			held++
+			continue
+		}
 		replay := wire.ReplayKey(stream)
 		group := d.Info.Group
 		if group == "" {
@@ -262,41 +285,50 @@ func replayKafkaDeadLetters(ctx context.Context, rdb redis.UniversalClient, pref
 		}
 		if !trimmed[replay] {
 			if err := worker.TrimReplay(ctx, rdb, replay); err != nil {
-				return replayed, skipped, err
+				return replayed, skipped, held, err
 			}
 			trimmed[replay] = true
 		}
 		if err := rdb.XGroupCreateMkStream(ctx, replay, group, "0").Err(); err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
-			return replayed, skipped, fmt.Errorf("create group %s on %s: %w", group, replay, err)
+			return replayed, skipped, held, fmt.Errorf("create group %s on %s: %w", group, replay, err)
 		}
 		fields := wire.ReplayFields(d.EntryFields())
 		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: replay, ID: "*", Values: fields}).Err(); err != nil {
-			return replayed, skipped, fmt.Errorf("replay %s to %s: %w", d.Ref, replay, err)
+			return replayed, skipped, held, fmt.Errorf("replay %s to %s: %w", d.Ref, replay, err)
 		}
-		if err := markReplayed(ctx, rdb, stream, []string{d.KafkaDeadLetter.Ref}); err != nil {
-			return replayed, skipped, err
+		if err := mark(stream, d.KafkaDeadLetter.Ref); err != nil {
+			return replayed, skipped, held, err
 		}
 		replayed++
 	}
-	return replayed, skipped, nil
+	return replayed, skipped, held, nil
 }
 
-// exportState says whether a dead letter in Redis is in Kafka: exported
-// (acknowledged in the export group), not exported, or unknown when the
-// dead-letter stream has no export group (an ingest with the export off).
+// exportState says whether Kafka has a dead letter of Redis: exported in
+// full (acknowledged in the export group), as a stub only (acknowledged, and
+// in the partition's wire.DLQStubsKey: over the ingest's --dlq-max-bytes),
+// not exported, or unknown when the dead-letter stream has no export group
+// (no ingest with the export on has looked at the partition since).
 type exportState int
 
 const (
 	exportUnknown exportState = iota
 	exported
 	notExported
+	exportedStub
 )
 
+// exportInfo is a dead letter's export state, and why it is a stub.
+type exportInfo struct {
+	state exportState
+	stub  string
+}
+
 // deadLetterExportState reads the export state of d.
-func deadLetterExportState(ctx context.Context, rdb redis.UniversalClient, d worker.DeadLetter) (exportState, error) {
+func deadLetterExportState(ctx context.Context, rdb redis.UniversalClient, d worker.DeadLetter) (exportInfo, error) {
 	groups, err := rdb.XInfoGroups(ctx, d.DLQ).Result()
 	if err != nil {
-		return exportUnknown, fmt.Errorf("XINFO GROUPS %s: %w", d.DLQ, err)
+		return exportInfo{}, fmt.Errorf("XINFO GROUPS %s: %w", d.DLQ, err)
 	}
 	for _, g := range groups {
 		if g.Name != wire.DLQExportGroup {
@@ -304,14 +336,41 @@ func deadLetterExportState(ctx context.Context, rdb redis.UniversalClient, d wor
 		}
 		p, err := rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: d.DLQ, Group: g.Name, Start: d.ID, End: d.ID, Count: 1}).Result()
 		if err != nil {
-			return exportUnknown, fmt.Errorf("XPENDING %s %s: %w", d.DLQ, g.Name, err)
+			return exportInfo{}, fmt.Errorf("XPENDING %s %s: %w", d.DLQ, g.Name, err)
 		}
 		if len(p) > 0 || compareIDs(d.ID, g.LastDeliveredID) > 0 {
-			return notExported, nil
+			return exportInfo{state: notExported}, nil
 		}
-		return exported, nil
+		why, err := rdb.HGet(ctx, wire.DLQStubsKey(d.Stream), d.ID).Result()
+		switch {
+		case err == nil:
+			return exportInfo{state: exportedStub, stub: why}, nil
+		case !errors.Is(err, redis.Nil):
+			return exportInfo{}, fmt.Errorf("HGET %s %s: %w", wire.DLQStubsKey(d.Stream), d.ID, err)
+		}
+		return exportInfo{state: exported}, nil
 	}
-	return exportUnknown, nil
+	return exportInfo{state: exportUnknown}, nil
+}
+
+// unsafeToRemove says why removing d from its dead-letter stream (replay,
+// delete) could lose its record, given its export state; "" when Kafka has
+// it in full.
+func unsafeToRemove(d worker.DeadLetter, x exportInfo) string {
+	switch x.state {
+	case exported:
+		return ""
+	case notExported:
+		return "not in Kafka yet (the ingest exports it within seconds; if it stays so, see dlq_export_error in the partition's status hash): Redis holds its only copy"
+	case exportedStub:
+		where := "its source topic"
+		if !d.Malformed {
+			where = fmt.Sprintf("offset %d of %s partition %d, while that topic's retention keeps it", d.Offset, d.Topic, d.Partition)
+		}
+		return "Kafka has only a stub of it (over the ingest's --dlq-max-bytes: its coordinates, not the record): Redis holds its only copy besides " + where
+	}
+	return "its export state is unknown: " + wire.DLQKey(d.Stream) + " has no group " + wire.DLQExportGroup +
+		" (no ingest exporting dead letters has looked at the partition since: the ingest is down, or runs with --dlq-export=false), so Redis may hold its only copy"
 }
 
 // compareIDs orders stream IDs.

@@ -55,7 +55,8 @@ func ParseRef(s string) (Ref, error) {
 type DeadLetter struct {
 	// Ref is where it is in Kafka.
 	Ref Ref
-	// Time is the message's timestamp: when it was dead-lettered.
+	// Time is the message's timestamp: when the ingest exported it (when it
+	// was dead-lettered is Info.Time, from the kbridge.dlq.time header).
 	Time time.Time
 	wire.KafkaDeadLetter
 	// Err is set when the message is not a kbridge dead letter

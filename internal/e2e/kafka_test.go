@@ -244,7 +244,6 @@ func lastLines(p *proc, n int) string {
 // the broker's certificate exits non-zero with a message that names the
 // cause, never joins the group and commits nothing.
 func TestKafkaBadCredentials(t *testing.T) {
-	pendingFatalAuth(t)
 	k := secureKafka(t)
 	rd := testenv.NewRedis(t)
 	good := writeSecret(t, k.users["kbridge"])
@@ -298,7 +297,6 @@ func TestKafkaBadCredentials(t *testing.T) {
 // forbidden topic is committed. A group it may not use is fatal: non-zero
 // exit, nothing committed.
 func TestKafkaNotAuthorized(t *testing.T) {
-	pendingFatalAuth(t)
 	k := secureKafka(t)
 	rd := testenv.NewRedis(t)
 	login := k.logins(t)[0]

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Dead letters in Kafka. The ingest copies every dead letter of the
@@ -30,6 +31,16 @@ const DLQExportConsumer = "ingest"
 // letter's ref, value: Unix milliseconds), so that replaying from Kafka does
 // not hand the same dead letter over twice.
 func DLQReplayedKey(stream string) string { return stream + ":dlq:replayed" }
+
+// DLQStubsKey is the hash, beside a partition stream, of the dead letters of
+// the partition that the ingest exported as stubs only (field: the dead
+// letter's entry ID in the dead-letter stream, value: why). A dead letter
+// acknowledged in DLQExportGroup is in Kafka in full unless it is here:
+// then Kafka has its coordinates and dead-letter fields, not the record,
+// and Redis holds the record's only copy outside its source topic. The
+// ingest writes the field and the XACK in one script; entries are never
+// removed (a dead letter's ID is never reused).
+func DLQStubsKey(stream string) string { return stream + ":dlq:stubs" }
 
 // DefaultDLQTopic is the default template of the Kafka topic that receives a
 // topic's dead letters; TopicPlaceholder stands for the topic's name.
@@ -77,6 +88,13 @@ const (
 	// neither a record field nor a dead-letter field (every field of a
 	// malformed entry).
 	HeaderDLQFieldPrefix = "kbridge.dlq.field."
+	// HeaderDLQStub marks a stub: a dead letter larger than the ingest's
+	// --dlq-max-bytes, exported without the record's key, value, headers
+	// and extra fields (its other kbridge headers kept, long values cut).
+	// Its value says why and where the record can be read again (its
+	// source topic, partition and offset, while that topic's retention
+	// keeps it).
+	HeaderDLQStub = "kbridge.dlq.stub"
 )
 
 var dlqFieldHeaders = []struct{ field, header string }{
@@ -97,8 +115,10 @@ var recordFields = []string{FieldTopic, FieldPartition, FieldOffset, FieldTimest
 type DLQMessage struct {
 	Key, Value []byte
 	Headers    []Header
-	// Time is when the entry was dead-lettered (its dlq_time), so that the
-	// topic's time-based retention counts from then.
+	// Time is when the ingest exported it: the topic's time-based
+	// retention counts from then. (Not the worker's dlq_time, which travels
+	// in HeaderDLQTime: a worker's clock far ahead would make Kafka refuse
+	// the message, one far behind would make retention delete it at once.)
 	Time time.Time
 }
 
@@ -113,7 +133,7 @@ func DeadLetterRef(topic string, partition int, id string) string {
 // Kafka message the ingest exports. It never fails: an entry that does not
 // decode as a record (another program's junk, a malformed record) is
 // exported as it is, every field in a header, with HeaderDLQMalformed saying
-// why. now is the time used when the entry has no valid dlq_time.
+// why. now is the export time, the message's timestamp.
 func EncodeDLQMessage(topic string, partition int, id string, values map[string]any, now time.Time) DLQMessage {
 	var m DLQMessage
 	rec, err := Decode(values)
@@ -162,12 +182,119 @@ func EncodeDLQMessage(topic string, partition int, id string, values map[string]
 		h(HeaderDLQFieldPrefix+f, fieldString(values[f]))
 	}
 	m.Time = now
-	if s, ok := values[FieldDLQTime].(string); ok {
-		if ms, err := strconv.ParseInt(s, 10, 64); err == nil && ms > 0 {
-			m.Time = time.UnixMilli(ms)
+	return m
+}
+
+// DLQMessageSize returns the size kafka-go (v0.4.51) gives m as a message
+// (key, value, headers and the record overhead), which its Writer compares
+// with its BatchBytes, the ingest's --dlq-max-bytes.
+func DLQMessageSize(m DLQMessage) int {
+	n := 4 + 1 + 1 + 4 + len(m.Key) + 4 + len(m.Value) + 8 + varIntLen(len(m.Headers))
+	for _, h := range m.Headers {
+		n += varIntLen(len(h.Key)) + len(h.Key) + varIntLen(len(h.Value)) + len(h.Value)
+	}
+	return n
+}
+
+// varIntLen is the length of n as a zig-zag varint.
+func varIntLen(n int) int {
+	u := uint64(n) << 1
+	l := 1
+	for ; u >= 0x80; u >>= 7 {
+		l++
+	}
+	return l
+}
+
+// stubValueMax is the longest header value a stub keeps (longer ones are
+// cut, marked with "…").
+const stubValueMax = 256
+
+// StubDLQMessage returns the stub of m, a dead letter too large to export
+// (size bytes, over maxBytes): kbridge's headers of m from HeaderDLQRef on,
+// without the record's key, value and headers and without the
+// HeaderDLQFieldPrefix ones, values cut to fit, and HeaderDLQStub saying
+// why. By DLQMessageSize it fits in maxBytes unless the coordinates alone
+// (ref, topic, partition, offset) do not.
+func StubDLQMessage(m DLQMessage, size, maxBytes int) DLQMessage {
+	start := -1
+	for i := len(m.Headers) - 1; i >= 0; i-- {
+		if m.Headers[i].Key == HeaderDLQRef {
+			start = i
+			break
 		}
 	}
-	return m
+	var hs []Header
+	var topic, partition, offset string
+	malformed := false
+	if start >= 0 {
+		for _, h := range m.Headers[start:] {
+			switch h.Key {
+			case HeaderDLQTopic:
+				topic = string(h.Value)
+			case HeaderDLQPartition:
+				partition = string(h.Value)
+			case HeaderDLQOffset:
+				offset = string(h.Value)
+			case HeaderDLQMalformed:
+				malformed = true
+			}
+			if !strings.HasPrefix(h.Key, HeaderDLQFieldPrefix) {
+				hs = append(hs, h)
+			}
+		}
+	}
+	why := fmt.Sprintf("dead letter of about %d bytes, over --dlq-max-bytes %d: exported without the record's key, value and headers", size, maxBytes)
+	switch {
+	case offset != "":
+		why += fmt.Sprintf("; the record is offset %s of topic %s partition %s (read it there while the topic's retention keeps it); the dead-letter stream in Redis had it in full when it was exported", offset, topic, partition)
+	case malformed:
+		why += "; not a record (malformed): its fields are in the dead-letter stream in Redis only"
+	}
+	// The coordinates and the reason are kept whole; the other values cut.
+	keep := map[string]bool{HeaderDLQRef: true, HeaderDLQTopic: true, HeaderDLQPartition: true, HeaderDLQOffset: true,
+		HeaderDLQStub: true}
+	stub := DLQMessage{Time: m.Time}
+	for _, h := range hs {
+		v := h.Value
+		if !keep[h.Key] {
+			v = cut(v, stubValueMax)
+		}
+		stub.Headers = append(stub.Headers, Header{Key: h.Key, Value: v})
+	}
+	stub.Headers = append(stub.Headers, Header{Key: HeaderDLQStub, Value: []byte(why)})
+	// Still too large (a small maxBytes, long names): drop the optional
+	// headers but the dead-letter reason, longest first.
+	for DLQMessageSize(stub) > maxBytes {
+		longest := -1
+		for i, h := range stub.Headers {
+			if !keep[h.Key] && h.Key != HeaderDLQReason && (longest < 0 || len(h.Value) > len(stub.Headers[longest].Value)) {
+				longest = i
+			}
+		}
+		if longest < 0 {
+			break
+		}
+		stub.Headers = append(stub.Headers[:longest], stub.Headers[longest+1:]...)
+	}
+	if over := DLQMessageSize(stub) - maxBytes; over > 0 {
+		last := &stub.Headers[len(stub.Headers)-1] // the reason of the stub
+		last.Value = cut(last.Value, max(len(last.Value)-over-len("…"), 16))
+	}
+	return stub
+}
+
+// cut returns b, or its first n bytes (not splitting a UTF-8 sequence) and
+// "…" when it is longer.
+func cut(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(b[i]) {
+		i--
+	}
+	return append(append([]byte(nil), b[:i]...), "…"...)
 }
 
 func isRecordField(f string) bool {
@@ -206,6 +333,10 @@ type KafkaDeadLetter struct {
 	Headers   []Header
 	// Malformed says why the entry was not a record; "" when it was.
 	Malformed string
+	// Stub says why the dead letter was exported as a stub (HeaderDLQStub):
+	// without the record's key, value, headers and extra fields. "" for a
+	// dead letter exported in full.
+	Stub string
 	// Fields holds the fields that travelled as HeaderDLQFieldPrefix headers.
 	Fields map[string]string
 	// Info is read from DLQFields, the dead-letter fields (dlq_*) that
@@ -250,6 +381,8 @@ func DecodeDLQMessage(m DLQMessage) (KafkaDeadLetter, error) {
 			d.Timestamp = v
 		case HeaderDLQMalformed:
 			d.Malformed = v
+		case HeaderDLQStub:
+			d.Stub = v
 		default:
 			if f, ok := strings.CutPrefix(h.Key, HeaderDLQFieldPrefix); ok {
 				d.Fields[f] = v
@@ -264,7 +397,7 @@ func DecodeDLQMessage(m DLQMessage) (KafkaDeadLetter, error) {
 		}
 	}
 	d.Info, _ = DecodeDLQInfo(values)
-	if d.Malformed != "" {
+	if d.Malformed != "" || d.Stub != "" {
 		d.Key, d.Value, d.Headers = nil, nil, nil
 	}
 	return d, nil
@@ -272,7 +405,8 @@ func DecodeDLQMessage(m DLQMessage) (KafkaDeadLetter, error) {
 
 // EntryFields returns the fields the dead letter had in its dead-letter
 // stream: the record's (or, when malformed, the entry's fields as they
-// were), then the dead-letter fields. Ready for ReplayFields.
+// were), then the dead-letter fields. Ready for ReplayFields — but not for
+// a stub (Stub != ""), which lacks the record's key, value and headers.
 func (d KafkaDeadLetter) EntryFields() map[string]any {
 	out := map[string]any{}
 	for f, v := range d.Fields {
