@@ -531,3 +531,70 @@ func (h *flushHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 		return next(ctx, cmds)
 	}
 }
+
+// TestSetBack: before a stall on a stray entry lifts, every group above
+// min(the stream's top, what the ingest appended) is set back to it — not
+// only to the top: records another owner appended between the operator's
+// XSETID and this call are delivered, not skipped (found by FuzzPartition).
+// Groups at or below it are left where they are.
+func TestSetBack(t *testing.T) {
+	if testenv.NewRedis(t).Mini != nil {
+		t.Skip("miniredis has no XGROUP SETID")
+	}
+	tests := []struct {
+		name     string
+		top      int64 // the stream's top after the operator's XSETID and another owner's appends
+		appended int64 // what the ingest appended (tracker.None: nothing)
+		groups   map[string]string
+		want     map[string]string
+	}{
+		{"a zombie appended above the XSETID", 7, 5,
+			map[string]string{"a": "150-1", "b": "4-1"}, map[string]string{"a": "5-1", "b": "4-1"}},
+		{"top below what was appended: to the top", 5, 7,
+			map[string]string{"a": "150-1", "b": "6-1"}, map[string]string{"a": "5-1", "b": "5-1"}},
+		{"nothing appended: to 0-0", 3, tracker.None,
+			map[string]string{"a": "150-1", "b": "0-0"}, map[string]string{"a": "0-0", "b": "0-0"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, rdb := newStream(t, 100)
+			s.key += ":" + strings.ReplaceAll(tt.name, " ", "-")
+			ctx := context.Background()
+			for off := int64(0); off <= tt.top; off++ {
+				if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.key, ID: wire.EntryID(off), Values: []string{"f", "v"}}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for g, id := range tt.groups {
+				if err := rdb.XGroupCreate(ctx, s.key, g, "0").Err(); err != nil {
+					t.Fatal(err)
+				}
+				// A group above the top: what a worker that read a stray
+				// entry leaves (SETID accepts any ID).
+				if err := rdb.XGroupSetID(ctx, s.key, g, id).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.setBack(ctx, tt.appended); err != nil {
+				t.Fatal(err)
+			}
+			gs, err := rdb.XInfoGroups(ctx, s.key).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, g := range gs {
+				got[g.Name] = g.LastDeliveredID
+				if got[g.Name] == "" {
+					got[g.Name] = "0-0" // miniredis
+				}
+			}
+			t.Logf("top %d, appended %d: groups %v -> %v", tt.top, tt.appended, tt.groups, got)
+			for g, want := range tt.want {
+				if got[g] != want {
+					t.Errorf("group %s: want %s, got %s", g, want, got[g])
+				}
+			}
+		})
+	}
+}
