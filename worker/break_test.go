@@ -1,0 +1,326 @@
+package worker
+
+// Review of the sched branch: tests that try to break the scheduler. Each
+// one names what it expects to hold; a failure is a finding.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"syscall"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/kbridge/kbridge/internal/testenv"
+)
+
+// TestBreakVtimeStaleAfterIdle: a stream that ran alone for a while carries
+// the handler time it was charged. When the worker goes idle (no contender)
+// and other streams join first, they keep their own, lower, virtual time
+// (update lifts a new contender only to the least vtime of the *current*
+// contenders, and there are none), and the old stream, joining after them,
+// is never lifted down. With more streams than slots (share 1), pick then
+// prefers every other under-share stream with queued entries: the old
+// stream gets nothing until the others have been charged as much handler
+// time as it ran alone, however long that was.
+func TestBreakVtimeStaleAfterIdle(t *testing.T) {
+	e := newEnv(t)
+	a := e.stream(t, "t", 0)
+	var bs []string
+	for p := 1; p <= 5; p++ {
+		bs = append(bs, e.stream(t, "t", p))
+	}
+	ps := newPerStream()
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		defer ps.enter(m.Stream)()
+		time.Sleep(3 * time.Millisecond)
+		return nil
+	})
+	cfg.Concurrency = 2
+	cfg.ReadAhead = 64 // every stream keeps entries queued
+	cfg.VisibilityTimeout = 10 * time.Second
+	w := mustNew(t, cfg)
+	running(t, w)
+
+	// Phase 1: a runs alone (800 × 3 ms = 2.4 s of handler time charged).
+	e.add(t, a, 0, 800)
+	testenv.Eventually(t, 30*time.Second, func() bool { d, _, _ := ps.get(a); return d == 800 }, "phase 1 not done")
+	// The worker goes idle: a's next read finds nothing, a leaves the contenders.
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		st := w.Stats()
+		return st.InFlight == 0 && st.Queued == 0
+	}, "not idle")
+	time.Sleep(500 * time.Millisecond)
+
+	// Phase 2: five other streams get a backlog (5 × 300 × 3 ms = 4.5 s of
+	// handler time, 0.9 s each), then a gets 50 more.
+	for _, b := range bs {
+		e.add(t, b, 0, 300)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		for _, b := range bs {
+			if d, _, _ := ps.get(b); d == 0 {
+				return false
+			}
+		}
+		return true
+	}, "the other streams did not start")
+	e.add(t, a, 800, 50)
+	// While the others have more than half their backlog left, a (one
+	// contender of six, 50 entries) should have had about 1/6 of the slots:
+	// with 750 of 1500 done by the others, a's 50 would be done. Ask for 10.
+	var aDone, bDone int
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		d, _, _ := ps.get(a)
+		aDone = d - 800
+		bDone = 0
+		for _, b := range bs {
+			x, _, _ := ps.get(b)
+			bDone += x
+		}
+		return bDone >= 750 || aDone >= 50
+	}, "nothing moved")
+	t.Logf("when the five other streams had done %d of 1500, the stream that ran alone before had done %d of 50", bDone, aDone)
+	if aDone < 10 {
+		t.Errorf("stream starved: %d of its 50 entries handled while five others handled %d (fair: ~1/6 of the slots); its virtual time from running alone was never brought down", aDone, bDone)
+	}
+}
+
+// TestBreakDoubleAfterLeaseLostThenReclaimedBack: an entry waiting for a
+// retry (in the timer heap) is taken by another consumer (our lease lapsed;
+// here an XCLAIM), the lease loop notices (LeaseLost, released), the thief
+// dies, and our reclaim takes the entry back: a second task for the same
+// entry. The old task is still in the timer heap; Worker.holds only asks
+// whether (stream, id) is held, which it is again, so when its timer fires
+// it runs too: the same entry twice at once in one worker.
+func TestBreakDoubleAfterLeaseLostThenReclaimedBack(t *testing.T) {
+	e := newEnv(t)
+	if e.mini {
+		t.Skip("needs redis-server (XCLAIM IDLE semantics)")
+	}
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 1)
+	var calls, inRun, peak atomic.Int64
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		n := calls.Add(1)
+		r := inRun.Add(1)
+		defer inRun.Add(-1)
+		for {
+			p := peak.Load()
+			if r <= p || peak.CompareAndSwap(p, r) {
+				break
+			}
+		}
+		if n == 1 {
+			return errors.New("first delivery fails") // retried in 3 s from the timer heap
+		}
+		time.Sleep(4 * time.Second)
+		return nil
+	})
+	cfg.BackoffMin, cfg.BackoffMax = 3*time.Second, 3*time.Second
+	cfg.VisibilityTimeout = 600 * time.Millisecond
+	cfg.ReclaimInterval = 100 * time.Millisecond
+	cfg.ShutdownTimeout = 10 * time.Second
+	w := mustNew(t, cfg)
+	running(t, w)
+	testenv.Eventually(t, 5*time.Second, func() bool { return w.Stats().Waiting == 1 }, "entry not waiting for its retry")
+	ctx := context.Background()
+	id := "0-1"
+	// Another consumer takes it (what a reclaim does once our lease lapsed).
+	if err := e.rdb.XClaimJustID(ctx, &redis.XClaimArgs{Stream: s, Group: DefaultGroup, Consumer: "thief", MinIdle: 0, Messages: []string{id}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return w.Stats().LeaseLost == 1 }, "lease loss not seen")
+	// The thief dies: after the visibility timeout our reclaim takes it back.
+	testenv.Eventually(t, 5*time.Second, func() bool { return w.Stats().Reclaimed == 1 }, "not reclaimed back")
+	// Wait past the old task's retry time while the reclaimed run is going.
+	time.Sleep(3500 * time.Millisecond)
+	t.Logf("handler calls %d, peak concurrent runs of the one entry %d; stats %+v", calls.Load(), peak.Load(), w.Stats())
+	if peak.Load() > 1 {
+		t.Errorf("the same entry ran %d times at once in one worker: the stale retry task passed holds() after the entry was reclaimed back", peak.Load())
+	}
+}
+
+var _ sync.Mutex
+
+// TestBreakProbeIgnoresReadAhead: the probe of idle streams reads COUNT 1
+// from every idle stream, whatever the read-ahead budget: with 300 streams
+// (all idle at start) a worker with Concurrency 2 and ReadAhead 2 queues
+// about 300 entries at once. Handlers at 20 ms need 3 s for them, more than
+// the visibility timeout: the queued ones go stale and are handed back,
+// and — not held any more — this same worker reclaims them (self-reclaim
+// churn), with no other worker around. The reclaim budget
+// (ReadAhead+Concurrency-queued) is 0 meanwhile: a dead worker's entries
+// would wait.
+func TestBreakProbeIgnoresReadAhead(t *testing.T) {
+	e := newEnv(t)
+	var streams []string
+	for p := range 300 {
+		s := e.stream(t, "t", p)
+		e.add(t, s, 0, 2)
+		streams = append(streams, s)
+	}
+	got := newSeen()
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		got.add(m)
+		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	cfg.Concurrency = 2
+	cfg.ReadAhead = 2
+	cfg.VisibilityTimeout = time.Second
+	cfg.ReclaimInterval = 100 * time.Millisecond
+	w := mustNew(t, cfg)
+	running(t, w)
+	var peakQueued int64
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		peakQueued = max(peakQueued, w.Stats().Queued)
+		return got.distinct() == 600
+	}, "handled %d of 600", got.distinct())
+	st := w.Stats()
+	t.Logf("peak queued %d (read-ahead %d, concurrency %d); reclaimed %d by the only worker; handler calls %d for 600", peakQueued, cfg.ReadAhead, cfg.Concurrency, st.Reclaimed, got.total())
+	if peakQueued > int64(cfg.ReadAhead+cfg.Concurrency) {
+		t.Errorf("queued %d entries at once; want at most read-ahead + concurrency = %d", peakQueued, cfg.ReadAhead+cfg.Concurrency)
+	}
+	if st.Reclaimed > 0 {
+		t.Errorf("the only worker reclaimed %d entries: its own stale read-ahead, handed back and taken again", st.Reclaimed)
+	}
+}
+
+// TestBreakHTTPRedirectOddities: a 3xx without Location, a redirect to the
+// same URL and a 300: one request each, a failed delivery (no RetryError),
+// never a success.
+func TestBreakHTTPRedirectOddities(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		h    func(w http.ResponseWriter, r *http.Request)
+	}{
+		{"302-no-location", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(302) }},
+		{"307-same-url", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, r.URL.Path, 307) }},
+		{"308-same-url", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, r.URL.Path, 308) }},
+		{"300", func(w http.ResponseWriter, r *http.Request) { w.Header().Set("Location", "/x"); w.WriteHeader(300) }},
+		{"304", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(304) }},
+	} {
+		var hits atomic.Int64
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			hits.Add(1)
+			_, _ = io.Copy(io.Discard, r.Body)
+			tt.h(w, r)
+		}))
+		err := NewHTTPHandler(srv.URL+"/in", 2*time.Second).Handle(context.Background(), &Message{Value: []byte("x")})
+		srv.Close()
+		var re *RetryError
+		if err == nil || errors.As(err, &re) || hits.Load() != 1 {
+			t.Errorf("%s: Handle = %v after %d requests; want a counted failure after 1", tt.name, err, hits.Load())
+		} else {
+			t.Logf("%s: %v", tt.name, err)
+		}
+	}
+}
+
+// blackHole returns the address of a listener that never accepts, with a
+// full accept queue: a connect to it hangs (the SYN is dropped), as to a
+// firewalled or black-holed endpoint. Nothing is ever sent.
+func blackHole(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Skip(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Skip(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	// fill the accept queue
+	for range 4 {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	return addr
+}
+
+// TestBreakHTTPConnectTimeout: an endpoint whose SYNs are dropped (nothing
+// sent) is as unavailable as one that refuses, but when the handler timeout
+// (http.Client.Timeout) ends the dial, net/http replaces the *net.OpError
+// with a string-only timeoutError and notSent does not see the dial: the
+// attempt counts a delivery, and a black-holed endpoint dead-letters after
+// MaxDeliveries × timeout instead of backing off for MaxTransientTime.
+func TestBreakHTTPConnectTimeout(t *testing.T) {
+	addr := blackHole(t)
+	c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+	if err == nil {
+		c.Close()
+		t.Skip("the black hole accepted a connection; cannot simulate a dropped SYN here")
+	}
+	t.Logf("plain dial: %v", err)
+	start := time.Now()
+	err = NewHTTPHandler("http://"+addr+"/in", 500*time.Millisecond).Handle(context.Background(), &Message{Value: []byte("x")})
+	var re *RetryError
+	t.Logf("Handle after %v: %v (%T)", time.Since(start), err, errors.Unwrap(err))
+	if !errors.As(err, &re) {
+		t.Errorf("connect timeout (nothing sent): Handle = %v; want a RetryError (back off without counting a delivery), like connection refused", err)
+	}
+}
+
+// TestBreakPausedQueueEatsReadAhead: a partition whose downstream asks to
+// back off (RetryAfter) holds no slots while paused, but its queued entries
+// (read ahead, and its due retries moved to its queue) still count in
+// wanted()'s budget (ReadAhead + free - queued), which is global. The
+// healthy partition beside it is then read a few entries at a time, its
+// queue runs dry, and when a slot frees with nothing queued finish() does
+// not wake the reader (only pick kicks it, when it takes a queued entry):
+// the reader sleeps until its 100 ms wait ends. The healthy partition runs
+// at a fraction of its rate alone.
+func TestBreakPausedQueueEatsReadAhead(t *testing.T) {
+	e := newEnv(t)
+	paused := e.stream(t, "t", 0)
+	ok := e.stream(t, "t", 1)
+	ps := newPerStream()
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		defer ps.enter(m.Stream)()
+		if m.Stream == paused {
+			return RetryAfter(time.Second, errors.New("503"))
+		}
+		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	cfg.Concurrency = 4
+	cfg.ReadAhead = 4
+	cfg.VisibilityTimeout = 10 * time.Second
+	w := mustNew(t, cfg)
+	running(t, w)
+	okDone := func() int { d, _, _ := ps.get(ok); return d }
+	// alone
+	start := time.Now()
+	e.add(t, ok, 0, 300)
+	testenv.Eventually(t, 30*time.Second, func() bool { return okDone() == 300 }, "healthy partition not done alone")
+	alone := time.Since(start)
+	// beside a paused partition
+	e.add(t, paused, 0, 200)
+	testenv.Eventually(t, 10*time.Second, func() bool { return w.Stats().Backoffs >= 8 }, "no back-offs")
+	start = time.Now()
+	e.add(t, ok, 300, 300)
+	testenv.Eventually(t, 60*time.Second, func() bool { return okDone() == 600 }, "healthy partition not done beside the paused one")
+	beside := time.Since(start)
+	t.Logf("healthy partition, 300 × 20 ms on 4 slots: alone %v, beside a paused partition %v (%.2f of its rate alone); stats %+v",
+		alone, beside, alone.Seconds()/beside.Seconds(), w.Stats())
+	if beside > 2*alone {
+		t.Errorf("beside a paused partition (which holds no slot) the healthy one took %v, alone %v: want at least half its rate", beside, alone)
+	}
+}
