@@ -11,9 +11,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"syscall"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
