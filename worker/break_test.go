@@ -11,6 +11,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,6 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/kbridge/kbridge/internal/testenv"
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // TestBreakVtimeStaleAfterIdle: a stream that ran alone for a while carries
@@ -323,4 +327,149 @@ func TestBreakPausedQueueEatsReadAhead(t *testing.T) {
 	if beside > 2*alone {
 		t.Errorf("beside a paused partition (which holds no slot) the healthy one took %v, alone %v: want at least half its rate", beside, alone)
 	}
+}
+
+// TestBreakClusterManyStreams: on a real 3-master Redis Cluster, 300
+// partition streams (each its own slot), a dead consumer holding entries of
+// 20 of them, two workers, one of which is stopped half-way and replaced:
+// every record handled, nothing left pending, duplicates only for reclaimed
+// entries; then, all idle, one record appended to one stream is handled
+// within about a block timeout.
+//
+//	REDIS_CLUSTER_PORT=39000 bash scripts/redis-cluster.sh start
+//	REDIS_CLUSTER_ADDRS=127.0.0.1:39000,127.0.0.1:39001,127.0.0.1:39002 go test -race -run TestBreakCluster -v ./worker/
+func TestBreakClusterManyStreams(t *testing.T) {
+	addrs := os.Getenv("REDIS_CLUSTER_ADDRS")
+	if addrs == "" {
+		t.Skip("needs REDIS_CLUSTER_ADDRS")
+	}
+	ctx := context.Background()
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(addrs, ",")})
+	t.Cleanup(func() { rdb.Close() })
+	prefix := testenv.Name(t)
+	const nStreams, per = 300, 20
+	var streams []string
+	for p := range nStreams {
+		s := wire.StreamKey(prefix, "t", p)
+		if err := rdb.XGroupCreateMkStream(ctx, s, DefaultGroup, "0").Err(); err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+		for o := range per {
+			r := wire.Record{Topic: "t", Partition: p, Offset: int64(o), Time: time.UnixMilli(1700000000000),
+				Value: []byte("v" + strconv.Itoa(o))}
+			if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s, ID: wire.EntryID(int64(o)), Values: r.AppendFields(nil)}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Cleanup(func() {
+		for _, s := range streams {
+			rdb.Del(context.Background(), s, wire.DLQKey(s), wire.ReplayKey(s))
+		}
+		rdb.Del(context.Background(), wire.RegistryKey(prefix))
+	})
+	// a dead consumer holds 5 entries of each of 20 streams
+	for _, s := range streams[:20] {
+		if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "dead", Streams: []string{s, ">"}, Count: 5}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range streams {
+		rdb.SAdd(ctx, wire.RegistryKey(prefix), s)
+	}
+	got := newSeen()
+	cfg := Config{
+		Redis: rdb, Prefix: prefix, Concurrency: 16,
+		VisibilityTimeout: time.Second, AckInterval: 10 * time.Millisecond,
+		DiscoveryInterval: 200 * time.Millisecond, BlockTimeout: 300 * time.Millisecond,
+		ShutdownTimeout: 5 * time.Second, Logger: testLogger(t),
+		Handler: func(ctx context.Context, m *Message) error {
+			got.add(m)
+			time.Sleep(time.Millisecond)
+			return nil
+		},
+	}
+	w1, w2 := mustNew(t, cfg), mustNew(t, cfg)
+	stop1 := running(t, w1)
+	running(t, w2)
+	testenv.Eventually(t, 60*time.Second, func() bool { return got.distinct() >= nStreams*per/2 }, "half not handled: %d", got.distinct())
+	if err := stop1(); err != nil {
+		t.Errorf("stop w1: %v", err)
+	}
+	w3 := mustNew(t, cfg)
+	running(t, w3)
+	testenv.Eventually(t, 120*time.Second, func() bool { return got.distinct() == nStreams*per }, "handled %d of %d", got.distinct(), nStreams*per)
+	pend := func() int64 {
+		n := int64(0)
+		for _, s := range streams {
+			p, err := rdb.XPending(ctx, s, DefaultGroup).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += p.Count
+		}
+		return n
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return pend() == 0 }, "pending %d", pend())
+	reclaimed := w1.Stats().Reclaimed + w2.Stats().Reclaimed + w3.Stats().Reclaimed
+	dups := got.total() - nStreams*per
+	t.Logf("handled %d records, %d handler calls, reclaimed %d (100 from the dead consumer); w1 %+v", got.distinct(), got.total(), reclaimed, w1.Stats())
+	if int64(dups) > reclaimed {
+		t.Errorf("%d duplicate handler calls, more than the %d reclaimed entries", dups, reclaimed)
+	}
+	// idle: one record appended to one stream
+	time.Sleep(2 * time.Second)
+	for i, p := range []int{7, 133, 299} {
+		s := streams[p]
+		r := wire.Record{Topic: "t", Partition: p, Offset: per + int64(i), Value: []byte("late")}
+		start := time.Now()
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s, ID: wire.EntryID(per + int64(i)), Values: r.AppendFields(nil)}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		want := nStreams*per + i + 1
+		testenv.Eventually(t, 10*time.Second, func() bool { return got.distinct() == want }, "late record not handled")
+		lat := time.Since(start)
+		t.Logf("idle worker: a record appended to stream %d handled after %v (block timeout %v)", p, lat, cfg.BlockTimeout)
+		if lat > 2*cfg.BlockTimeout+200*time.Millisecond {
+			t.Errorf("record appended to an idle stream handled after %v; want within about the block timeout %v", lat, cfg.BlockTimeout)
+		}
+	}
+}
+
+// TestBreakManyBusyStreams: 1,000 streams with 10 entries each against one
+// stream with the same 10,000 entries, same worker settings, handler 0 ms:
+// the scheduler's per-pick and per-join cost (pick and update loop over the
+// contenders) should not make many busy streams much slower than one.
+func TestBreakManyBusyStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow")
+	}
+	e := newEnv(t)
+	run := func(n, per int, topic string) time.Duration {
+		var streams []string
+		for p := range n {
+			s := e.stream(t, topic, p)
+			streams = append(streams, s)
+		}
+		for _, s := range streams {
+			e.add(t, s, 0, per)
+		}
+		var done atomic.Int64
+		cfg := e.config(func(ctx context.Context, m *Message) error { done.Add(1); return nil })
+		cfg.Concurrency = 32
+		cfg.VisibilityTimeout = 30 * time.Second
+		cfg.BlockTimeout = 100 * time.Millisecond
+		cfg.Topics = []string{topic}
+		w := mustNew(t, cfg)
+		start := time.Now()
+		stop := running(t, w)
+		testenv.Eventually(t, 120*time.Second, func() bool { return done.Load() == int64(n*per) }, "done %d", done.Load())
+		took := time.Since(start)
+		_ = stop()
+		return took
+	}
+	one := run(1, 10000, "one")
+	many := run(1000, 10, "many")
+	t.Logf("10,000 records: 1 stream %v, 1,000 streams × 10 %v (%.2f)", one, many, one.Seconds()/many.Seconds())
 }
