@@ -700,3 +700,75 @@ func TestBreakChaos(t *testing.T) {
 		t.Errorf("%d times an entry ran while already running in the same worker", doubles.Load())
 	}
 }
+
+// TestBreakHTTPAfterSentCounts: failures after the request went out count a
+// delivery (no RetryError): no answer within the timeout, the connection
+// closed after the request was read, a reset mid-answer.
+func TestBreakHTTPAfterSentCounts(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		h    func(w http.ResponseWriter, r *http.Request)
+	}{
+		{"no-answer", func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body); time.Sleep(time.Second) }},
+		{"closed-after-read", func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			c, _, _ := w.(http.Hijacker).Hijack()
+			c.Close()
+		}},
+		{"reset-mid-answer", func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			c, _, _ := w.(http.Hijacker).Hijack()
+			_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"))
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			c.Close()
+		}},
+	} {
+		var hits atomic.Int64
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1); tt.h(w, r) }))
+		err := NewHTTPHandler(srv.URL+"/in", 300*time.Millisecond).Handle(context.Background(), &Message{Value: []byte("x")})
+		srv.Close()
+		var re *RetryError
+		t.Logf("%s: %d requests, Handle = %v", tt.name, hits.Load(), err)
+		if errors.As(err, &re) {
+			t.Errorf("%s: a failure after the request was sent backed off without counting a delivery", tt.name)
+		}
+	}
+}
+
+// TestBreakBackoffRetryAfterStolenAndAcked: an entry waiting out a
+// RetryAfter back-off is reclaimed by another consumer and acknowledged
+// there. When its timer fires, attempt() checks only the local held map (the
+// lease loop notices the loss up to VisibilityTimeout/3 later), and a
+// back-off retry counts no delivery, so no script asks Redis: the handler
+// runs again for an entry already done. (A failure retry is safe: the
+// redeliver script checks ownership.)
+func TestBreakBackoffRetryAfterStolenAndAcked(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 1)
+	var calls atomic.Int64
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		if calls.Add(1) == 1 {
+			return RetryAfter(time.Second, errors.New("busy"))
+		}
+		return nil
+	})
+	cfg.VisibilityTimeout = 30 * time.Second // lease loop every 10 s
+	w := mustNew(t, cfg)
+	running(t, w)
+	testenv.Eventually(t, 5*time.Second, func() bool { return w.Stats().Waiting == 1 }, "not waiting")
+	ctx := context.Background()
+	if err := e.rdb.XClaimJustID(ctx, &redis.XClaimArgs{Stream: s, Group: DefaultGroup, Consumer: "thief", MinIdle: 0, Messages: []string{"0-1"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.XAck(ctx, s, DefaultGroup, "0-1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	t.Logf("handler calls %d; stats %+v", calls.Load(), w.Stats())
+	if calls.Load() > 1 {
+		t.Errorf("the handler ran again (%d calls) for an entry another consumer had taken and acknowledged", calls.Load())
+	}
+}
