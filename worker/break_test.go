@@ -709,7 +709,10 @@ func TestBreakHTTPAfterSentCounts(t *testing.T) {
 		name string
 		h    func(w http.ResponseWriter, r *http.Request)
 	}{
-		{"no-answer", func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body); time.Sleep(time.Second) }},
+		{"no-answer", func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			time.Sleep(time.Second)
+		}},
 		{"closed-after-read", func(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.Copy(io.Discard, r.Body)
 			c, _, _ := w.(http.Hijacker).Hijack()
