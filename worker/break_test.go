@@ -775,3 +775,64 @@ func TestBreakBackoffRetryAfterStolenAndAcked(t *testing.T) {
 		t.Errorf("the handler ran again (%d calls) for an entry another consumer had taken and acknowledged", calls.Load())
 	}
 }
+
+// TestBreakStreamLeavesDiscovery: a stream removed from the registry while
+// the worker holds entries of it (queued, running, waiting for a retry):
+// everything it holds is still handled and acknowledged; nothing stays
+// pending held by a worker that no longer reads the stream.
+func TestBreakStreamLeavesDiscovery(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 30)
+	var mu sync.Mutex
+	calls := map[int64]int{}
+	okd := map[int64]bool{}
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		mu.Lock()
+		calls[m.Offset]++
+		c := calls[m.Offset]
+		mu.Unlock()
+		time.Sleep(30 * time.Millisecond)
+		if c == 1 && m.Offset%2 == 0 {
+			return errors.New("first try fails")
+		}
+		if c == 1 && m.Offset%3 == 0 {
+			return RetryAfter(300*time.Millisecond, errors.New("busy"))
+		}
+		mu.Lock()
+		okd[m.Offset] = true
+		mu.Unlock()
+		return nil
+	})
+	cfg.Concurrency = 2
+	cfg.ReadAhead = 4
+	cfg.BackoffMin, cfg.BackoffMax = 300*time.Millisecond, 300*time.Millisecond
+	w := mustNew(t, cfg)
+	running(t, w)
+	testenv.Eventually(t, 5*time.Second, func() bool { st := w.Stats(); return st.Waiting > 0 && st.Queued > 0 }, "nothing waiting and queued")
+	if err := e.rdb.SRem(context.Background(), wire.RegistryKey(e.prefix), s).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return w.Stats().Streams == 0 }, "stream still listed")
+	testenv.Eventually(t, 10*time.Second, func() bool { st := w.Stats(); return st.Held == 0 }, "worker still holds %+v", w.Stats())
+	time.Sleep(300 * time.Millisecond)
+	p, err := e.rdb.XPendingExt(context.Background(), &redis.XPendingExtArgs{Stream: s, Group: DefaultGroup, Start: "-", End: "+", Count: 100}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	t.Logf("after the stream left discovery: %d handled, %d pending in Redis; stats %+v", len(okd), len(p), w.Stats())
+	mu.Unlock()
+	for _, x := range p {
+		if x.Idle < cfg.VisibilityTimeout && x.Consumer == w.Consumer() {
+			// still leased? the worker holds nothing, so it must be idle-growing
+			t.Logf("pending %s under %s idle %v", x.ID, x.Consumer, x.Idle)
+		}
+	}
+	// whatever is pending is reclaimable: not leased by anyone
+	time.Sleep(cfg.VisibilityTimeout)
+	p2, _ := e.rdb.XPendingExt(context.Background(), &redis.XPendingExtArgs{Stream: s, Group: DefaultGroup, Start: "-", End: "+", Count: 100, Idle: cfg.VisibilityTimeout}).Result()
+	if len(p2) != len(p) {
+		t.Errorf("%d entries pending, only %d of them idle for the visibility timeout: something still extends leases of a stream no one reads", len(p), len(p2))
+	}
+}
