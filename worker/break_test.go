@@ -510,7 +510,7 @@ func (l *lossyRedis) hit(c redis.Cmder) bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.rnd.Float64() < l.rate {
+	if l.rate > 0 && l.rnd.Float64() < l.rate {
 		l.n.Add(1)
 		return true
 	}
@@ -670,7 +670,9 @@ func TestBreakChaos(t *testing.T) {
 		stops = stops[1:]
 		start()
 	}
+	lossy.mu.Lock()
 	lossy.rate = 0
+	lossy.mu.Unlock()
 	testenv.Eventually(t, 60*time.Second, func() bool { d, _ := finished(); return d == nStreams*per }, "finished %v", func() int { d, _ := finished(); return d }())
 	pend := func() int64 {
 		x := int64(0)
