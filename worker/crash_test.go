@@ -483,11 +483,12 @@ func TestUnclaim(t *testing.T) {
 	}
 	var msgs []*Message
 	for _, xm := range res[0].Messages {
-		w.hold(s, xm.ID)
+		he := w.hold(s, xm.ID)
 		m, err := newMessage(s, xm.ID, xm.Values, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
+		m.held = he
 		msgs = append(msgs, m)
 	}
 	w.unclaim(msgs)
@@ -526,8 +527,7 @@ func TestAckPermanentError(t *testing.T) {
 	}
 	t.Cleanup(func() { e.rdb.Del(context.Background(), key) })
 	w := mustNew(t, e.config(func(context.Context, *Message) error { return nil }))
-	w.hold(key, "0-1")
-	w.acks.add(key, "0-1")
+	w.acks.add(w.hold(key, "0-1"))
 	_ = w.acks.flush(ctx)
 	w.acks.mu.Lock()
 	left := w.acks.n

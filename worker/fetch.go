@@ -129,7 +129,7 @@ func (w *Worker) probeEvery(n int) time.Duration {
 func (w *Worker) queueRead(keys []string, msgs []*Message) int {
 	ts := make([]*task, len(msgs))
 	for i, m := range msgs {
-		ts[i] = &task{m: m}
+		ts[i] = &task{m: m, he: m.held}
 	}
 	if refused := w.sched.readDone(keys, ts); len(refused) > 0 {
 		w.handBack(refused)
@@ -141,13 +141,16 @@ func (w *Worker) queueRead(keys []string, msgs []*Message) int {
 // read or reclaimed are unclaimed (reclaimable at once, the delivery that
 // never ran not counted); entries waiting for a retry are let go as they
 // are (reclaimable after the visibility timeout; their next delivery has not
-// been counted yet).
+// been counted yet). A stale task (its entry lost, or held again by a newer
+// task) is dropped: the entry is not its to give back.
 func (w *Worker) handBack(ts []*task) {
 	var msgs []*Message
 	for _, t := range ts {
-		if t.redeliver {
-			w.release(t.m.Stream, t.m.ID)
-		} else {
+		switch {
+		case !w.owns(t.he):
+		case t.redeliver:
+			w.release(t.he)
+		default:
 			msgs = append(msgs, t.m)
 		}
 	}
@@ -192,8 +195,10 @@ func (w *Worker) unclaim(msgs []*Message) {
 		return
 	}
 	byStream := map[string][]any{}
+	held := map[string][]*heldEntry{}
 	for _, m := range msgs {
 		byStream[m.Stream] = append(byStream[m.Stream], m.ID)
+		held[m.Stream] = append(held[m.Stream], m.held)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -205,8 +210,8 @@ func (w *Worker) unclaim(msgs []*Message) {
 		} else {
 			w.log.Info("handed back entries not started", "stream", stream, "entries", len(ids))
 		}
-		for _, id := range ids {
-			w.release(stream, id.(string))
+		for _, he := range held[stream] {
+			w.release(he)
 		}
 	}
 }
@@ -243,8 +248,8 @@ func (w *Worker) admitRead(ctx context.Context, res []redis.XStream) []*Message 
 	var out []*Message
 	for _, st := range res {
 		for _, xm := range st.Messages {
-			w.hold(st.Stream, xm.ID)
-			if m := w.admit(ctx, st.Stream, xm.ID, xm.Values, 1); m != nil {
+			he := w.hold(st.Stream, xm.ID)
+			if m := w.admit(ctx, he, xm.Values, 1); m != nil {
 				out = append(out, m)
 			}
 		}
@@ -255,8 +260,10 @@ func (w *Worker) admitRead(ctx context.Context, res []redis.XStream) []*Message 
 // admit turns a delivered entry into a message to handle, or deals with it
 // at once and returns nil: a malformed entry is dead-lettered; a replayed
 // entry dead-lettered by another group is acknowledged (it is not ours).
-func (w *Worker) admit(ctx context.Context, stream, id string, values map[string]any, deliveries int64) *Message {
+func (w *Worker) admit(ctx context.Context, he *heldEntry, values map[string]any, deliveries int64) *Message {
+	stream, id := he.ref.stream, he.ref.id
 	m, err := newMessage(stream, id, values, deliveries)
+	m.held = he
 	if err != nil {
 		w.log.Warn("malformed entry: dead-lettering it", "stream", stream, "id", id, "err", err)
 		w.deadLetter(ctx, m, wire.ReasonMalformed, err)
@@ -264,7 +271,7 @@ func (w *Worker) admit(ctx context.Context, stream, id string, values map[string
 	}
 	if m.Replayed {
 		if info, ok := wire.DecodeDLQInfo(values); ok && info.Group != "" && info.Group != w.cfg.Group {
-			w.acks.add(stream, id)
+			w.acks.add(he)
 			return nil
 		}
 	}

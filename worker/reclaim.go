@@ -91,11 +91,11 @@ func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) {
 			continue
 		}
 		for i, e := range entries {
-			w.hold(s, e.ID)
+			he := w.hold(s, e.ID)
 			w.stats.reclaimed.Add(1)
 			w.log.Debug("reclaimed entry", "stream", s, "id", e.ID, "deliveries", counts[i])
-			if m := w.admit(sctx, s, e.ID, e.Values, counts[i]); m != nil {
-				ts = append(ts, &task{m: m, reclaimed: true})
+			if m := w.admit(sctx, he, e.Values, counts[i]); m != nil {
+				ts = append(ts, &task{m: m, he: he, reclaimed: true})
 			}
 			budget--
 		}
