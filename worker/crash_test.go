@@ -402,7 +402,11 @@ func TestDeadLetterOnlyIfOwned(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			m.held = w.hold(s, xm.ID)
 			w.deadLetter(ctx, m, "max-deliveries", errors.New("test failure"))
+			if st := w.Stats(); st.Held != 0 {
+				t.Errorf("Stats.Held = %d after dead-lettering, want 0", st.Held)
+			}
 			if n, _ := e.rdb.XLen(ctx, s+":dlq").Result(); n != tt.wantDLQ {
 				t.Errorf("dead letters = %d, want %d", n, tt.wantDLQ)
 			}

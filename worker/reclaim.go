@@ -57,14 +57,17 @@ func (w *Worker) reclaimLoop(ctx context.Context) {
 // holds itself are left alone (see reclaimScript): their lease failed to be
 // extended, they are not abandoned.
 func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) {
-	budget := w.sched.reclaimBudget(recent)
 	streams := w.sched.listed()
-	if budget <= 0 || len(streams) == 0 {
+	if len(streams) == 0 {
 		return
 	}
 	slices.Sort(streams)
 	streams = rotate(streams, rr%len(streams))
 	first := w.idleEntries(ctx, streams)
+	if len(first) == 0 {
+		return
+	}
+	budget := w.sched.reclaimBudget(recent) // reserved until pushUrgent
 	// The scripts are not cut short by a shutdown: an entry claimed in
 	// Redis but not seen here would wait a visibility timeout more.
 	sctx := context.WithoutCancel(ctx)

@@ -207,6 +207,9 @@ func (w *Worker) release(he *heldEntry) {
 // dead-lettered, which acknowledges it) by this consumer. Call it before the
 // XACK can reach Redis.
 func (w *Worker) settling(he *heldEntry) {
+	if he == nil {
+		return
+	}
 	w.mu.Lock()
 	if w.held[he.ref] == he {
 		he.settling = true
