@@ -87,15 +87,25 @@ func (e *ExecError) Unwrap() error { return e.Err }
 type HTTPError struct {
 	StatusCode int
 	Body       string // the start of the response body
-	// Location is the Location header of a redirect (3xx), which
-	// HTTPHandler does not follow; "(none)" if the answer had none.
+	// Location is the Location header of a 3xx answer, which HTTPHandler
+	// does not follow; "(none)" if the answer had none.
 	Location string
 }
 
 func (e *HTTPError) Error() string {
 	msg := fmt.Sprintf("HTTP %d", e.StatusCode)
-	if e.Location != "" {
-		msg += fmt.Sprintf(" redirect to %s not followed (a redirected POST loses its body): point the URL at the final address", e.Location)
+	switch e.StatusCode {
+	case 301, 302, 303:
+		msg += fmt.Sprintf(" redirect to %s not followed (a client following it would send the POST again as a GET without its body): point the URL at the final address", e.Location)
+	case 307, 308:
+		msg += fmt.Sprintf(" redirect to %s not followed: point the URL at the final address", e.Location)
+	default:
+		if e.StatusCode >= 300 && e.StatusCode < 400 {
+			msg += " is not a success (only 2xx is)"
+			if e.Location != "" && e.Location != "(none)" {
+				msg += fmt.Sprintf("; Location %s", e.Location)
+			}
+		}
 	}
 	if e.Body != "" {
 		msg += ": " + e.Body

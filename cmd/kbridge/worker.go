@@ -45,8 +45,9 @@ Kbridge-Offset, Kbridge-Key (base64), ... headers. 2xx = done. 429, 502, 503,
 unavailable: back off (Retry-After is honoured, seconds or HTTP date) and retry
 without counting a delivery, for up to --max-transient-time per record (after
 that these count too, so a dead endpoint still ends in the dead-letter
-stream). Redirects (3xx) are not followed (a redirected POST would lose its
-body): they are failures; give the final URL. Anything else = failed.
+stream). Redirects (3xx) are not followed (after a 301, 302 or 303 a
+client would send the POST again as a GET without its body): they are
+failures; give the final URL. Anything else = failed.
 
 A failed record is retried with exponential backoff; after --max-deliveries it
 goes to the dead-letter stream (see "kbridge dlq"). A worker that dies has its
