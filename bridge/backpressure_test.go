@@ -6,8 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/kbridge/kbridge/bridge"
 	"github.com/kbridge/kbridge/internal/testenv"
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // TestBackpressure: no workers and a 100,000-record backlog in Kafka. Every
@@ -85,12 +88,28 @@ func TestBackpressure(t *testing.T) {
 	t.Logf("paused: longest stream %d (cap %d), heap %0.1f MiB → max %0.1f MiB", peak, capacity,
 		float64(h0)/(1<<20), float64(hMax)/(1<<20))
 
-	// A worker drains: fetching resumes and everything gets through.
-	// A worker a little slower than the ingest (as with real processing),
-	// so that the streams refill to the cap after resuming: with an
-	// instant worker on the in-process stand-ins the drain sometimes keeps
-	// up with the refill and no partition pauses twice.
-	l := e.startWork(t, 100*time.Microsecond)
+	// A worker drains each stream to below the low watermark and stops:
+	// every partition resumes and, with nobody acknowledging, refills to its
+	// cap and pauses again. Whatever the relative speed of worker and ingest
+	// on a loaded machine (a worker that drains as fast as the ingest
+	// refills never lets a partition pause twice), that sequence is
+	// deterministic.
+	l := newLedger()
+	quota := map[int]int64{}
+	for p := 0; p < partitions; p++ {
+		quota[p] = e.unacked(t, p) - low + 50
+	}
+	e.drainQuota(t, l, quota)
+	testenv.Eventually(t, 2*time.Minute, func() bool { return in.Stats().Pauses >= 2*partitions },
+		"pauses = %d, want %d: each partition paused, resumed below the low watermark, and paused again at its cap",
+		in.Stats().Pauses, 2*partitions)
+	t.Logf("drained %d records below the low watermark (%v per partition): resumed and paused again, pauses %d",
+		l.total(), quota, in.Stats().Pauses)
+
+	// A worker drains everything.
+	wctx, cancel := context.WithCancel(ctx)
+	wg := e.work(wctx, t, l, 0)
+	t.Cleanup(func() { cancel(); wg.Wait() })
 	// Draining, the cap bounds what is not yet acknowledged; acknowledged
 	// entries stay in the stream until the next commit trims them.
 	var peakUnacked int64
@@ -123,7 +142,39 @@ func TestBackpressure(t *testing.T) {
 	st := in.Stats()
 	t.Logf("drained: %d processed, %d lost, %d duplicates, most un-acknowledged in a stream %d (cap %d), pauses %d",
 		l.total(), lost, dups, peakUnacked, capacity, st.Pauses)
-	if st.Pauses < int64(partitions)+1 {
-		t.Errorf("pauses = %d, want more than %d (each partition paused, resumed, and paused again under the backlog)", st.Pauses, partitions)
+}
+
+// drainQuota reads and acknowledges quota[p] entries of each partition p's
+// stream in group "workers", recording them in l, and returns when done.
+func (e *env) drainQuota(t *testing.T, l *ledger, quota map[int]int64) {
+	t.Helper()
+	ctx := context.Background()
+	for p, left := range quota {
+		deadline := time.Now().Add(time.Minute)
+		for left > 0 && time.Now().Before(deadline) {
+			res, err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "workers", Consumer: "c",
+				Streams: []string{e.stream(p), ">"}, Count: min(left, 100), Block: 100 * time.Millisecond}).Result()
+			if err != nil {
+				continue
+			}
+			for _, s := range res {
+				ids := make([]string, 0, len(s.Messages))
+				for _, m := range s.Messages {
+					off, err := wire.ParseID(m.ID)
+					if err != nil {
+						t.Fatal(err)
+					}
+					l.add(p, off)
+					ids = append(ids, m.ID)
+				}
+				if err := e.rdb.XAck(ctx, e.stream(p), "workers", ids...).Err(); err != nil {
+					t.Fatalf("XACK: %v", err)
+				}
+				left -= int64(len(ids))
+			}
+		}
+		if left > 0 {
+			t.Fatalf("partition %d: %d entries left to drain after a minute", p, left)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -214,7 +215,7 @@ func TestSecondIngestJoinsAndLeaves(t *testing.T) {
 func TestRedisRestartedEmpty(t *testing.T) {
 	const n = 20_000
 	srv := testenv.StartRedisServer(t, "none")
-	e, in, l, watch := newRedisScenario(t, srv, n, false)
+	e, in, l, watch := newRedisScenario(t, srv, n, nil)
 
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= n/4 }, "processed %d", l.total())
 	srv.Stop(t)
@@ -280,8 +281,9 @@ func TestSlowWorkersNoRebalance(t *testing.T) {
 
 // newRedisScenario is the set-up of the tests that do things to a Redis of
 // their own: n records in 4 partitions, an ingest (cap 1000), a test worker
-// (and a reclaimer of entries idle 3 s, when asked), a commit watch.
-func newRedisScenario(t *testing.T, srv *testenv.RedisServer, n int, reclaim bool) (*env, *running, *ledger, *commitWatch) {
+// (and, when reclaim is not nil, a reclaimer of entries idle 3 s that holds
+// off while *reclaim is true), a commit watch.
+func newRedisScenario(t *testing.T, srv *testenv.RedisServer, n int, reclaim *atomic.Bool) (*env, *running, *ledger, *commitWatch) {
 	e := newEnv(t, 4)
 	e.useRedis(t, srv.Addr())
 	testenv.Produce(t, e.brokers, e.topic, 0, n)
@@ -291,8 +293,8 @@ func newRedisScenario(t *testing.T, srv *testenv.RedisServer, n int, reclaim boo
 	l := newLedger()
 	ctx, cancel := context.WithCancel(context.Background())
 	wg := e.work(ctx, t, l, 200*time.Microsecond)
-	if reclaim {
-		rwg := e.reclaimer(ctx, l, 3*time.Second)
+	if reclaim != nil {
+		rwg := e.reclaimer(ctx, l, 3*time.Second, reclaim)
 		t.Cleanup(rwg.Wait)
 	}
 	t.Cleanup(func() { cancel(); wg.Wait() })

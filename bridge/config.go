@@ -46,19 +46,25 @@ type Config struct {
 	// PartitionCap is the backlog (records appended but not yet acknowledged
 	// by every group) at which a partition stops being fetched. Default 10000.
 	PartitionCap int64
-	// LowWatermark is the backlog below which a paused partition is fetched
-	// again. Default PartitionCap/2.
+	// LowWatermark is the backlog at or below which a paused partition is
+	// fetched again. Default PartitionCap/2; ResumeWhenEmpty sets it to 0
+	// (0 itself means the default).
 	LowWatermark int64
 	// GlobalCap caps the backlog summed over every partition of this ingest;
 	// 0 (the default) means no cap beyond the per-partition ones.
 	GlobalCap int64
-	// GlobalLowWatermark is the summed backlog below which fetching resumes
-	// after GlobalCap was reached. Default GlobalCap/2.
+	// GlobalLowWatermark is the summed backlog at or below which fetching
+	// resumes after GlobalCap was reached. Default GlobalCap/2;
+	// ResumeWhenEmpty sets it to 0.
 	GlobalLowWatermark int64
 
 	// CommitInterval is how often each partition's frontier is computed,
 	// committed to Kafka and the stream trimmed. Default 1s.
 	CommitInterval time.Duration
+	// MetadataInterval is how often the configured topics' metadata is read:
+	// a topic created, deleted or made readable, or a change in its
+	// partitions, is acted on within about this time. Default 5s.
+	MetadataInterval time.Duration
 	// PausedPollInterval is how often a paused partition's backlog is read
 	// again. Default 200ms.
 	PausedPollInterval time.Duration
@@ -83,18 +89,55 @@ type Config struct {
 	// must stay well inside RebalanceTimeout. Default 5s.
 	FinalCommitTimeout time.Duration
 
-	// StatusTTL is the time to live of the per-partition status hashes.
-	// Default 30s (refreshed every CommitInterval).
+	// StatusTTL is the time to live of the per-partition status hashes,
+	// refreshed every CommitInterval: how long a status outlives its ingest.
+	// Default 30s, or 3 × CommitInterval when that is longer.
 	StatusTTL time.Duration
+	// StartupTimeout bounds how long Run retries a Kafka or Redis it cannot
+	// reach at start, before it joins the group; then it returns a
+	// *StartupError, so that an orchestrator sees the failure. (A refusal —
+	// wrong credentials, a certificate that does not verify, a missing
+	// permission — ends Run at once with an *AuthError.) Once running, an
+	// outage is retried for as long as it lasts. Default 2m.
+	StartupTimeout time.Duration
 	// AllowEviction lets Run start against a Redis whose maxmemory-policy
 	// may evict keys, with a loud warning, instead of refusing.
 	AllowEviction bool
 
 	// Logger receives the ingest's logs; nil discards them.
 	Logger *slog.Logger
+
+	// Dead letters (bridge/dlqexport.go): the ingest copies every dead
+	// letter of its partitions to Kafka and commits no offset past one that
+	// Kafka does not have yet.
+
+	// DLQTopic is the template of the Kafka topic that receives a topic's
+	// dead letters; "{topic}" stands for the topic's name. A missing topic
+	// is created with the source topic's partition count. Default
+	// "{topic}.dlq".
+	DLQTopic string
+	// DisableDLQExport turns the export off: dead letters then live in
+	// Redis only, and a Redis that loses its data (a restart without
+	// persistence, a failover) loses them for good. Default false.
+	DisableDLQExport bool
+	// DLQMaxBytes is the largest dead letter exported (a Kafka message,
+	// headers included); a larger one is skipped with an error log and
+	// stays in Redis only. Default 1 MiB, the broker's default limit.
+	DLQMaxBytes int
+	// DLQScanInterval is how often the dead-letter streams of partitions
+	// with nothing to commit are looked at (others are looked at on every
+	// commit). Default 5s.
+	DLQScanInterval time.Duration
 }
 
-// withDefaults returns a copy of c with the defaults filled in.
+// ResumeWhenEmpty, as LowWatermark or GlobalLowWatermark, is a low
+// watermark of 0: fetching resumes only once every record in the streams
+// was acknowledged. (A zero LowWatermark means the default.)
+const ResumeWhenEmpty int64 = -1
+
+// withDefaults returns a copy of c with the defaults filled in. Apply it once
+// to a Config as given (it turns ResumeWhenEmpty into 0, which a second
+// application would read as "the default").
 func (c Config) withDefaults() Config {
 	if c.Group == "" {
 		c.Group = "kbridge"
@@ -108,14 +151,23 @@ func (c Config) withDefaults() Config {
 	if c.PartitionCap == 0 {
 		c.PartitionCap = 10000
 	}
-	if c.LowWatermark == 0 {
+	switch c.LowWatermark {
+	case 0:
 		c.LowWatermark = c.PartitionCap / 2
+	case ResumeWhenEmpty:
+		c.LowWatermark = 0
 	}
-	if c.GlobalCap > 0 && c.GlobalLowWatermark == 0 {
+	switch {
+	case c.GlobalLowWatermark == ResumeWhenEmpty:
+		c.GlobalLowWatermark = 0
+	case c.GlobalCap > 0 && c.GlobalLowWatermark == 0:
 		c.GlobalLowWatermark = c.GlobalCap / 2
 	}
 	if c.CommitInterval == 0 {
 		c.CommitInterval = time.Second
+	}
+	if c.MetadataInterval == 0 {
+		c.MetadataInterval = 5 * time.Second
 	}
 	if c.PausedPollInterval == 0 {
 		c.PausedPollInterval = 200 * time.Millisecond
@@ -145,16 +197,23 @@ func (c Config) withDefaults() Config {
 		c.FinalCommitTimeout = 5 * time.Second
 	}
 	if c.StatusTTL == 0 {
-		c.StatusTTL = 30 * time.Second
+		c.StatusTTL = max(30*time.Second, 3*c.CommitInterval)
+	}
+	if c.StartupTimeout == 0 {
+		c.StartupTimeout = 2 * time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	return c
+	return c.dlqDefaults()
 }
 
-// Validate reports every problem of c (after defaults) at once.
+// Validate reports every problem of c (after defaults) at once, naming the
+// kbridge ingest flag of each setting. A default derived from another
+// setting (the low watermark from the cap, the status TTL from the commit
+// interval) is not reported: the setting it derives from is.
 func (c Config) Validate() error {
+	raw := c
 	c = c.withDefaults()
 	var p []string
 	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
@@ -185,17 +244,28 @@ func (c Config) Validate() error {
 	if c.PartitionCap < 1 {
 		add("--partition-cap %d must be at least 1", c.PartitionCap)
 	}
-	if c.LowWatermark < 0 || c.LowWatermark >= c.PartitionCap {
-		add("--low-watermark %d must be at least 0 and below --partition-cap %d", c.LowWatermark, c.PartitionCap)
+	switch {
+	case raw.LowWatermark < ResumeWhenEmpty:
+		add("--low-watermark %d must be at least 0", raw.LowWatermark)
+	case raw.LowWatermark != 0 && c.PartitionCap >= 1 && c.LowWatermark >= c.PartitionCap:
+		add("--low-watermark %d must be below --partition-cap %d", c.LowWatermark, c.PartitionCap)
 	}
 	if c.GlobalCap < 0 {
 		add("--global-cap %d must not be negative", c.GlobalCap)
 	}
-	if c.GlobalCap > 0 && (c.GlobalLowWatermark < 0 || c.GlobalLowWatermark >= c.GlobalCap) {
-		add("--global-low-watermark %d must be at least 0 and below --global-cap %d", c.GlobalLowWatermark, c.GlobalCap)
+	switch {
+	case raw.GlobalLowWatermark < ResumeWhenEmpty:
+		add("--global-low-watermark %d must be at least 0", raw.GlobalLowWatermark)
+	case raw.GlobalLowWatermark != 0 && c.GlobalCap == 0:
+		add("--global-low-watermark %d needs --global-cap", c.GlobalLowWatermark)
+	case raw.GlobalLowWatermark != 0 && c.GlobalCap > 0 && c.GlobalLowWatermark >= c.GlobalCap:
+		add("--global-low-watermark %d must be below --global-cap %d", c.GlobalLowWatermark, c.GlobalCap)
 	}
 	if c.CommitInterval < 10*time.Millisecond {
 		add("--commit-interval %v must be at least 10ms", c.CommitInterval)
+	}
+	if c.MetadataInterval < 10*time.Millisecond {
+		add("--metadata-interval %v must be at least 10ms", c.MetadataInterval)
 	}
 	if c.PausedPollInterval < time.Millisecond {
 		add("paused poll interval %v must be at least 1ms", c.PausedPollInterval)
@@ -219,12 +289,20 @@ func (c Config) Validate() error {
 	// by FinalCommitTimeout) and the commit goes out (bounded by the same, as
 	// the group's request timeout); all of it must fit in RebalanceTimeout or
 	// the broker evicts the member and refuses its commit.
+	if c.FinalCommitTimeout < 10*time.Millisecond {
+		add("--final-commit-timeout %v must be at least 10ms", c.FinalCommitTimeout)
+	}
 	if need := c.HeartbeatInterval + 2*c.FinalCommitTimeout; need > c.RebalanceTimeout {
-		add("--rebalance-timeout %v must be at least --heartbeat-interval + 2 × the final commit timeout = %v", c.RebalanceTimeout, need)
+		add("--rebalance-timeout %v must be at least --heartbeat-interval %v + 2 × --final-commit-timeout %v = %v",
+			c.RebalanceTimeout, c.HeartbeatInterval, c.FinalCommitTimeout, need)
 	}
-	if c.StatusTTL < c.CommitInterval {
-		add("status TTL %v must be at least --commit-interval %v", c.StatusTTL, c.CommitInterval)
+	if raw.StatusTTL != 0 && c.StatusTTL < c.CommitInterval {
+		add("--status-ttl %v must be at least --commit-interval %v (the status is refreshed that often)", c.StatusTTL, c.CommitInterval)
 	}
+	if c.StartupTimeout < 0 {
+		add("--startup-timeout %v must be above 0", c.StartupTimeout)
+	}
+	p = append(p, c.dlqProblems()...)
 	if len(p) > 0 {
 		return &ConfigError{Problems: p}
 	}

@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,8 +28,15 @@ type Ingest struct {
 	owner  string
 	ran    atomic.Bool
 
-	counters counters
-	parts    registry
+	counters     counters
+	parts        registry
+	topics       *topicWatch
+	metaVersions metadataVersions
+	dlq          *dlqExporter // nil when the dead-letter export is off
+
+	// commitFault, set by tests only (export_test.go), fails the commit
+	// of the partitions it returns an error for.
+	commitFault func(topic string, partition int) error
 }
 
 // New validates cfg and returns an Ingest. It does no I/O.
@@ -40,17 +46,21 @@ func New(cfg Config) (*Ingest, error) {
 	}
 	cfg = cfg.withDefaults()
 	host, _ := os.Hostname()
-	return &Ingest{
+	in := &Ingest{
 		cfg:    cfg,
 		log:    cfg.Logger,
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: 10 * time.Second, Transport: cfg.transport()},
 		owner:  host + ":" + strconv.Itoa(os.Getpid()),
-	}, nil
+		topics: newTopicWatch(cfg.Topics),
+	}
+	in.dlq = newDLQExporter(in)
+	return in, nil
 }
 
-// Stats returns a snapshot of the counters and the assigned partitions.
+// Stats returns a snapshot of the counters, the configured topics and the
+// assigned partitions.
 func (in *Ingest) Stats() Stats {
-	st := Stats{Counters: in.counters.snapshot(), Partitions: in.parts.list()}
+	st := Stats{Counters: in.counters.snapshot(), Partitions: in.parts.list(), Topics: in.topics.list()}
 	sort.Slice(st.Partitions, func(i, j int) bool {
 		a, b := st.Partitions[i], st.Partitions[j]
 		return a.Topic < b.Topic || a.Topic == b.Topic && a.Partition < b.Partition
@@ -71,40 +81,84 @@ func (in *Ingest) Run(ctx context.Context) error {
 	if !in.ran.CompareAndSwap(false, true) {
 		return ErrClosed
 	}
-	if err := in.checkRedis(ctx); err != nil {
+	if err := in.start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: never joined
+		}
 		return err
 	}
-	if ctx.Err() != nil {
-		return nil // stopped while waiting for Redis: never joined
+	in.log.Info("ingest started", "group", in.cfg.Group, "topics", strings.Join(in.cfg.Topics, ","),
+		"brokers", strings.Join(in.cfg.Brokers, ","), "worker_groups", strings.Join(in.cfg.WorkerGroups, ","),
+		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark)
+	// Dead letters to Kafka (dlqexport.go); stopped after the final commit
+	// (Run can also return on an error while ctx is live: a refused join).
+	dctx, cancelDLQ := context.WithCancel(ctx)
+	stopDLQ := in.dlq.start(dctx)
+	defer func() { cancelDLQ(); stopDLQ() }()
+	if in.dlq == nil {
+		in.log.Warn("dead letters are NOT exported to Kafka (export disabled): a Redis that loses its data loses them for good")
 	}
-	// The wire contract version workers check (docs/wire.md); a newer one
-	// in Redis is a newer kbridge's, which this one must not lower.
-	var verr error
-	if err := retry(ctx, in.log, "redis", func() error {
-		verr = wire.PublishVersion(ctx, in.cfg.Redis, in.cfg.Prefix)
-		if errors.Is(verr, wire.ErrVersion) {
-			return nil
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go in.watchTopics(wctx)
+	for ctx.Err() == nil {
+		changed := in.topics.wait()
+		topics := in.topics.bridged()
+		if len(topics) == 0 {
+			// Nothing to read: stay out of the group (joining with no
+			// topic would only cost the others rebalances).
+			select {
+			case <-ctx.Done():
+			case <-changed:
+			}
+			continue
 		}
-		return verr
-	}); err != nil {
-		return nil // ctx done
+		if err := in.runGroup(ctx, topics); err != nil {
+			return err
+		}
 	}
-	if verr != nil {
-		return verr
-	}
+	in.log.Info("ingest stopped", "group", in.cfg.Group)
+	return nil
+}
+
+// runGroup is a member of the consumer group subscribed to topics until ctx
+// is done (nil), the set of topics to bridge changes (nil: Run joins again
+// with the new set), or the group refuses this member (*AuthError). It
+// leaves the group before returning.
+func (in *Ingest) runGroup(ctx context.Context, topics []string) error {
+	gctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for gctx.Err() == nil {
+			select {
+			case <-gctx.Done():
+				return
+			case <-in.topics.wait():
+				if !slices.Equal(in.topics.bridged(), topics) {
+					in.log.Info("the topics to bridge changed: joining the group again", "group", in.cfg.Group,
+						"topics", strings.Join(in.topics.bridged(), ","))
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	view := &leaderView{}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID:                in.cfg.Group,
-		Brokers:           in.cfg.Brokers,
-		Dialer:            in.cfg.dialer(),
-		Topics:            in.cfg.Topics,
-		GroupBalancers:    []kafka.GroupBalancer{kafka.RangeGroupBalancer{}, kafka.RoundRobinGroupBalancer{}},
+		ID:      in.cfg.Group,
+		Brokers: in.cfg.Brokers,
+		Dialer:  in.cfg.dialer(),
+		Topics:  topics,
+		GroupBalancers: []kafka.GroupBalancer{viewBalancer{kafka.RangeGroupBalancer{}, view},
+			viewBalancer{kafka.RoundRobinGroupBalancer{}, view}},
 		HeartbeatInterval: in.cfg.HeartbeatInterval,
 		SessionTimeout:    in.cfg.SessionTimeout,
 		RebalanceTimeout:  in.cfg.RebalanceTimeout,
 		JoinGroupBackoff:  time.Second,
 		StartOffset:       in.cfg.startOffset(),
-		// New partitions of a topic trigger a rebalance, so they get read.
-		WatchPartitionChanges: true,
+		// Not kafka-go's partition watcher (see topics.go): it ends every
+		// generation while a topic is missing.
+		WatchPartitionChanges: false,
 		// Bounds every coordinator request, the final commit included:
 		// a member that overstays RebalanceTimeout is evicted.
 		Timeout:     in.cfg.FinalCommitTimeout,
@@ -113,104 +167,105 @@ func (in *Ingest) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kafka consumer group: %w", err)
 	}
-	in.log.Info("ingest started", "group", in.cfg.Group, "topics", strings.Join(in.cfg.Topics, ","),
-		"brokers", strings.Join(in.cfg.Brokers, ","), "worker_groups", strings.Join(in.cfg.WorkerGroups, ","),
-		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark)
+	in.log.Info("joining the consumer group", "group", in.cfg.Group, "topics", strings.Join(topics, ","))
+	var fatal error
+	var active atomic.Bool // a generation is running
 	for {
-		gen, err := group.Next(ctx)
-		if ctx.Err() != nil {
+		gen, err := group.Next(gctx)
+		if gctx.Err() != nil {
 			break
 		}
 		if err != nil {
-			// Join/sync errors: kafka-go already backs off; say so and go on.
 			in.counters.kafkaErrs.Add(1)
+			if err := in.kafkaError(err); errors.As(err, new(*AuthError)) {
+				// The group refused this member (no READ on it): no
+				// generation was joined, nothing committed.
+				in.log.Error("joining the consumer group refused; stopping", "group", in.cfg.Group, "err", err)
+				fatal = err
+				break
+			}
+			// Join/sync errors: kafka-go already backs off; say so and go on.
 			in.log.Warn("joining the consumer group failed; retrying", "group", in.cfg.Group, "err", err)
 			continue
 		}
 		in.counters.rebalances.Add(1)
-		in.startGeneration(gen)
+		active.Store(true)
+		gen.Start(func(ctx context.Context) { <-ctx.Done(); active.Store(false) })
+		in.startGeneration(gen, view.take())
 	}
-	in.log.Info("shutting down: final commit, then leaving the group", "group", in.cfg.Group)
-	// Close ends the running generation (its functions commit and return)
-	// and then leaves the group, so the partitions move on at once.
-	group.Close()
-	if t, ok := in.client.Transport.(*kafka.Transport); ok {
-		t.CloseIdleConnections()
+	if ctx.Err() != nil {
+		in.log.Info("shutting down: final commit, then leaving the group", "group", in.cfg.Group)
 	}
-	in.log.Info("ingest stopped", "group", in.cfg.Group)
-	return nil
+	in.leave(group, active.Load())
+	return fatal
 }
 
-// checkRedis refuses (or warns about) a Redis that may evict keys
-// (invariant 5) and retries while Redis is unreachable.
-func (in *Ingest) checkRedis(ctx context.Context) error {
-	var policy string
-	err := retry(ctx, in.log, "redis", func() error {
-		p, err := maxmemoryPolicy(ctx, in.cfg.Redis)
-		if err != nil {
-			if isConnError(err) {
-				in.counters.redisErrs.Add(1)
-				return err
-			}
-			policy = "" // CONFIG may be disabled (managed Redis, ACLs): cannot tell
-			return nil
+// leave closes the group: that ends the running generation (its partitions
+// commit and return) and leaves the group, so that the partitions move on at
+// once. Without a generation, kafka-go may be inside a JoinGroup request,
+// which the coordinator holds until every member rejoined (up to the
+// rebalance timeout of the slowest): leave waits for it a second only, so
+// that a SIGTERM while joining exits at once (Docker stops a container 10s
+// after SIGTERM); the request goes on in the background, and the member it
+// joins leaves as soon as it gets the answer. With a generation, the final
+// commit has its own bounds (FinalCommitTimeout).
+func (in *Ingest) leave(group *kafka.ConsumerGroup, inGeneration bool) {
+	closed := make(chan struct{})
+	go func() {
+		group.Close()
+		if t, ok := in.client.Transport.(*kafka.Transport); ok {
+			t.CloseIdleConnections()
 		}
-		policy = p
-		return nil
+		close(closed)
+	}()
+	bound := time.Second
+	if inGeneration {
+		bound = 3*in.cfg.FinalCommitTimeout + time.Second
+	}
+	select {
+	case <-closed:
+	case <-time.After(bound):
+		in.log.Warn("leaving the group takes long (a join or a commit in flight); not waiting for it", "group", in.cfg.Group, "waited", bound)
+	}
+}
+
+// start runs the start-up checks (startup.go) and publishes the wire
+// contract version workers check (docs/wire.md); a newer one in Redis is a
+// newer kbridge's, which this one must not lower.
+func (in *Ingest) start(ctx context.Context) error {
+	if err := in.checkRedis(ctx); err != nil {
+		return err
+	}
+	err := in.retryStartup(ctx, "redis", func() error {
+		err := wire.PublishVersion(ctx, in.cfg.Redis, in.cfg.Prefix)
+		switch {
+		case errors.Is(err, wire.ErrVersion):
+			return permanent{err}
+		case err != nil && (tlsFailure(err) || redisAuthFailure(err)):
+			return redisAuthError(err)
+		}
+		return err
 	})
 	if err != nil {
-		return nil // ctx done
+		return err
 	}
-	switch policy {
-	case "noeviction":
-		return nil
-	case "":
-		in.log.Warn("cannot read maxmemory-policy (CONFIG GET refused); make sure it is noeviction, or evicted streams lose records")
-		return nil
-	}
-	if in.cfg.AllowEviction {
-		in.log.Error("REDIS MAY EVICT STREAMS: maxmemory-policy is not noeviction; evicted records that no worker processed are fetched again only if the loss is noticed", "maxmemory_policy", policy)
-		return nil
-	}
-	return fmt.Errorf("%w: it is %q; set it with CONFIG SET maxmemory-policy noeviction, or pass --allow-eviction", ErrEvictionPolicy, policy)
-}
-
-// maxmemoryPolicy reads maxmemory-policy; on a Redis Cluster that of every
-// master (CONFIG GET alone asks one node), returning one that is not
-// noeviction if there is one.
-func maxmemoryPolicy(ctx context.Context, rdb redis.UniversalClient) (string, error) {
-	c, ok := rdb.(*redis.ClusterClient)
-	if !ok {
-		res, err := rdb.ConfigGet(ctx, "maxmemory-policy").Result()
-		return res["maxmemory-policy"], err
-	}
-	var mu sync.Mutex
-	policy := "noeviction"
-	err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-		res, err := m.ConfigGet(ctx, "maxmemory-policy").Result()
-		if err != nil {
-			return err
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if p := res["maxmemory-policy"]; p != "noeviction" {
-			policy = p
-		}
-		return nil
-	})
-	return policy, err
+	return in.checkKafka(ctx)
 }
 
 // startGeneration starts one function per assigned partition plus the
 // generation's committer. Every function stays alive until the generation
 // ends: in kafka-go, one that returns early ends the whole generation.
-func (in *Ingest) startGeneration(gen *kafka.Generation) {
-	c := &committer{in: in, commit: gen.CommitOffsets, want: map[tp]int64{}, done: map[tp]int64{}}
-	var assigned []string
+//
+// When this member led the join (assigned: the partition counts it
+// assigned), one more function ends the generation when a topic's
+// partition count changes (watchPartitions).
+func (in *Ingest) startGeneration(gen *kafka.Generation, assigned map[string]int) {
+	c := in.newCommitter(gen)
+	var streams []string
 	for _, topic := range sortedKeys(gen.Assignments) {
 		for _, a := range gen.Assignments[topic] {
 			p := in.newPartition(topic, a.ID, a.Offset, c)
-			assigned = append(assigned, p.stream.key)
+			streams = append(streams, p.stream.key)
 			c.wg.Add(1)
 			gen.Start(func(ctx context.Context) {
 				defer c.wg.Done()
@@ -219,8 +274,11 @@ func (in *Ingest) startGeneration(gen *kafka.Generation) {
 		}
 	}
 	in.log.Info("joined generation", "group", in.cfg.Group, "generation", gen.ID, "member", gen.MemberID,
-		"partitions", len(assigned), "streams", strings.Join(assigned, " "))
+		"leader", assigned != nil, "partitions", len(streams), "streams", strings.Join(streams, " "))
 	gen.Start(c.run)
+	if assigned != nil {
+		gen.Start(func(ctx context.Context) { in.watchPartitions(ctx, assigned) })
+	}
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -237,105 +295,19 @@ type tp struct {
 	partition int
 }
 
-// committer commits the frontiers of one generation's partitions together,
-// every CommitInterval, and once more when the generation ends.
-type committer struct {
-	in     *Ingest
-	commit func(map[string]map[int]int64) error // the generation's CommitOffsets
-	wg     sync.WaitGroup                       // the generation's partition functions
-
-	mu   sync.Mutex
-	want map[tp]int64 // offered, not yet committed
-	done map[tp]int64 // committed in this generation
-}
-
-// offer asks for off to be committed for t. Offers only move up: a lower one
-// (a group recreated at 0, a failover to a replica behind) never replaces a
-// higher one, not even while that one's commit is in flight.
-func (c *committer) offer(t tp, off int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if d, ok := c.done[t]; ok && off <= d {
-		return
-	}
-	if w, ok := c.want[t]; !ok || off > w {
-		c.want[t] = off
-	}
-}
-
-// committed returns the last offset committed for t in this generation.
-func (c *committer) committed(t tp) (int64, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	off, ok := c.done[t]
-	return off, ok
-}
-
-func (c *committer) run(ctx context.Context) {
-	t := time.NewTicker(c.in.cfg.CommitInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			c.flush()
-		case <-ctx.Done():
-			// Wait for the partitions' final observations, bounded: a
-			// member that overstays RebalanceTimeout is evicted and its
-			// commit refused.
-			waited := make(chan struct{})
-			go func() { c.wg.Wait(); close(waited) }()
-			select {
-			case <-waited:
-			case <-time.After(c.in.cfg.FinalCommitTimeout):
-				c.in.log.Warn("final commit: some partitions did not report in time; committing what is known")
-			}
-			c.flush()
-			return
-		}
-	}
-}
-
-func (c *committer) flush() {
-	c.mu.Lock()
-	if len(c.want) == 0 {
-		c.mu.Unlock()
-		return
-	}
-	batch := map[tp]int64{}
-	offsets := map[string]map[int]int64{}
-	for t, off := range c.want {
-		batch[t] = off
-		if offsets[t.topic] == nil {
-			offsets[t.topic] = map[int]int64{}
-		}
-		offsets[t.topic][t.partition] = off
-	}
-	c.mu.Unlock()
-
-	if err := c.commit(offsets); err != nil {
-		c.in.counters.commitErrs.Add(1)
-		c.in.log.Warn("kafka commit failed; will retry", "group", c.in.cfg.Group, "err", &CommitError{Offsets: offsets, Err: err})
-		return
-	}
-	c.in.counters.commits.Add(1)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for t, off := range batch {
-		c.done[t] = max(c.done[t], off)
-		if w, ok := c.want[t]; ok && w <= off {
-			delete(c.want, t)
-		}
-	}
-}
-
 // retry runs op until it succeeds or ctx is done, backing off from 100ms to
-// 5s and logging each failure.
+// 5s and logging each failure. An error wrapped in permanent is returned at
+// once, unwrapped.
 func retry(ctx context.Context, log *slog.Logger, what string, op func() error) error {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := op()
 		if err == nil {
 			return nil
+		}
+		var pe permanent
+		if errors.As(err, &pe) {
+			return pe.err
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()

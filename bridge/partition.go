@@ -31,6 +31,12 @@ type partition struct {
 	backlog  int64 // exact after an observation, estimated after appends
 	paused   bool
 	stalled  string // why the partition stopped (topic recreated, a stray entry), "" if not
+	// stallCause is StallTopicRecreated, StallBeyondLogEnd or
+	// StallStrayEntry while stalled.
+	stallCause string
+	// topicID is the topic ID the stream's records were checked to belong
+	// to (zero: not checked, or unknown).
+	topicID topicID
 	// stray: the stall is an entry another program wrote into the stream;
 	// it lifts by itself once the entry is gone (docs/operations.md).
 	stray    bool
@@ -54,6 +60,7 @@ func (in *Ingest) newPartition(topic string, id int, committed int64, c *committ
 // done: in kafka-go an early return would end the whole generation.
 func (p *partition) run(ctx context.Context) {
 	defer p.in.parts.remove(p.stream.key, p)
+	defer p.in.dlq.unregister(p)
 	if err := p.setup(ctx); err != nil {
 		<-ctx.Done()
 		return
@@ -141,6 +148,8 @@ func (p *partition) setup(ctx context.Context) error {
 	}
 	p.tr.SetLogEnd(p.logEnd)
 	switch {
+	case p.checkTopicID(ctx, true):
+		// the stream holds another topic's records (topicid.go)
 	case committed > p.logEnd:
 		p.stall(committed, p.logEnd)
 	case p.snap.Top != tracker.None && (p.snap.Top >= p.logEnd || p.snap.topOurs == 0):
@@ -151,6 +160,7 @@ func (p *partition) setup(ctx context.Context) error {
 	if err := p.restart(ctx); err != nil {
 		return err
 	}
+	p.in.dlq.register(p) // its dead letters go to Kafka (dlqexport.go)
 	// What the stream already holds counts against the caps from the start
 	// (a restart or a hand-over finds a full stream). The frontier — or,
 	// with nothing in the stream and no commit, the start offset just
@@ -159,7 +169,7 @@ func (p *partition) setup(ctx context.Context) error {
 	d := p.tr.Observe(p.snap.Observation)
 	p.backlog = d.Backlog
 	if d.ShouldCommit && p.stalled == "" {
-		p.c.offer(p.t, d.Commit)
+		p.offerCommit(ctx, p.snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	p.in.parts.set(p, p.status())
 	p.observed = time.Now()
@@ -216,6 +226,22 @@ func (p *partition) observe(ctx context.Context) {
 	}
 	p.observed = time.Now()
 	p.snap = snap
+	if p.checkTopicID(ctx, false) {
+		// Recreated topic: nothing of the stream counts for the new
+		// topic. Once an operator deleted the stream, start afresh.
+		if !snap.Exists || snap.Top == tracker.None {
+			if err := p.restartFresh(ctx); err != nil && ctx.Err() == nil {
+				p.log.Warn("starting afresh failed; will try again", "err", err)
+			}
+			return
+		}
+		st := p.status()
+		p.in.parts.set(p, st)
+		if err := p.stream.publish(ctx, p.in.cfg.StatusTTL, st); err != nil && ctx.Err() == nil {
+			p.log.Warn("publish status failed", "err", err)
+		}
+		return
+	}
 	if off, ok := p.c.committed(p.t); ok {
 		p.tr.MarkCommitted(off)
 	}
@@ -233,7 +259,7 @@ func (p *partition) observe(ctx context.Context) {
 	p.backlog = d.Backlog
 	p.checkStray(ctx, d.Ahead)
 	if d.ShouldCommit && p.stalled == "" {
-		p.c.offer(p.t, d.Commit)
+		p.offerCommit(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim && p.stalled == "" {
 		n, err := p.stream.trim(ctx, tp)
@@ -283,27 +309,47 @@ func (p *partition) recover(ctx context.Context, d tracker.Decision) {
 }
 
 // updatePaused applies backpressure (invariant 7) with hysteresis: pause at
-// the cap, resume below the low watermark; the same over all partitions with
-// the global cap. It reports whether the partition is paused.
+// the cap, resume at or below the low watermark; the same over all
+// partitions with the global cap. It reports whether the partition is
+// paused.
+//
+// The stream's length (XLEN) is capped too, at twice the cap, resuming at
+// or below cap + low watermark: entries are trimmed only once committed, so
+// while commits fail (a coordinator outage, a partition Kafka refuses) the
+// workers' acknowledgements lower the backlog but not the length, and the
+// stream would grow until Redis is out of memory (issue 7 point 5).
 func (p *partition) updatePaused() bool {
 	cfg := p.in.cfg
 	global := int64(0)
 	if cfg.GlobalCap > 0 {
 		global = p.in.parts.backlog()
 	}
+	length := p.length()
 	if p.paused {
-		if p.backlog <= cfg.LowWatermark && (cfg.GlobalCap == 0 || global <= cfg.GlobalLowWatermark) {
+		if p.backlog <= cfg.LowWatermark && length <= cfg.PartitionCap+cfg.LowWatermark &&
+			(cfg.GlobalCap == 0 || global <= cfg.GlobalLowWatermark) {
 			p.paused = false
-			p.log.Info("partition resumed", "backlog", p.backlog, "global_backlog", global)
+			p.log.Info("partition resumed", "backlog", p.backlog, "length", length, "global_backlog", global)
 			p.publishPaused()
 		}
-	} else if p.backlog >= cfg.PartitionCap || (cfg.GlobalCap > 0 && global >= cfg.GlobalCap) {
+	} else if p.backlog >= cfg.PartitionCap || length >= 2*cfg.PartitionCap || (cfg.GlobalCap > 0 && global >= cfg.GlobalCap) {
 		p.paused = true
 		p.in.counters.pauses.Add(1)
-		p.log.Info("partition paused: stream full", "backlog", p.backlog, "cap", cfg.PartitionCap, "global_backlog", global)
+		why := "stream full"
+		if p.backlog < cfg.PartitionCap && length >= 2*cfg.PartitionCap {
+			why = "stream not trimmed (are commits failing?)"
+		}
+		p.log.Info("partition paused: "+why, "backlog", p.backlog, "length", length, "cap", cfg.PartitionCap, "global_backlog", global)
 		p.publishPaused()
 	}
 	return p.paused
+}
+
+// length estimates the stream's length now: XLEN at the last observation,
+// plus the offsets appended since (more than the entries when Kafka's
+// offsets have gaps: backpressure errs on the safe side).
+func (p *partition) length() int64 {
+	return p.snap.Length + max(0, p.tr.Appended()-max(p.snap.Top, tracker.None))
 }
 
 func (p *partition) publishPaused() {
@@ -314,11 +360,12 @@ func (p *partition) publishPaused() {
 	_ = p.stream.publish(ctx, p.in.cfg.StatusTTL, st)
 }
 
-// room is how many more records may be appended before a cap is reached;
-// under a global cap the room is reserved at once (see registry.reserve).
+// room is how many more records may be appended before a cap is reached
+// (the backlog's, the length's: see updatePaused); under a global cap the
+// room is reserved at once (see registry.reserve).
 func (p *partition) room() int64 {
 	cfg := p.in.cfg
-	r := cfg.PartitionCap - p.backlog
+	r := max(0, min(cfg.PartitionCap-p.backlog, 2*cfg.PartitionCap-p.length()))
 	if cfg.GlobalCap > 0 {
 		r = p.in.parts.reserve(p, p.stream.key, r, cfg.GlobalCap)
 	}
@@ -401,13 +448,16 @@ func (p *partition) skipEmpty(recs []wire.Record, limit, hwm int64) {
 	}
 }
 
-// outOfRange handles a fetch offset Kafka no longer (or not yet) has. Below
-// the log start the records are gone to retention: say so loudly and go on
-// from the log start. Above the log end while the stream holds offsets at or
-// above it, the topic was recreated or its log truncated: going on would skip
-// the new records as duplicates of the old ones and commit old offsets to the
-// new log, so the partition stalls until an operator resets it (runbook in
-// docs/operations.md).
+// outOfRange handles a fetch offset Kafka says is out of range. Below the
+// log start the records are gone to retention: say so loudly and go on from
+// the log start. Above the log end while the stream holds offsets at or
+// above it, the topic was recreated or its log truncated: going on would
+// skip the new records as duplicates of the old ones and commit old offsets
+// to the new log, so the partition stalls until an operator resets it
+// (runbook in docs/operations.md). Between the two, the offset is in the log
+// as far as the brokers now say: the answer came from a replica behind, or
+// before a leader change settled — not retention loss; the fetch is retried
+// at the same offset.
 func (p *partition) outOfRange(ctx context.Context) error {
 	first, err := p.listOffset(ctx, kafka.FirstOffset)
 	if err != nil {
@@ -417,9 +467,12 @@ func (p *partition) outOfRange(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if p.next > last {
+	switch {
+	case p.next > last:
 		p.stall(p.next, last)
 		return nil
+	case p.next >= first:
+		return fmt.Errorf("offset %d out of range, yet within the log [%d, %d) (a leader change, a replica behind?): fetching it again", p.next, first, last)
 	}
 	p.log.Error("fetch offset below the log start: records were deleted by Kafka retention before they were bridged",
 		"offset", p.next, "log_start", first, "log_end", last, "resume_at", first)
@@ -432,7 +485,7 @@ func (p *partition) outOfRange(ctx context.Context) error {
 func (p *partition) stall(offset, logEnd int64) {
 	p.stalled = fmt.Sprintf("offset %d is above the log end %d (stream top %d, committed %d): the topic was recreated or its log truncated; not fetching nor committing until the stream and the group's offsets are reset",
 		offset, logEnd, p.tr.Appended(), p.tr.Committed())
-	p.stray = false
+	p.stallCause, p.stray = StallBeyondLogEnd, false
 	p.log.Error("partition stalled: "+p.stalled, "offset", offset, "log_end", logEnd)
 }
 
@@ -458,13 +511,13 @@ func (p *partition) stallStray(top int64, notOurs bool) {
 	if p.stalled == reason {
 		return
 	}
-	p.stalled, p.stray = reason, true
+	p.stalled, p.stallCause, p.stray = reason, StallStrayEntry, true
 	p.log.Error("partition stalled: "+reason, "offset", top, "log_end", p.logEnd)
 }
 
 func (p *partition) unstall() {
 	p.log.Warn("partition no longer stalled: the entry that was not a record is gone", "was", p.stalled)
-	p.stalled, p.stray = "", false
+	p.stalled, p.stallCause, p.stray = "", "", false
 }
 
 // checkStray looks at a stream top above what this ingest appended (ahead):
@@ -535,7 +588,7 @@ func (p *partition) final() {
 		p.tr.MarkCommitted(off)
 	}
 	if d := p.tr.Observe(snap.Observation); d.ShouldCommit && p.stalled == "" {
-		p.c.offer(p.t, d.Commit)
+		p.offerCommit(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
 	p.log.Info("partition revoked", "committed", p.tr.Committed(), "top", snap.Top)
 }
@@ -545,6 +598,7 @@ func (p *partition) status() PartitionStatus {
 		Topic: p.t.topic, Partition: p.t.partition, Stream: p.stream.key,
 		Committed: p.tr.Committed(), LogEnd: p.logEnd, Top: p.tr.Appended(), Length: p.snap.Length,
 		Backlog: p.backlog, Pending: pendingSum(p.snap), Paused: p.paused, Stalled: p.stalled,
+		StallCause: p.stallCause, TopicID: p.topicID.String(),
 		OldestPending: p.snap.oldest.offset, OldestPendingGroup: p.snap.oldest.group,
 		OldestPendingConsumer: p.snap.oldest.consumer, OldestPendingIdle: p.snap.oldest.idle,
 		OldestPendingDelivery: p.snap.oldest.deliveries,

@@ -28,9 +28,16 @@ type PartitionStatus struct {
 	Pending int64
 	// Paused is true while the partition is not fetched (backpressure).
 	Paused bool
-	// Stalled says why the partition stopped being fetched for good (the
-	// topic was recreated or its log truncated below the stream); "" if not.
+	// Stalled says why the partition stopped being fetched and committed
+	// (the topic was recreated, its log truncated below the stream, an
+	// entry another program wrote); "" if not.
 	Stalled string
+	// StallCause is StallTopicRecreated, StallBeyondLogEnd or
+	// StallStrayEntry while Stalled is set.
+	StallCause string
+	// TopicID is the Kafka topic ID of the records in the stream, in hex
+	// ("" when the brokers give none).
+	TopicID string
 	// OldestPending is the lowest pending offset (-1: none), with the group
 	// and consumer that hold it and for how long it has been idle.
 	OldestPending         int64
@@ -66,6 +73,8 @@ const (
 	StatusPending         = "pending"
 	StatusPaused          = "paused"
 	StatusStalled         = "stalled"
+	StatusStallCause      = "stall_cause"
+	StatusTopicID         = "topic_id"
 	StatusOldestOffset    = "oldest_pending_offset"
 	StatusOldestGroup     = "oldest_pending_group"
 	StatusOldestConsumer  = "oldest_pending_consumer"
@@ -90,6 +99,8 @@ func (s PartitionStatus) fields() []any {
 		StatusPending, itoa(s.Pending),
 		StatusPaused, b,
 		StatusStalled, s.Stalled,
+		StatusStallCause, s.StallCause,
+		StatusTopicID, s.TopicID,
 		StatusOldestOffset, itoa(s.OldestPending),
 		StatusOldestGroup, s.OldestPendingGroup,
 		StatusOldestConsumer, s.OldestPendingConsumer,
@@ -119,6 +130,8 @@ func ParseStatus(h map[string]string) PartitionStatus {
 		Pending:               n(StatusPending),
 		Paused:                h[StatusPaused] == "1",
 		Stalled:               h[StatusStalled],
+		StallCause:            h[StatusStallCause],
+		TopicID:               h[StatusTopicID],
 		OldestPending:         n(StatusOldestOffset),
 		OldestPendingGroup:    h[StatusOldestGroup],
 		OldestPendingConsumer: h[StatusOldestConsumer],
@@ -167,9 +180,13 @@ func (c *counters) snapshot() Counters {
 	}
 }
 
-// Stats is a snapshot of the ingest: counters and the assigned partitions.
+// Stats is a snapshot of the ingest: counters, the configured topics and
+// the assigned partitions.
 type Stats struct {
 	Counters
+	// Topics holds one entry per configured topic, in the configured order:
+	// whether it is bridged, and if not why (missing, not authorised).
+	Topics     []TopicStatus
 	Partitions []PartitionStatus
 	// Backlog sums the backlogs of the assigned partitions.
 	Backlog int64

@@ -251,6 +251,17 @@ type appendResult struct {
 // stops the rest of the pipeline from appending too. logEnd is the
 // partition's log end (-1: unknown): a top at or above it is not a record.
 func (s *stream) append(ctx context.Context, expected, logEnd int64, recs []wire.Record) (appendResult, error) {
+	return s.appendWith(ctx, expected, logEnd, recs, false)
+}
+
+// appendWith is append sending the script's SHA (EVALSHA), or with eval its
+// text (EVAL). The first try sends the SHA; if Redis does not know the
+// script (NOSCRIPT: a restart, SCRIPT FLUSH, a failover to a replica that
+// never ran it), the batch is sent once more with EVAL — which also caches
+// the script for the next calls — and never a third time, whatever Redis
+// says: no loop however often the cache is flushed, and no SCRIPT LOAD (the
+// documented ACL rule does not need it for the ingest).
+func (s *stream) appendWith(ctx context.Context, expected, logEnd int64, recs []wire.Record, eval bool) (appendResult, error) {
 	pipe := s.rdb.Pipeline()
 	var cmds []*redis.Cmd
 	args := make([]any, 0, 2+len(recs)*16)
@@ -264,23 +275,28 @@ func (s *stream) append(ctx context.Context, expected, logEnd int64, recs []wire
 			args = batch[i].AppendFields(args)
 			args[mark+1] = len(args) - mark - 2
 		}
-		// Run copies nothing: the args slice must not be reused before Exec.
-		cmds = append(cmds, appendScript.Run(ctx, pipe, []string{s.key}, append([]any(nil), args...)...))
+		// The command keeps args: the slice must not be reused before Exec.
+		a := append([]any(nil), args...)
+		if eval {
+			cmds = append(cmds, appendScript.Eval(ctx, pipe, []string{s.key}, a...))
+		} else {
+			cmds = append(cmds, appendScript.EvalSha(ctx, pipe, []string{s.key}, a...))
+		}
 		exp = max(exp, batch[len(batch)-1].Offset)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !isScriptMiss(err) {
+	if _, err := pipe.Exec(ctx); err != nil && (eval || !isScriptMiss(err)) {
 		return appendResult{}, fmt.Errorf("append to %s: %w", s.key, err)
 	}
 	res := appendResult{top: expected}
 	for _, c := range cmds {
 		v, err := c.Int64Slice()
-		if isScriptMiss(err) {
-			// The pipeline ran EVALSHA before the script was loaded: load it
-			// and run again; the appends are idempotent.
-			if err := appendScript.Load(ctx, s.rdb).Err(); err != nil {
-				return appendResult{}, fmt.Errorf("load append script: %w", err)
-			}
-			return s.append(ctx, expected, logEnd, recs)
+		if isScriptMiss(err) && !eval {
+			// Redis did not know the script: send the batch again with its
+			// text. The appends are idempotent: what the calls before this
+			// one added is skipped, and counted here.
+			r, err := s.appendWith(ctx, expected, logEnd, recs, true)
+			r.added += res.added
+			return r, err
 		}
 		if err != nil {
 			return appendResult{}, fmt.Errorf("append to %s: %w", s.key, err)

@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -287,10 +288,20 @@ func TestConfigValidate(t *testing.T) {
 		{"defaults are valid", Config{Brokers: []string{"k:9092"}, Topics: []string{"orders"}, Redis: rdb}, nil},
 		{"nothing set", Config{}, []string{"no Kafka brokers", "no topics", "no Redis client"}},
 		{"watermarks", Config{Brokers: []string{"k:9092"}, Topics: []string{"a b"}, Redis: rdb, PartitionCap: 100, LowWatermark: 500},
-			[]string{`topic "a b"`, "--low-watermark 500 must be at least 0 and below --partition-cap 100"}},
+			[]string{`topic "a b"`, "--low-watermark 500 must be below --partition-cap 100"}},
 		{"global and timing", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, GlobalCap: 10, GlobalLowWatermark: 20,
 			StartOffset: "middle", HeartbeatInterval: time.Minute}, []string{"--global-low-watermark 20", `--start-offset "middle"`, "--heartbeat-interval 1m0s",
-			"--rebalance-timeout 30s must be at least --heartbeat-interval + 2 × the final commit timeout = 1m10s"}},
+			"--rebalance-timeout 30s must be at least --heartbeat-interval 1m0s + 2 × --final-commit-timeout 5s = 1m10s"}},
+		// issue 7 point 9: a commit interval above the old 30s TTL, which no
+		// flag set, was refused; the TTL now follows the interval.
+		{"long commit interval", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, CommitInterval: 45 * time.Second}, nil},
+		{"a low watermark of 0", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, LowWatermark: ResumeWhenEmpty,
+			GlobalCap: 100, GlobalLowWatermark: ResumeWhenEmpty}, nil},
+		{"derived low watermark of a bad cap", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, PartitionCap: -5},
+			[]string{"--partition-cap -5 must be at least 1"}},
+		{"status TTL and final commit timeout", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb,
+			CommitInterval: 10 * time.Second, StatusTTL: 5 * time.Second, FinalCommitTimeout: 20 * time.Second},
+			[]string{"--status-ttl 5s must be at least --commit-interval 10s", "--final-commit-timeout 20s = 43s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -394,3 +405,62 @@ type (
 	redisXAddArgs       = redis.XAddArgs
 	redisXReadGroupArgs = redis.XReadGroupArgs
 )
+
+// TestAppendNoScriptBounded (issue 7 point 9): when Redis does not know the
+// append script (NOSCRIPT) the batch is sent again once, with EVAL, and
+// appended; never a loop. A hook flushes the script cache before every
+// pipeline, so every EVALSHA misses: on main the append reloaded the script
+// and recursed without bound (here: until the test's deadline).
+func TestAppendNoScriptBounded(t *testing.T) {
+	s, rdb := newStream(t, 3)
+	ctx := context.Background()
+	if err := s.ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := &flushHook{rdb: redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})}
+	defer h.rdb.Close()
+	rdb.AddHook(h)
+	done := make(chan struct{})
+	var res appendResult
+	var err error
+	go func() {
+		defer close(done)
+		res, err = s.append(ctx, tracker.None, -1, recs(span(0, 9)...))
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("append still retrying after 30s with the script cache flushed before every pipeline (%d pipelines)", h.pipelines.Load())
+	}
+	if err != nil || res.added != 10 || res.top != 9 {
+		t.Fatalf("append: %+v, %v; want 10 added, top 9", res, err)
+	}
+	if got := streamOffsets(t, rdb, s.key); !equal(got, span(0, 9)) {
+		t.Errorf("stream holds %v, want 0..9", got)
+	}
+	if n := h.pipelines.Load(); n != 2 {
+		t.Errorf("%d pipelines sent, want 2 (EVALSHA, then EVAL)", n)
+	}
+	t.Logf("script cache flushed before each of %d pipelines: 10 appended", h.pipelines.Load())
+}
+
+// flushHook runs SCRIPT FLUSH before every pipeline of the client it hooks,
+// and counts the pipelines of scripts.
+type flushHook struct {
+	rdb       *redis.Client
+	pipelines atomic.Int64
+}
+
+func (h *flushHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *flushHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *flushHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) > 0 && strings.HasPrefix(cmds[0].Name(), "eval") {
+			h.pipelines.Add(1)
+		}
+		if err := h.rdb.ScriptFlush(ctx).Err(); err != nil {
+			return err
+		}
+		return next(ctx, cmds)
+	}
+}

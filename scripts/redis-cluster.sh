@@ -44,6 +44,18 @@ Environment (defaults in brackets):
   REDIS_CLUSTER_DIR           dir for the nodes' pid, log, nodes.conf
                               [\${TMPDIR:-/tmp}/kbridge-redis-cluster-\$REDIS_CLUSTER_PORT]
   REDIS_CLUSTER_TIMEOUT       seconds to wait for PONG and cluster_state:ok [60]
+
+TLS (off by default):
+  REDIS_CLUSTER_TLS=1         every node serves TLS only (no plain port), the cluster bus
+                              and replication too (tls-cluster, tls-replication). Each node
+                              has a certificate of its own: CN and SAN DNS node-PORT plus
+                              IP 127.0.0.1 (scripts/certs.sh DIR node-PORT ...), except the
+                              first node, which has the set's server.crt (DNS localhost +
+                              IP 127.0.0.1), so that a client can seed by the name localhost
+  REDIS_CLUSTER_TLS_DIR       the certificates [\$REDIS_CLUSTER_DIR/tls, made by certs.sh]
+  REDIS_CLUSTER_TLS_AUTH_CLIENTS  tls-auth-clients: yes, optional or no [no]; the nodes
+                              present their certificates to each other either way
+  redis-cli here (cli, the checks) uses the set's ca.crt, client.crt and client.key.
 EOF
 }
 
@@ -54,6 +66,11 @@ REDIS_CLUSTER_REPLICAS=${REDIS_CLUSTER_REPLICAS:-0}
 REDIS_CLUSTER_NODE_TIMEOUT=${REDIS_CLUSTER_NODE_TIMEOUT:-5000}
 [[ $REDIS_CLUSTER_REPLICAS =~ ^[0-9]$ ]] || die "REDIS_CLUSTER_REPLICAS must be a number 0-9"
 [[ $REDIS_CLUSTER_NODE_TIMEOUT =~ ^[0-9]+$ ]] || die "REDIS_CLUSTER_NODE_TIMEOUT must be milliseconds"
+REDIS_CLUSTER_DIR=$(realpath -m -- "$REDIS_CLUSTER_DIR")
+REDIS_CLUSTER_TLS=${REDIS_CLUSTER_TLS:-0}
+REDIS_CLUSTER_TLS_DIR=$(realpath -m -- "${REDIS_CLUSTER_TLS_DIR:-$REDIS_CLUSTER_DIR/tls}")
+REDIS_CLUSTER_TLS_AUTH_CLIENTS=${REDIS_CLUSTER_TLS_AUTH_CLIENTS:-no}
+case $REDIS_CLUSTER_TLS_AUTH_CLIENTS in yes|optional|no) ;; *) die "REDIS_CLUSTER_TLS_AUTH_CLIENTS must be yes, optional or no" ;; esac
 PORTS=()
 for ((i = 0; i < 3 * (1 + REDIS_CLUSTER_REPLICAS); i++)); do PORTS+=($((REDIS_CLUSTER_PORT + i))); done
 
@@ -61,7 +78,28 @@ addrs() { local IFS=,; local a=("${PORTS[@]/#/127.0.0.1:}"); echo "${a[*]}"; }
 
 ensure_redis() { ensure_cmds redis-server:redis-server redis-cli:redis-tools; }
 
-rcli() { local port=$1; shift; timeout 10 redis-cli -h 127.0.0.1 -p "$port" "$@"; }
+# TLS_CLI: redis-cli's TLS flags when the cluster runs TLS: from the
+# environment at start, later from the cluster dir (stop, status and cli work
+# without the start's environment).
+TLS_CLI=()
+tls_cli() {
+  local dir=""
+  if [[ $REDIS_CLUSTER_TLS == 1 ]]; then
+    dir=$REDIS_CLUSTER_TLS_DIR
+  elif [[ -s $REDIS_CLUSTER_DIR/tls-dir ]]; then
+    dir=$(<"$REDIS_CLUSTER_DIR/tls-dir")
+  fi
+  TLS_CLI=()
+  [[ -z $dir ]] || TLS_CLI=(--tls --cacert "$dir/ca.crt" --cert "$dir/client.crt" --key "$dir/client.key")
+}
+tls_cli
+
+rcli() { local port=$1; shift; timeout 10 redis-cli -h 127.0.0.1 -p "$port" "${TLS_CLI[@]}" "$@"; }
+
+# node_cert PORT: the certificate (without .crt/.key) of the node on PORT
+node_cert() {
+  if [[ $1 == "${PORTS[0]}" ]]; then echo "$REDIS_CLUSTER_TLS_DIR/server"; else echo "$REDIS_CLUSTER_TLS_DIR/server-node-$1"; fi
+}
 
 node_dir() { echo "$REDIS_CLUSTER_DIR/$1"; }
 
@@ -98,11 +136,17 @@ wait_cluster_ok() {
 
 # start_node PORT: one daemonized cluster node (its nodes.conf kept, if any)
 start_node() {
-  local port=$1 dir
+  local port=$1 dir listen
   dir=$(node_dir "$port")
   mkdir -p "$dir"
+  listen=(--port "$port")
+  if [[ $REDIS_CLUSTER_TLS == 1 ]]; then
+    listen=(--port 0 --tls-port "$port" --tls-cluster yes --tls-replication yes
+      --tls-cert-file "$(node_cert "$port").crt" --tls-key-file "$(node_cert "$port").key"
+      --tls-ca-cert-file "$REDIS_CLUSTER_TLS_DIR/ca.crt" --tls-auth-clients "$REDIS_CLUSTER_TLS_AUTH_CLIENTS")
+  fi
   redis-server \
-    --bind 127.0.0.1 --port "$port" \
+    --bind 127.0.0.1 "${listen[@]}" \
     --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT" \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir" \
     --maxmemory 0 --maxmemory-policy noeviction --save '' --appendonly no </dev/null 8>&- 9>&- ||
@@ -179,7 +223,16 @@ cmd_start() {
     port_open "$port" && die "port $port on 127.0.0.1 is already in use by another process"
     port_open $((port + 10000)) && die "cluster bus port $((port + 10000)) on 127.0.0.1 is already in use"
   done
-  log "starting redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') cluster nodes on $(addrs) (data $REDIS_CLUSTER_DIR)"
+  mkdir -p "$REDIS_CLUSTER_DIR"
+  local tls_note=""
+  if [[ $REDIS_CLUSTER_TLS == 1 ]]; then
+    local names=()
+    for port in "${PORTS[@]:1}"; do names+=("node-$port"); done
+    bash "$SCRIPT_DIR/certs.sh" "$REDIS_CLUSTER_TLS_DIR" "${names[@]}" >&2
+    echo "$REDIS_CLUSTER_TLS_DIR" >"$REDIS_CLUSTER_DIR/tls-dir"
+    tls_note=", TLS only (a certificate per node, tls-auth-clients $REDIS_CLUSTER_TLS_AUTH_CLIENTS, $REDIS_CLUSTER_TLS_DIR)"
+  fi
+  log "starting redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') cluster nodes on $(addrs) (data $REDIS_CLUSTER_DIR$tls_note)"
   for port in "${PORTS[@]}"; do
     start_node "$port"
   done
@@ -187,7 +240,7 @@ cmd_start() {
     wait_pong "$port" || { tail -n 20 "$(node_dir "$port")/redis.log" >&2 || true; die "node 127.0.0.1:$port did not answer PING"; }
   done
   log "creating the cluster (3 masters, $REDIS_CLUSTER_REPLICAS replica(s) each)"
-  timeout "$REDIS_CLUSTER_TIMEOUT" redis-cli --cluster create "${PORTS[@]/#/127.0.0.1:}" \
+  timeout "$REDIS_CLUSTER_TIMEOUT" redis-cli "${TLS_CLI[@]}" --cluster create "${PORTS[@]/#/127.0.0.1:}" \
     --cluster-replicas "$REDIS_CLUSTER_REPLICAS" --cluster-yes >"$REDIS_CLUSTER_DIR/create.log" 2>&1 ||
     { cat "$REDIS_CLUSTER_DIR/create.log" >&2; die "redis-cli --cluster create failed"; }
   wait_cluster_ok || { rcli "${PORTS[0]}" cluster info >&2 || true; die "cluster_state:ok not reached within ${REDIS_CLUSTER_TIMEOUT}s"; }
@@ -238,7 +291,7 @@ main() {
     start)  cmd_start ;;
     stop)   cmd_stop ;;
     status) cmd_status ;;
-    cli)    shift; ensure_redis; exec redis-cli -c -h 127.0.0.1 -p "${PORTS[0]}" "$@" ;;
+    cli)    shift; ensure_redis; exec redis-cli -c -h 127.0.0.1 -p "${PORTS[0]}" "${TLS_CLI[@]}" "$@" ;;
     kill-node)  shift; cmd_kill_node "$@" ;;
     start-node) shift; cmd_start_node "$@" ;;
     pid)    shift; known_port "${1:?pid needs a PORT}"; read_pid "$1" && echo ;;

@@ -63,6 +63,10 @@ REDIS_TLS=${REDIS_TLS:-0}
 REDIS_TLS_DIR=${REDIS_TLS_DIR:-$REDIS_DATA_DIR/tls}
 REDIS_TLS_AUTH_CLIENTS=${REDIS_TLS_AUTH_CLIENTS:-no}
 REDIS_PASSWORD=${REDIS_PASSWORD:-}
+# Absolute paths: redis-server changes its working directory to --dir before
+# it reads the certificates, so a relative REDIS_TLS_DIR would point nowhere.
+REDIS_DATA_DIR=$(realpath -m -- "$REDIS_DATA_DIR")
+REDIS_TLS_DIR=$(realpath -m -- "$REDIS_TLS_DIR")
 
 PID_FILE=$REDIS_DATA_DIR/redis.pid
 LOG_FILE=$REDIS_DATA_DIR/redis.log
@@ -128,7 +132,7 @@ cmd_start() {
   fi
   if pid=$(read_pid); then
     log "already running (pid $pid) on $ADDR"
-    wait_pong || die "running redis on $ADDR does not answer PING"
+    wait_pong "$pid" || die "running redis on $ADDR does not answer PING"
     echo "redis ready on $ADDR"
     return 0
   fi
@@ -145,7 +149,8 @@ cmd_start() {
   [[ -n ${REDIS_EXTRA_ARGS:-} ]] && extra=($REDIS_EXTRA_ARGS)
   local listen=(--port "$REDIS_PORT")
   if [[ $REDIS_TLS == 1 ]]; then
-    [[ -s $REDIS_TLS_DIR/server.crt && -s $REDIS_TLS_DIR/client.key ]] || bash "$SCRIPT_DIR/certs.sh" "$REDIS_TLS_DIR" >&2
+    # certs.sh keeps a valid set, completes or renews it (under a lock)
+    bash "$SCRIPT_DIR/certs.sh" "$REDIS_TLS_DIR" >&2
     listen=(--port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$REDIS_TLS_DIR/server.crt"
       --tls-key-file "$REDIS_TLS_DIR/server.key" --tls-ca-cert-file "$REDIS_TLS_DIR/ca.crt"
       --tls-auth-clients "$REDIS_TLS_AUTH_CLIENTS")
@@ -162,30 +167,48 @@ cmd_start() {
   [[ $REDIS_TLS == 1 ]] && sec+=", TLS only (tls-auth-clients $REDIS_TLS_AUTH_CLIENTS, certificates $REDIS_TLS_DIR)"
   [[ -n $REDIS_PASSWORD ]] && sec+=", requirepass"
   log "starting redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') on $ADDR (persistence $REDIS_PERSIST, data $REDIS_DATA_DIR$sec)"
-  redis-server "${conf[@]}" \
-    --bind 127.0.0.1 "${listen[@]}" \
-    --daemonize yes --pidfile "$PID_FILE" --logfile "$LOG_FILE" --dir "$REDIS_DATA_DIR" \
-    --maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy noeviction \
-    "${PERSIST_ARGS[@]}" "${extra[@]}" </dev/null 8>&- 9>&- ||
-    { tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true; die "redis-server failed to start"; }
+  # Started in the background in a session of its own, not daemonized: this
+  # way its pid is known at once, and waiting for PONG stops as soon as the
+  # process exits (a bad certificate) instead of running into the timeout.
+  # fds 8/9 (test.sh / download locks) are closed so the server never holds them.
+  rm -f "$REDIS_DATA_DIR/launch.pid"
+  # shellcheck disable=SC2016
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' redis-launcher "$REDIS_DATA_DIR/launch.pid" \
+    redis-server "${conf[@]}" \
+      --bind 127.0.0.1 "${listen[@]}" \
+      --daemonize no --pidfile "$PID_FILE" --logfile "$LOG_FILE" --dir "$REDIS_DATA_DIR" \
+      --maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy noeviction \
+      "${PERSIST_ARGS[@]}" "${extra[@]}" \
+    </dev/null >>"$REDIS_DATA_DIR/stdout.log" 2>&1 8>&- 9>&- &
+  for _ in $(seq 50); do [[ -s $REDIS_DATA_DIR/launch.pid ]] && break; sleep 0.1; done
+  pid=$(<"$REDIS_DATA_DIR/launch.pid") || die "redis-server did not start (no $REDIS_DATA_DIR/launch.pid)"
   # remembered so that stop saves (or not) the way this instance was started,
   # and reaches it over TLS (cli_args)
   echo "$REDIS_PERSIST" >"$REDIS_DATA_DIR/persist-mode"
   if [[ $REDIS_TLS == 1 ]]; then echo "$REDIS_TLS_DIR" >"$REDIS_DATA_DIR/tls-dir"; else rm -f "$REDIS_DATA_DIR/tls-dir"; fi
   cli_args
   register_instance redis "$REDIS_DATA_DIR" "$REDIS_PORT"
-  if ! wait_pong; then
+  if ! wait_pong "$pid"; then
     tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true
-    die "redis on $ADDR did not answer PING within ${REDIS_START_TIMEOUT}s"
+    running "$pid" || die "redis-server (pid $pid) exited during startup: see the log above ($LOG_FILE)"
+    kill -TERM "$pid" 2>/dev/null || true
+    die "redis on $ADDR did not answer PING within ${REDIS_START_TIMEOUT}s (pid $pid stopped)"
   fi
-  pid=$(read_pid || echo '?')
   log "started (pid $pid, log $LOG_FILE)"
   echo "redis ready on $ADDR"
 }
 
+# running PID: the process is there and not a zombie (a child of this
+# script that exited stays a zombie until the script ends).
+running() {
+  pid_alive "$1" && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]
+}
+
+# wait_pong PID: until the server answers PING, while PID runs
 wait_pong() {
-  local deadline=$((SECONDS + REDIS_START_TIMEOUT)) out
+  local pid=$1 deadline=$((SECONDS + REDIS_START_TIMEOUT)) out
   while :; do
+    running "$pid" || return 1
     # LOADING replies (big rdb/aof) are errors, so this also waits for the load.
     out=$(rcli ping 2>/dev/null || true)
     [[ $out == PONG ]] && return 0

@@ -74,7 +74,12 @@ func TestShellWorkerFromDocs(t *testing.T) {
 	testenv.Eventually(t, time.Minute, func() bool { return len(lines()) >= 40 }, "shell worker handled nothing: %s", &shOut)
 
 	got := newSeen()
-	w := mustNew(t, p.config(func(ctx context.Context, m *Message) error { got.add(m); return nil }))
+	cfg := p.config(func(ctx context.Context, m *Message) error { got.add(m); return nil })
+	// One visibility timeout per group (docs/wire.md, rule 7): the shell
+	// worker's default, 30s. With the helpers' 600ms the Go worker took
+	// records the shell worker was still running (duplicates under load).
+	cfg.VisibilityTimeout = 30 * time.Second
+	w := mustNew(t, cfg)
 	running(t, w)
 	p.committedAll(t, 2*time.Minute)
 	cancel()

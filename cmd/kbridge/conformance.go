@@ -32,13 +32,14 @@ The kit starts CMD with KBRIDGE_REDIS_URL, KBRIDGE_PREFIX, KBRIDGE_GROUP,
 KBRIDGE_CONSUMER, KBRIDGE_VISIBILITY_TIMEOUT_MS, KBRIDGE_MAX_DELIVERIES,
 KBRIDGE_BACKOFF_MS and KBRIDGE_SHUTDOWN_TIMEOUT_MS in its environment; the
 worker's handler must act as each record's value says ("ok", "fail",
-"sleep:<ms>", "sleepfail:<ms>", or one per delivery: "fail|ok") and append a
-JSON event per start and end to the file $CONFORMANCE_LOG. See "The
-conformance kit" in docs/wire.md. "kbridge conformance-handler" is such a
+"sleep:<ms>", "sleepfail:<ms>", "wait:<name>", "waitfail:<name>", or one per
+delivery: "fail|ok") and append a JSON event per start and end to the file
+$CONFORMANCE_LOG. See "The conformance kit" in docs/wire.md. "kbridge conformance-handler" is such a
 handler for workers that run a command per record (kbridge worker --exec).
 
 Scenarios: version, plain, decode, malformed, retry, ownership, lease,
-reclaim, sigkill, replay, shutdown, shutdown-timeout (about a minute in all).
+reclaim, sigkill, replay, shutdown, shutdown-timeout, each followed by the
+loss check (about half a minute for a worker that passes, --parallel 4).
 
 Examples:
    kbridge conformance --redis-url redis://127.0.0.1:6379/0 -- python3 examples/python/kbridge_worker.py --conformance
@@ -51,6 +52,7 @@ Examples:
 			&cli.DurationFlag{Name: "backoff", Value: conformance.DefaultBackoff, EnvVars: []string{"KBRIDGE_CONFORMANCE_BACKOFF"}, Usage: "first retry backoff given to the worker"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: conformance.DefaultShutdownTimeout, EnvVars: []string{"KBRIDGE_CONFORMANCE_SHUTDOWN_TIMEOUT"}, Usage: "shutdown timeout given to the worker"},
 			&cli.DurationFlag{Name: "patience", Value: conformance.DefaultPatience, EnvVars: []string{"KBRIDGE_CONFORMANCE_PATIENCE"}, Usage: "how long to wait for what needs no reclaim (a record handled, a dead letter, an exit)"},
+			&cli.IntFlag{Name: "parallel", Value: conformance.DefaultParallel, EnvVars: []string{"KBRIDGE_CONFORMANCE_PARALLEL"}, Usage: "how many scenarios run at once (1: one after the other)"},
 			&cli.StringFlag{Name: "dir", EnvVars: []string{"KBRIDGE_CONFORMANCE_DIR"}, Usage: "keep the worker output and handler events in `DIR` (default: a temporary directory, kept only on failure)"},
 			&cli.BoolFlag{Name: "keep", EnvVars: []string{"KBRIDGE_CONFORMANCE_KEEP"}, Usage: "leave the kit's Redis keys and files in place"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"KBRIDGE_CONFORMANCE_JSON"}, Usage: "print the report as JSON"},
@@ -70,6 +72,7 @@ func runConformance(c *cli.Context) error {
 		Backoff:           c.Duration("backoff"),
 		ShutdownTimeout:   c.Duration("shutdown-timeout"),
 		Patience:          c.Duration("patience"),
+		Parallel:          c.Int("parallel"),
 		Dir:               c.String("dir"),
 		Keep:              c.Bool("keep"),
 		Progress:          os.Stderr,
@@ -80,6 +83,7 @@ func runConformance(c *cli.Context) error {
 	if c.Bool("redis-cluster") {
 		bad = append(bad, errors.New("--redis-cluster: the kit needs a single Redis"))
 	}
+	bad = append(bad, redisFlagsNotTaken(c, "the conformance kit gives its worker only a Redis URL (rediss:// with the system's CAs; a password inside it, best in KBRIDGE_REDIS_URL)")...)
 	if r := c.String("run"); r != "" {
 		re, err := regexp.Compile(r)
 		if err != nil {

@@ -28,9 +28,9 @@ func TestConformanceBadInput(t *testing.T) {
 	}
 }
 
-// TestConformanceCommand: "kbridge conformance --run version" on kbridge
-// worker passes W1 and exits 0; on a worker that ignores the version
-// ("sleep 30"), it fails W1 and exits 1.
+// TestConformanceCommand: "kbridge conformance --run shutdown" on kbridge
+// worker passes W17 and exits 0; "--run version" on a worker that ignores
+// the version ("sleep 30") fails W1 and exits 1.
 func TestConformanceCommand(t *testing.T) {
 	if !testenv.RealRedis() {
 		t.Skip("needs a real Redis: set REDIS_ADDR, or run scripts/test.sh")
@@ -39,10 +39,10 @@ func TestConformanceCommand(t *testing.T) {
 	wd, _ := os.Getwd()
 	script := filepath.Join(wd, "..", "..", "examples", "conformance", "kbridge-worker.sh")
 	url := "redis://" + os.Getenv("REDIS_ADDR") + "/0"
-	out, errs, code := runCLI(t, "--redis-url", url, "conformance", "-q", "--run", "^version$", "--", "sh", script, bin)
+	out, errs, code := runCLI(t, "--redis-url", url, "conformance", "-q", "--run", "^shutdown$", "--", "sh", script, bin)
 	t.Logf("kbridge worker:\n%s", out)
-	if code != 0 || !strings.Contains(out, "W1    pass") {
-		t.Errorf("exit %d, stderr %q: want exit 0 and W1 pass", code, errs)
+	if code != 0 || !strings.Contains(out, "W17   pass") || !strings.Contains(out, "W20   pass") {
+		t.Errorf("exit %d, stderr %q: want exit 0, W17 and W20 pass", code, errs)
 	}
 	out, _, code = runCLI(t, "--redis-url", url, "conformance", "-q", "--run", "^version$", "--patience", "2s", "--", "sleep", "30")
 	if code != 1 || !strings.Contains(out, "W1    FAIL") {

@@ -137,9 +137,10 @@ func demoConfig(c *cli.Context) (demoOptions, error) {
 	if o.phase < 500*time.Millisecond || o.phase > 10*time.Minute {
 		probs = append(probs, fmt.Sprintf("--phase %v must be between 500ms and 10m", o.phase))
 	}
+	probs = append(probs, redisFlagsNotTakenText(c, "the demo uses its own --redis-url as it is (rediss:// with the system's CAs; a password inside it, best in KBRIDGE_DEMO_REDIS_URL)")...)
 	if o.redisURL != "" {
 		if _, err := redis.ParseURL(o.redisURL); err != nil {
-			probs = append(probs, fmt.Sprintf("--redis-url %s: %v", redactURL(o.redisURL), err))
+			probs = append(probs, urlProblem("--redis-url", o.redisURL, err))
 		}
 	}
 	if len(probs) > 0 {

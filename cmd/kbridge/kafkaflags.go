@@ -17,12 +17,12 @@ func kafkaFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "brokers", Value: cli.NewStringSlice("127.0.0.1:9092"), EnvVars: []string{"KBRIDGE_BROKERS"},
 			Usage: "Kafka bootstrap brokers, host:port, comma-separated"},
 		&cli.BoolFlag{Name: "kafka-tls", EnvVars: []string{"KBRIDGE_KAFKA_TLS"}, Usage: "connect to Kafka with TLS"},
-		&cli.StringFlag{Name: "kafka-tls-ca", EnvVars: []string{"KBRIDGE_KAFKA_TLS_CA"}, Usage: "PEM file of the CA that signed the brokers' certificates (default: system roots)"},
-		&cli.BoolFlag{Name: "kafka-tls-insecure", EnvVars: []string{"KBRIDGE_KAFKA_TLS_INSECURE"}, Usage: "do not verify the brokers' certificates (testing only)"},
-		&cli.StringFlag{Name: "kafka-sasl", EnvVars: []string{"KBRIDGE_KAFKA_SASL"}, Usage: "SASL mechanism: plain, scram-sha-256 or scram-sha-512 (default: none)"},
+		&cli.StringFlag{Name: "kafka-tls-ca", EnvVars: []string{"KBRIDGE_KAFKA_TLS_CA"}, Usage: "PEM `FILE` of the CA that signed the brokers' certificates (default: system roots; needs --kafka-tls)"},
+		&cli.BoolFlag{Name: "kafka-tls-insecure", EnvVars: []string{"KBRIDGE_KAFKA_TLS_INSECURE"}, Usage: "do not verify the brokers' certificates (testing only; not with --kafka-tls-ca)"},
+		&cli.StringFlag{Name: "kafka-sasl", EnvVars: []string{"KBRIDGE_KAFKA_SASL"}, Usage: "SASL mechanism: plain, scram-sha-256 or scram-sha-512 (default: none); plain sends the password as it is: use it with --kafka-tls"},
 		&cli.StringFlag{Name: "kafka-username", EnvVars: []string{"KBRIDGE_KAFKA_USERNAME"}, Usage: "SASL user name"},
 		&cli.StringFlag{Name: "kafka-password", EnvVars: []string{"KBRIDGE_KAFKA_PASSWORD"}, Usage: "SASL password (prefer --kafka-password-file or the environment variable: flags show in ps)"},
-		&cli.StringFlag{Name: "kafka-password-file", EnvVars: []string{"KBRIDGE_KAFKA_PASSWORD_FILE"}, Usage: "read the SASL password from `FILE` (its first line)"},
+		&cli.StringFlag{Name: "kafka-password-file", EnvVars: []string{"KBRIDGE_KAFKA_PASSWORD_FILE"}, Usage: "read the SASL password from `FILE` (its first line); keeps it out of ps and the environment"},
 	}
 }
 
@@ -31,6 +31,9 @@ func kafkaSecurity(c *cli.Context, probs *[]string) (*tls.Config, sasl.Mechanism
 	t, err := tlsConfig(c.Bool("kafka-tls"), c.Bool("kafka-tls-insecure"), c.String("kafka-tls-ca"))
 	if err != nil {
 		*probs = append(*probs, "--kafka-tls-ca: "+err.Error())
+	}
+	if c.Bool("kafka-tls-insecure") && c.String("kafka-tls-ca") != "" {
+		*probs = append(*probs, "--kafka-tls-ca and --kafka-tls-insecure contradict each other: with --kafka-tls-insecure no certificate is checked; drop one")
 	}
 	if !c.Bool("kafka-tls") {
 		for _, f := range []string{"kafka-tls-ca", "kafka-tls-insecure"} {
@@ -44,9 +47,10 @@ func kafkaSecurity(c *cli.Context, probs *[]string) (*tls.Config, sasl.Mechanism
 	if f := c.String("kafka-password-file"); f != "" {
 		switch pw, err := readSecretFile(f); {
 		case err != nil:
-			*probs = append(*probs, "--kafka-password-file: "+err.Error())
+			*probs = append(*probs, flagSource(c, "kafka-password-file", "KBRIDGE_KAFKA_PASSWORD_FILE")+": "+err.Error())
 		case pass != "":
-			*probs = append(*probs, "--kafka-password and --kafka-password-file: give one of them")
+			*probs = append(*probs, flagSource(c, "kafka-password", "KBRIDGE_KAFKA_PASSWORD")+" and "+
+				flagSource(c, "kafka-password-file", "KBRIDGE_KAFKA_PASSWORD_FILE")+": give one of them")
 		default:
 			pass = pw
 		}
@@ -65,6 +69,14 @@ func kafkaSecurity(c *cli.Context, probs *[]string) (*tls.Config, sasl.Mechanism
 	}
 	switch mech {
 	case "plain":
+		if t == nil {
+			// PLAIN sends the password as it is: without TLS, anyone on the
+			// path reads it. Allowed (a trusted network, a sidecar that
+			// encrypts), but not silently.
+			if log, err := newLogger(c); err == nil {
+				log.Warn("--kafka-sasl plain without --kafka-tls: the Kafka password crosses the network unencrypted; add --kafka-tls, or use scram-sha-512")
+			}
+		}
 		return t, plain.Mechanism{Username: user, Password: pass}
 	case "scram-sha-256", "scram-sha-512":
 		algo := scram.SHA256

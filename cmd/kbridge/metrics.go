@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -117,6 +118,8 @@ type ingestCollector struct {
 	assigned *prometheus.Desc
 	paused   *prometheus.Desc
 	backlog  *prometheus.Desc
+	topic    *prometheus.Desc
+	stall    *prometheus.Desc
 }
 
 type counterDesc[S any] struct {
@@ -164,7 +167,7 @@ func newIngestCollector(stats func() bridge.Stats) *ingestCollector {
 			g("stream_backlog", "Records in the stream not yet acknowledged by every worker group (what the cap applies to).", func(s bridge.PartitionStatus) (float64, bool) { return float64(s.Backlog), true }),
 			g("pending_entries", "Entries delivered to workers and not yet acknowledged, summed over the groups.", func(s bridge.PartitionStatus) (float64, bool) { return float64(s.Pending), true }),
 			g("partition_paused", "1 while the partition is not fetched because of backpressure.", func(s bridge.PartitionStatus) (float64, bool) { return b2f(s.Paused), true }),
-			g("partition_stalled", "1 while the partition is stopped for good: its stream or commit is beyond the log end (topic recreated or truncated).", func(s bridge.PartitionStatus) (float64, bool) { return b2f(s.Stalled != ""), true }),
+			g("partition_stalled", "1 while the partition is stalled: not fetched, not committed (kbridge_ingest_partition_stalled_cause says why).", func(s bridge.PartitionStatus) (float64, bool) { return b2f(s.Stalled != ""), true }),
 			g("oldest_pending_age_seconds", "Idle time of the lowest pending entry: how long the entry that holds the commit has been with its worker.", func(s bridge.PartitionStatus) (float64, bool) {
 				return s.OldestPendingIdle.Seconds(), s.OldestPending >= 0
 			}),
@@ -175,6 +178,12 @@ func newIngestCollector(stats func() bridge.Stats) *ingestCollector {
 		assigned: prometheus.NewDesc("kbridge_ingest_assigned_partitions", "Partitions assigned to this ingest.", nil, nil),
 		paused:   prometheus.NewDesc("kbridge_ingest_paused_partitions", "Assigned partitions paused by backpressure.", nil, nil),
 		backlog:  prometheus.NewDesc("kbridge_ingest_backlog", "Stream backlog summed over the assigned partitions (what the global cap applies to).", nil, nil),
+		topic: prometheus.NewDesc("kbridge_ingest_topic_bridged",
+			"Per configured topic: 1 while it is bridged, 0 while it is not; state says why: missing (not created, or deleted), not_authorized (the user may not describe or read it), error.",
+			[]string{"topic", "state"}, nil),
+		stall: prometheus.NewDesc("kbridge_ingest_partition_stalled_cause",
+			"1 while the partition is stalled (not fetched, not committed), by cause: topic_recreated (the topic's ID is not the one of the stream's records), beyond_log_end (the stream or commit is beyond the log end), stray_entry (an entry kbridge did not write). See docs/operations.md.",
+			[]string{"topic", "partition", "cause"}, nil),
 	}
 }
 
@@ -189,6 +198,8 @@ func (c *ingestCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.assigned
 	ch <- c.paused
 	ch <- c.backlog
+	ch <- c.topic
+	ch <- c.stall
 }
 
 // Collect implements prometheus.Collector.
@@ -203,6 +214,9 @@ func (c *ingestCollector) Collect(ch chan<- prometheus.Metric) {
 			paused++
 		}
 		part := strconv.Itoa(p.Partition)
+		if p.StallCause != "" {
+			ch <- prometheus.MustNewConstMetric(c.stall, prometheus.GaugeValue, 1, p.Topic, part, p.StallCause)
+		}
 		for _, d := range c.gauges {
 			if v, ok := d.get(p); ok {
 				ch <- prometheus.MustNewConstMetric(d.desc, prometheus.GaugeValue, v, p.Topic, part)
@@ -212,6 +226,10 @@ func (c *ingestCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.assigned, prometheus.GaugeValue, float64(len(st.Partitions)))
 	ch <- prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, float64(paused))
 	ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(st.Backlog))
+	for _, t := range st.Topics {
+		ch <- prometheus.MustNewConstMetric(c.topic, prometheus.GaugeValue, b2f(t.State == bridge.TopicBridged),
+			t.Topic, strings.ReplaceAll(t.State, " ", "_"))
+	}
 }
 
 func b2f(b bool) float64 {

@@ -31,6 +31,10 @@ func TestSecurityFlagErrors(t *testing.T) {
 	if err := os.WriteFile(notPEM, []byte("hunter2-in-a-file"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	blank := filepath.Join(dir, "blank")
+	if err := os.WriteFile(blank, []byte(" \t \r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	const secret = "s3cret-on-argv"
 	for _, tt := range []struct {
 		name string
@@ -57,6 +61,30 @@ func TestSecurityFlagErrors(t *testing.T) {
 			[]string{"--kafka-password are set but --kafka-sasl is not"}},
 		{"kafka tls ca without tls", []string{"produce", "--topic", "t", "--kafka-tls-ca", notPEM},
 			[]string{"--kafka-tls-ca is set but --kafka-tls is not"}},
+		{"kafka ca with insecure", []string{"ingest", "--topics", "t", "--kafka-tls", "--kafka-tls-ca", notPEM, "--kafka-tls-insecure"},
+			[]string{"--kafka-tls-ca and --kafka-tls-insecure contradict each other"}},
+		{"redis whitespace-only password file", []string{"--redis-url", "rediss://u@127.0.0.1:1/0", "--redis-password-file", blank, "dlq", "list"},
+			[]string{"--redis-password-file: " + blank + ": the first line is only white space"}},
+		{"kafka whitespace-only password file", []string{"status", "--kafka-sasl", "plain", "--kafka-username", "u", "--kafka-password-file", blank},
+			[]string{"--kafka-password-file: " + blank + ": the first line is only white space"}},
+		{"skip_verify with a CA, single", []string{"--redis-url", "rediss://127.0.0.1:1/0?skip_verify=true", "--redis-tls-ca", notPEM, "dlq", "list"},
+			[]string{"?skip_verify=true in --redis-url and --redis-tls-ca contradict each other"}},
+		{"skip_verify with a CA, cluster", []string{"--redis-cluster", "--redis-url", "rediss://127.0.0.1:1/0?skip_verify=true&addr=127.0.0.1:2", "--redis-tls-ca", notPEM, "dlq", "list"},
+			[]string{"?skip_verify=true in --redis-url and --redis-tls-ca contradict each other"}},
+		{"skip_verify without TLS", []string{"--redis-url", "redis://127.0.0.1:1/0?skip_verify=true", "dlq", "list"},
+			[]string{"?skip_verify in --redis-url needs a rediss:// URL"}},
+		{"skip_verify not a bool", []string{"--redis-cluster", "--redis-url", "rediss://127.0.0.1:1/0?skip_verify=maybe", "dlq", "list"},
+			[]string{`skip_verify="maybe": want true or false`}},
+		{"reload interval without cluster", []string{"--redis-cluster-reload-interval", "2s", "dlq", "list"},
+			[]string{"--redis-cluster-reload-interval needs --redis-cluster"}},
+		{"reload interval zero", []string{"--redis-cluster", "--redis-cluster-reload-interval", "0s", "dlq", "list"},
+			[]string{"--redis-cluster-reload-interval 0s must be above 0"}},
+		{"unparsable URL and a bad password file at once", []string{"--redis-url", "redis://u:" + secret + "%zz@127.0.0.1:1/0", "--redis-password-file", blank, "status"},
+			[]string{"--redis-url is not a valid URL", "--redis-password-file: " + blank}},
+		{"conformance refuses the files it cannot pass on", []string{"--redis-tls-ca", notPEM, "conformance", "--", "true"},
+			[]string{"--redis-tls-ca is not taken here"}},
+		{"demo refuses the files it would ignore", []string{"demo", "--redis-password-file", blank, "--redis-tls-cert", notPEM},
+			[]string{"--redis-password-file is not taken here", "--redis-tls-cert is not taken here"}},
 		{"kafka bad ca and empty password file", []string{"ingest", "--topics", "t", "--kafka-tls", "--kafka-tls-ca", notPEM,
 			"--kafka-sasl", "plain", "--kafka-username", "u", "--kafka-password-file", empty},
 			[]string{"--kafka-tls-ca: " + notPEM + ": no PEM certificate in it", "--kafka-password-file: " + empty + ": the first line is empty"}},
@@ -155,4 +183,123 @@ func writeTestKeyPair(t *testing.T, dir string) (ca, cert, key string) {
 		t.Fatal(err)
 	}
 	return cert, cert, key
+}
+
+// TestSecretFileBOM: a UTF-8 byte order mark (which some editors write
+// first) and the line ending are not part of the password; the first line
+// only counts.
+func TestSecretFileBOM(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "pw")
+	for _, tt := range []struct{ content, want string }{
+		{"\ufeffpw-1\r\n", "pw-1"},
+		{"\ufeffpw 2\nsecond", "pw 2"},
+		{"pw-3", "pw-3"},
+		{" pw-4 \n", " pw-4 "}, // spaces around a password are kept: they may be part of it
+	} {
+		if err := os.WriteFile(f, []byte(tt.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := readSecretFile(f)
+		if err != nil || got != tt.want {
+			t.Errorf("readSecretFile(%q) = %q, %v; want %q", tt.content, got, err, tt.want)
+		}
+	}
+}
+
+// TestConflictNamesTheEnvironment: when a value that conflicts with another
+// came from an environment variable, the error names the variable (the user
+// may not see it on the command line).
+func TestConflictNamesTheEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KBRIDGE_KAFKA_PASSWORD", "env-secret")
+	t.Setenv("KBRIDGE_REDIS_URL", "rediss://u:env-secret@127.0.0.1:1/0")
+	_, errs, code := runCLI(t, "--redis-password-file", pw, "ingest", "--topics", "t", "--kafka-sasl", "scram-sha-512",
+		"--kafka-username", "u", "--kafka-password-file", pw)
+	if code != 2 {
+		t.Errorf("exit %d, want 2", code)
+	}
+	for _, w := range []string{"KBRIDGE_KAFKA_PASSWORD (environment) and --kafka-password-file: give one of them",
+		"--redis-password-file and a password in KBRIDGE_REDIS_URL (environment): give one of them"} {
+		if !strings.Contains(errs, w) {
+			t.Errorf("stderr lacks %q:\n%s", w, errs)
+		}
+	}
+	if strings.Contains(errs, "env-secret") {
+		t.Errorf("the password is printed:\n%s", errs)
+	}
+}
+
+// TestPlainWithoutTLSWarns: --kafka-sasl plain without --kafka-tls sends
+// the password unencrypted: kbridge says so (and still starts: a trusted
+// network or an encrypting sidecar are legitimate); with TLS, or with SCRAM,
+// it says nothing.
+func TestPlainWithoutTLSWarns(t *testing.T) {
+	var buf strings.Builder
+	old := stderr
+	stderr = &buf
+	t.Cleanup(func() { stderr = old })
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("p\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		warn bool
+	}{
+		{[]string{"--kafka-sasl", "plain"}, true},
+		{[]string{"--kafka-sasl", "plain", "--kafka-tls"}, false},
+		{[]string{"--kafka-sasl", "scram-sha-256"}, false},
+	} {
+		buf.Reset()
+		// --partition-cap 0 stops the ingest after its flag checks.
+		runCLI(t, append([]string{"ingest", "--topics", "t", "--partition-cap", "0", "--kafka-username", "u", "--kafka-password-file", pw}, tt.args...)...)
+		if got := strings.Contains(buf.String(), "crosses the network unencrypted"); got != tt.warn {
+			t.Errorf("%v: warned %v, want %v\n%s", tt.args, got, tt.warn, buf.String())
+		}
+	}
+}
+
+// TestClusterTLSServerNamePerNode: with rediss:// and --redis-cluster, each
+// node's certificate is checked against that node's own host, not against
+// the seed's (go-redis shares one TLS config, with the seed's host as
+// ServerName, between all nodes). The e2e test TestClusterTLS runs it on a
+// real cluster whose nodes have certificates of their own.
+func TestClusterTLSServerNamePerNode(t *testing.T) {
+	app := &cli.App{Flags: commonFlags(), Action: func(c *cli.Context) error {
+		rdb, err := newRedis(c)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		o := rdb.(*redis.ClusterClient).Options()
+		if o.TLSConfig.ServerName != "seed.example" || !o.TLSConfig.InsecureSkipVerify {
+			t.Errorf("seed TLS config: ServerName %q, InsecureSkipVerify %v; want seed.example, true (skip_verify=true)", o.TLSConfig.ServerName, o.TLSConfig.InsecureSkipVerify)
+		}
+		if o.ClusterStateReloadInterval != 1500*time.Millisecond {
+			t.Errorf("ClusterStateReloadInterval %v, want 1.5s", o.ClusterStateReloadInterval)
+		}
+		for _, tt := range []struct{ addr, want string }{{"10.0.0.7:6379", "10.0.0.7"}, {"node-2.redis:6380", "node-2.redis"}, {"[::1]:7000", "::1"}} {
+			no := &redis.Options{Addr: tt.addr, TLSConfig: o.TLSConfig}
+			cl := o.NewClient(no)
+			cl.Close()
+			if got := cl.Options().TLSConfig.ServerName; got != tt.want {
+				t.Errorf("node %s: ServerName %q, want %q", tt.addr, got, tt.want)
+			}
+			if !cl.Options().TLSConfig.InsecureSkipVerify {
+				t.Errorf("node %s: the node's TLS config lost the URL's skip_verify", tt.addr)
+			}
+		}
+		if o.TLSConfig.ServerName != "seed.example" {
+			t.Errorf("the shared TLS config was modified: ServerName %q", o.TLSConfig.ServerName)
+		}
+		return nil
+	}}
+	if err := app.Run([]string{"kbridge", "--redis-cluster", "--redis-cluster-reload-interval", "1500ms",
+		"--redis-url", "rediss://seed.example:6380/0?addr=10.0.0.8:6380&skip_verify=true"}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -165,6 +165,7 @@ func runStatus(c *cli.Context) error {
 	}
 	var probs []string
 	tlsCfg, mech := kafkaSecurity(c, &probs)
+	probs = append(probs, redisProblems(c)...)
 	brokers := splitList(c.StringSlice("brokers"))
 	if len(brokers) == 0 {
 		probs = append(probs, "--brokers is empty: give host:port of a Kafka broker")

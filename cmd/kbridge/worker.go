@@ -115,7 +115,7 @@ func runWorker(c *cli.Context) error {
 	case httpURL != "":
 		u, err := url.Parse(httpURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return cli.Exit(fmt.Sprintf("--http %q: want an http:// or https:// URL", httpURL), 2)
+			return cli.Exit(fmt.Sprintf("--http %s: want an http:// or https:// URL", redactURL(httpURL)), 2)
 		}
 		if c.Duration("handler-timeout") <= 0 {
 			return cli.Exit("--handler-timeout must be above 0 with --http", 2)
@@ -134,7 +134,7 @@ func runWorker(c *cli.Context) error {
 	if eh != nil {
 		eh.Logger = log
 	}
-	rdb, err := newRedis(c)
+	rdb, err := newRedisDeferred(c) // its problems join the worker's own (bad, below)
 	if err != nil {
 		return err
 	}
@@ -161,7 +161,7 @@ func runWorker(c *cli.Context) error {
 	metrics := newWorkerMetrics()
 	cfg.OnHandled = metrics.onHandled
 	// Zero means "default" in Config; on the command line it is a mistake.
-	var bad []error
+	bad := redisProblemErrors(c)
 	if c.IsSet("concurrency") && cfg.Concurrency <= 0 {
 		bad = append(bad, fmt.Errorf("--concurrency %d must be at least 1", cfg.Concurrency))
 	}

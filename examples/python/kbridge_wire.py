@@ -21,9 +21,10 @@ REASON_MAX_DELIVERIES, REASON_MALFORMED, REASON_REJECTED = "max-deliveries", "ma
 
 _UINT = re.compile(rb"\A(?:0|[1-9][0-9]*)\Z")
 _INT = re.compile(rb"\A(?:0|-?[1-9][0-9]*)\Z")
-_ATOI = re.compile(r"\A[+-]?[0-9]+\Z")  # how stream keys' partitions parse (Go's strconv.Atoi)
+_CANON = re.compile(r"\A(?:0|[1-9][0-9]*)\Z")  # a stream key's partition: canonical decimal, as the ingest writes it
 _INT64_MAX = 2**63 - 1
 _INT32_MAX = 2**31 - 1
+MAX_FIELDS = 1000  # fields an entry may have, dlq_* ones aside: more is malformed (docs/wire.md, "Entries")
 
 
 class Malformed(ValueError):
@@ -86,10 +87,10 @@ def parse_stream_key(key):
         raise ValueError("%r is not a partition stream key" % key)
     tag = key[open_ + 2 : -1]
     colon = tag.rfind(":")
-    if colon <= 0 or not _ATOI.match(tag[colon + 1 :]):
+    if colon <= 0 or not _CANON.match(tag[colon + 1 :]):
         raise ValueError("%r is not a partition stream key" % key)
     partition = int(tag[colon + 1 :])
-    if partition < 0 or partition > _INT64_MAX:
+    if partition > _INT32_MAX:
         raise ValueError("%r has no valid partition number" % key)
     return key[:open_], tag[:colon], partition
 
@@ -125,8 +126,8 @@ def decode_headers(raw):
         raise Malformed("field 'headers' is not a JSON list of [name, base64] pairs")
     try:
         pairs = json.loads(s)
-    except ValueError as e:
-        raise Malformed("field 'headers' is not a JSON list of [name, base64] pairs: %s" % e) from None
+    except Exception as e:  # ValueError, and RecursionError on deep nesting: whatever the parser raises, malformed
+        raise Malformed("field 'headers' is not a JSON list of [name, base64] pairs: %s" % type(e).__name__) from None
     if not isinstance(pairs, list):
         raise Malformed("field 'headers' is not a JSON list of [name, base64] pairs")
     out = []
@@ -150,6 +151,9 @@ def decode_fields(fields):
     """Fields (a dict, or (name, value) pairs in Redis order: a repeated name, the last counts),
     all bytes → Record without stream/id checks. Malformed on any rule broken."""
     values = dict(fields.items() if isinstance(fields, dict) else fields)
+    n = sum(1 for name in values if not name.startswith(DLQ_PREFIX))
+    if n > MAX_FIELDS:
+        raise Malformed("%d fields (not counting dlq_* ones), more than the %d allowed" % (n, MAX_FIELDS))
 
     def need(name):
         if name not in values:

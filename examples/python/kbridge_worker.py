@@ -75,8 +75,8 @@ class Message:
         try:
             self.record = wire.decode_entry(stream, id_, fields)
             self.record.deliveries = deliveries
-        except wire.Malformed as e:
-            self.error = e
+        except Exception as e:  # wire.Malformed; anything else too: never crash on an entry, dead-letter it
+            self.error = e if isinstance(e, wire.Malformed) else wire.Malformed("%s: %s" % (type(e).__name__, e))
 
 
 class Worker:
@@ -156,9 +156,11 @@ class Worker:
     def dead_letter(self, m, reason, error):
         """deadletter.lua: dead letter + XACK, only while the entry is pending under this consumer."""
         fields = []
-        for k, v in m.fields.items():
-            if not k.startswith(wire.DLQ_PREFIX):
-                fields += [k, v]
+        own = [k for k in m.fields if not k.startswith(wire.DLQ_PREFIX)]
+        if len(own) > wire.MAX_FIELDS:  # malformed for that: keep the contract's fields (Lua unpacks < 8000 values)
+            own = [k for k in (wire.TOPIC, wire.PARTITION, wire.OFFSET, wire.TIMESTAMP, wire.KEY, wire.VALUE, wire.HEADERS) if k in m.fields]
+        for k in own:
+            fields += [k, m.fields[k]]
         fields += [b"dlq_reason", reason, b"dlq_error", str(error)[:2000], b"dlq_group", self.group,
                    b"dlq_consumer", self.consumer, b"dlq_deliveries", str(m.deliveries), b"dlq_stream", m.stream,
                    b"dlq_id", m.id, b"dlq_time", str(int(time.time() * 1000))]
@@ -372,16 +374,21 @@ _STEPS = None
 
 
 def _action(value, deliveries):
-    """(sleep seconds, fail) for this delivery of a record whose value is an action (see internal/conformance)."""
+    """(sleep seconds, file to wait for or None, fail) for this delivery of a record whose value is an action
+    (docs/wire.md, "The conformance kit")."""
     import re
     global _STEPS
     if _STEPS is None:
-        _STEPS = re.compile(rb"\A(ok|fail|sleep:[0-9]{1,9}|sleepfail:[0-9]{1,9})(\|(ok|fail|sleep:[0-9]{1,9}|sleepfail:[0-9]{1,9}))*\Z")
+        step = rb"(?:ok|fail|(?:sleep|sleepfail):[0-9]{1,9}|(?:wait|waitfail):[a-z0-9-]{1,32})"
+        _STEPS = re.compile(rb"\A" + step + rb"(?:\|" + step + rb")*\Z")
     if value is None or not _STEPS.match(value):
-        return 0.0, False
+        return 0.0, None, False
     steps = value.decode().split("|")
-    verb, _, ms = steps[min(max(deliveries, 1), len(steps)) - 1].partition(":")
-    return (int(ms) / 1000 if ms else 0.0), verb in ("fail", "sleepfail")
+    n = min(max(deliveries, 1), len(steps))
+    verb, _, arg = steps[n - 1].partition(":")
+    sleep = int(arg) / 1000 if verb.startswith("sleep") else 0.0
+    wait = "%s.%s.%d" % (os.environ["CONFORMANCE_LOG"], arg, deliveries) if verb.startswith("wait") else None
+    return sleep, wait, verb in ("fail", "sleepfail", "waitfail")
 
 
 def conformance_handler(record):
@@ -404,8 +411,11 @@ def conformance_handler(record):
             os.close(fd)
 
     append(event)
-    sleep, fail = _action(record.value, record.deliveries)
+    sleep, wait, fail = _action(record.value, record.deliveries)
     time.sleep(sleep)
+    deadline = time.monotonic() + 60
+    while wait and not os.path.exists(wait) and time.monotonic() < deadline:
+        time.sleep(0.01)
     append(dict(event, event="end", result="fail" if fail else "ok"))
     if fail:
         raise RuntimeError("the record says fail")

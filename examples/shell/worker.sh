@@ -15,16 +15,18 @@ get() { printf '%s\n' "$entry" | awk -v f="$1" 'NR>2 && NR%2==1 && $0==f { if ((
 check() { printf '%s\n' "$entry" | awk -v s="$x" -v id="$id" '  # the entry rules of docs/wire.md, headers aside
   function dec(v, m) { if (m == "T") { m = "9223372036854775807"; if (v ~ /^-/) { v = substr(v, 2); m = "9223372036854775808"; if (v == "0") return 0 } }
     return v ~ /^(0|[1-9][0-9]*)$/ && (length(v) < length(m) || (length(v) == length(m) && (v "") <= (m ""))) }
-  NR>2 && NR%2==1 { n = $0; if ((getline v) > 0) { f[n] = v; h[n] = 1 } }
+  NR>2 && NR%2==1 { n = $0; if ((getline v) > 0) { if (!h[n] && n !~ /^dlq_/) c++; f[n] = v; h[n] = 1 } }
   END { t = s; sub(/:replay$/, "", t); sub(/^.*:\{/, "", t); sub(/\}$/, "", t)
-    if (f["topic"] == "") print "topic missing or empty"; else if (!h["partition"] || !dec(f["partition"], "2147483647")) print "bad partition"
+    if (c > 1000) print "more than 1000 fields"; else if (f["topic"] == "") print "topic missing or empty"; else if (!h["partition"] || !dec(f["partition"], "2147483647")) print "bad partition"
     else if (!h["offset"] || !dec(f["offset"], "9223372036854775807")) print "bad offset"; else if (!h["timestamp"] || !dec(f["timestamp"], "T")) print "bad timestamp"
     else if (f["topic"] ":" f["partition"] != t) print "topic/partition not the stream'"'"'s"; else if (s !~ /:replay$/ && id != f["offset"] "-1") print "ID is not <offset>-1"
     else print "ok" }'; }
-dlq() {  # dead letter + XACK (deadletter.lua), with the entry's fields but dlq_*: $1 reason, $2 error, $3 deliveries
+dlq() {  # dead letter + XACK (deadletter.lua), with the entry's fields but dlq_* (too many: the contract's only): $1 reason, $2 error, $3 deliveries
   reason=$1 err=$2 d=$3 i=0 skip=0 N=$(printf '%s\n' "$entry" | wc -l); set --
   while IFS= read -r l; do i=$((i + 1)); [ $i -gt 2 ] && [ $i -lt "$N" ] || continue
-    if [ $((i % 2)) = 1 ]; then skip=0; case $l in dlq_*) skip=1 ;; esac; fi; [ $skip = 1 ] || set -- "$@" "$l"
+    if [ $((i % 2)) = 1 ]; then skip=0; case $l in dlq_*) skip=1 ;; esac
+      case $err:$l in "more than 1000 fields:"topic|*:partition|*:offset|*:timestamp|*:key|*:value|*:headers) ;; "more than 1000 fields:"*) skip=1 ;; esac; fi
+    [ $skip = 1 ] || set -- "$@" "$l"
   done <<EOF
 $entry
 EOF

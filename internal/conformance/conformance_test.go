@@ -10,7 +10,6 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,7 +54,8 @@ func pythonRedis() bool {
 }
 
 // runKit runs the kit on cmd and checks that exactly the rules in fail
-// fail and every other one passes.
+// fail and every other one passes (with cfg.Run, every other one that ran:
+// those of the scenarios not chosen are not run).
 func runKit(t *testing.T, cfg conformance.Config, fail ...string) *conformance.Report {
 	t.Helper()
 	cfg.RedisURL = redisURL(t)
@@ -78,7 +78,7 @@ func runKit(t *testing.T, cfg conformance.Config, fail ...string) *conformance.R
 				want = conformance.Fail
 			}
 		}
-		if r.Status != want {
+		if r.Status != want && !(cfg.Run != nil && r.Status == conformance.NotRun && want == conformance.Pass) {
 			t.Errorf("rule %s (%s): %s, want %s", r.ID, r.Title, r.Status, want)
 		}
 	}
@@ -88,47 +88,42 @@ func runKit(t *testing.T, cfg conformance.Config, fail ...string) *conformance.R
 	return report
 }
 
-// one serializes the kit runs of the three real workers (the shell worker
-// forks a dozen processes per record, and the suite's timing tests in other
-// packages share the machine); the naive worker, which mostly waits, runs
-// beside them.
-var one sync.Mutex
-
-func oneAtATime(t *testing.T) {
+// TestWorkers runs the three real workers through the kit, one after the
+// other (the shell worker forks a dozen processes per record, and the
+// suite's timing tests in other packages share the machine), in one
+// parallel test: the naive and broken workers, which mostly wait, run
+// beside it (go test runs only GOMAXPROCS parallel tests at once: three
+// parallel tests waiting for each other would hold those slots).
+func TestWorkers(t *testing.T) {
+	redisURL(t)
 	t.Parallel()
-	one.Lock()
-	t.Cleanup(one.Unlock)
-}
-
-// TestKbridgeWorker: kbridge worker (the --exec runner) passes every rule.
-func TestKbridgeWorker(t *testing.T) {
-	redisURL(t)
-	oneAtATime(t)
-	bin := testenv.BuildKbridge(t)
-	runKit(t, conformance.Config{Command: []string{"sh", filepath.Join(root(), "examples", "conformance", "kbridge-worker.sh"), bin}})
-}
-
-// TestPythonWorker: examples/python passes every rule on the real
-// redis-server.
-func TestPythonWorker(t *testing.T) {
-	redisURL(t)
-	need(t, pythonRedis(), "python3 with redis-py (pip install -r examples/python/requirements.txt)")
-	oneAtATime(t)
-	runKit(t, conformance.Config{Command: []string{"python3", filepath.Join(root(), "examples", "python", "kbridge_worker.py"), "--conformance"}})
-}
-
-// TestShellWorker: examples/shell/worker.sh passes every rule but the two
-// docs/wire.md says it does not: W5 (text records only) and W7 (headers
-// passed through unchecked). It forks a dozen processes per record: under
-// the load of the whole suite it handles a few records a second, which the
-// kit's default patience (30s) allows for.
-func TestShellWorker(t *testing.T) {
-	redisURL(t)
-	need(t, lookPath("redis-cli"), "redis-cli")
-	oneAtATime(t)
-	bin := testenv.BuildKbridge(t)
-	runKit(t, conformance.Config{Command: []string{"env", "HANDLER=" + bin + " conformance-handler",
-		"sh", filepath.Join(root(), "examples", "shell", "worker.sh")}}, "W5", "W7")
+	// kbridge worker (the --exec runner) passes every rule but W19: it
+	// checks the wire version only at start-up (cmd/kbridge/worker.go); the
+	// check at each discovery belongs in Worker.discover (review finding 2
+	// of issue 9). docs/wire.md's results table says so; when the worker
+	// does it, W19 passes and this test fails until the "W19" below goes.
+	t.Run("kbridge", func(t *testing.T) {
+		bin := testenv.BuildKbridge(t)
+		runKit(t, conformance.Config{Command: []string{"sh", filepath.Join(root(), "examples", "conformance", "kbridge-worker.sh"), bin}}, "W19")
+	})
+	// examples/python passes every rule on the real redis-server.
+	t.Run("python", func(t *testing.T) {
+		need(t, pythonRedis(), "python3 with redis-py (pip install -r examples/python/requirements.txt)")
+		runKit(t, conformance.Config{Command: []string{"python3", filepath.Join(root(), "examples", "python", "kbridge_worker.py"), "--conformance"}})
+	})
+	// examples/shell/worker.sh passes every rule but the two docs/wire.md
+	// says it does not: W5 (text records only) and W7 (headers passed
+	// through unchecked). It forks a dozen processes per record and several
+	// per stream and loop: under the load of the whole suite it handles a
+	// few records a second, which the kit's default patience (30s) allows
+	// for when its scenarios run one at a time (Parallel 1; four at once,
+	// the decode, malformed and plain scenarios time out).
+	t.Run("shell", func(t *testing.T) {
+		need(t, lookPath("redis-cli"), "redis-cli")
+		bin := testenv.BuildKbridge(t)
+		runKit(t, conformance.Config{Command: []string{"env", "HANDLER=" + bin + " conformance-handler",
+			"sh", filepath.Join(root(), "examples", "shell", "worker.sh")}, Parallel: 1}, "W5", "W7")
+	})
 }
 
 // TestNaiveWorker: a worker that only reads with ">" and acknowledges what
@@ -145,7 +140,7 @@ func TestNaiveWorker(t *testing.T) {
 	}
 	runKit(t, conformance.Config{Command: []string{exe, "naive-worker"},
 		VisibilityTimeout: time.Second, MaxDeliveries: 2, Patience: 8 * time.Second},
-		"W1", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W14", "W15", "W16", "W17")
+		"W1", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12", "W14", "W15", "W16", "W17", "W19")
 }
 
 // TestPythonDecoderVectors: examples/python's decoder decodes every test

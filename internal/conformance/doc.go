@@ -29,14 +29,22 @@
 // prefix so that they reach a handler that "kbridge worker --exec" runs.
 //
 // The worker's handler behaves as the record's value says (see Action):
-// "ok", "fail", "sleep:<ms>" (then succeed), "sleepfail:<ms>" (then fail), or
-// one such action per delivery separated by "|" (the last one repeats:
-// "fail|ok" fails the first delivery and succeeds after). Any other value
-// succeeds at once. Before acting it appends a "start" event to
+// "ok", "fail", "sleep:<ms>" (then succeed), "sleepfail:<ms>" (then fail),
+// "wait:<name>" (then succeed) and "waitfail:<name>" (then fail), which first
+// wait until the file WaitFile(CONFORMANCE_LOG, name, deliveries) exists (the
+// kit creates it once it has compared delivery counts, or taken the entry
+// from the worker), or one such action per delivery separated by "|" (the
+// last one repeats: "fail|ok" fails the first delivery and succeeds after).
+// Any other value succeeds at once. Before acting it appends a "start" event to
 // CONFORMANCE_LOG, and after it an "end" event with "result" "ok" or "fail",
-// each one JSON object on a line of its own (see Event), written with one
-// append so that the lines of concurrent handlers do not mix. The end event
+// each one JSON object on a line of its own (see Event; its numbers may be
+// JSON numbers or decimal strings), written with one append so that the
+// lines of concurrent handlers do not mix. The end event
 // is written before the handler returns, so before the worker acknowledges.
+//
+// After every scenario, its workers stopped, the kit checks that nothing was
+// lost (W20): each entry the group read ended handled, is in the dead-letter
+// stream or is still pending.
 //
 // "kbridge conformance-handler" is such a handler for workers that run a
 // command per record the way "kbridge worker --exec" does (the value on

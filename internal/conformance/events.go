@@ -22,15 +22,15 @@ type Event struct {
 	// count (1 on the first delivery).
 	Stream     string `json:"stream"`
 	ID         string `json:"id"`
-	Deliveries int64  `json:"deliveries"`
+	Deliveries Int    `json:"deliveries"`
 	// The decoded record: Key and Value base64 (standard, padded) or null
 	// for a Kafka null; Headers as on the wire, [name, base64 or null]
 	// pairs (null or [] when there are none); Replayed for an entry of a
 	// replay stream.
 	Topic     string       `json:"topic"`
-	Partition int          `json:"partition"`
-	Offset    int64        `json:"offset"`
-	Timestamp int64        `json:"timestamp"`
+	Partition Int          `json:"partition"`
+	Offset    Int          `json:"offset"`
+	Timestamp Int          `json:"timestamp"`
 	Key       *string      `json:"key"`
 	Value     *string      `json:"value"`
 	Headers   [][2]*string `json:"headers"`
@@ -39,13 +39,49 @@ type Event struct {
 	Result string `json:"result,omitempty"`
 }
 
-// Step is what a handler does on one delivery.
-type Step struct {
-	Fail  bool          // fail (after Sleep), else succeed
-	Sleep time.Duration // sleep first
+// Int is an integer of an event: a JSON number, or a decimal string (which
+// JavaScript's JSON.stringify needs for offsets and timestamps above 2^53:
+// it would round the number). It is written as a number.
+type Int int64
+
+// UnmarshalJSON reads a JSON number or a string holding a decimal integer.
+func (n *Int) UnmarshalJSON(b []byte) error {
+	s := string(b)
+	if len(b) > 1 && b[0] == '"' {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("conformance: %s is not an integer (a JSON number or a decimal string)", b)
+	}
+	*n = Int(v)
+	return nil
 }
 
-var actionRE = regexp.MustCompile(`^(ok|fail|sleep:[0-9]{1,9}|sleepfail:[0-9]{1,9})(\|(ok|fail|sleep:[0-9]{1,9}|sleepfail:[0-9]{1,9}))*$`)
+// Step is what a handler does on one delivery.
+type Step struct {
+	Fail  bool          // fail (after Sleep and Wait), else succeed
+	Sleep time.Duration // sleep first
+	// Wait names a file the handler waits for before it goes on (at most
+	// WaitLimit): WaitFile(log, Wait, deliveries). The kit creates it when it
+	// has done what it does while the handler runs.
+	Wait string
+}
+
+// WaitLimit is how long a handler waits for the kit's file at most.
+const WaitLimit = 60 * time.Second
+
+// WaitFile returns the file a handler of a "wait:<name>" step waits for, on
+// the delivery given: "<CONFORMANCE_LOG>.<name>.<deliveries>".
+func WaitFile(log, name string, deliveries int64) string {
+	return log + "." + name + "." + strconv.FormatInt(deliveries, 10)
+}
+
+const actionStep = `(ok|fail|(sleep|sleepfail):[0-9]{1,9}|(wait|waitfail):[a-z0-9-]{1,32})`
+
+var actionRE = regexp.MustCompile(`^` + actionStep + `(\|` + actionStep + `)*$`)
 
 // Action returns what the handler does on the given delivery (1, 2, ...) of
 // a record with this value. A value that is not an action succeeds at once.
@@ -64,8 +100,27 @@ func Action(value []byte, deliveries int64) Step {
 		return Step{Sleep: time.Duration(ms) * time.Millisecond}
 	case "sleepfail":
 		return Step{Fail: true, Sleep: time.Duration(ms) * time.Millisecond}
+	case "wait":
+		return Step{Wait: arg}
+	case "waitfail":
+		return Step{Fail: true, Wait: arg}
 	}
 	return Step{}
+}
+
+// Do does the step's sleep and wait (for a handler that logs to log, on the
+// given delivery).
+func (st Step) Do(log string, deliveries int64) {
+	time.Sleep(st.Sleep)
+	if st.Wait == "" {
+		return
+	}
+	f := WaitFile(log, st.Wait, deliveries)
+	for deadline := time.Now().Add(WaitLimit); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(f); err == nil {
+			return
+		}
+	}
 }
 
 // AppendEvent appends e as one JSON line to the file at path, in a single
@@ -144,10 +199,10 @@ func ExecHandler(env []string, value []byte) (int, error) {
 		}
 		return n
 	}
-	e.Partition = int(num("KBRIDGE_PARTITION"))
-	e.Offset = num("KBRIDGE_OFFSET")
-	e.Timestamp = num("KBRIDGE_TIMESTAMP")
-	e.Deliveries = num("KBRIDGE_DELIVERIES")
+	e.Partition = Int(num("KBRIDGE_PARTITION"))
+	e.Offset = Int(num("KBRIDGE_OFFSET"))
+	e.Timestamp = Int(num("KBRIDGE_TIMESTAMP"))
+	e.Deliveries = Int(num("KBRIDGE_DELIVERIES"))
 	if err != nil {
 		return 2, err
 	}
@@ -167,8 +222,8 @@ func ExecHandler(env []string, value []byte) (int, error) {
 	if err := AppendEvent(path, e); err != nil {
 		return 2, err
 	}
-	step := Action(value, e.Deliveries)
-	time.Sleep(step.Sleep)
+	step := Action(value, int64(e.Deliveries))
+	step.Do(path, int64(e.Deliveries))
 	e.Event, e.Result = "end", "ok"
 	if step.Fail {
 		e.Result = "fail"

@@ -27,6 +27,13 @@ func TestAction(t *testing.T) {
 		{"\x00\xff", 1, Step{}},          // binary: succeeds
 		{"sleep:-1", 1, Step{}},          // not an action
 		{"fail|ok", 0, Step{Fail: true}}, // a count below 1 is the first delivery
+		{"wait:own", 3, Step{Wait: "own"}},
+		{"waitfail:r", 2, Step{Fail: true, Wait: "r"}},
+		{"waitfail:s|ok", 2, Step{}},
+		{"wait:", 1, Step{}},       // not an action: no name
+		{"wait:A_b", 1, Step{}},    // not an action: a name is [a-z0-9-]
+		{"wait:../x", 1, Step{}},   // not an action: no path
+		{"sleepwait:1", 1, Step{}}, // not an action
 	} {
 		if got := Action([]byte(tt.value), tt.deliveries); got != tt.want {
 			t.Errorf("Action(%q, %d) = %+v, want %+v", tt.value, tt.deliveries, got, tt.want)
@@ -72,5 +79,55 @@ func TestExecHandler(t *testing.T) {
 	f.Close()
 	if evs, bad := readEvents(log); len(evs) != 4 || len(bad) != 0 {
 		t.Errorf("with a partial last line: %d events, bad %v", len(evs), bad)
+	}
+}
+
+// TestEventNumbers: the numbers of an event may be JSON numbers or decimal
+// strings (a JavaScript handler must write offsets above 2^53 as strings).
+func TestEventNumbers(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "events")
+	lines := `{"event":"start","deliveries":"2","partition":3,"offset":"9223372036854775807","timestamp":"-9223372036854775808"}
+{"event":"end","deliveries":2,"partition":"3","offset":9223372036854775807,"timestamp":-1,"result":"ok"}
+{"event":"start","offset":9223372036854776000}
+{"event":"start","offset":"12x"}
+{"event":"start","offset":1.5}
+`
+	if err := os.WriteFile(log, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	evs, bad := readEvents(log)
+	if len(evs) != 2 || len(bad) != 3 {
+		t.Fatalf("got %d events and %d bad lines (%v), want 2 and 3 (a rounded number, a bad string, a fraction)", len(evs), len(bad), bad)
+	}
+	if e := evs[0]; e.Deliveries != 2 || e.Partition != 3 || e.Offset != 9223372036854775807 || e.Timestamp != -9223372036854775808 {
+		t.Errorf("strings: %+v", e)
+	}
+	if e := evs[1]; e.Deliveries != 2 || e.Partition != 3 || e.Offset != 9223372036854775807 || e.Timestamp != -1 {
+		t.Errorf("numbers: %+v", e)
+	}
+}
+
+// TestStepWaits: a wait step returns once the kit's file exists, and a
+// handler without it would wait (here: it is there from the start).
+func TestStepWaits(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "events")
+	st := Action([]byte("waitfail:own"), 3)
+	done := make(chan struct{})
+	go func() { st.Do(log, 3); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("the step returned before the file existed")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := os.WriteFile(WaitFile(log, "own", 3), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the step did not return within 5s of the file")
+	}
+	if got := WaitFile(log, "own", 3); got != log+".own.3" {
+		t.Errorf("WaitFile = %q", got)
 	}
 }

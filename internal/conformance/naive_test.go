@@ -90,7 +90,7 @@ func naiveHandle(stream string, m redis.XMessage) bool {
 	var off int64
 	fmt.Sscanf(m.ID, "%d", &off)
 	e := conformance.Event{Event: "start", Worker: os.Getenv("CONFORMANCE_WORKER"), Stream: stream, ID: m.ID, Deliveries: 1,
-		Offset: off, Key: str("key"), Value: str("value")}
+		Offset: conformance.Int(off), Key: str("key"), Value: str("value")}
 	e.Topic, _ = m.Values["topic"].(string)
 	fmt.Sscanf(fmt.Sprint(m.Values["partition"]), "%d", &e.Partition)
 	fmt.Sscanf(fmt.Sprint(m.Values["timestamp"]), "%d", &e.Timestamp)
@@ -101,7 +101,7 @@ func naiveHandle(stream string, m redis.XMessage) bool {
 	log := os.Getenv("CONFORMANCE_LOG")
 	_ = conformance.AppendEvent(log, e)
 	step := conformance.Action([]byte(value), 1)
-	time.Sleep(step.Sleep)
+	step.Do(log, 1)
 	e.Event, e.Result = "end", "ok"
 	if step.Fail {
 		e.Result = "fail"

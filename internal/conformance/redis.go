@@ -3,6 +3,7 @@ package conformance
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,7 @@ func (s *run) stream(topic string, partition int) string {
 // createStream creates key (MKSTREAM) with each group at ID 0, as the
 // ingest does, and registers it when register is set.
 func (s *run) createStream(ctx context.Context, key string, register bool, groups ...string) error {
+	s.track(key)
 	for _, g := range groups {
 		if err := s.k.rdb.XGroupCreateMkStream(ctx, key, g, "0").Err(); err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
 			return err
@@ -81,15 +83,15 @@ func (s *run) pendingCount(ctx context.Context, stream string) (int64, error) {
 // acknowledged it: nothing pending, last-delivered-id at the stream's top.
 func (s *run) settled(ctx context.Context, stream string) bool {
 	n, err := s.pendingCount(ctx, stream)
-	if err != nil || n != 0 {
-		return false
-	}
+	return err == nil && n == 0 && s.allRead(ctx, stream)
+}
+
+// allRead reports whether the group's last-delivered-id is the stream's
+// last entry.
+func (s *run) allRead(ctx context.Context, stream string) bool {
 	top, err := s.k.rdb.XRevRangeN(ctx, stream, "+", "-", 1).Result()
-	if err != nil {
-		return false
-	}
-	if len(top) == 0 {
-		return true
+	if err != nil || len(top) == 0 {
+		return err == nil
 	}
 	groups, err := s.k.rdb.XInfoGroups(ctx, stream).Result()
 	if err != nil {
@@ -183,21 +185,23 @@ func (s *run) claim(ctx context.Context, stream, consumer string, idle time.Dura
 
 // keepLease holds an entry for consumer in the background until the
 // returned stop is called: whenever its idle time reaches frac of the
-// visibility timeout, it is reset. A worker that uses the group's
-// visibility timeout never takes it; one that uses a shorter timeout does.
-func (s *run) keepLease(ctx context.Context, stream, id, consumer string, frac float64) (stop func()) {
+// visibility timeout, it is set back to from (a fraction too). A worker that
+// uses the group's visibility timeout never takes it; one that uses a
+// shorter timeout, above from, takes it on almost any reclaim.
+func (s *run) keepLease(ctx context.Context, stream, id, consumer string, from, frac float64) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	limit := time.Duration(float64(s.k.cfg.VisibilityTimeout) * frac)
+	vt := float64(s.k.cfg.VisibilityTimeout)
+	limit, idle := time.Duration(vt*frac), time.Duration(vt*from)
 	go func() {
 		defer close(done)
 		for ctx.Err() == nil {
 			if p, ok, err := s.pending(ctx, stream, id); err == nil && ok && p.Consumer == consumer && p.Idle >= limit {
-				_ = s.claim(ctx, stream, consumer, -1, 0, id)
+				_ = s.claim(ctx, stream, consumer, idle, 0, id)
 			}
 			select {
 			case <-ctx.Done():
-			case <-time.After(50 * time.Millisecond):
+			case <-time.After(20 * time.Millisecond):
 			}
 		}
 	}()
@@ -205,3 +209,81 @@ func (s *run) keepLease(ctx context.Context, stream, id, consumer string, frac f
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// track adds a stream to those the loss check reads after the scenario.
+func (s *run) track(stream string) {
+	if !slices.Contains(s.streams, stream) {
+		s.streams = append(s.streams, stream)
+	}
+}
+
+// checkNothingLost checks W20 after a scenario, its workers stopped: every
+// entry the group read (up to its last-delivered-id) of every stream the
+// scenario made ended handled (an end event with result ok), is in the
+// dead-letter stream, is still pending (under any consumer: it will be
+// reclaimed), or is a replayed dead letter of another group (acknowledged
+// unhandled by rule 11). Anything else was acknowledged without being
+// handled, or dropped from the pending list (XGROUP DELCONSUMER): lost, and
+// the ingest's commit passes it.
+func (s *run) checkNothingLost(ctx context.Context) error {
+	byEntry := entryEvents(s.readEvents())
+	checked, lost := 0, 0
+	for _, st := range s.streams {
+		groups, err := s.k.rdb.XInfoGroups(ctx, st).Result()
+		if err != nil {
+			if strings.Contains(strings.ToLower(err.Error()), "no such key") {
+				continue
+			}
+			return err
+		}
+		last := ""
+		for _, g := range groups {
+			if g.Name == Group {
+				last = g.LastDeliveredID
+			}
+		}
+		if last == "" || last == "0-0" {
+			continue
+		}
+		entries, err := s.k.rdb.XRange(ctx, st, "-", last).Result()
+		if err != nil {
+			return err
+		}
+		var dls []redis.XMessage
+		if len(entries) > 0 {
+			if dls, err = s.deadLetters(ctx, wire.DLQKey(wire.PartitionStreamOf(st))); err != nil {
+				return err
+			}
+		}
+		for _, e := range entries {
+			checked++
+			if endedOK(byEntry[ref(st, e.ID)]) || slices.ContainsFunc(dls, func(d redis.XMessage) bool {
+				return d.Values[wire.FieldDLQStream] == st && d.Values[wire.FieldDLQID] == e.ID
+			}) {
+				continue
+			}
+			if g, ok := e.Values[wire.FieldDLQGroup].(string); ok && g != "" && g != Group && wire.IsReplayKey(st) {
+				continue
+			}
+			if _, pend, err := s.pending(ctx, st, e.ID); err != nil {
+				return err
+			} else if pend {
+				continue
+			}
+			lost++
+			if lost <= 5 {
+				s.check("W20", false, "%s %s was read by group %q (its last-delivered-id is %s) but was neither handled (no end event with result ok), "+
+					"dead-lettered nor left pending: lost, the ingest's commit passes it (acknowledged unhandled, or dropped by XGROUP DELCONSUMER? see rules 6 and 12)",
+					st, e.ID, Group, last)
+			}
+		}
+	}
+	if lost > 5 {
+		s.check("W20", false, "%d entries lost in all", lost)
+	}
+	if lost == 0 {
+		s.check("W20", true, "")
+	}
+	s.logf("loss check: %d entries read by the group, %d lost", checked, lost)
+	return nil
+}

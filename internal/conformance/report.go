@@ -104,6 +104,19 @@ func (r *Report) fail(id, scenario, format string, args ...any) {
 	}
 }
 
+// setScenario records the result of the i-th scenario run.
+func (r *Report) setScenario(i int, res ScenarioResult) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Scenarios[i] = res
+}
+
+func (r *Report) addFigure(f string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Figures = append(r.Figures, f)
+}
+
 // Passed reports whether no rule failed and at least one passed.
 func (r *Report) Passed() bool {
 	r.mu.Lock()

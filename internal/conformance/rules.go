@@ -6,9 +6,10 @@ type Rule struct {
 	Title string
 }
 
-// Rules lists the rules the kit checks, in the order of docs/wire.md.
+// Rules lists the rules the kit checks (W19 and W20 came after the others:
+// the IDs stay stable).
 var Rules = []Rule{
-	{"W1", "checks the wire version: refuses to run on a version it does not speak"},
+	{"W1", "checks the wire version at start-up: runs without the key, refuses a version it does not speak"},
 	{"W2", "discovers every registered partition stream, new ones too"},
 	{"W3", "never creates a group on a partition stream"},
 	{"W4", "handles each record once and acknowledges it"},
@@ -26,4 +27,6 @@ var Rules = []Rule{
 	{"W16", "replayed dead letters: handled with the offset field, other groups' acknowledged, failures to the partition's DLQ"},
 	{"W17", "SIGTERM: finishes running handlers, acknowledges, deletes its consumer, exits 0"},
 	{"W18", "shutdown timeout: exits non-zero, leaves the entry pending, keeps its consumer"},
+	{"W19", "checks the wire version again while it runs: stops when it changes"},
+	{"W20", "loses nothing: after every scenario, each entry the group read was handled, dead-lettered or is still pending"},
 }

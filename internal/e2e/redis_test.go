@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/kbridge/kbridge/internal/testenv"
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // aclCommands are the Redis commands kbridge needs: ingest, worker (exec and
@@ -26,8 +27,9 @@ var aclCommands = []string{
 	// scripts (go-redis runs EVALSHA, then EVAL or SCRIPT LOAD on NOSCRIPT);
 	// the commands the scripts call are checked too
 	"eval", "evalsha", "script|load",
-	// streams
-	"xadd", "xack", "xautoclaim", "xclaim", "xdel", "xgroup|create", "xgroup|delconsumer",
+	// streams; xgroup|setid: the ingest sets back a group left above the
+	// stream's top; xgroup|destroy: kbridge groups remove
+	"xadd", "xack", "xautoclaim", "xclaim", "xdel", "xgroup|create", "xgroup|delconsumer", "xgroup|setid", "xgroup|destroy",
 	"xinfo|consumers", "xinfo|groups", "xinfo|stream", "xlen", "xpending", "xrange", "xreadgroup", "xtrim",
 	// the registry set, the status hashes
 	"sadd", "smembers", "hset", "hget", "hgetall", "pexpire", "exists",
@@ -59,8 +61,14 @@ type pipelineRun struct {
 
 func newPipeline(t *testing.T, partitions, records int, redisArgs ...string) *pipelineRun {
 	t.Helper()
+	return newPipelineOn(t, testenv.Name(t), partitions, records, redisArgs...)
+}
+
+// newPipelineOn is newPipeline with a topic name of the test's choice.
+func newPipelineOn(t *testing.T, topic string, partitions, records int, redisArgs ...string) *pipelineRun {
+	t.Helper()
 	brokers := testenv.Kafka(t)
-	r := &pipelineRun{brokers: brokers, topic: testenv.Name(t), group: testenv.Name(t), prefix: testenv.Name(t),
+	r := &pipelineRun{brokers: brokers, topic: topic, group: testenv.Name(t), prefix: testenv.Name(t),
 		partitions: partitions, records: records, ledger: newLedger(t)}
 	r.redisArgs = append(append([]string{}, redisArgs...), "--prefix", r.prefix)
 	testenv.CreateTopic(t, brokers, r.topic, partitions)
@@ -160,10 +168,13 @@ func TestRedisTLS(t *testing.T) {
 // logs in as an ACL user that may touch only the keys of its prefix and run
 // only aclCommands, with its password in a file (--redis-password-file), over
 // TLS with a client certificate. A poison record goes to the dead letters and
-// is replayed once fixed. Afterwards INFO commandstats (reset before the
-// run, and only kbridge talked to the server during it) lists every command
-// the run called: each must be in aclCommands, and none may have been
-// rejected (NOPERM).
+// is replayed once fixed. A group another program left above a stream's top
+// is set back by the ingest (XGROUP SETID) and holds that partition's commit
+// until `kbridge groups remove` destroys it (after `groups list`). Afterwards
+// INFO commandstats (reset before the run; only kbridge talked to the server
+// during it, the test's setup and checks aside) lists every command the run
+// called: each must be in aclCommands, and none may have been rejected
+// (NOPERM).
 func TestRedisACLUser(t *testing.T) {
 	testenv.RequireReal(t, "a redis-server with ACLs of the test's own")
 	adminPW, userPW := secret("redis-admin-pw"), secret("redis-kbridge-pw")
@@ -176,17 +187,47 @@ func TestRedisACLUser(t *testing.T) {
 	if err := admin.Do(ctx, append([]any{"acl", "setuser", "kbridge"}, rule...)...).Err(); err != nil {
 		t.Fatalf("ACL SETUSER kbridge: %v", err)
 	}
-	if err := admin.ConfigResetStat(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
 
+	// A group left above the top of partition 0's stream (by hand, or by a
+	// program that deleted entries and lowered the top with XSETID).
+	s0 := wire.StreamKey(r.prefix, r.topic, 0)
+	if err := admin.XGroupCreateMkStream(ctx, s0, "held", "999999999-1").Err(); err != nil {
+		t.Fatalf("XGROUP CREATE held above the top: %v", err)
+	}
 	// A poison record: handling 0/7 fails while the marker file exists.
 	poison := filepath.Join(t.TempDir(), "poison")
 	if err := os.WriteFile(poison, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if err := admin.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
 	r.start(t, []string{"E2E_POISON=" + poison}, "--max-deliveries", "2", "--backoff-min", "10ms", "--backoff-max", "50ms",
 		"--visibility-timeout", "2s")
+	// The ingest sets "held" back to the top; it then holds partition 0's
+	// commit (every group on a stream counts) while the rest flows.
+	var heldAt string
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		gs, _ := admin.XInfoGroups(ctx, s0).Result()
+		for _, g := range gs {
+			if g.Name == "held" {
+				heldAt = g.LastDeliveredID
+			}
+		}
+		return heldAt != "" && heldAt != "999999999-1"
+	}, "the ingest did not set back the group above the top (last-delivered-id %s)", heldAt)
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		n, _ := r.ledger.missing(t, r.ends)
+		c := testenv.Committed(t, r.brokers, r.group, r.topic, r.partitions)
+		return n == 1 && r.worker.has("dead-lettered") && c[1] == r.ends[1] && c[2] == r.ends[2]
+	}, "the records (but the poison one) were not all handled and committed on partitions 1 and 2")
+	if c := testenv.Committed(t, r.brokers, r.group, r.topic, r.partitions); c[0] >= r.ends[0] {
+		t.Errorf("partition 0 committed %d (log end %d) while the group held had delivered nothing", c[0], r.ends[0])
+	}
+	if out := r.kbridge(t, "groups", "list"); !strings.Contains(out, "held") {
+		t.Errorf("kbridge groups list does not show the group held:\n%s", out)
+	}
+	r.kbridge(t, "groups", "remove", "--group", "held", "--yes")
 	took := r.waitCommitted(t, 60*time.Second)
 	list := r.kbridge(t, "dlq", "list", "--json")
 	if !strings.Contains(list, `"offset":7`) && !strings.Contains(list, `"offset": 7`) {
@@ -243,8 +284,8 @@ func TestRedisACLUser(t *testing.T) {
 			t.Errorf("%s logged a NOPERM error: %s", p.name, l)
 		}
 	}
-	t.Logf("ACL user ~%s:* with %d commands, TLS + client certificate, password from a file: %d records committed in %v, a dead letter replayed, status lag %d",
-		r.prefix, len(aclCommands), r.records, took.Round(time.Millisecond), lag)
+	t.Logf("ACL user ~%s:* with %d commands, TLS + client certificate, password from a file: %d records committed (%v after groups remove), a dead letter replayed, a group set back from 999999999-1 to %s and removed, status lag %d",
+		r.prefix, len(aclCommands), r.records, took.Round(time.Millisecond), heldAt, lag)
 }
 
 // commandStats reads INFO commandstats: the commands called (sorted,

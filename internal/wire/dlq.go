@@ -64,12 +64,16 @@ type DLQInfo struct {
 func IsDLQField(name string) bool { return strings.HasPrefix(name, "dlq_") }
 
 // DeadLetterFields returns the field/value pairs of a dead letter, ready for
-// XADD: the original entry's fields (any earlier dead-letter fields dropped;
-// wire fields first, in contract order, then the rest sorted by name) and
-// then the fields of info.
+// XADD: the original entry's fields, each name once with the value that
+// counts (orig is a map: a name the entry repeats has its last value), any
+// earlier dead-letter fields dropped, the contract's fields first in contract
+// order, then the rest sorted by name; then the fields of info, in the order
+// of the constants above. An entry of more than MaxFields fields (malformed)
+// keeps only the contract's fields: the scripts could not pass them all.
 func DeadLetterFields(orig map[string]any, info DLQInfo) []any {
-	out := make([]any, 0, 2*len(orig)+16)
+	out := make([]any, 0, 2*min(len(orig), MaxFields+8)+16)
 	seen := map[string]bool{}
+	tooMany := countFields(orig) > MaxFields
 	for _, f := range []string{FieldTopic, FieldPartition, FieldOffset, FieldTimestamp, FieldKey, FieldValue, FieldHeaders} {
 		if v, ok := orig[f]; ok {
 			out = append(out, f, fmt.Sprint(v))
@@ -78,7 +82,7 @@ func DeadLetterFields(orig map[string]any, info DLQInfo) []any {
 	}
 	var rest []string
 	for f := range orig {
-		if !seen[f] && !IsDLQField(f) {
+		if !seen[f] && !IsDLQField(f) && !tooMany {
 			rest = append(rest, f)
 		}
 	}

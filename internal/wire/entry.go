@@ -42,6 +42,16 @@ type Record struct {
 	Headers   []Header
 }
 
+// MaxFields is the most fields an entry may have, not counting the dead-letter
+// fields (dlq_*): an entry with more is malformed. The scripts pass a dead
+// letter's fields as one XADD (deadletter.lua, replay.lua), and the Lua of
+// Redis 7.0 refuses to unpack 8000 values or more: with this cap every valid
+// entry can be dead-lettered and replayed (at most 2*(1000+8) values), and a
+// malformed one too, with the contract's fields only (DeadLetterFields).
+// Fields are counted by name, as a map-reading client sees them (a name
+// written twice counts once).
+const MaxFields = 1000
+
 // ErrMalformed is wrapped by every Decode error: the entry does not follow the
 // wire contract. Workers dead-letter such entries with the error as reason.
 var ErrMalformed = errors.New("malformed entry")
@@ -104,6 +114,9 @@ func Decode(values map[string]any) (Record, error) {
 			err = fmt.Errorf("%w: field %q is missing", ErrMalformed, name)
 		}
 		return s, err
+	}
+	if n := countFields(values); n > MaxFields {
+		return r, fmt.Errorf("%w: %d fields (not counting dlq_* ones), more than the %d allowed", ErrMalformed, n, MaxFields)
 	}
 	var err error
 	if r.Topic, err = need(FieldTopic); err != nil {
@@ -176,6 +189,17 @@ func DecodeEntry(stream, id string, values map[string]any) (Record, error) {
 		return r, fmt.Errorf("%w: entry ID %s is not %s (offset %d)", ErrMalformed, id, EntryID(r.Offset), r.Offset)
 	}
 	return r, nil
+}
+
+// countFields returns how many fields of values are not dead-letter fields.
+func countFields(values map[string]any) int {
+	n := 0
+	for name := range values {
+		if !IsDLQField(name) {
+			n++
+		}
+	}
+	return n
 }
 
 // parseDecimal parses a canonical decimal int64: digits only, no leading

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -31,7 +32,9 @@ func StatusKey(stream string) string { return stream + ":status" }
 func RegistryKey(prefix string) string { return prefix + ":streams" }
 
 // ParseStreamKey splits a partition stream key into its prefix, topic and
-// partition. It is the inverse of StreamKey.
+// partition. It is the inverse of StreamKey: the partition is a canonical
+// decimal 0..2147483647 (the one StreamKey writes), so "kbridge:{orders:03}"
+// or "kbridge:{orders:+3}" is not a partition stream key.
 func ParseStreamKey(key string) (prefix, topic string, partition int, err error) {
 	open := strings.LastIndex(key, ":{")
 	if open < 0 || !strings.HasSuffix(key, "}") {
@@ -42,10 +45,11 @@ func ParseStreamKey(key string) (prefix, topic string, partition int, err error)
 	if colon <= 0 {
 		return "", "", 0, fmt.Errorf("wire: %q is not a partition stream key (want <prefix>:{<topic>:<partition>})", key)
 	}
-	partition, err = strconv.Atoi(tag[colon+1:])
-	if err != nil || partition < 0 {
-		return "", "", 0, fmt.Errorf("wire: %q has no valid partition number", key)
+	p, ok := parseDecimal(tag[colon+1:], false)
+	if !ok || p > math.MaxInt32 {
+		return "", "", 0, fmt.Errorf("wire: %q has no valid partition number (a decimal 0..2147483647, no sign or leading zero)", key)
 	}
+	partition = int(p)
 	return key[:open], tag[:colon], partition, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -213,6 +214,70 @@ func vectorDefs() []vdef {
 			return base(p, "5", "headers", h.value)
 		})
 	}
+	p = next()
+	r = rec(p, "5", nil, nil)
+	r.Timestamp = "-9223372036854775808"
+	ok("smallest timestamp (int64 minimum)", with(base(p, "5"), "timestamp", "-9223372036854775808"), r)
+	p = next()
+	r = rec(p, "5", nil, nil)
+	r.Timestamp = "9223372036854775807"
+	ok("largest timestamp (int64 maximum)", with(base(p, "5"), "timestamp", "9223372036854775807"), r)
+	bad("timestamp below int64", "timestamp is not a canonical decimal int64", func(p int) []string {
+		return with(base(p, "5"), "timestamp", "-9223372036854775809")
+	})
+	p = next()
+	ok("header value written with JSON escapes", base(p, "5", "headers", `[["a","\u0059\u0051\u003d\u003d"]]`), rec(p, "5", nil, nil, hdr("a", b("a"))))
+	p = next()
+	ok("header names: a lone high surrogate before a pair, a low one before a high one",
+		base(p, "5", "headers", `[["\ud800\ud83d\ude00",null],["\ude00\ud83d",null]]`),
+		rec(p, "5", nil, nil, hdr("\uFFFD\U0001F600", nil), hdr("\uFFFD\uFFFD", nil)))
+	p = next()
+	ok("header name with a raw U+2028", base(p, "5", "headers", "[[\"a\u2028b\",null]]"), rec(p, "5", nil, nil, hdr("a\u2028b", nil)))
+	p = next()
+	ok("unknown field with a binary name", base(p, "5", "\xff\xfe\x00", "\x00"), rec(p, "5", nil, nil))
+	p = next()
+	ok("topic repeated: the last one counts", append([]string{"topic", "orders"}, base(p, "5")...), rec(p, "5", nil, nil))
+	p = next()
+	ok("headers repeated: a bad one, then a good one (the last counts)", base(p, "5", "headers", "bad", "headers", `[["a",null]]`),
+		rec(p, "5", nil, nil, hdr("a", nil)))
+	bad("headers repeated: a good one, then a bad one (the last counts)", "headers must be a JSON list of [name, canonical padded standard base64 or null] pairs",
+		func(p int) []string { return base(p, "5", "headers", `[["a",null]]`, "headers", "bad") })
+	for _, h := range []struct{ name, value string }{
+		{"present and empty", ""},
+		{"a NaN value", `[["a",NaN]]`},
+		{"an Infinity element", `[["a",null],Infinity]`},
+		{"a true value", `[["a",true]]`},
+		{"followed by a NUL", "[]\x00"},
+		{"value with padding inside", `[["a","YQ==YQ=="]]`},
+		{"value ====", `[["a","===="]]`},
+		{"UTF-16 with a byte order mark", "\xff\xfe[\x00]\x00"},
+		{"nested 1000 deep (a decoder must not crash on it)", strings.Repeat("[", 1000) + strings.Repeat("]", 1000)},
+		{"nested 10001 deep (beyond the 10000 of Go's encoding/json)", strings.Repeat("[", 10001) + strings.Repeat("]", 10001)},
+	} {
+		bad("headers "+h.name, "headers must be a JSON list of [name, canonical padded standard base64 or null] pairs", func(p int) []string {
+			return base(p, "5", "headers", h.value)
+		})
+	}
+	for _, k := range []struct{ name, part string }{{"a leading zero", "0%d"}, {"a plus sign", "+%d"}} {
+		p = next()
+		vs = append(vs, vdef{name: "stream key partition with " + k.name, stream: "kbridge:{vectors:" + fmt.Sprintf(k.part, p) + "}", id: "5-1",
+			fields: base(p, "5"), malformed: "not a partition stream key: its partition is not a canonical decimal (a worker never reads it: rule 2 skips it)"})
+	}
+	p = next()
+	extra := base(p, "5")
+	for i := 0; len(extra)/2 < MaxFields; i++ {
+		extra = append(extra, fmt.Sprintf("x-%04d", i), "y")
+	}
+	ok(fmt.Sprintf("%d fields (the most allowed) and dead-letter fields beside them", MaxFields),
+		append(extra, "dlq_reason", "malformed", "dlq_group", "other"), rec(p, "5", nil, nil))
+	bad(fmt.Sprintf("%d fields: more than the %d allowed", MaxFields+1, MaxFields), fmt.Sprintf("more than %d fields (dlq_* ones aside)", MaxFields),
+		func(p int) []string {
+			f := base(p, "5")
+			for i := 0; len(f)/2 <= MaxFields; i++ {
+				f = append(f, fmt.Sprintf("x-%04d", i), "y")
+			}
+			return f
+		})
 	p = next()
 	vs = append(vs, vdef{name: "replayed entry with a bad offset", stream: ReplayKey(stream(p)), id: "1718000000000-0",
 		fields: with(base(p, "5", "dlq_group", "workers"), "offset", "x"), malformed: "offset is not a canonical decimal 0..9223372036854775807"})

@@ -1,0 +1,343 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// The topics an ingest bridges are the configured ones that exist and that
+// its user may read. kafka-go's group leader assigns nothing at all — for
+// any topic — when one subscribed topic's metadata has an error (not created
+// yet, deleted, not authorised), and its WatchPartitionChanges ends each
+// generation as it starts while a topic is missing: a rebalance storm for
+// the whole group (issue 7 point 1). So the ingest subscribes only to the
+// topics it found, watches the configured ones itself every
+// MetadataInterval, and joins the group again (once) when the set changes:
+// a topic created, deleted, or made readable. A change in the number of a
+// subscribed topic's partitions makes the member that leads the group end
+// its generation, so that the group rebalances (once) and the new
+// partitions are assigned; the other members need not do anything.
+
+// Topic states (TopicStatus.State).
+const (
+	// TopicBridged: the topic exists and is read.
+	TopicBridged = "bridged"
+	// TopicMissing: the topic does not exist (never created, or deleted).
+	TopicMissing = "missing"
+	// TopicNotAuthorized: the user may not describe or read the topic.
+	TopicNotAuthorized = "not authorized"
+	// TopicError: the brokers answered another error for the topic.
+	TopicError = "error"
+)
+
+// TopicStatus is the state of one configured topic, as Ingest.Stats reports
+// it.
+type TopicStatus struct {
+	Topic string
+	// State is TopicBridged, TopicMissing, TopicNotAuthorized or TopicError.
+	State string
+	// Err says why a topic is not bridged ("" when it is).
+	Err string
+	// Partitions is the topic's partition count (0 when unknown).
+	Partitions int
+	// ID is the topic's Kafka topic ID in hex ("" when unknown).
+	ID string
+	// Since is when the topic entered its state.
+	Since time.Time
+}
+
+// topicWatch holds the state of the configured topics. Safe for concurrent
+// use.
+type topicWatch struct {
+	mu     sync.Mutex
+	topics map[string]*watchedTopic
+	order  []string
+	// changed is closed (and replaced) whenever a topic's state or
+	// partition count changes.
+	changed chan struct{}
+}
+
+type watchedTopic struct {
+	TopicStatus
+	misses int // consecutive polls that did not find a bridged topic
+}
+
+func newTopicWatch(topics []string) *topicWatch {
+	w := &topicWatch{topics: map[string]*watchedTopic{}, changed: make(chan struct{})}
+	for _, t := range topics {
+		if _, dup := w.topics[t]; dup {
+			continue
+		}
+		w.topics[t] = &watchedTopic{TopicStatus: TopicStatus{Topic: t, State: TopicError, Err: "not checked yet"}}
+		w.order = append(w.order, t)
+	}
+	return w
+}
+
+// bridged returns the topics to subscribe to, sorted.
+func (w *topicWatch) bridged() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for _, t := range w.order {
+		if w.topics[t].State == TopicBridged {
+			out = append(out, t)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// partitions returns the partition count of a bridged topic (0 otherwise).
+func (w *topicWatch) partitions(topic string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t, ok := w.topics[topic]; ok && t.State == TopicBridged {
+		return t.Partitions
+	}
+	return 0
+}
+
+// id returns the topic ID the brokers gave last (zero when unknown).
+func (w *topicWatch) id(topic string) topicID {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t, ok := w.topics[topic]; ok {
+		return parseTopicID(t.ID)
+	}
+	return topicID{}
+}
+
+// wait returns a channel closed at the next change.
+func (w *topicWatch) wait() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.changed
+}
+
+func (w *topicWatch) list() []TopicStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]TopicStatus, 0, len(w.order))
+	for _, t := range w.order {
+		out = append(out, w.topics[t].TopicStatus)
+	}
+	return out
+}
+
+// pollTopics reads the configured topics' metadata once and updates their
+// states, logging every change. readable is asked for a topic that exists
+// and was not bridged: whether the user may read it (a describe-only ACL
+// lets the metadata through). A failed metadata request changes nothing.
+func (in *Ingest) pollTopics(ctx context.Context) error {
+	metas, err := in.metadata(ctx, in.topics.order)
+	if err != nil {
+		return err
+	}
+	// Check READ outside the lock: it is a fetch.
+	readErr := map[string]error{}
+	for _, m := range metas {
+		in.topics.mu.Lock()
+		state := in.topics.topics[m.Name].State
+		in.topics.mu.Unlock()
+		if m.Err == nil && state != TopicBridged {
+			readErr[m.Name] = in.readable(ctx, m.Name)
+		}
+	}
+	w := in.topics
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	changed := false
+	now := time.Now()
+	set := func(t *watchedTopic, state string, err error) {
+		e := ""
+		if err != nil {
+			e = err.Error()
+		}
+		if t.State == state && t.Err == e {
+			return
+		}
+		was := t.State
+		t.State, t.Err, t.Since = state, e, now
+		changed = true
+		log := in.log.With("topic", t.Topic, "partitions", t.Partitions)
+		switch state {
+		case TopicBridged:
+			log.Info("topic found: bridging it", "was", was)
+		case TopicMissing:
+			if was == TopicBridged {
+				log.Error("topic deleted: no longer bridging it; its streams stay in Redis for the workers, and it is picked up again if it is created again (as a new topic: see the runbook for a recreated topic)")
+			} else {
+				log.Error("topic does not exist: not bridging it, the other topics go on; it is picked up once created")
+			}
+		case TopicNotAuthorized:
+			log.Error("topic authorization failed: not bridging it, the other topics go on; grant the user READ on it (docs/operations.md)", "err", e)
+		default:
+			log.Error("topic metadata error: not bridging it, the other topics go on", "err", e)
+		}
+	}
+	for _, m := range metas {
+		t := w.topics[m.Name]
+		if !m.ID.IsZero() {
+			t.ID = m.ID.String()
+		}
+		switch {
+		case m.Err == nil:
+			if rerr := readErr[m.Name]; rerr != nil {
+				t.Partitions = m.Partitions
+				set(t, TopicNotAuthorized, rerr)
+				continue
+			}
+			t.misses = 0
+			if t.State == TopicBridged && t.Partitions != m.Partitions {
+				in.log.Info("topic partitions changed", "topic", t.Topic, "from", t.Partitions, "to", m.Partitions)
+				changed = true
+			}
+			t.Partitions = m.Partitions
+			set(t, TopicBridged, nil)
+		case errors.Is(m.Err, kafka.UnknownTopicOrPartition):
+			// A bridged topic is dropped only when two polls in a row miss
+			// it: a broker that has not caught up yet does not cost a
+			// rejoin.
+			if t.State == TopicBridged {
+				if t.misses++; t.misses < 2 {
+					continue
+				}
+			}
+			t.Partitions = 0
+			set(t, TopicMissing, m.Err)
+		case errors.Is(m.Err, kafka.TopicAuthorizationFailed):
+			set(t, TopicNotAuthorized, m.Err)
+		default:
+			if t.State == TopicBridged {
+				continue // transient (a leader election): keep it
+			}
+			set(t, TopicError, m.Err)
+		}
+	}
+	if changed {
+		close(w.changed)
+		w.changed = make(chan struct{})
+	}
+	return nil
+}
+
+// readable tells whether the user may read topic: a fetch of partition 0 at
+// its log end, which returns nothing but says TOPIC_AUTHORIZATION_FAILED
+// when the user may describe the topic but not read it. Other errors (no
+// leader yet) count as readable: the partitions retry.
+func (in *Ingest) readable(ctx context.Context, topic string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := in.client.Fetch(ctx, &kafka.FetchRequest{Topic: topic, Partition: 0, Offset: kafka.LastOffset,
+		MinBytes: 1, MaxBytes: 1024, MaxWait: 10 * time.Millisecond})
+	if err == nil {
+		err = res.Error
+	}
+	if errors.Is(err, kafka.TopicAuthorizationFailed) {
+		return err
+	}
+	return nil
+}
+
+// watchTopics polls the topics every MetadataInterval until ctx is done,
+// and reminds, once a minute, which configured topics are not bridged.
+func (in *Ingest) watchTopics(ctx context.Context) {
+	t := time.NewTicker(in.cfg.MetadataInterval)
+	defer t.Stop()
+	var warned time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := in.pollTopics(ctx); err != nil {
+			if ctx.Err() == nil {
+				in.counters.kafkaErrs.Add(1)
+				in.log.Warn("reading topic metadata failed; retrying", "err", err)
+			}
+			continue
+		}
+		if time.Since(warned) >= time.Minute {
+			var not []string
+			for _, s := range in.topics.list() {
+				if s.State != TopicBridged {
+					not = append(not, s.Topic+" ("+s.State+")")
+				}
+			}
+			if len(not) > 0 {
+				in.log.Warn("configured topics not bridged", "topics", not)
+				warned = time.Now()
+			}
+		}
+	}
+}
+
+// leaderView wraps the group balancers to learn, per generation, whether
+// this member led the group and which partitions it assigned: kafka-go calls
+// UserData for every join request and AssignGroups on the leader only.
+type leaderView struct {
+	mu         sync.Mutex
+	partitions map[string]int // nil: not the leader of the last join
+}
+
+// take returns the partition counts this member assigned as leader in the
+// last join, or nil when it did not lead.
+func (v *leaderView) take() map[string]int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.partitions
+}
+
+type viewBalancer struct {
+	kafka.GroupBalancer
+	view *leaderView
+}
+
+func (b viewBalancer) UserData() ([]byte, error) {
+	b.view.mu.Lock()
+	b.view.partitions = nil
+	b.view.mu.Unlock()
+	return b.GroupBalancer.UserData()
+}
+
+func (b viewBalancer) AssignGroups(members []kafka.GroupMember, partitions []kafka.Partition) kafka.GroupMemberAssignments {
+	counts := map[string]int{}
+	for _, p := range partitions {
+		counts[p.Topic]++
+	}
+	b.view.mu.Lock()
+	b.view.partitions = counts
+	b.view.mu.Unlock()
+	return b.GroupBalancer.AssignGroups(members, partitions)
+}
+
+// watchPartitions runs for a generation this member leads: it returns —
+// ending the generation, so that the group rebalances and the leader
+// assigns again — when a topic it assigned has another number of partitions
+// now. Topics it did not see are left alone: their metadata had an error
+// when it assigned (another member's missing topic), and returning for them
+// would end every generation.
+func (in *Ingest) watchPartitions(ctx context.Context, assigned map[string]int) {
+	for {
+		changed := in.topics.wait()
+		for topic, n := range assigned {
+			if now := in.topics.partitions(topic); now > 0 && now != n {
+				in.log.Info("partitions of a topic changed: ending the generation so that the group assigns them (this member leads it)",
+					"topic", topic, "from", n, "to", now)
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
