@@ -318,6 +318,16 @@ func (w *Worker) discoveryLoop(ctx context.Context, kick <-chan struct{}) {
 }
 
 func (w *Worker) discoverOnce(ctx context.Context) {
+	// The wire contract version first (checked at start too): a newer
+	// ingest may write what this worker would misread, so it stops taking
+	// entries. A version that cannot be read (Redis down) is not a change.
+	if err := wire.CheckVersion(ctx, w.rdb, w.cfg.Prefix); errors.Is(err, wire.ErrVersion) {
+		w.log.Error("the wire contract version changed; stopping: no new entries are taken, running handlers finish, the rest is handed back", "err", err)
+		w.stopRun(err)
+		return
+	} else if err != nil && ctx.Err() == nil {
+		w.log.Warn("cannot read the wire contract version", "err", err)
+	}
 	s, err := w.discover(ctx)
 	if err != nil {
 		if ctx.Err() == nil {

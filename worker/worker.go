@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -30,6 +31,8 @@ type Worker struct {
 
 	discovered     chan struct{} // closed by the first discovery
 	discoveredOnce sync.Once
+
+	stopRun context.CancelCauseFunc // ends Run's reading side (a wire version change); set by Run before the loops start
 
 	perSlot   bool       // Redis Cluster: one XREADGROUP per hash slot (slots.go)
 	slotReads *slotReads // the blocking reads running, when perSlot
@@ -96,16 +99,39 @@ func (w *Worker) Consumer() string { return w.cfg.Consumer }
 // the others after VisibilityTimeout). Acks go before the lease stops so
 // that no finished entry is ever reclaimed.
 //
+// Before it reads anything, Run checks that Redis accepts the worker's
+// credentials and lets it run every command it needs, and that the wire
+// contract version under the prefix is its own (startup.go). A refusal
+// returns an *AuthError, another version an error wrapping ErrWireVersion,
+// at once and having read nothing; a Redis that cannot be reached is
+// retried with backoff (logged) until ctx ends. The version is checked
+// again at each discovery: when it changes (a newer ingest), Run stops
+// taking entries and shuts down in the order above, as if ctx had been
+// cancelled, then returns an error wrapping ErrWireVersion.
+//
 // Run returns nil after a clean shutdown, an error wrapping
 // ErrShutdownTimeout if handlers were still running, and ErrRunning if
-// called twice. It keeps going through Redis errors (logging them), as
-// workers must survive a Redis restart.
+// called twice. Once started it keeps going through Redis errors (logging
+// them), as workers must survive a Redis restart.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.started.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
+	if err := w.startup(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.log.Error("worker cannot start", "err", err)
+		return err
+	}
 	w.log.Info("worker starting", "prefix", w.cfg.Prefix, "concurrency", w.cfg.Concurrency,
 		"read_ahead", w.cfg.ReadAhead, "visibility_timeout", w.cfg.VisibilityTimeout, "max_deliveries", w.cfg.MaxDeliveries)
+	// A discovery that finds another wire version stops the reading side
+	// the way the caller's cancellation does (the cause says why).
+	parent := ctx
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	w.stopRun = stop
 
 	// Handlers, acks and leases outlive ctx: they are stopped in the
 	// shutdown order above, not by the caller's cancellation.
@@ -176,6 +202,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-leaseDone
 	w.cleanupSelf(w.sched.listed())
 	w.log.Info("worker stopped", "processed", w.stats.processed.Load())
+	if cause := context.Cause(ctx); parent.Err() == nil && errors.Is(cause, ErrWireVersion) {
+		return errors.Join(cause, err)
+	}
 	return err
 }
 

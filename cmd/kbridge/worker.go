@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -9,7 +8,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/kbridge/kbridge/internal/wire"
 	"github.com/kbridge/kbridge/worker"
 )
 
@@ -180,16 +178,10 @@ func runWorker(c *cli.Context) error {
 	if err := errors.Join(append(bad, cfg.Validate())...); err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
-	// The wire contract version (docs/wire.md): a newer ingest wrote what
-	// this worker would misread. Unreachable Redis: the worker retries.
-	vctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err = wire.CheckVersion(vctx, rdb, cfg.Prefix)
-	cancel()
-	if errors.Is(err, wire.ErrVersion) {
-		return cli.Exit(err.Error(), 1)
-	} else if err != nil {
-		log.Warn("cannot read the wire contract version; starting anyway", "err", err)
-	}
+	// Run checks the credentials, the ACL and the wire contract version
+	// before it reads anything (exit 1 at once if one is wrong; retried
+	// while Redis cannot be reached), and the version again at each
+	// discovery (exit 1 after a graceful stop when it changes).
 	w, err := worker.New(cfg)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
