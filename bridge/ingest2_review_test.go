@@ -207,3 +207,60 @@ func deletedTopicStaysDeleted(t *testing.T, joinDuring bool) {
 		t.Errorf("%d generations for one deleted topic with %d members, want at most %d", gens, len(ins), 3*len(ins))
 	}
 }
+
+// TestReviewRecreatedSmallerRunbook (point 6): the old topic was bridged to
+// 1000; it is deleted and created again while the ingest runs, refilled with
+// 300 (below the old top: the fetch at 1000 is out of range, no race). After
+// the runbook (DEL the stream) the docs promise the partition "starts afresh
+// from the group's committed offset for the new topic": the 300 records are
+// delivered, and the commit follows them to the new log end — not held by
+// what this generation committed for the OLD topic (the committer's done map
+// keeps 1000 and drops every lower offer; the tracker is told committed 1000).
+func TestReviewRecreatedSmallerRunbook(t *testing.T) {
+	testenv.RequireReal(t, "topic deletion and topic IDs of a real broker")
+	e := newEnv(t, 1)
+	testenv.Produce(t, e.brokers, e.topic, 0, 1000)
+	cfg := e.config(t)
+	cfg.MetadataInterval = 500 * time.Millisecond
+	r := startIngest(t, cfg)
+	l := newLedger()
+	wctx, stopOld := context.WithCancel(context.Background())
+	wg := e.work(wctx, t, l, 0)
+	e.waitDone(t, l, time.Minute)
+	stopOld()
+	wg.Wait()
+
+	l2 := e.startWork(t, 0)
+	recreateTopic(t, e.brokers, e.topic, 1)
+	testenv.Produce(t, e.brokers, e.topic, 5000, 300)
+	testenv.Eventually(t, time.Minute, func() bool {
+		ps := r.Stats().Partitions
+		return len(ps) == 1 && ps[0].StallCause == bridge.StallTopicRecreated
+	}, "the partition did not stall as recreated: %+v", r.Stats().Partitions)
+	if err := e.rdb.Del(context.Background(), e.stream(0)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, time.Minute, func() bool { return l2.total() >= 300 },
+		"the new topic's records were not delivered after the runbook: %d of 300", l2.total())
+	lost, _ := l2.check(map[int]int64{0: 300})
+	deadline := time.Now().Add(20 * time.Second)
+	var c int64
+	for time.Now().Before(deadline) {
+		if c = e.committed(t, 0); c == 300 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	ps := r.Stats().Partitions
+	t.Logf("after the runbook: %d of 300 new records delivered (lost %d); Kafka commit %d (log end 300); status committed %d, log end %d, length %d, stall %q",
+		l2.total(), lost, c, ps[0].Committed, ps[0].LogEnd, ps[0].Length, ps[0].StallCause)
+	if lost != 0 {
+		t.Errorf("LOSS: %d records of the recreated topic never delivered", lost)
+	}
+	if c != 300 {
+		t.Errorf("the group's commit on the recreated topic is %d 20s after every record was acknowledged, want the log end 300", c)
+	}
+	if ps[0].Committed > ps[0].LogEnd {
+		t.Errorf("status says committed %d above the log end %d", ps[0].Committed, ps[0].LogEnd)
+	}
+}
