@@ -390,6 +390,9 @@ func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
 		if errors.Is(err, kafka.OffsetOutOfRange) {
 			return nil, p.outOfRange(ctx)
 		}
+		if errors.Is(err, kafka.UnknownTopicOrPartition) {
+			p.in.confirmTopics(ctx) // the first sign the topic is gone (topics.go)
+		}
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
 	p.logEnd = res.HighWatermark
