@@ -143,7 +143,7 @@ func (in *Ingest) runGroup(ctx context.Context, topics []string) error {
 			}
 		}
 	}()
-	view := in.newLeaderView(gctx, topics) // checks the topics before each join (topics.go)
+	view := in.newLeaderView(gctx, cancel, topics) // checks the topics before each join (topics.go)
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                in.cfg.Group,
 		Brokers:           in.cfg.Brokers,

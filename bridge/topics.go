@@ -406,9 +406,17 @@ type leaderView struct {
 
 // newLeaderView returns the view of a member subscribed to topics: before
 // each of its join requests, it checks that they are all still bridged
-// (checkSubscription).
-func (in *Ingest) newLeaderView(ctx context.Context, topics []string) *leaderView {
-	return &leaderView{check: func() error { return in.checkSubscription(ctx, topics) }}
+// (checkSubscription); when one is not, the join is not sent and rejoin is
+// called (runGroup's cancel: Run joins again with the topics bridged now).
+func (in *Ingest) newLeaderView(ctx context.Context, rejoin func(), topics []string) *leaderView {
+	return &leaderView{check: func() error {
+		err := in.checkSubscription(ctx, topics)
+		if err != nil {
+			in.log.Info("the topics to bridge changed before joining the group: joining again without the ones gone", "group", in.cfg.Group, "err", err)
+			rejoin()
+		}
+		return err
+	}}
 }
 
 // balancers returns the group balancers (range, then round-robin) wrapped
