@@ -1,8 +1,10 @@
 package bridge_test
 
 // Break-it review R-ingest2 (issue 7 points 1, 5, 6, 8, 9 as merged in main).
-// Each TestReview* asserts what the issue or docs/operations.md promises; a
-// real finding fails on main on purpose.
+// Each test asserts what the issue or docs/operations.md promises. The
+// review's findings 1-3 failed on main and are regression tests now (branch
+// topics3): TestRecreatedWhileRunningNeverCommitsNewTopic,
+// TestDeletedTopicNotAutoCreatedByGroup, TestRecreatedSmallerRunbookCommitsNewLogEnd.
 
 import (
 	"context"
@@ -36,7 +38,7 @@ func topicExists(t *testing.T, brokers []string, topic string) bool {
 	return false
 }
 
-// TestReviewRecreatedWhileRunning (point 6): the topic is deleted and
+// TestRecreatedWhileRunningNeverCommitsNewTopic (point 6): the topic is deleted and
 // created again WHILE the ingest runs (as `kafka-topics --delete; --create`
 // and a producer do within a second or two), and refilled past the old
 // stream top. docs/operations.md "A recreated topic": the partition stalls
@@ -46,7 +48,7 @@ func topicExists(t *testing.T, brokers []string, topic string) bool {
 // topic's commits with it, so that is --start-offset": all 300 new records
 // are delivered. The default --metadata-interval (5s) is used: it is the
 // window in which the ingest still believes the old topic ID.
-func TestReviewRecreatedWhileRunning(t *testing.T) {
+func TestRecreatedWhileRunningNeverCommitsNewTopic(t *testing.T) {
 	testenv.RequireReal(t, "topic deletion and topic IDs of a real broker")
 	e := newEnv(t, 1)
 	testenv.Produce(t, e.brokers, e.topic, 0, 100)
@@ -123,7 +125,7 @@ func l2ledgerOffsets(l *ledger) map[int64]bool {
 	return out
 }
 
-// TestReviewDeletedTopicStaysDeleted (point 1): two ingests of one group
+// TestDeletedTopicNotAutoCreatedByGroup (point 1): two ingests of one group
 // bridge two topics; one is deleted mid-run (the operator means it). The
 // docs: "topic deleted — the topic was bridged and is gone: its partitions
 // are given up ... If it is created again it is a recreated topic". The
@@ -134,7 +136,7 @@ func l2ledgerOffsets(l *ledger) map[int64]bool {
 // (conn.ReadPartitions, v6 AllowAutoTopicCreation: true): the member that
 // has not dropped the deleted topic yet still subscribes to it when the
 // other's rejoin rebalances the group.
-func TestReviewDeletedTopicStaysDeleted(t *testing.T) {
+func TestDeletedTopicNotAutoCreatedByGroup(t *testing.T) {
 	t.Run("two members", func(t *testing.T) { deletedTopicStaysDeleted(t, false) })
 	t.Run("third member joins after the delete", func(t *testing.T) { deletedTopicStaysDeleted(t, true) })
 }
@@ -208,7 +210,7 @@ func deletedTopicStaysDeleted(t *testing.T, joinDuring bool) {
 	}
 }
 
-// TestReviewRecreatedSmallerRunbook (point 6): the old topic was bridged to
+// TestRecreatedSmallerRunbookCommitsNewLogEnd (point 6): the old topic was bridged to
 // 1000; it is deleted and created again while the ingest runs, refilled with
 // 300 (below the old top: the fetch at 1000 is out of range, no race). After
 // the runbook (DEL the stream) the docs promise the partition "starts afresh
@@ -216,7 +218,7 @@ func deletedTopicStaysDeleted(t *testing.T, joinDuring bool) {
 // delivered, and the commit follows them to the new log end — not held by
 // what this generation committed for the OLD topic (the committer's done map
 // keeps 1000 and drops every lower offer; the tracker is told committed 1000).
-func TestReviewRecreatedSmallerRunbook(t *testing.T) {
+func TestRecreatedSmallerRunbookCommitsNewLogEnd(t *testing.T) {
 	testenv.RequireReal(t, "topic deletion and topic IDs of a real broker")
 	e := newEnv(t, 1)
 	testenv.Produce(t, e.brokers, e.topic, 0, 1000)
