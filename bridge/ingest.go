@@ -147,7 +147,7 @@ func (in *Ingest) runGroup(ctx context.Context, topics []string) error {
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                in.cfg.Group,
 		Brokers:           in.cfg.Brokers,
-		Dialer:            in.cfg.dialer(),
+		Dialer:            noAutoCreate(in.cfg.dialer()), // the leader never creates a topic (autocreate.go)
 		Topics:            topics,
 		GroupBalancers:    view.balancers(),
 		HeartbeatInterval: in.cfg.HeartbeatInterval,
