@@ -187,11 +187,13 @@ func (in *Ingest) confirmTopics(ctx context.Context) {
 // apply updates the topics' states from metas (see pollTopics and learn).
 //
 // A bridged topic is dropped at the first answer that says it does not
-// exist: every member of the group that still subscribes to it when the
-// group rebalances makes kafka-go's group leader ask for its partitions with
-// a metadata request that allows auto-creation (Conn.ReadPartitions), and a
-// broker with auto.create.topics.enable=true (Kafka's default) creates it
-// again — as a new topic (issue 7 point 1; see checkAutoCreate).
+// exist: a member of the group that still subscribes to it when the group
+// rebalances has kafka-go's group leader ask for its partitions with a
+// metadata request that allows auto-creation (Conn.ReadPartitions), which a
+// broker with auto.create.topics.enable=true (Kafka's default) would obey —
+// creating it again as a new topic (issue 7 point 1). The group's
+// connections clear that flag (autocreate.go); dropping the topic at once
+// also spares the group the rebalances of a subscription to nothing.
 func (w *topicWatch) apply(in *Ingest, metas []topicMeta, readErr map[string]error, partial bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -273,10 +275,11 @@ func (w *topicWatch) apply(in *Ingest, metas []topicMeta, readErr map[string]err
 // (from the group balancer's UserData): it reads the configured topics, and
 // fails the join when a topic of the subscription (topics) is no longer
 // bridged. A member that joined with a deleted topic would have the group's
-// leader ask for that topic's partitions with auto-creation allowed, and a
-// broker with auto.create.topics.enable=true would create it again (issue 7
-// point 1): the member joins again, without it (runGroup). When the brokers
-// cannot be asked, the join goes on as before.
+// leader ask for that topic's partitions, with auto-creation allowed when
+// the leader is not this kbridge (an older one, during a rolling upgrade:
+// see autocreate.go), and a broker with auto.create.topics.enable=true would
+// create it again (issue 7 point 1): the member joins again, without it
+// (runGroup). When the brokers cannot be asked, the join goes on as before.
 func (in *Ingest) checkSubscription(ctx context.Context, topics []string) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -300,13 +303,14 @@ func (in *Ingest) checkSubscription(ctx context.Context, topics []string) error 
 }
 
 // checkAutoCreate warns when a broker creates topics on a metadata request
-// (auto.create.topics.enable=true, Kafka's default): kafka-go's group leader
-// reads the subscribed topics' partitions with auto-creation allowed, so a
-// topic deleted while a member of the group still subscribes to it can come
-// back at once, as a new, empty topic (with a new topic ID: its partitions
-// stall, docs/operations.md "A recreated topic"). It reads each broker's
-// setting once, at start; a broker that does not say (no DESCRIBE_CONFIGS
-// on the cluster) is not reported.
+// (auto.create.topics.enable=true, Kafka's default): any client that asks
+// for a deleted topic's metadata with auto-creation allowed (kafka-go's
+// group leader does, which autocreate.go defuses for this ingest's group;
+// producers, other consumers and tools may) brings it back at once, as a
+// new, empty topic (with a new topic ID: its partitions stall,
+// docs/operations.md "A recreated topic"). It reads each broker's setting
+// once, at start; a broker that does not say (no DESCRIBE_CONFIGS on the
+// cluster) is not reported.
 func (in *Ingest) checkAutoCreate(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -335,7 +339,7 @@ func (in *Ingest) checkAutoCreate(ctx context.Context) {
 		}
 	}
 	if len(on) > 0 {
-		in.log.Warn("the Kafka brokers create topics on demand (auto.create.topics.enable=true): a bridged topic that is deleted can be created again, empty, by the consumer group's leader while a member still subscribes to it; set auto.create.topics.enable=false (docs/operations.md, \"A missing topic\")",
+		in.log.Warn("the Kafka brokers create topics on demand (auto.create.topics.enable=true): a bridged topic that is deleted is created again, empty and as a new topic, by any client that asks for it (a producer, another consumer); set auto.create.topics.enable=false (docs/operations.md, \"A missing topic\")",
 			"brokers", strings.Join(on, ","))
 	}
 }
