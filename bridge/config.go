@@ -185,13 +185,13 @@ func (c Config) withDefaults() Config {
 		c.AppendBatch = 500
 	}
 	if c.SessionTimeout == 0 {
-		c.SessionTimeout = 30 * time.Second
+		c.SessionTimeout = 10 * time.Second
 	}
 	if c.RebalanceTimeout == 0 {
-		c.RebalanceTimeout = 30 * time.Second
+		c.RebalanceTimeout = 12 * time.Second
 	}
 	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 3 * time.Second
+		c.HeartbeatInterval = time.Second
 	}
 	if c.FinalCommitTimeout == 0 {
 		c.FinalCommitTimeout = 5 * time.Second

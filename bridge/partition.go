@@ -147,15 +147,17 @@ func (p *partition) setup(ctx context.Context) error {
 		return err
 	}
 	p.tr.SetLogEnd(p.logEnd)
+	// Found at assignment, a top that cannot be a record (another program's
+	// XADD) would be taken for this group's own progress: the tracker goes
+	// back to the highest record below it (Found).
+	stray := p.tr.Found(p.snap.Observation)
 	switch {
 	case p.checkTopicID(ctx, true):
 		// the stream holds another topic's records (topicid.go)
 	case committed > p.logEnd:
 		p.stall(committed, p.logEnd)
-	case p.snap.Top != tracker.None && (p.snap.Top >= p.logEnd || p.snap.topOurs == 0):
-		// Found at assignment, a top that cannot be a record (another
-		// program's XADD) would be taken for this group's own progress.
-		p.stallStray(p.snap.Top, p.snap.topOurs == 0)
+	case stray != tracker.NotStray:
+		p.stallStray(p.snap.Top, stray)
 	}
 	if err := p.restart(ctx); err != nil {
 		return err
@@ -257,7 +259,7 @@ func (p *partition) observe(ctx context.Context) {
 		}
 	}
 	p.backlog = d.Backlog
-	p.checkStray(ctx, d.Ahead)
+	p.checkStray(ctx, d.Stray)
 	if d.ShouldCommit && p.stalled == "" {
 		p.offerCommit(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
@@ -299,9 +301,12 @@ func (p *partition) recover(ctx context.Context, d tracker.Decision) {
 	}
 	p.tr.Reset(p.snap.Top)
 	p.backlog = 0
-	if p.stray {
+	if st := p.tr.Found(p.snap.Observation); st != tracker.NotStray {
+		p.stallStray(p.snap.Top, st)
+	} else if p.stray {
 		// The stray entry was removed by resetting the stream's top (the
-		// runbook): what this ingest appended above it is fetched again.
+		// runbook): what this ingest appended above it is fetched again;
+		// ensure set the groups back.
 		p.unstall()
 	}
 	_ = p.restart(ctx)
@@ -493,23 +498,31 @@ func (p *partition) stall(offset, logEnd int64) {
 }
 
 // stallStray stops fetching and committing the partition while its stream's
-// top is an entry that cannot be a record: above what this ingest appended
-// and at or above the log end, or not written by kbridge (another program's
-// XADD). Appending would skip the partition's next records as duplicates of
-// it, and the commit would follow it past records nobody processed. It lifts
-// by itself once the entry is gone (checkStray, recover).
-func (p *partition) stallStray(top int64, notOurs bool) {
-	mine := fmt.Sprint(p.tr.Appended())
-	if p.tr.Appended() >= top {
-		mine = fmt.Sprintf("found at assignment, committed %d", p.tr.Committed())
+// top is an entry that cannot be a record (tracker.Partition.Stray): not
+// written by kbridge (another program's XADD), deleted though kbridge never
+// removes it, or at or above the log end. Appending would skip the
+// partition's next records as duplicates of it, and the commit would follow
+// it past records nobody processed. It lifts by itself once the entry is gone
+// and the stream's top set back (checkStray, recover). The reason names the
+// top to set back to: the highest record below the stray (the status top),
+// never the stray itself.
+func (p *partition) stallStray(top int64, st tracker.Stray) {
+	mine := p.tr.Appended()
+	back := "back below it"
+	if mine != tracker.None {
+		back = "back to " + wire.EntryID(mine) // the highest record below it, never the stray
 	}
 	var reason string
-	if notOurs {
-		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%s): entry %s was not written by kbridge (it is not a record of %s/%d), another program wrote into the stream; not fetching nor committing until it is removed (docs/operations.md, \"A stalled partition\")",
-			top, mine, wire.EntryID(top), p.t.topic, p.t.partition)
-	} else {
-		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%s) and above the log end %d: an entry not written by kbridge (another program's XADD into the stream?), or the topic was recreated; not fetching nor committing until it is removed (docs/operations.md, \"A stalled partition\")",
-			top, mine, p.logEnd)
+	switch st {
+	case tracker.StrayForeign:
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d): entry %s was not written by kbridge (it is not a record of %s/%d), another program wrote into the stream; not fetching nor committing until it is removed: XDEL it, then XSETID the stream's top %s (docs/operations.md, \"A stalled partition\")",
+			top, mine, wire.EntryID(top), p.t.topic, p.t.partition, back)
+	case tracker.StrayDeleted:
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d) and its entry %s is gone, though kbridge never deletes an entry above what it appended nor at or above its commit (%d): another program's entry deleted without setting the stream's top back (or the group's offsets were reset below the stream); not fetching nor committing until the stream's top is set back: XSETID it %s (docs/operations.md, \"A stalled partition\")",
+			top, mine, wire.EntryID(top), p.tr.Committed(), back)
+	default:
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d) and above the log end %d: an entry not written by kbridge (another program's XADD into the stream?), or the topic was recreated; not fetching nor committing until it is removed: XDEL it, then XSETID the stream's top %s (docs/operations.md, \"A stalled partition\")",
+			top, mine, p.logEnd, back)
 	}
 	if p.stalled == reason {
 		return
@@ -523,30 +536,48 @@ func (p *partition) unstall() {
 	p.stalled, p.stallCause, p.stray = "", "", false
 }
 
-// checkStray looks at a stream top above what this ingest appended (ahead):
-// another ingest's append (a zombie of an old generation: harmless, below
-// the log end) or an entry that cannot be a record, which stalls the
-// partition. The log end is read afresh before blaming a top at or above the
-// one last seen. A stray stall lifts when the top is no longer ahead.
-func (p *partition) checkStray(ctx context.Context, ahead bool) {
-	if !ahead && !p.stray {
-		return
-	}
-	top := p.snap.Top
-	foreign := top != tracker.None && p.snap.topOurs == 0
-	above := top != tracker.None && top >= p.logEnd
-	if above && !foreign {
+// checkStray acts on what the tracker concluded of the stream's top (st): a
+// top that cannot be a record stalls the partition; the stall lifts when it
+// is gone. The log end is read afresh before blaming a top at or above the
+// one last seen (another owner may have appended records the fetch has not
+// seen yet). Before the stall lifts every group whose last-delivered-id is
+// above the new top is set back to it (ensure): a worker that read the stray
+// entry left its group there, and the records appended next, below it, would
+// never be delivered to that group — while its frontier let the commit pass
+// them.
+func (p *partition) checkStray(ctx context.Context, st tracker.Stray) {
+	if st == tracker.StrayAboveLogEnd {
 		if end, err := p.listOffset(ctx, kafka.LastOffset); err == nil {
 			p.logEnd = end
 			p.tr.SetLogEnd(end)
-			above = top >= end
+			st = p.tr.Stray(p.snap.Observation)
 		}
 	}
 	switch {
-	case foreign || above:
-		p.stallStray(top, foreign)
+	case st != tracker.NotStray:
+		// Found: Redis may have lost records before the stray entry was
+		// written over them (a restart between two observations): what was
+		// appended goes back to the highest record below it, so that the
+		// reason and the status top name it and the records above it are
+		// fetched again once the stall lifts (found by FuzzPartition).
+		st = p.tr.Found(p.snap.Observation)
+		p.stallStray(p.snap.Top, st)
 	case p.stray:
+		// Set back to the stream's top, or to the highest record this
+		// ingest knows every group read when another owner appended above
+		// it since the operator's XSETID (found by FuzzPartition).
+		err := p.stream.ensure(ctx)
+		if err == nil {
+			err = p.stream.setBack(ctx, p.tr.Appended())
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("setting back the groups above the stream's top failed; still stalled", "err", err)
+			}
+			return
+		}
 		p.unstall()
+		_ = p.restart(ctx) // from max(committed, appended+1): Found may have set it back
 	}
 }
 

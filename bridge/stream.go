@@ -51,18 +51,54 @@ local function groups(key)
   return out
 end
 
--- whether the stream's top entry (ID last, offset top) is a record kbridge
--- wrote: 1 yes, 0 no (another program's XADD), -1 cannot tell (the entry was
--- deleted or trimmed). kbridge's IDs are <offset>-1 and its entries start
--- with topic, partition, offset (docs/wire.md).
-local function ours(key, last, top)
-  local ms, seq = string.match(last, '^(%d+)%-(%d+)$')
-  if ms == nil or seq ~= '1' then return 0 end
+-- whether entry id with fields f is a record kbridge wrote: its IDs are
+-- <offset>-1 and its entries start with topic, partition, offset
+-- (docs/wire.md)
+local function isrecord(id, f)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return ms ~= nil and seq == '1' and f[1] == 'topic' and f[3] == 'partition' and f[5] == 'offset' and f[6] == ms
+end
+
+-- whether the stream's top entry (ID last) is a record kbridge wrote: 1 yes,
+-- 0 no (another program's XADD), -1 the entry is gone (deleted or trimmed).
+local function ours(key, last)
   local e = redis.call('XRANGE', key, last, last)
   if #e == 0 then return -1 end
-  local f = e[1][2]
-  if f[1] == 'topic' and f[3] == 'partition' and f[5] == 'offset' and f[6] == ms then return 1 end
+  if isrecord(e[1][1], e[1][2]) then return 1 end
   return 0
+end
+
+-- the highest entry below ID id, {id, fields}, or nil when none. XRANGE
+-- only (the ACL of docs/operations.md has no XREVRANGE): a binary search for
+-- the highest millisecond part with an entry below id, then that part's
+-- entries in order.
+local function entrybelow(key, id)
+  if #redis.call('XRANGE', key, '-', '(' .. id, 'COUNT', 1) == 0 then return nil end
+  local lo, hi = 0, math.min(tonumber(string.match(id, '^(%d+)')), 2^53)
+  while lo < hi do
+    local mid = math.floor((lo + hi + 1) / 2)
+    if #redis.call('XRANGE', key, string.format('%d-0', mid), '(' .. id, 'COUNT', 1) > 0 then lo = mid else hi = mid - 1 end
+  end
+  local from, e = string.format('%d-0', lo), nil
+  while true do
+    local es = redis.call('XRANGE', key, from, '(' .. id, 'COUNT', 100)
+    if #es > 0 then e = es[#es] end
+    if #es < 100 then return e end
+    from = '(' .. e[1]
+  end
+end
+
+-- the offset of the highest record kbridge wrote below the top (ID last),
+-- -1 when there is none, or none below the 10 entries just under the top
+local function recordbelow(key, last)
+  local id = last
+  for _ = 1, 10 do
+    local e = entrybelow(key, id)
+    if e == nil then return -1 end
+    if isrecord(e[1], e[2]) then return tonumber(string.match(e[1], '^(%d+)')) end
+    id = e[1]
+  end
+  return -1
 end
 
 -- the first entry after a group's last-delivered-id, '' when none
@@ -79,8 +115,10 @@ end
 // a top below the expected one means Redis lost writes, and nothing is
 // appended. It never creates the stream: a missing stream is a loss too. A top
 // above the expected one that cannot be a record — at or above the Kafka log
-// end, or an entry kbridge did not write — appends nothing either: skipping
-// the batch's records as "already there" would lose them (invariant 3).
+// end, an entry kbridge did not write, or an entry gone (kbridge never
+// removes one above what the caller appended: its trims stay below the
+// commit) — appends nothing either: skipping the batch's records as "already
+// there" would lose them (invariant 3; tracker.Partition.Stray).
 //
 // KEYS[1] stream; ARGV[1] expected top offset (-1: empty); ARGV[2] the log
 // end (-1: unknown); ARGV[3] n; then n times: offset, field count f, f
@@ -93,7 +131,7 @@ local expected = tonumber(ARGV[1])
 if top < expected then return {2, top, 0} end
 if top > expected then
   local logend = tonumber(ARGV[2])
-  if (logend >= 0 and top >= logend) or ours(KEYS[1], last, top) == 0 then return {3, top, 0} end
+  if (logend >= 0 and top >= logend) or ours(KEYS[1], last) ~= 1 then return {3, top, 0} end
 end
 local n = tonumber(ARGV[3])
 local i, added = 4, 0
@@ -118,18 +156,22 @@ return {0, top, added}
 // snapshot, so no entry can slip between them.
 //
 // It also says whether the top entry is one kbridge wrote (see ours), so that
-// an entry another program wrote above the top is told from a zombie's.
+// an entry another program wrote above the top is told from a zombie's, and,
+// when it is not, which is the highest record below it (recordbelow).
 //
 // KEYS[1] stream; ARGV the configured group names. Returns {0} when the
-// stream does not exist, else {1, top, length, ours, g1, g2, ...} with, per
-// group on the stream, g = {name, 1, pending, lowest-id, consumer, idle-ms,
-// deliveries, next-id}, then g = {name, 0} per configured group missing.
+// stream does not exist, else {1, top, length, ours, below, g1, g2, ...}
+// with, per group on the stream, g = {name, 1, pending, lowest-id, consumer,
+// idle-ms, deliveries, next-id}, then g = {name, 0} per configured group
+// missing.
 var observeScript = redis.NewScript(luaTop + `
 local top, len, last = streaminfo(KEYS[1])
 if top == nil then return {0} end
-local mine = -1
-if top >= 0 then mine = ours(KEYS[1], last, top) end
-local out = {1, top, len, mine}
+local mine, below = 1, -1
+if top >= 0 then mine = ours(KEYS[1], last) end
+-- an empty stream (fully trimmed: its top gone too) has none to look for
+if mine ~= 1 and len > 0 then below = recordbelow(KEYS[1], last) end
+local out = {1, top, len, mine, below}
 local seen = {}
 for _, g in ipairs(groups(KEYS[1])) do
   local name, last = g[1], g[2]
@@ -184,7 +226,14 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', below))
 // the records appended next — its first undelivered entry would be none — and
 // the commit would pass them.
 //
-// KEYS[1] stream. Returns the number of groups set back.
+// With ARGV[1], an ID below the top, the groups above it are set back to it
+// instead: when a stall on a stray entry lifts, the highest record the ingest
+// knows every group read (they read in order, and the stray entry was above
+// it). Records another owner appended between the operator's XSETID and this
+// call are then delivered, not skipped by a group set back to the new top.
+//
+// KEYS[1] stream; ARGV[1] optional bound. Returns the number of groups set
+// back.
 var rewindGroupsScript = redis.NewScript(luaTop + `
 local top, _, last = streaminfo(KEYS[1])
 if top == nil then return 0 end
@@ -195,6 +244,12 @@ local function parse(id)
   return tonumber(ms), tonumber(seq)
 end
 local tms, tseq = parse(last)
+if ARGV[1] ~= nil then
+  local bms, bseq = parse(ARGV[1])
+  if bms < tms or (bms == tms and bseq < tseq) then
+    last, tms, tseq = string.format('%d-%d', bms, bseq), bms, bseq
+  end
+end
 local n = 0
 for _, g in ipairs(groups(KEYS[1])) do
   local ms, seq = parse(g[2])
@@ -205,6 +260,20 @@ for _, g in ipairs(groups(KEYS[1])) do
 end
 return n
 `)
+
+// setBack sets every group whose last-delivered-id is above record off (None:
+// "0-0"), or above the stream's top when that is lower, back to it
+// (rewindGroupsScript).
+func (s *stream) setBack(ctx context.Context, off int64) error {
+	id := "0-0"
+	if off != tracker.None {
+		id = wire.EntryID(off)
+	}
+	if err := rewindGroupsScript.Run(ctx, s.rdb, []string{s.key}, id).Err(); err != nil {
+		return fmt.Errorf("set back groups above %s on %s: %w", id, s.key, err)
+	}
+	return nil
+}
 
 // stream is the Redis side of one partition.
 type stream struct {
@@ -324,9 +393,6 @@ func isScriptMiss(err error) bool {
 type snapshot struct {
 	tracker.Observation
 	oldest oldestPending
-	// topOurs says whether the top entry is a record kbridge wrote: 1 yes,
-	// 0 no, -1 cannot tell (deleted, trimmed, or no entry).
-	topOurs int64
 }
 
 // oldestPending is the lowest pending entry over all groups: the one that
@@ -364,14 +430,22 @@ func parseObservation(v []any) (snapshot, error) {
 		snap.Top = tracker.None
 		return snap, nil
 	}
-	if len(v) < 4 {
+	if len(v) < 5 {
 		return bad("length")
 	}
 	snap.Exists = true
 	snap.Top, _ = v[1].(int64)
 	snap.Length, _ = v[2].(int64)
-	snap.topOurs, _ = v[3].(int64)
-	for _, gv := range v[4:] {
+	switch ours, _ := v[3].(int64); ours {
+	case 1:
+		snap.TopEntry = tracker.TopRecord
+	case 0:
+		snap.TopEntry = tracker.TopForeign
+	default:
+		snap.TopEntry = tracker.TopGone
+	}
+	snap.RecordBelow, _ = v[4].(int64)
+	for _, gv := range v[5:] {
 		f, ok := gv.([]any)
 		if !ok || len(f) < 2 {
 			return bad("group")

@@ -78,7 +78,7 @@ Examples:
 			&cli.BoolFlag{Name: "dlq-export", Value: true, EnvVars: []string{"KBRIDGE_DLQ_EXPORT"},
 				Usage: "export dead letters to --dlq-topic and commit no offset past one Kafka lacks; --dlq-export=false keeps them in Redis only, where a Redis that loses its data loses them for good"},
 			&cli.IntFlag{Name: "dlq-max-bytes", Value: bridgeDefaults.DLQMaxBytes, EnvVars: []string{"KBRIDGE_DLQ_MAX_BYTES"},
-				Usage: "largest dead letter exported (a larger one stays in Redis only, logged as an error)"},
+				Usage: "largest dead letter exported in full; a larger one is exported as a stub (its coordinates and why, not the record), logged as an error, whole in Redis only"},
 		),
 		Action: runIngest,
 	}
