@@ -145,4 +145,9 @@ func TestFetchReviewBudgetBigRecords(t *testing.T) {
 	if dups != 0 {
 		t.Errorf("%d records processed twice without any fault", dups)
 	}
+	// docs: beyond the budget, at most one record batch larger than
+	// --fetch-max-bytes per request in flight (kfetch: 3 per broker)
+	if bound := cfg.FetchMemory + 3*(5<<19+4<<10); st.FetchMemoryPeak > bound {
+		t.Errorf("fetch memory peak %d above budget + 3 of the largest batch (%d)", st.FetchMemoryPeak, bound)
+	}
 }
