@@ -57,20 +57,17 @@ func writeSized(t *testing.T, brokers []string, topic string, p int, codec kafka
 	}
 }
 
-// TestFetchReviewCompressedBatchOverQuarterBudget (issue 10 build 3, "records
-// larger than the budget must progress and never lose"): one ordinary Kafka
-// record that decompresses to more than kfetch's BatchMaxBytes (a quarter of
-// --fetch-memory, at least min(4 × --fetch-max-bytes, --fetch-memory): 1 MiB
-// here; 16 MiB with the defaults) — 2 MiB of zeros, a few KiB once
-// lz4-compressed, accepted by a broker with the default max.message.bytes —
-// must be bridged like any other record, and the records behind it too.
-//
-// On main it is reported as a *CorruptError ("unreadable"), the ingest
-// retries the partition with backoff for ever: the record and every record
-// after it never reach Redis, the commit stays below it (a STALL, not a
-// loss). The same happens with the default 64 MiB budget to a record that
-// decompresses to more than 16 MiB.
-func TestFetchReviewCompressedBatchOverQuarterBudget(t *testing.T) {
+// TestCompressedRecordBeyondBudgetIsBridged (issue 10 build 3, "records
+// larger than the budget must progress and never lose"; found by the fetch
+// review): one ordinary Kafka record of 2 MiB of zeros, a few KiB once
+// lz4-compressed and accepted by a broker with the default
+// max.message.bytes, through --fetch-memory 1 MiB, is bridged like any
+// other record, and the records behind it too. Before
+// --fetch-batch-max-bytes (default max(--fetch-memory, 64 MiB)) the limit
+// was a quarter of the budget (1 MiB here): the batch was reported
+// unreadable and retried for ever, it and every record behind it never
+// reached Redis and the commit stayed below it.
+func TestCompressedRecordBeyondBudgetIsBridged(t *testing.T) {
 	e := newEnv(t, 1)
 	sizes := make([]int, 0, 21)
 	for range 10 {
@@ -86,23 +83,25 @@ func TestFetchReviewCompressedBatchOverQuarterBudget(t *testing.T) {
 	cfg.FetchMemory = 1 << 20 // the brief's "--fetch-memory small (1 MiB)"
 	in := startIngest(t, cfg)
 	l := e.startWork(t, 0)
-	ok := true
-	testenv.Eventually(t, 5*time.Second, func() bool { return l.total() >= 10 }, "the 10 records before the big one were not processed")
-	deadline := time.Now().Add(45 * time.Second)
-	for time.Now().Before(deadline) && l.total() < len(sizes) {
-		time.Sleep(100 * time.Millisecond)
-	}
+	lost, dups := e.waitDone(t, l, time.Minute)
 	st := in.Stats()
-	t.Logf("%s: --fetch-memory 1 MiB, a 2 MiB lz4 record at offset 10 of %d: processed %d of %d, committed %v, Kafka errors %d, fetch memory peak %d",
-		testenv.String(), end[0], l.total(), len(sizes), testenv.Committed(t, e.brokers, e.group, e.topic, 1), st.KafkaErrors, st.FetchMemoryPeak)
-	if l.total() < len(sizes) {
-		ok = false
-		t.Errorf("STALL: %d of %d records processed after 45s: the lz4 record that decompresses to 2 MiB (> BatchMaxBytes, a quarter of --fetch-memory or 1 MiB) is reported unreadable and retried for ever; it and the %d records behind it never reach Redis (kafka errors retried: %d)",
-			l.total(), len(sizes), len(sizes)-11, st.KafkaErrors)
+	t.Logf("%s: --fetch-memory 1 MiB, a 2 MiB lz4 record at offset 10 of %d: processed %d of %d, lost %d, duplicates %d, committed %v, Kafka errors %d, fetch memory peak %d bytes",
+		testenv.String(), end[0], l.total(), len(sizes), lost, dups, testenv.Committed(t, e.brokers, e.group, e.topic, 1), st.KafkaErrors, st.FetchMemoryPeak)
+	if dups != 0 {
+		t.Errorf("%d records processed twice without any fault", dups)
 	}
-	if ok {
-		testenv.Eventually(t, 30*time.Second, func() bool { return sameOffsets(testenv.Committed(t, e.brokers, e.group, e.topic, 1), end) },
-			"commit %v did not reach the log end %v", later(func() any { return testenv.Committed(t, e.brokers, e.group, e.topic, 1) }), end)
+	if st.KafkaErrors != 0 {
+		t.Errorf("%d fetch errors: the 2 MiB record must be read at once, not retried", st.KafkaErrors)
+	}
+	for _, p := range st.Partitions {
+		if p.Stalled != "" {
+			t.Errorf("partition %d stalled: %s", p.Partition, p.Stalled)
+		}
+	}
+	// docs: one batch may exceed the budget by what its decompression
+	// buffer takes (grown by doubling: under twice its size)
+	if bound := cfg.FetchMemory + 2*(2<<20) + 1<<20; st.FetchMemoryPeak > bound {
+		t.Errorf("fetch memory peak %d above the budget + twice the 2 MiB batch + 1 MiB slack (%d)", st.FetchMemoryPeak, bound)
 	}
 }
 
