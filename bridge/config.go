@@ -88,7 +88,9 @@ type Config struct {
 	// fetched ahead and the one being appended, with their decoding
 	// buffers. Whatever the number of partitions and the Kafka backlog,
 	// fetching waits for memory rather than exceed it (beyond it: at most
-	// one record batch larger than FetchMaxBytes per request in flight).
+	// one record batch larger than FetchMaxBytes per request in flight, and
+	// per partition being appended one batch that decompresses to more
+	// than is left, up to FetchBatchMaxBytes).
 	// Default 64 MiB.
 	FetchMemory int64
 	// FetchMaxBytes bounds what one partition brings in one fetch request
