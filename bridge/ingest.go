@@ -108,6 +108,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 		Client: in.client, ClientID: "kbridge", Isolation: in.cfg.Isolation,
 		MemoryBytes: in.cfg.FetchMemory, PartitionMaxBytes: int32(in.cfg.FetchMaxBytes),
 		MaxBytes: int32(min(8<<20, in.cfg.FetchMemory/4, math.MaxInt32)), MaxWait: in.cfg.FetchMaxWait, Logger: in.log,
+		BatchMaxBytes: in.cfg.FetchBatchMaxBytes,
 	})
 	if err != nil {
 		return fmt.Errorf("kafka fetcher: %w", err)
