@@ -3,6 +3,8 @@ package bridge
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,13 +28,31 @@ import (
 // and so untrimmed, and their streams grew without bound (issue 7 point 5).
 // A partition whose commit failed is offered again at the next interval; the
 // others are marked committed, and their streams trimmed.
+//
+// A commit never lands on a topic incarnation whose records the ingest did
+// not append (issue 7 points 1 and 6): right before each request, one
+// metadata request (no auto-creation) reads the topics being committed, and a
+// partition whose topic is gone, or has another topic ID than the one its
+// partition vouched for (vouch, from the ID recorded beside its stream), is
+// left out — its offers dropped, the topic's new state told to the topic
+// watch at once, so that the partition stalls (topic_recreated) or its topic
+// is dropped from the subscription. Without that check a topic deleted and
+// created again within --metadata-interval was committed on its new
+// incarnation at the old position (the new records below it never
+// delivered). What is left is the time between that metadata answer and the
+// commit's, a round trip: a commit to a deleted topic is refused by the
+// broker (UNKNOWN_TOPIC_OR_PARTITION), so only a delete and a create both
+// inside that round trip could slip through.
 type committer struct {
 	in *Ingest
 	// commit sends one commit request for the generation: failed holds
 	// the partitions the broker refused, err a failure of the whole
 	// request (nothing committed).
 	commit func(ctx context.Context, offsets map[tp]int64) (failed map[tp]error, err error)
-	wg     sync.WaitGroup // the generation's partition functions
+	// check reads what the brokers say now about topics, right before a
+	// commit (nil: no check, tests of the commit alone).
+	check func(ctx context.Context, topics []string) ([]topicMeta, error)
+	wg    sync.WaitGroup // the generation's partition functions
 
 	mu   sync.Mutex
 	want map[tp]int64 // offered, not yet committed
@@ -44,6 +64,13 @@ type committer struct {
 	members  int           // partitions that report at each tick
 	reported int           // partitions that reported for tick seq
 	allIn    chan struct{} // every member reported for tick seq
+	// ids holds, per partition, the topic ID its stream's records belong
+	// to (vouch); a partition without one is committed only while its
+	// topic exists and the brokers give no topic IDs.
+	ids map[tp]topicID
+	// epoch counts the forgets of a partition: a commit in flight across
+	// one is not remembered.
+	epoch map[tp]int
 }
 
 func (in *Ingest) newCommitter(gen *kafka.Generation) *committer {
@@ -52,7 +79,36 @@ func (in *Ingest) newCommitter(gen *kafka.Generation) *committer {
 	c.commit = func(ctx context.Context, offsets map[tp]int64) (map[tp]error, error) {
 		return in.commitOffsets(ctx, gen.GroupID, int(gen.ID), gen.MemberID, offsets)
 	}
+	c.check = in.metadata
 	return c
+}
+
+// vouch says that the records of t's stream are those of the topic with ID
+// id (checkTopicID found it recorded beside the stream): commits of t go
+// only to that topic.
+func (c *committer) vouch(t tp, id topicID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ids == nil {
+		c.ids = map[tp]topicID{}
+	}
+	c.ids[t] = id
+}
+
+// forget drops everything the committer knows of t — what was offered, what
+// was committed, the topic ID — when the partition starts afresh on a new
+// incarnation of its topic (restartFresh): the old incarnation's commit must
+// neither hold the new one's offers back nor be reported as its commit.
+func (c *committer) forget(t tp) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.want, t)
+	delete(c.done, t)
+	delete(c.ids, t)
+	if c.epoch == nil {
+		c.epoch = map[tp]int{}
+	}
+	c.epoch[t]++
 }
 
 // commitOffsets commits offsets for a generation of the group, returning the
@@ -102,7 +158,14 @@ func (in *Ingest) commitOffsets(ctx context.Context, group string, generation in
 // offer asks for off to be committed for t. Offers only move up: a lower one
 // (a group recreated at 0, a failover to a replica behind) never replaces a
 // higher one, not even while that one's commit is in flight.
+//
+// A topic that is not bridged now (deleted, or not readable) takes no
+// offers: what is offered before it is seen gone is checked before the
+// commit (verify).
 func (c *committer) offer(t tp, off int64) {
+	if c.in.topics != nil && c.in.topics.state(t.topic) != TopicBridged {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if d, ok := c.done[t]; ok && off <= d {
@@ -215,23 +278,43 @@ func (c *committer) flush() {
 		return
 	}
 	batch := make(map[tp]int64, len(c.want))
+	epochs := make(map[tp]int, len(c.want))
+	ids := make(map[tp]topicID, len(c.want))
 	for t, off := range c.want {
-		batch[t] = off
+		batch[t], epochs[t], ids[t] = off, c.epoch[t], c.ids[t]
 	}
 	c.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), c.in.cfg.FinalCommitTimeout)
 	defer cancel()
+	if err := c.verify(ctx, batch, ids); err != nil {
+		c.in.counters.commitErrs.Add(int64(len(batch)))
+		c.in.log.Warn("kafka commit not sent: reading the topics' IDs before it failed; will retry", "group", c.in.cfg.Group,
+			"err", &CommitError{Offsets: byTopic(batch), Err: err})
+		return
+	}
+	if len(batch) == 0 {
+		return
+	}
 	failed, err := c.commit(ctx, batch)
 	if err != nil {
 		c.in.counters.commitErrs.Add(int64(len(batch)))
 		c.in.log.Warn("kafka commit failed; will retry", "group", c.in.cfg.Group, "err", &CommitError{Offsets: byTopic(batch), Err: err})
 		return
 	}
+	gone := map[string]bool{}
 	for t, err := range failed {
 		c.in.counters.commitErrs.Add(1)
 		c.in.log.Warn("kafka commit of a partition failed; the others are committed; will retry", "group", c.in.cfg.Group,
 			"topic", t.topic, "partition", t.partition, "offset", batch[t], "err", err)
+		if errors.Is(err, kafka.UnknownTopicOrPartition) {
+			gone[t.topic] = true
+		}
+	}
+	if len(gone) > 0 && c.check != nil {
+		// The first sign that a topic is gone: read it again now rather
+		// than at the next metadata poll (topics.go).
+		c.in.confirmTopics(ctx)
 	}
 	if len(failed) < len(batch) {
 		c.in.counters.commits.Add(1)
@@ -239,14 +322,71 @@ func (c *committer) flush() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for t, off := range batch {
-		if _, bad := failed[t]; bad {
-			continue
+		if _, bad := failed[t]; bad || c.epoch[t] != epochs[t] {
+			continue // refused, or forgotten while in flight
 		}
 		c.done[t] = max(c.done[t], off)
 		if w, ok := c.want[t]; ok && w <= off {
 			delete(c.want, t)
 		}
 	}
+}
+
+// verify removes from batch the partitions whose commit could land on a
+// topic incarnation whose records the ingest did not append: the topic does
+// not exist now, or has another topic ID than the one the partition vouched
+// for, or has one while the partition vouched for none. Their offers are
+// dropped (the partition offers again once it is known to be safe, or starts
+// afresh), and the topic watch is told at once what was found. A failure of
+// the metadata request commits nothing.
+func (c *committer) verify(ctx context.Context, batch map[tp]int64, ids map[tp]topicID) error {
+	if c.check == nil || len(batch) == 0 {
+		return nil
+	}
+	var topics []string
+	for t := range batch {
+		if !slices.Contains(topics, t.topic) {
+			topics = append(topics, t.topic)
+		}
+	}
+	slices.Sort(topics)
+	metas, err := c.check(ctx, topics)
+	if err != nil {
+		return err
+	}
+	now := map[string]topicMeta{}
+	for _, m := range metas {
+		now[m.Name] = m
+	}
+	var refused []tp
+	for t := range batch {
+		m, vouched := now[t.topic], ids[t]
+		var why string
+		switch {
+		case m.Err != nil:
+			why = "the topic is not there: " + m.Err.Error()
+		case !m.ID.IsZero() && vouched.IsZero():
+			why = "the stream's topic ID is not checked yet"
+		case !m.ID.IsZero() && m.ID != vouched:
+			why = fmt.Sprintf("the topic was deleted and created again: the stream holds records of topic ID %s, the topic now has ID %s", vouched, m.ID)
+		default:
+			continue
+		}
+		refused = append(refused, t)
+		c.in.log.Warn("kafka commit of a partition not sent: "+why, "group", c.in.cfg.Group,
+			"topic", t.topic, "partition", t.partition, "offset", batch[t])
+		delete(batch, t)
+	}
+	if len(refused) == 0 {
+		return nil
+	}
+	c.mu.Lock()
+	for _, t := range refused {
+		delete(c.want, t)
+	}
+	c.mu.Unlock()
+	c.in.topics.learn(c.in, metas)
+	return nil
 }
 
 func byTopic(offsets map[tp]int64) map[string]map[int]int64 {

@@ -175,14 +175,13 @@ func (in *Ingest) runGroup(ctx context.Context, topics []string) error {
 			}
 		}
 	}()
-	view := &leaderView{}
+	view := in.newLeaderView(gctx, cancel, topics) // checks the topics before each join (topics.go)
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID:      in.cfg.Group,
-		Brokers: in.cfg.Brokers,
-		Dialer:  in.cfg.dialer(),
-		Topics:  topics,
-		GroupBalancers: []kafka.GroupBalancer{viewBalancer{kafka.RangeGroupBalancer{}, view},
-			viewBalancer{kafka.RoundRobinGroupBalancer{}, view}},
+		ID:                in.cfg.Group,
+		Brokers:           in.cfg.Brokers,
+		Dialer:            noAutoCreate(in.cfg.dialer()), // the leader never creates a topic (autocreate.go)
+		Topics:            topics,
+		GroupBalancers:    view.balancers(),
 		HeartbeatInterval: in.cfg.HeartbeatInterval,
 		SessionTimeout:    in.cfg.SessionTimeout,
 		RebalanceTimeout:  in.cfg.RebalanceTimeout,

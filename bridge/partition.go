@@ -286,6 +286,9 @@ func (p *partition) fetchError(ctx context.Context, err error) {
 			return // next moved to the log start, or the partition stalled
 		}
 	}
+	if errors.Is(err, kafka.UnknownTopicOrPartition) {
+		p.in.confirmTopics(ctx) // the first sign the topic is gone (topics.go)
+	}
 	d := p.backoff.next()
 	p.retryAt = time.Now().Add(d)
 	var ce *kfetch.CorruptError

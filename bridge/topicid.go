@@ -24,9 +24,14 @@ import (
 // for the new topic, from the group's commit (or --start-offset).
 //
 // The check runs at assignment and at every observation, against the ID of
-// the last metadata poll (MetadataInterval). A topic recreated within that
-// time may have some new records fetched at the old position before it is
-// seen; the commit offers of the partition stop as soon as it is.
+// the last metadata read: the poll every MetadataInterval, or sooner the
+// check the committer makes right before every commit, which never commits
+// a partition whose topic has another ID than the one checked here
+// (committer.verify). A topic recreated and refilled within that time may
+// have some new records fetched at the old position and appended before it
+// is seen: they are delivered again (duplicates) after the runbook, which
+// starts the partition from the start offset, since no commit reached the
+// new topic.
 
 // topicIDKey is the hash beside a stream that records the topic ID of its
 // records (field topic_id).
@@ -84,6 +89,7 @@ func (p *partition) checkTopicID(ctx context.Context, fresh bool) bool {
 	recorded := parseTopicID(got)
 	if recorded == now {
 		p.topicID = now
+		p.c.vouch(p.t, now) // its commits go to this topic only (committer.verify)
 		return false
 	}
 	p.stallRecreated(recorded, now)
@@ -129,6 +135,10 @@ func (p *partition) restartFresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Nothing the generation's committer remembers of the old topic counts:
+	// its commit would hold the new topic's offers back and show in status
+	// above the new log end.
+	p.c.forget(p.t)
 	p.assigned = committed
 	p.stalled, p.stallCause, p.stray = "", "", false
 	p.topicID = topicID{}

@@ -3,7 +3,10 @@ package bridge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,7 +67,6 @@ type topicWatch struct {
 
 type watchedTopic struct {
 	TopicStatus
-	misses int // consecutive polls that did not find a bridged topic
 }
 
 func newTopicWatch(topics []string) *topicWatch {
@@ -101,6 +103,16 @@ func (w *topicWatch) partitions(topic string) int {
 		return t.Partitions
 	}
 	return 0
+}
+
+// state returns the topic's state ("" for a topic not configured).
+func (w *topicWatch) state(topic string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t, ok := w.topics[topic]; ok {
+		return t.State
+	}
+	return ""
 }
 
 // id returns the topic ID the brokers gave last (zero when unknown).
@@ -149,7 +161,40 @@ func (in *Ingest) pollTopics(ctx context.Context) error {
 			readErr[m.Name] = in.readable(ctx, m.Name)
 		}
 	}
-	w := in.topics
+	in.topics.apply(in, metas, readErr, false)
+	return nil
+}
+
+// learn applies what another request found about some topics (the check
+// before a commit): a bridged topic that is gone is dropped at once, a new
+// topic ID is taken (its partitions stall, topicid.go). A topic not bridged
+// is left to pollTopics, which checks READ.
+func (w *topicWatch) learn(in *Ingest, metas []topicMeta) {
+	w.apply(in, metas, nil, true)
+}
+
+// confirmTopics reads the configured topics again now, at the first sign
+// that one is gone (a fetch or a commit answered UNKNOWN_TOPIC_OR_PARTITION),
+// rather than at the next metadata poll: a topic that does not exist is
+// dropped from the subscription before the group can rebalance with it.
+func (in *Ingest) confirmTopics(ctx context.Context) {
+	if err := in.pollTopics(ctx); err != nil && ctx.Err() == nil {
+		in.counters.kafkaErrs.Add(1)
+		in.log.Warn("reading topic metadata failed; retrying at the next poll", "err", err)
+	}
+}
+
+// apply updates the topics' states from metas (see pollTopics and learn).
+//
+// A bridged topic is dropped at the first answer that says it does not
+// exist: a member of the group that still subscribes to it when the group
+// rebalances has kafka-go's group leader ask for its partitions with a
+// metadata request that allows auto-creation (Conn.ReadPartitions), which a
+// broker with auto.create.topics.enable=true (Kafka's default) would obey —
+// creating it again as a new topic (issue 7 point 1). The group's
+// connections clear that flag (autocreate.go); dropping the topic at once
+// also spares the group the rebalances of a subscription to nothing.
+func (w *topicWatch) apply(in *Ingest, metas []topicMeta, readErr map[string]error, partial bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	changed := false
@@ -182,18 +227,26 @@ func (in *Ingest) pollTopics(ctx context.Context) error {
 		}
 	}
 	for _, m := range metas {
-		t := w.topics[m.Name]
-		if !m.ID.IsZero() {
+		t, ok := w.topics[m.Name]
+		if !ok || partial && t.State != TopicBridged {
+			continue
+		}
+		if !m.ID.IsZero() && t.ID != m.ID.String() {
+			if t.ID != "" {
+				in.log.Warn("topic has a new topic ID: it was deleted and created again", "topic", t.Topic, "was", t.ID, "now", m.ID.String())
+			}
 			t.ID = m.ID.String()
 		}
 		switch {
 		case m.Err == nil:
+			if partial {
+				continue
+			}
 			if rerr := readErr[m.Name]; rerr != nil {
 				t.Partitions = m.Partitions
 				set(t, TopicNotAuthorized, rerr)
 				continue
 			}
-			t.misses = 0
 			if t.State == TopicBridged && t.Partitions != m.Partitions {
 				in.log.Info("topic partitions changed", "topic", t.Topic, "from", t.Partitions, "to", m.Partitions)
 				changed = true
@@ -201,20 +254,12 @@ func (in *Ingest) pollTopics(ctx context.Context) error {
 			t.Partitions = m.Partitions
 			set(t, TopicBridged, nil)
 		case errors.Is(m.Err, kafka.UnknownTopicOrPartition):
-			// A bridged topic is dropped only when two polls in a row miss
-			// it: a broker that has not caught up yet does not cost a
-			// rejoin.
-			if t.State == TopicBridged {
-				if t.misses++; t.misses < 2 {
-					continue
-				}
-			}
 			t.Partitions = 0
 			set(t, TopicMissing, m.Err)
 		case errors.Is(m.Err, kafka.TopicAuthorizationFailed):
 			set(t, TopicNotAuthorized, m.Err)
 		default:
-			if t.State == TopicBridged {
+			if t.State == TopicBridged || partial {
 				continue // transient (a leader election): keep it
 			}
 			set(t, TopicError, m.Err)
@@ -224,7 +269,79 @@ func (in *Ingest) pollTopics(ctx context.Context) error {
 		close(w.changed)
 		w.changed = make(chan struct{})
 	}
+}
+
+// checkSubscription runs right before this member sends a JoinGroup request
+// (from the group balancer's UserData): it reads the configured topics, and
+// fails the join when a topic of the subscription (topics) is no longer
+// bridged. A member that joined with a deleted topic would have the group's
+// leader ask for that topic's partitions, with auto-creation allowed when
+// the leader is not this kbridge (an older one, during a rolling upgrade:
+// see autocreate.go), and a broker with auto.create.topics.enable=true would
+// create it again (issue 7 point 1): the member joins again, without it
+// (runGroup). When the brokers cannot be asked, the join goes on as before.
+func (in *Ingest) checkSubscription(ctx context.Context, topics []string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := in.pollTopics(ctx); err != nil {
+		if ctx.Err() == nil {
+			in.log.Warn("reading topic metadata before joining the group failed; joining anyway", "err", err)
+		}
+		return nil
+	}
+	bridged := in.topics.bridged()
+	var gone []string
+	for _, t := range topics {
+		if !slices.Contains(bridged, t) {
+			gone = append(gone, t)
+		}
+	}
+	if len(gone) > 0 {
+		return fmt.Errorf("not joining the group with topics that are not bridged any more (%s): joining again without them", strings.Join(gone, ","))
+	}
 	return nil
+}
+
+// checkAutoCreate warns when a broker creates topics on a metadata request
+// (auto.create.topics.enable=true, Kafka's default): any client that asks
+// for a deleted topic's metadata with auto-creation allowed (kafka-go's
+// group leader does, which autocreate.go defuses for this ingest's group;
+// producers, other consumers and tools may) brings it back at once, as a
+// new, empty topic (with a new topic ID: its partitions stall,
+// docs/operations.md "A recreated topic"). It reads each broker's setting
+// once, at start; a broker that does not say (no DESCRIBE_CONFIGS on the
+// cluster) is not reported.
+func (in *Ingest) checkAutoCreate(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	md, err := in.client.Metadata(ctx, &kafka.MetadataRequest{Topics: in.topics.order})
+	if err != nil {
+		in.log.Debug("could not read the brokers to check auto.create.topics.enable", "err", err)
+		return
+	}
+	var on []string
+	for i, b := range md.Brokers {
+		if i == 16 {
+			break // enough to tell a cluster's setting
+		}
+		res, err := in.client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+			ResourceType: kafka.ResourceTypeBroker, ResourceName: strconv.Itoa(b.ID), ConfigNames: []string{"auto.create.topics.enable"}}}})
+		if err != nil {
+			in.log.Debug("could not read auto.create.topics.enable", "broker", b.ID, "err", err)
+			continue
+		}
+		for _, r := range res.Resources {
+			for _, e := range r.ConfigEntries {
+				if r.Error == nil && e.ConfigName == "auto.create.topics.enable" && e.ConfigValue == "true" {
+					on = append(on, strconv.Itoa(b.ID))
+				}
+			}
+		}
+	}
+	if len(on) > 0 {
+		in.log.Warn("the Kafka brokers create topics on demand (auto.create.topics.enable=true): a bridged topic that is deleted is created again, empty and as a new topic, by any client that asks for it (a producer, another consumer); set auto.create.topics.enable=false (docs/operations.md, \"A missing topic\")",
+			"brokers", strings.Join(on, ","))
+	}
 }
 
 // readable tells whether the user may read topic: a fetch of partition 0 at
@@ -248,6 +365,7 @@ func (in *Ingest) readable(ctx context.Context, topic string) error {
 // watchTopics polls the topics every MetadataInterval until ctx is done,
 // and reminds, once a minute, which configured topics are not bridged.
 func (in *Ingest) watchTopics(ctx context.Context) {
+	in.checkAutoCreate(ctx)
 	t := time.NewTicker(in.cfg.MetadataInterval)
 	defer t.Stop()
 	var warned time.Time
@@ -285,6 +403,32 @@ func (in *Ingest) watchTopics(ctx context.Context) {
 type leaderView struct {
 	mu         sync.Mutex
 	partitions map[string]int // nil: not the leader of the last join
+	// check runs before each join request (nil: none); an error fails
+	// the join.
+	check func() error
+}
+
+// newLeaderView returns the view of a member subscribed to topics: before
+// each of its join requests, it checks that they are all still bridged
+// (checkSubscription); when one is not, the join is not sent and rejoin is
+// called (runGroup's cancel: Run joins again with the topics bridged now).
+func (in *Ingest) newLeaderView(ctx context.Context, rejoin func(), topics []string) *leaderView {
+	return &leaderView{check: func() error {
+		err := in.checkSubscription(ctx, topics)
+		if err != nil {
+			in.log.Info("the topics to bridge changed before joining the group: joining again without the ones gone", "group", in.cfg.Group, "err", err)
+			rejoin()
+		}
+		return err
+	}}
+}
+
+// balancers returns the group balancers (range, then round-robin) wrapped
+// in the view; kafka-go asks each for its UserData at every join, and the
+// first one runs the check.
+func (v *leaderView) balancers() []kafka.GroupBalancer {
+	return []kafka.GroupBalancer{viewBalancer{kafka.RangeGroupBalancer{}, v, true},
+		viewBalancer{kafka.RoundRobinGroupBalancer{}, v, false}}
 }
 
 // take returns the partition counts this member assigned as leader in the
@@ -297,10 +441,16 @@ func (v *leaderView) take() map[string]int {
 
 type viewBalancer struct {
 	kafka.GroupBalancer
-	view *leaderView
+	view  *leaderView
+	first bool // runs the view's check
 }
 
 func (b viewBalancer) UserData() ([]byte, error) {
+	if b.first && b.view.check != nil {
+		if err := b.view.check(); err != nil {
+			return nil, err
+		}
+	}
 	b.view.mu.Lock()
 	b.view.partitions = nil
 	b.view.mu.Unlock()

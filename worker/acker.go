@@ -16,26 +16,26 @@ import (
 type acker struct {
 	w       *Worker
 	mu      sync.Mutex
-	pending map[string][]string // stream → IDs
+	pending map[string][]*heldEntry // stream → the holds of the entries to acknowledge
 	n       int
 	closed  bool
 	kick    chan struct{}
 }
 
 func newAcker(w *Worker) *acker {
-	return &acker{w: w, pending: map[string][]string{}, kick: make(chan struct{}, 1)}
+	return &acker{w: w, pending: map[string][]*heldEntry{}, kick: make(chan struct{}, 1)}
 }
 
-// add queues the acknowledgement of an entry. After close it is dropped: the
-// entry stays pending and will be reclaimed.
-func (a *acker) add(stream, id string) {
-	a.w.settling(stream, id)
+// add queues the acknowledgement of a held entry. After close it is
+// dropped: the entry stays pending and will be reclaimed.
+func (a *acker) add(he *heldEntry) {
+	a.w.settling(he)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return
 	}
-	a.pending[stream] = append(a.pending[stream], id)
+	a.pending[he.ref.stream] = append(a.pending[he.ref.stream], he)
 	a.n++
 	if a.n >= a.w.cfg.AckBatch {
 		select {
@@ -82,40 +82,44 @@ func (a *acker) flush(ctx context.Context) error {
 		a.mu.Unlock()
 		return nil
 	}
-	a.pending, a.n = map[string][]string{}, 0
+	a.pending, a.n = map[string][]*heldEntry{}, 0
 	a.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cmds := map[string]*redis.IntCmd{}
 	_, err := a.w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for stream, ids := range batch {
+		for stream, hes := range batch {
+			ids := make([]string, len(hes))
+			for i, he := range hes {
+				ids[i] = he.ref.id
+			}
 			cmds[stream] = p.XAck(ctx, stream, a.w.cfg.Group, ids...)
 		}
 		return nil
 	})
 	var failed error
-	for stream, ids := range batch {
+	for stream, hes := range batch {
 		if cerr := cmds[stream].Err(); permanentAckError(cerr) {
 			// Retrying cannot help (the key is no stream any more, or the
 			// group is gone): stop holding the entries, drop the acks.
-			a.w.log.Error("XACK failed for good; dropping the acknowledgements", "stream", stream, "group", a.w.cfg.Group, "entries", len(ids), "err", cerr)
-			for _, id := range ids {
-				a.w.release(stream, id)
+			a.w.log.Error("XACK failed for good; dropping the acknowledgements", "stream", stream, "group", a.w.cfg.Group, "entries", len(hes), "err", cerr)
+			for _, he := range hes {
+				a.w.release(he)
 			}
 			continue
 		} else if cerr != nil {
 			failed = cerr
-			a.w.log.Warn("XACK failed; will retry", "stream", stream, "group", a.w.cfg.Group, "entries", len(ids), "err", cerr)
+			a.w.log.Warn("XACK failed; will retry", "stream", stream, "group", a.w.cfg.Group, "entries", len(hes), "err", cerr)
 			a.mu.Lock()
-			a.pending[stream] = append(a.pending[stream], ids...)
-			a.n += len(ids)
+			a.pending[stream] = append(a.pending[stream], hes...)
+			a.n += len(hes)
 			a.mu.Unlock()
 			continue
 		}
-		a.w.stats.acked.Add(int64(len(ids)))
-		for _, id := range ids {
-			a.w.release(stream, id)
+		a.w.stats.acked.Add(int64(len(hes)))
+		for _, he := range hes {
+			a.w.release(he)
 		}
 	}
 	if failed == nil {

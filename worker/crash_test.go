@@ -402,7 +402,11 @@ func TestDeadLetterOnlyIfOwned(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			m.held = w.hold(s, xm.ID)
 			w.deadLetter(ctx, m, "max-deliveries", errors.New("test failure"))
+			if st := w.Stats(); st.Held != 0 {
+				t.Errorf("Stats.Held = %d after dead-lettering, want 0", st.Held)
+			}
 			if n, _ := e.rdb.XLen(ctx, s+":dlq").Result(); n != tt.wantDLQ {
 				t.Errorf("dead letters = %d, want %d", n, tt.wantDLQ)
 			}
@@ -483,11 +487,12 @@ func TestUnclaim(t *testing.T) {
 	}
 	var msgs []*Message
 	for _, xm := range res[0].Messages {
-		w.hold(s, xm.ID)
+		he := w.hold(s, xm.ID)
 		m, err := newMessage(s, xm.ID, xm.Values, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
+		m.held = he
 		msgs = append(msgs, m)
 	}
 	w.unclaim(msgs)
@@ -526,8 +531,7 @@ func TestAckPermanentError(t *testing.T) {
 	}
 	t.Cleanup(func() { e.rdb.Del(context.Background(), key) })
 	w := mustNew(t, e.config(func(context.Context, *Message) error { return nil }))
-	w.hold(key, "0-1")
-	w.acks.add(key, "0-1")
+	w.acks.add(w.hold(key, "0-1"))
 	_ = w.acks.flush(ctx)
 	w.acks.mu.Lock()
 	left := w.acks.n

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // ErrRunning is returned by Run when the Worker is already running (or has
@@ -14,6 +16,34 @@ var ErrRunning = errors.New("worker: Run called twice")
 // running at the end of Config.ShutdownTimeout. Their entries stay pending
 // and are reclaimed by other workers after the visibility timeout.
 var ErrShutdownTimeout = errors.New("worker: handlers still running after the shutdown timeout")
+
+// ErrWireVersion is returned (wrapped) by Run when the wire contract
+// version under the prefix (docs/wire.md) is not the one this worker
+// speaks: at start, before anything is read, or at a discovery while it
+// runs (a newer ingest was deployed), after the shutdown that follows.
+// It is the same error value as the ingest's check returns.
+var ErrWireVersion = wire.ErrVersion
+
+// AuthError is returned by Run when Redis refused the worker at start: the
+// credentials (WRONGPASS, NOAUTH), a command or key the ACL user may not
+// use (NOPERM; each refused command is named), or TLS (a certificate that
+// does not verify, a client certificate the server wants). Nothing was
+// read. No retry can fix it, so Run does not retry.
+type AuthError struct {
+	// Hint names what to check (the flags that set it), for the message.
+	Hint string
+	Err  error
+}
+
+func (e *AuthError) Error() string {
+	s := "redis refused the worker: " + e.Err.Error()
+	if e.Hint != "" {
+		s += " (" + e.Hint + ")"
+	}
+	return s
+}
+
+func (e *AuthError) Unwrap() error { return e.Err }
 
 // ErrNotFound is returned by the dead-letter functions for a reference that
 // names no dead letter.
@@ -87,15 +117,25 @@ func (e *ExecError) Unwrap() error { return e.Err }
 type HTTPError struct {
 	StatusCode int
 	Body       string // the start of the response body
-	// Location is the Location header of a redirect (3xx), which
-	// HTTPHandler does not follow; "(none)" if the answer had none.
+	// Location is the Location header of a 3xx answer, which HTTPHandler
+	// does not follow; "(none)" if the answer had none.
 	Location string
 }
 
 func (e *HTTPError) Error() string {
 	msg := fmt.Sprintf("HTTP %d", e.StatusCode)
-	if e.Location != "" {
-		msg += fmt.Sprintf(" redirect to %s not followed (a redirected POST loses its body): point the URL at the final address", e.Location)
+	switch e.StatusCode {
+	case 301, 302, 303:
+		msg += fmt.Sprintf(" redirect to %s not followed (a client following it would send the POST again as a GET without its body): point the URL at the final address", e.Location)
+	case 307, 308:
+		msg += fmt.Sprintf(" redirect to %s not followed: point the URL at the final address", e.Location)
+	default:
+		if e.StatusCode >= 300 && e.StatusCode < 400 {
+			msg += " is not a success (only 2xx is)"
+			if e.Location != "" && e.Location != "(none)" {
+				msg += fmt.Sprintf("; Location %s", e.Location)
+			}
+		}
 	}
 	if e.Body != "" {
 		msg += ": " + e.Body

@@ -45,10 +45,8 @@ type ExecHandler struct {
 // second signal): each command runs in a process group of its own, so it
 // would not die with the worker and would go on doing its side effect while
 // its entry is reclaimed and run by another worker.
-//
-// The children are not given PR_SET_PDEATHSIG instead: Linux sends it when
-// the OS thread that forked the child exits, and the Go runtime starts and
-// ends threads as it likes, so it could kill a healthy command mid-run.
+// (A worker killed with SIGKILL cannot call it: on Linux the kernel kills
+// each command's own process then, see dieWithWorker.)
 func (h *ExecHandler) KillAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -152,6 +150,7 @@ func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
 	cmd.Stderr = stderr
 	// Own process group, so that a timeout kills the whole pipeline.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	unlock := dieWithWorker(cmd.SysProcAttr) // killed with the worker, even by SIGKILL (Linux)
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
 	err := cmd.Start()
@@ -160,6 +159,7 @@ func (h *ExecHandler) Handle(ctx context.Context, m *Message) error {
 		err = cmd.Wait()
 		untrack()
 	}
+	unlock()
 	if h.Stdout != nil && stdout.Len() > 0 {
 		h.Stdout(m, stdout.Bytes())
 	}

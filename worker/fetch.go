@@ -18,20 +18,31 @@ import (
 // blocking read covers them all).
 const probeInterval = 100 * time.Millisecond
 
-// probeChunk is the most keys one probing XREADGROUP names.
+// probeChunk is the most keys one probe names.
 const probeChunk = 1000
+
+// probeCalls bounds the XREADGROUPs one probe script runs (each names as
+// many streams as entries may still be read).
+const probeCalls = 64
 
 // readLoop reads new entries for the scheduler until ctx is cancelled.
 //
-// Its cost does not grow with the number of idle streams: one XREADGROUP
-// over the streams the last reads found entries in ("hot"), for as many
-// entries as the read-ahead has room for; the others are probed together,
-// in one XREADGROUP with COUNT 1 (so a probe reads at most one entry per
-// stream), every probeInterval at most, and whenever the hot ones run dry;
-// when nothing has entries, one blocking XREADGROUP over every stream wakes
-// on the first entry appended to any. (On a Redis Cluster each of these is
-// one XREADGROUP per hash slot: slots.go.) Reclaim, discovery and the
-// consumer clean-up run in goroutines of their own and never hold up a read.
+// Its cost does not grow with the number of idle streams, and it reads no
+// more than the read-ahead has room for. One XREADGROUP reads the streams
+// known to have entries ("hot": the last read found some) for as many
+// entries as the read-ahead has room for (the least recently read first
+// when the room does not cover them all). The other streams are probed
+// every probeInterval at most, and whenever the hot ones run dry: one
+// script (probeScript) runs XREADGROUP COUNT 1 over as many of them at a
+// time as entries may still be read, the least recently probed first, until
+// all are probed or the room is taken; so a probe of 1,000 idle streams is
+// one command that costs about one XREADGROUP naming them all, and a probe
+// that finds entries in all of them reads only what the read-ahead allows
+// (the rest are probed next time). When nothing has entries, one blocking
+// XREADGROUP over every stream wakes on the first entry appended to any.
+// (On a Redis Cluster these are XREADGROUPs of one hash slot each,
+// pipelined: slots.go.) Reclaim, discovery and the consumer clean-up run in
+// goroutines of their own and never hold up a read.
 func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 	// Reads are not cancelled with ctx: entries Redis delivers are pending
 	// under this consumer, and a read cut short would leave them unseen
@@ -40,6 +51,7 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 	var (
 		nextProbe time.Time
 		errDelay  time.Duration
+		uncovered bool // the last probe had no room for every idle stream
 	)
 	wait := time.NewTimer(time.Hour)
 	defer wait.Stop()
@@ -52,7 +64,7 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 		if len(req.hot) == 0 && len(req.idle) == 0 {
 			// Nothing wanted (the read-ahead is full, or no stream may be
 			// read): wait until the scheduler takes entries (a stream's
-			// queue runs low), or the next probe.
+			// queue runs low, a slot frees), or the next probe.
 			wait.Reset(min(w.cfg.BlockTimeout, probeInterval))
 			select {
 			case <-ctx.Done():
@@ -62,28 +74,56 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 			continue
 		}
 		var err error
-		got := 0
-		if len(req.hot) > 0 {
-			var msgs []*Message
-			if msgs, err = w.readNow(rctx, req.hot, req.count); err == nil {
-				got += w.queueRead(req.hot, msgs)
+		got, budget, moreHot := 0, req.budget, false
+		probeIdle := func() {
+			if len(req.idle) == 0 {
+				return
+			}
+			nextProbe = time.Now().Add(w.probeEvery(len(req.idle)))
+			n := 0
+			if budget > 0 {
+				var msgs []*Message
+				if msgs, n, err = w.probeRead(rctx, req.idle, budget); err != nil {
+					return
+				}
+				got += w.queueRead(req.idle[:n], msgs)
+				budget -= len(msgs)
+			}
+			if uncovered = n < len(req.idle) && budget <= 0; uncovered {
+				// The read-ahead had no room to probe them all: the
+				// others are probed as soon as it has some (a slot
+				// frees), before the hot streams take it, so that
+				// streams with entries start together. (A probe that
+				// stopped at probeCalls with room left found nothing:
+				// the next one goes on where it stopped.)
+				nextProbe = time.Time{}
 			}
 		}
-		if err == nil && probe {
-			nextProbe = time.Now().Add(w.probeEvery(len(req.idle)))
-			for i := 0; i < len(req.idle) && err == nil; i += probeChunk {
-				keys := req.idle[i:min(i+probeChunk, len(req.idle))]
+		probeFirst := probe && uncovered
+		if probeFirst {
+			probeIdle()
+		}
+		if err == nil {
+			keys, count, more := req.hotRead(budget)
+			moreHot = more
+			if len(keys) > 0 {
 				var msgs []*Message
-				if msgs, err = w.readNow(rctx, keys, 1); err == nil {
+				if msgs, err = w.readNow(rctx, keys, count); err == nil {
 					got += w.queueRead(keys, msgs)
+					budget -= len(msgs)
 				}
 			}
 		}
+		if err == nil && probe && !probeFirst {
+			probeIdle()
+		}
+		w.sched.endRead()
 		switch {
-		case err != nil, got > 0, req.moreHot:
-		case w.sched.anyHot():
-			// Streams with entries have enough queued: wait until
-			// they take some, or the next probe.
+		case err != nil, got > 0, moreHot:
+		case w.sched.anyHot() || uncovered:
+			// Streams with entries have enough queued, or the read-ahead
+			// had no room to probe them all: wait until they take some,
+			// or the next probe.
 			wait.Reset(max(time.Until(nextProbe), time.Millisecond))
 			select {
 			case <-ctx.Done():
@@ -112,6 +152,110 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 	}
 }
 
+// probeScript reads at most ARGV[3] entries from the streams KEYS, in their
+// order: XREADGROUP GROUP ARGV[1] ARGV[2] COUNT 1 over as many of them at a
+// time as entries may still be read, until every key is probed or ARGV[3]
+// entries are read. It returns {the XREADGROUP replies' streams, the number
+// of keys probed}. One command however many streams are probed, and the
+// cost of an XREADGROUP naming them all when they have nothing new; but
+// never more entries than the read-ahead has room for, however many streams
+// have some. (It is XREADGROUP ">" and nothing else: the wire contract's
+// reading rule.)
+var probeScript = redis.NewScript(`
+local budget = tonumber(ARGV[3])
+local out, i = {}, 1
+while i <= #KEYS and budget > 0 do
+  local n = math.min(budget, #KEYS - i + 1)
+  local args = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS'}
+  for j = i, i + n - 1 do args[#args + 1] = KEYS[j] end
+  for _ = 1, n do args[#args + 1] = '>' end
+  local r = redis.call(unpack(args))
+  if r then
+    for _, s in ipairs(r) do
+      out[#out + 1] = s
+      budget = budget - #s[2]
+    end
+  end
+  i = i + n
+end
+return {out, i - 1}
+`)
+
+// probeRead reads at most budget entries from the idle streams keys, in
+// their order (probeScript; on a Redis Cluster, rounds of XREADGROUP COUNT 1
+// per hash slot, pipelined, each round naming at most as many streams as
+// entries may still be read). It returns what it read and how many of keys
+// it probed (a prefix).
+func (w *Worker) probeRead(ctx context.Context, keys []string, budget int) ([]*Message, int, error) {
+	if !w.perSlot {
+		// At most probeCalls XREADGROUPs inside the script: with little
+		// room, the rest are probed next time.
+		keys = keys[:min(len(keys), probeChunk, budget*probeCalls)]
+		res, err := probeScript.Run(ctx, w.rdb, keys, w.cfg.Group, w.cfg.Consumer, budget).Slice()
+		if err != nil {
+			return nil, 0, err
+		}
+		streams, n, err := parseProbe(res)
+		if err != nil {
+			return nil, 0, err
+		}
+		return w.admitRead(ctx, streams), min(n, len(keys)), nil
+	}
+	var out []*Message
+	groups := slotGroups(keys)
+	probed := 0
+	for len(groups) > 0 && budget > 0 {
+		var round []string
+		for len(groups) > 0 && (len(round) == 0 || len(round)+len(groups[0]) <= budget) {
+			round = append(round, groups[0]...)
+			groups = groups[1:]
+		}
+		msgs, err := w.readNow(ctx, round, 1)
+		if err != nil {
+			return out, probed, err
+		}
+		out = append(out, msgs...)
+		probed += len(round)
+		budget -= len(msgs)
+	}
+	return out, probed, nil
+}
+
+// parseProbe turns probeScript's reply into XREADGROUP's.
+func parseProbe(res []any) ([]redis.XStream, int, error) {
+	if len(res) != 2 {
+		return nil, 0, fmt.Errorf("probe: want 2 elements, got %d", len(res))
+	}
+	n, _ := res[1].(int64)
+	raw, _ := res[0].([]any)
+	out := make([]redis.XStream, 0, len(raw))
+	for _, r := range raw {
+		s, ok := r.([]any)
+		if !ok || len(s) != 2 {
+			return nil, 0, fmt.Errorf("probe: stream reply %T", r)
+		}
+		key, _ := s[0].(string)
+		es, _ := s[1].([]any)
+		xs := redis.XStream{Stream: key}
+		for _, e := range es {
+			pair, ok := e.([]any)
+			if !ok || len(pair) != 2 {
+				return nil, 0, fmt.Errorf("probe: entry %T", e)
+			}
+			id, _ := pair[0].(string)
+			kv, _ := pair[1].([]any)
+			vals := make(map[string]any, len(kv)/2)
+			for j := 0; j+1 < len(kv); j += 2 {
+				k, _ := kv[j].(string)
+				vals[k] = kv[j+1]
+			}
+			xs.Messages = append(xs.Messages, redis.XMessage{ID: id, Values: vals})
+		}
+		out = append(out, xs)
+	}
+	return out, int(n), nil
+}
+
 // probeEvery is the time between probes of n idle streams while others
 // keep the reader busy: probeInterval, and on a Redis Cluster (where each
 // idle stream is an XREADGROUP of its own) probeInterval per 100 streams, at
@@ -129,7 +273,7 @@ func (w *Worker) probeEvery(n int) time.Duration {
 func (w *Worker) queueRead(keys []string, msgs []*Message) int {
 	ts := make([]*task, len(msgs))
 	for i, m := range msgs {
-		ts[i] = &task{m: m}
+		ts[i] = &task{m: m, he: m.held}
 	}
 	if refused := w.sched.readDone(keys, ts); len(refused) > 0 {
 		w.handBack(refused)
@@ -141,13 +285,16 @@ func (w *Worker) queueRead(keys []string, msgs []*Message) int {
 // read or reclaimed are unclaimed (reclaimable at once, the delivery that
 // never ran not counted); entries waiting for a retry are let go as they
 // are (reclaimable after the visibility timeout; their next delivery has not
-// been counted yet).
+// been counted yet). A stale task (its entry lost, or held again by a newer
+// task) is dropped: the entry is not its to give back.
 func (w *Worker) handBack(ts []*task) {
 	var msgs []*Message
 	for _, t := range ts {
-		if t.redeliver {
-			w.release(t.m.Stream, t.m.ID)
-		} else {
+		switch {
+		case !w.owns(t.he):
+		case t.redeliver:
+			w.release(t.he)
+		default:
 			msgs = append(msgs, t.m)
 		}
 	}
@@ -171,6 +318,16 @@ func (w *Worker) discoveryLoop(ctx context.Context, kick <-chan struct{}) {
 }
 
 func (w *Worker) discoverOnce(ctx context.Context) {
+	// The wire contract version first (checked at start too): a newer
+	// ingest may write what this worker would misread, so it stops taking
+	// entries. A version that cannot be read (Redis down) is not a change.
+	if err := wire.CheckVersion(ctx, w.rdb, w.cfg.Prefix); errors.Is(err, wire.ErrVersion) {
+		w.log.Error("the wire contract version changed; stopping: no new entries are taken, running handlers finish, the rest is handed back", "err", err)
+		w.stopRun(err)
+		return
+	} else if err != nil && ctx.Err() == nil {
+		w.log.Warn("cannot read the wire contract version", "err", err)
+	}
 	s, err := w.discover(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -192,8 +349,10 @@ func (w *Worker) unclaim(msgs []*Message) {
 		return
 	}
 	byStream := map[string][]any{}
+	held := map[string][]*heldEntry{}
 	for _, m := range msgs {
 		byStream[m.Stream] = append(byStream[m.Stream], m.ID)
+		held[m.Stream] = append(held[m.Stream], m.held)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -205,8 +364,8 @@ func (w *Worker) unclaim(msgs []*Message) {
 		} else {
 			w.log.Info("handed back entries not started", "stream", stream, "entries", len(ids))
 		}
-		for _, id := range ids {
-			w.release(stream, id.(string))
+		for _, he := range held[stream] {
+			w.release(he)
 		}
 	}
 }
@@ -243,8 +402,8 @@ func (w *Worker) admitRead(ctx context.Context, res []redis.XStream) []*Message 
 	var out []*Message
 	for _, st := range res {
 		for _, xm := range st.Messages {
-			w.hold(st.Stream, xm.ID)
-			if m := w.admit(ctx, st.Stream, xm.ID, xm.Values, 1); m != nil {
+			he := w.hold(st.Stream, xm.ID)
+			if m := w.admit(ctx, he, xm.Values, 1); m != nil {
 				out = append(out, m)
 			}
 		}
@@ -255,8 +414,10 @@ func (w *Worker) admitRead(ctx context.Context, res []redis.XStream) []*Message 
 // admit turns a delivered entry into a message to handle, or deals with it
 // at once and returns nil: a malformed entry is dead-lettered; a replayed
 // entry dead-lettered by another group is acknowledged (it is not ours).
-func (w *Worker) admit(ctx context.Context, stream, id string, values map[string]any, deliveries int64) *Message {
+func (w *Worker) admit(ctx context.Context, he *heldEntry, values map[string]any, deliveries int64) *Message {
+	stream, id := he.ref.stream, he.ref.id
 	m, err := newMessage(stream, id, values, deliveries)
+	m.held = he
 	if err != nil {
 		w.log.Warn("malformed entry: dead-lettering it", "stream", stream, "id", id, "err", err)
 		w.deadLetter(ctx, m, wire.ReasonMalformed, err)
@@ -264,7 +425,7 @@ func (w *Worker) admit(ctx context.Context, stream, id string, values map[string
 	}
 	if m.Replayed {
 		if info, ok := wire.DecodeDLQInfo(values); ok && info.Group != "" && info.Group != w.cfg.Group {
-			w.acks.add(stream, id)
+			w.acks.add(he)
 			return nil
 		}
 	}

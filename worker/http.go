@@ -8,9 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kbridge/kbridge/internal/wire"
@@ -127,9 +129,11 @@ func (h *HTTPHandler) Handle(ctx context.Context, m *Message) error {
 	if m.Replayed {
 		hd.Set("Kbridge-Replayed", "1")
 	}
+	var tr sendTrace
+	req = req.WithContext(httptrace.WithClientTrace(ctx, tr.trace()))
 	resp, err := h.httpClient().Do(req)
 	if err != nil {
-		if notSent(err) && ctx.Err() == nil {
+		if tr.notSent(err) && ctx.Err() == nil {
 			return RetryAfter(0, err)
 		}
 		return err
@@ -154,11 +158,33 @@ func (h *HTTPHandler) Handle(ctx context.Context, m *Message) error {
 	return herr
 }
 
-// notSent reports whether a request failed before anything was sent: the
-// connection could not be made (refused, no route, DNS, connect timeout).
-// The endpoint is unavailable, the record not at fault, and nothing was
-// delivered twice.
-func notSent(err error) bool {
+// sendTrace records how far a request got (net/http/httptrace), to tell a
+// request that failed before anything was sent from one that may have
+// reached the endpoint.
+type sendTrace struct {
+	traced       atomic.Bool // the transport reports to the trace (http.Transport does)
+	wroteHeaders atomic.Bool
+}
+
+func (t *sendTrace) trace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{
+		GetConn:      func(string) { t.traced.Store(true) },
+		WroteHeaders: func() { t.wroteHeaders.Store(true) },
+	}
+}
+
+// notSent reports whether a request failed before anything was sent: no
+// connection could be made (refused, no route, DNS, a connect that timed
+// out — net/http then reports its own timeout, not the dial's error), or
+// it broke before the request's headers were written. The endpoint is
+// unavailable, the record not at fault, and nothing was delivered twice.
+// Once the headers are written the endpoint may have acted on the request:
+// a failure then counts a delivery. With a transport that does not report
+// to httptrace, only a dial error is taken as "not sent".
+func (t *sendTrace) notSent(err error) bool {
+	if t.traced.Load() {
+		return !t.wroteHeaders.Load()
+	}
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
 }

@@ -411,3 +411,28 @@ func TestHTTPDeadEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPErrorMessage: only 301/302/303 are said to lose the body when
+// followed (a client re-sends them as a GET); 307/308 keep it; 300 and 304
+// are not redirects at all, only not a success.
+func TestHTTPErrorMessage(t *testing.T) {
+	for _, tt := range []struct {
+		err       HTTPError
+		want, not string
+	}{
+		{HTTPError{StatusCode: 302, Location: "/new"}, "HTTP 302 redirect to /new not followed (a client following it would send the POST again as a GET", ""},
+		{HTTPError{StatusCode: 303, Location: "(none)"}, "redirect to (none) not followed", ""},
+		{HTTPError{StatusCode: 307, Location: "/new"}, "HTTP 307 redirect to /new not followed: point the URL", "GET"},
+		{HTTPError{StatusCode: 308, Location: "/new", Body: "moved"}, "not followed: point the URL at the final address: moved", "GET"},
+		{HTTPError{StatusCode: 300, Location: "/x"}, "HTTP 300 is not a success (only 2xx is); Location /x", "redirect"},
+		{HTTPError{StatusCode: 304, Location: "(none)"}, "HTTP 304 is not a success (only 2xx is)", "Location"},
+		{HTTPError{StatusCode: 500, Body: "boom"}, "HTTP 500: boom", "success"},
+	} {
+		t.Run(strconv.Itoa(tt.err.StatusCode), func(t *testing.T) {
+			got := tt.err.Error()
+			if !strings.Contains(got, tt.want) || (tt.not != "" && strings.Contains(got, tt.not)) {
+				t.Errorf("Error() = %q; want it to contain %q and not %q", got, tt.want, tt.not)
+			}
+		})
+	}
+}

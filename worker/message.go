@@ -43,6 +43,7 @@ type Message struct {
 	DeadLetterError string
 
 	fields map[string]any // the raw entry, for dead-lettering
+	held   *heldEntry     // this consumer's hold of the entry (worker.go)
 }
 
 func newMessage(stream, id string, values map[string]any, deliveries int64) (*Message, error) {

@@ -7,6 +7,8 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
@@ -21,7 +23,7 @@ func (w *Worker) slot(hctx context.Context, t *task) {
 			// Stopping: the retry will not happen here. The entry stays
 			// pending; it is reclaimed after the visibility timeout,
 			// with its delivery count.
-			w.release(t.m.Stream, t.m.ID)
+			w.release(t.he)
 		}
 		t = next
 	}
@@ -47,8 +49,11 @@ const (
 func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Time, took time.Duration) {
 	m := t.m
 	ctx := context.WithoutCancel(hctx) // Redis calls: not cut short by the shutdown timeout
-	if !w.holds(m.Stream, m.ID) {
-		return settled, at, 0 // its lease was lost while it waited: another worker has it
+	if !w.owns(t.he) {
+		// Its lease was lost while it waited (another worker has the
+		// entry), or this consumer holds the entry again under a newer
+		// task (it reclaimed it back): this task is stale.
+		return settled, at, 0
 	}
 	if t.redeliver {
 		n, err := redeliverScript.Run(ctx, w.rdb, []string{m.Stream}, w.cfg.Group, w.cfg.Consumer, m.ID).Int64()
@@ -56,12 +61,21 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 			// Redis unreachable, or the entry is no longer ours: leave
 			// it to the reclaim.
 			w.log.Warn("cannot count the retry; leaving the entry to be reclaimed", "stream", m.Stream, "id", m.ID, "err", err)
-			w.release(m.Stream, m.ID)
+			w.release(t.he)
 			return settled, at, 0
 		}
 		m.Deliveries = n
 		t.redeliver = false
 		w.stats.retries.Add(1)
+	} else if t.backoffs > 0 {
+		// A retry after a back-off counts no delivery, so no script asks
+		// Redis whether the entry is still ours: ask here. While it
+		// waited, another worker may have taken it (our lease lapsed) and
+		// even acknowledged it; the lease loop would notice only up to
+		// VisibilityTimeout/3 later.
+		if !w.stillPending(ctx, t) {
+			return settled, at, 0
+		}
 	} else if t.backoffs == 0 && m.Deliveries > int64(w.cfg.MaxDeliveries) {
 		w.deadLetter(ctx, m, wire.ReasonMaxDeliveries, fmt.Errorf(
 			"delivered %d times (max %d) without an outcome: the workers that held it stopped or lost it",
@@ -73,7 +87,7 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 	took = time.Since(start)
 	if err == nil {
 		w.stats.processed.Add(1)
-		w.acks.add(m.Stream, m.ID)
+		w.acks.add(t.he)
 		return handled, at, took
 	}
 	if hctx.Err() != nil {
@@ -82,7 +96,7 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 		// killed"). Leave the entry pending, with its delivery count, for
 		// another worker to reclaim; never dead-letter it from here, after
 		// Run has returned.
-		w.release(m.Stream, m.ID)
+		w.release(t.he)
 		return settled, at, took
 	}
 	var (
@@ -129,6 +143,29 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 	}
 }
 
+// stillPending reports whether t's entry is still pending under this
+// consumer in Redis (XPENDING for its ID). If not, or if Redis cannot say,
+// the entry is released: another worker has it, or it is left to be
+// reclaimed (with the delivery count Redis keeps), as after a failed retry.
+func (w *Worker) stillPending(ctx context.Context, t *task) bool {
+	m := t.m
+	tctx, cancel := context.WithTimeout(ctx, max(w.cfg.VisibilityTimeout/3, time.Second))
+	defer cancel()
+	ps, err := w.rdb.XPendingExt(tctx, &redis.XPendingExtArgs{
+		Stream: m.Stream, Group: w.cfg.Group, Start: m.ID, End: m.ID, Count: 1, Consumer: w.cfg.Consumer,
+	}).Result()
+	switch {
+	case err != nil:
+		w.log.Warn("cannot check that a backed-off entry is still ours; leaving it to be reclaimed", "stream", m.Stream, "id", m.ID, "err", err)
+	case len(ps) == 0:
+		w.log.Info("entry taken by another consumer while it waited for its retry; not running it", "stream", m.Stream, "id", m.ID)
+	default:
+		return true
+	}
+	w.release(t.he)
+	return false
+}
+
 // call runs the handler once, turning a panic into a *PanicError.
 func (w *Worker) call(ctx context.Context, m *Message) (err error) {
 	start := time.Now()
@@ -148,7 +185,7 @@ func (w *Worker) call(ctx context.Context, m *Message) (err error) {
 // it, atomically, if this consumer still holds it; on a Redis error it retries a few times, then leaves the
 // entry pending (it will be reclaimed and dead-lettered again).
 func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, cause error) {
-	defer w.release(m.Stream, m.ID)
+	defer w.release(m.held)
 	info := wire.DLQInfo{
 		Reason:     reason,
 		Error:      cause.Error(),
@@ -163,7 +200,7 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 	args := append([]any{w.cfg.Group, w.cfg.Consumer, m.ID}, fields...)
 	dlq := wire.DLQKey(wire.PartitionStreamOf(m.Stream))
 	bctx := context.WithoutCancel(ctx)
-	w.settling(m.Stream, m.ID)
+	w.settling(m.held)
 	var err error
 	for attempt := range 3 {
 		if attempt > 0 {

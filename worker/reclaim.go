@@ -57,14 +57,17 @@ func (w *Worker) reclaimLoop(ctx context.Context) {
 // holds itself are left alone (see reclaimScript): their lease failed to be
 // extended, they are not abandoned.
 func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) {
-	budget := w.sched.reclaimBudget(recent)
 	streams := w.sched.listed()
-	if budget <= 0 || len(streams) == 0 {
+	if len(streams) == 0 {
 		return
 	}
 	slices.Sort(streams)
 	streams = rotate(streams, rr%len(streams))
 	first := w.idleEntries(ctx, streams)
+	if len(first) == 0 {
+		return
+	}
+	budget := w.sched.reclaimBudget(recent) // reserved until pushUrgent
 	// The scripts are not cut short by a shutdown: an entry claimed in
 	// Redis but not seen here would wait a visibility timeout more.
 	sctx := context.WithoutCancel(ctx)
@@ -91,11 +94,11 @@ func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) {
 			continue
 		}
 		for i, e := range entries {
-			w.hold(s, e.ID)
+			he := w.hold(s, e.ID)
 			w.stats.reclaimed.Add(1)
 			w.log.Debug("reclaimed entry", "stream", s, "id", e.ID, "deliveries", counts[i])
-			if m := w.admit(sctx, s, e.ID, e.Values, counts[i]); m != nil {
-				ts = append(ts, &task{m: m, reclaimed: true})
+			if m := w.admit(sctx, he, e.Values, counts[i]); m != nil {
+				ts = append(ts, &task{m: m, he: he, reclaimed: true})
 			}
 			budget--
 		}

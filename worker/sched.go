@@ -25,10 +25,13 @@ import (
 // idle), unless another stream wants slots (entries queued, or its read on
 // the way) and our handlers take much longer than its (see lendSlack). When a
 // slot frees, it goes to the stream with the least handler time charged
-// (its virtual time; a stream that becomes a contender starts at the least
-// virtual time of the others, so a quiet stream gets no burst), among those
-// under their share first. Within a stream, reclaimed entries and due
-// retries go before entries read since.
+// (its virtual time), among those under their share first. A stream that
+// gets entries again starts at the scheduler's virtual time (the least
+// charge of the streams with entries), so a quiet stream gets no burst; one
+// that becomes a contender again also starts at most one handler time
+// ahead of it, so a stream that ran alone for a while is not starved when it
+// comes back (see lift and join). Within a stream, reclaimed entries and
+// due retries go before entries read since.
 //
 // Retries wait in a timer heap, not in a slot: a failing partition holds no
 // slots during its backoff. A RetryError (the downstream asked to back off)
@@ -41,7 +44,11 @@ import (
 // and for at most ReadAhead more, queued, each stream up to its part
 // (ceil((ReadAhead + free slots) / contenders)) and topped up when half of it
 // is left, so that a freed slot finds its next entry without a round trip to
-// Redis.
+// Redis. The entries a read or a reclaim round on the way may bring are
+// reserved (reading, reclaiming), so that the two together stay within
+// ReadAhead + Concurrency queued. A paused stream's queue does not count:
+// it waits for the end of the pause, holding no slot. When a slot frees
+// with nothing to run, the reader is woken at once.
 type scheduler struct {
 	conc, readAhead, maxWaiting int
 	start                       func(t *task) // runs t in a new slot goroutine
@@ -53,6 +60,9 @@ type scheduler struct {
 	contenders map[*sstream]struct{}
 	hotSet     map[*sstream]struct{} // listed streams that are hot
 	queued     int                   // tasks in stream queues
+	reading    int                   // entries the read in flight may still bring (reserved by wanted)
+	reclaiming int                   // entries the reclaim round in flight may bring (reserved by reclaimBudget)
+	vnow       time.Duration         // virtual time: the least charge of a stream with entries to start, at the last pick (see lift)
 	waiting    int                   // tasks in the timer heap
 	running    int
 	timers     taskHeap
@@ -170,17 +180,7 @@ func (s *scheduler) update(st *sstream, now time.Time) {
 	if c != st.contender {
 		st.contender = c
 		if c {
-			// No credit for the time it was not competing.
-			first := true
-			var least time.Duration
-			for o := range s.contenders {
-				if first || o.vtime < least {
-					least, first = o.vtime, false
-				}
-			}
-			if !first && st.vtime < least {
-				st.vtime = least
-			}
+			s.join(st)
 			s.contenders[st] = struct{}{}
 		} else {
 			delete(s.contenders, st)
@@ -189,6 +189,7 @@ func (s *scheduler) update(st *sstream, now time.Time) {
 	if q := st.queued() > 0; q != st.inReady {
 		st.inReady = q
 		if q {
+			s.lift(st)
 			s.readyList = append(s.readyList, st)
 		} else {
 			for i, o := range s.readyList {
@@ -203,6 +204,32 @@ func (s *scheduler) update(st *sstream, now time.Time) {
 	if !st.listed && !st.contender && st.queued() == 0 && st.waiting == 0 && st.running == 0 {
 		delete(s.streams, st.key)
 		delete(s.hotSet, st)
+	}
+}
+
+// The virtual time (vnow) is the least handler time charged to a stream
+// that had entries to start, at the last pick: no stream that competes
+// for slots is behind it. A stream that gets entries to start again (its
+// queue was empty) is brought up to it (lift): it gets no credit for the
+// time it had nothing to run, or a stream that ran alone for a while and
+// one that was idle would keep the difference, and whichever had the lower
+// charge would take the slots until the other's was matched.
+func (s *scheduler) lift(st *sstream) {
+	if st.vtime < s.vnow {
+		st.vtime = s.vnow
+	}
+}
+
+// join is lift for a stream that becomes a contender: it also forgets a
+// lead it kept from earlier (handler time it was charged beyond the others
+// by running more than its share while they did not want the slots, or
+// alone): it starts at most one of its handler times ahead of the virtual
+// time, so that a stream coming back after a pause is not starved until
+// every other has been charged as much as it ran before.
+func (s *scheduler) join(st *sstream) {
+	s.lift(st)
+	if lead := s.vnow + st.avg; st.vtime > lead {
+		st.vtime = lead
 	}
 }
 
@@ -248,11 +275,12 @@ func (s *scheduler) listed() []string {
 // streams, and starts what the free slots allow. After stop, it returns the
 // tasks (to be handed back) instead.
 func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reclaiming = 0 // the round is over: what it brought is queued now
 	if len(ts) == 0 {
 		return nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.stopped {
 		return ts
 	}
@@ -288,9 +316,13 @@ func (s *scheduler) pick(now time.Time) *task {
 	share := s.share()
 	var best *sstream
 	bestUnder := false
+	least, any := time.Duration(0), false
 	for _, st := range s.readyList {
 		if st.paused(now) {
 			continue
+		}
+		if !any || st.vtime < least {
+			least, any = st.vtime, true
 		}
 		under := st.running < share
 		if best == nil || (under && !bestUnder) || (under == bestUnder && st.vtime < best.vtime) {
@@ -324,6 +356,7 @@ func (s *scheduler) pick(now time.Time) *task {
 	s.free--
 	s.running++
 	best.running++
+	s.vnow = max(s.vnow, least)
 	best.vtime += best.avg
 	s.update(best, now)
 	if best.queued() <= s.bufCap()/2 {
@@ -365,6 +398,11 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 	}
 	s.update(st, now)
 	next = s.pick(now) // kicks the reader if st's queue runs low
+	if next == nil {
+		// The slot stays free with nothing queued for it: the reader has
+		// room for more (a read it held back for the read-ahead bound).
+		s.kick()
+	}
 	return next, letGo
 }
 
@@ -467,68 +505,110 @@ func (s *scheduler) counts() (queued, waiting, running int) {
 
 // readRequest is what the reader should read next.
 type readRequest struct {
-	hot     []string // streams believed to have entries
-	count   int64    // COUNT for the hot streams
-	moreHot bool     // hot streams left out for the budget: read them next
-	anyHot  bool     // some stream is hot, wanting entries or not
-	idle    []string // the other streams that want entries (probe: COUNT 1)
-	budget  int      // entries the read-ahead has room for
+	hot    []string // streams believed to have entries, least recently read first
+	need   int      // entries the emptiest of them has room for
+	anyHot bool     // some stream is hot, wanting entries or not
+	idle   []string // the other streams that want entries (to probe), least recently read first
+	budget int      // entries the read-ahead has room for
 }
 
-// wanted returns the streams that want entries: the hot ones, with a COUNT
-// that keeps the read-ahead within its bound (the least recently read first
-// when the budget does not cover them all), and if probe the others. An
-// empty request means: wait for space. Without probe, its cost is that of
-// the hot streams only.
+// hotRead returns which hot streams to read with budget entries of room,
+// and the COUNT: each at least one, the least recently read first when
+// the room does not cover them all (more: some are left for the next read).
+func (r *readRequest) hotRead(budget int) (keys []string, count int64, more bool) {
+	if len(r.hot) == 0 || budget <= 0 {
+		return nil, 0, len(r.hot) > 0
+	}
+	keys = r.hot
+	if len(keys) > budget {
+		keys, more = keys[:budget], true
+	}
+	return keys, int64(max(1, min(r.need, budget/len(keys)))), more
+}
+
+// wanted returns the streams that want entries: the hot ones, and if probe
+// the others. An empty request means: wait for space. Without probe, its
+// cost is that of the hot streams only.
 func (s *scheduler) wanted(probe bool) readRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var r readRequest
+	s.reading = 0 // the reader's previous round is over
 	if s.stopped {
 		return r
 	}
 	r.anyHot = len(s.hotSet) > 0
 	// Entries for the free slots start at once; the read-ahead comes on
-	// top of them.
-	budget := s.readAhead + s.free - s.queued
+	// top of them. A reclaim round on the way may bring its entries too.
+	now := time.Now()
+	budget := s.readAhead + s.free - s.queuedStartable(now) - s.reclaiming
 	if budget <= 0 {
 		return r
 	}
 	r.budget = budget
-	now := time.Now()
+	defer func() {
+		if len(r.hot) > 0 || len(r.idle) > 0 {
+			s.reading = budget // released as the entries are queued (readDone), or at the next round
+		}
+	}()
 	bc := s.bufCap()
 	wants := func(st *sstream) bool {
 		return st.listed && !st.paused(now) && st.waiting < s.maxWaiting && st.queued() <= bc/2
 	}
-	need := 0
 	var hot []*sstream
 	for st := range s.hotSet {
 		if wants(st) {
 			hot = append(hot, st)
-			need = max(need, bc-st.queued())
+			r.need = max(r.need, bc-st.queued())
 		}
 	}
-	if probe {
-		for _, st := range s.streams {
-			if !st.hot && wants(st) {
-				r.idle = append(r.idle, st.key)
-			}
-		}
-	}
-	if len(hot) > budget {
-		r.moreHot = true
-		// Least recently read first, so that every hot stream is read in
-		// turn when the budget does not cover them all.
-		sortByRR(hot)
-		hot = hot[:budget]
-	}
+	// Least recently read first, so that every hot stream is read in turn
+	// when the budget does not cover them all.
+	sortByRR(hot)
 	for _, st := range hot {
 		r.hot = append(r.hot, st.key)
 	}
-	if len(hot) > 0 {
-		r.count = int64(max(1, min(need, budget/len(hot))))
+	if probe {
+		var idle []*sstream
+		for _, st := range s.streams {
+			if !st.hot && wants(st) {
+				idle = append(idle, st)
+			}
+		}
+		// Least recently read first: a probe that finds more entries
+		// than the read-ahead takes stops there, and the next one goes
+		// on where it stopped.
+		sortByRR(idle)
+		for _, st := range idle {
+			r.idle = append(r.idle, st.key)
+		}
 	}
 	return r
+}
+
+// queuedStartable returns how many tasks are queued in streams that are not
+// paused (under s.mu). A paused stream's queue waits for the end of its
+// pause, holding no slot; it takes no room in the read-ahead of the others
+// (nor in the reclaim budget), or a partition whose downstream is away
+// would slow the healthy ones down to a few entries per read.
+func (s *scheduler) queuedStartable(now time.Time) int {
+	n := s.queued
+	for _, st := range s.readyList {
+		if st.paused(now) {
+			n -= st.queued()
+		}
+	}
+	return n
+}
+
+// endRead releases what the reader's round reserved (wanted): its
+// non-blocking reads are over. (A blocking read is not reserved for: it
+// waits for entries nobody can foresee, most often for a whole
+// BlockTimeout.)
+func (s *scheduler) endRead() {
+	s.mu.Lock()
+	s.reading = 0
+	s.mu.Unlock()
 }
 
 // anyHot reports whether some stream is hot: the reader will have entries
@@ -550,6 +630,7 @@ func (s *scheduler) readDone(keys []string, ts []*task) (refused []*task) {
 		return ts
 	}
 	now := time.Now()
+	s.reading = max(s.reading-len(ts), 0)
 	s.rr++
 	for _, k := range keys {
 		if st := s.streams[k]; st != nil {
@@ -581,14 +662,17 @@ func (s *scheduler) readDone(keys []string, ts []*task) (refused []*task) {
 // them goes Concurrency beyond the read-ahead, which new reads may not use,
 // so that a dead worker's entries are taken over even while this one is
 // saturated — but no more than its free slots and recent turnover, so that
-// a worker whose handlers hang does not take entries it cannot start.
+// a worker whose handlers hang does not take entries it cannot start. The
+// room is reserved (reads leave it alone) until pushUrgent.
 func (s *scheduler) reclaimBudget(recent int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
 		return 0
 	}
-	return max(min(s.readAhead+s.conc-s.queued, s.free+recent), 0)
+	b := max(min(s.readAhead+s.conc-s.queuedStartable(time.Now())-s.reading, s.free+recent), 0)
+	s.reclaiming = b
+	return b
 }
 
 // finishedCount returns how many attempts finished so far.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -63,9 +64,15 @@ func (e *benchEnv) streams(b *testing.B, n int) []string {
 
 func (e *benchEnv) add(b *testing.B, s string, from, n int) {
 	ctx := context.Background()
+	// The entry's partition must be its stream's: the worker dead-letters
+	// an entry whose fields disagree with its stream key as malformed.
+	_, _, part, err := wire.ParseStreamKey(s)
+	if err != nil {
+		b.Fatal(err)
+	}
 	p := e.rdb.Pipeline()
 	for o := from; o < from+n; o++ {
-		r := wire.Record{Topic: "t", Offset: int64(o), Time: time.UnixMilli(1700000000000), Value: []byte("v" + strconv.Itoa(o))}
+		r := wire.Record{Topic: "t", Partition: part, Offset: int64(o), Time: time.UnixMilli(1700000000000), Value: []byte("v" + strconv.Itoa(o))}
 		p.XAdd(ctx, &redis.XAddArgs{Stream: s, ID: wire.EntryID(int64(o)), Values: r.AppendFields(nil)})
 		if p.Len() >= 1000 {
 			if _, err := p.Exec(ctx); err != nil {
@@ -141,25 +148,53 @@ func BenchmarkSchedHotPartition(b *testing.B) {
 
 // BenchmarkSchedSlowBeside: a 1 ms partition alone, then beside a 500 ms
 // partition, then beside a partition whose handler always fails (backoff
-// 1 s); concurrency 32. The fast partition's rate beside each, over its rate
-// alone; and over its rate alone with 16 slots, its share beside the slow
-// one (slots are shared by handler time).
+// 1 s), at concurrency 32 and 512 (sub-benchmarks; KBRIDGE_BENCH_CONCURRENCY
+// sets others). The fast partition's rate beside each, over its rate alone;
+// and over its rate alone with half the slots, its share beside the slow
+// one (slots are shared by handler time). Where the fast partition alone is
+// slot-bound (32 slots × 1 ms), half the slots is about half its rate; with
+// enough slots it is bound by the reads, the acks and the CPU instead, and
+// losing half of them to the slow partition costs it less.
 func BenchmarkSchedSlowBeside(b *testing.B) {
-	const records = 20000
+	concs := []int{32, 512}
+	if v := os.Getenv("KBRIDGE_BENCH_CONCURRENCY"); v != "" { // e.g. 32,128,512
+		concs = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 2 {
+				b.Fatalf("KBRIDGE_BENCH_CONCURRENCY %q: want numbers ≥ 2, comma-separated", v)
+			}
+			concs = append(concs, n)
+		}
+	}
+	for _, conc := range concs {
+		b.Run("concurrency="+strconv.Itoa(conc), func(b *testing.B) { benchSlowBeside(b, conc) })
+	}
+}
+
+func benchSlowBeside(b *testing.B, conc int) {
+	// Enough records that the fast partition runs for about a second or
+	// more, and that the 500 ms partition keeps its share of the slots busy
+	// for longer than that (conc/2 slots × 2 records/s each).
+	records, otherRecords := max(20000, 250*conc), max(2000, 10*conc)
+	held, heldOther := map[string][]float64{}, map[string][]float64{}
 	rate := func(mode string) float64 {
 		e := newBenchEnv(b, len(mode))
 		ss := e.streams(b, 2)
 		fast, other := ss[0], ss[1]
 		var done atomic.Int64
-		conc := 32
-		if mode == "alone16" {
-			conc = 16
+		var busyFast, busyOther atomic.Int64 // handler time, ns
+		n := conc
+		if mode == "alone-half" {
+			n = conc / 2
 		}
-		cfg := Config{Concurrency: conc, MaxDeliveries: 1000, Handler: func(ctx context.Context, m *Message) error {
+		cfg := Config{Concurrency: n, MaxDeliveries: 1000, Handler: func(ctx context.Context, m *Message) error {
+			t0 := time.Now()
 			if m.Stream == other {
 				switch mode {
 				case "slow":
 					time.Sleep(500 * time.Millisecond)
+					busyOther.Add(int64(time.Since(t0)))
 					return nil
 				case "failing":
 					return errors.New("down")
@@ -167,27 +202,35 @@ func BenchmarkSchedSlowBeside(b *testing.B) {
 			}
 			time.Sleep(time.Millisecond)
 			done.Add(1)
+			busyFast.Add(int64(time.Since(t0)))
 			return nil
 		}}
 		if mode == "slow" || mode == "failing" {
-			e.add(b, other, 0, 2000)
+			e.add(b, other, 0, otherRecords)
 		}
 		e.add(b, fast, 0, records)
-		took := e.run(b, cfg, func() bool { return done.Load() >= records })
-		return records / took.Seconds()
+		took := e.run(b, cfg, func() bool { return done.Load() >= int64(records) })
+		// Slots held on average over the run (handler time / wall time;
+		// a 500 ms handler still running at the end is not counted).
+		held[mode] = append(held[mode], float64(busyFast.Load())/float64(took))
+		heldOther[mode] = append(heldOther[mode], float64(busyOther.Load())/float64(took))
+		return float64(records) / took.Seconds()
 	}
-	var alone, alone16, slow, failing []float64
+	var alone, half, slow, failing []float64
 	for range 3 {
 		alone = append(alone, rate("alone"))
-		alone16 = append(alone16, rate("alone16"))
+		half = append(half, rate("alone-half"))
 		slow = append(slow, rate("slow"))
 		failing = append(failing, rate("failing"))
 	}
-	a, a16 := median(alone), median(alone16)
-	b.Logf("1 ms partition alone: %.0f records/s (with 16 slots: %.0f); beside a 500 ms partition: %.0f (%.2f of alone, %.2f of alone with its share of 16 slots); beside a failing partition: %.0f (%.2f)",
-		a, a16, median(slow), median(slow)/a, median(slow)/a16, median(failing), median(failing)/a)
+	a, ah := median(alone), median(half)
+	b.Logf("concurrency %d: 1 ms partition alone: %.0f records/s (with %d slots: %.0f, %.2f of alone); beside a 500 ms partition: %.0f (%.2f of alone, %.2f of alone with its share of %d slots); beside a failing partition: %.0f (%.2f)",
+		conc, a, conc/2, ah, ah/a, median(slow), median(slow)/a, median(slow)/ah, conc/2, median(failing), median(failing)/a)
+	b.Logf("concurrency %d: slots held on average by the fast partition alone %.0f, with half the slots %.0f, beside the 500 ms one %.0f (the 500 ms one %.0f), beside the failing one %.0f",
+		conc, median(held["alone"]), median(held["alone-half"]), median(held["slow"]), median(heldOther["slow"]), median(held["failing"]))
 	b.ReportMetric(median(slow)/a, "slow-beside/alone")
-	b.ReportMetric(median(slow)/a16, "slow-beside/alone-half-slots")
+	b.ReportMetric(median(slow)/ah, "slow-beside/alone-half-slots")
+	b.ReportMetric(ah/a, "alone-half-slots/alone")
 	b.ReportMetric(median(failing)/a, "failing-beside/alone")
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,8 +194,10 @@ func TestFailingPartitionGivesBackSlots(t *testing.T) {
 	if lim := int64(2*cfg.Concurrency + cfg.ReadAhead); st.Waiting+st.Queued > lim {
 		t.Errorf("the failing partition has %d entries waiting and %d queued; want at most %d in all", st.Waiting, st.Queued, lim)
 	}
-	if n := e.pending(t, failing, DefaultGroup); n != st.Waiting+st.Queued+st.InFlight {
-		t.Errorf("failing partition: %d pending in Redis, the worker holds %d waiting, %d queued, %d running", n, st.Waiting, st.Queued, st.InFlight)
+	// InFlight counts both partitions (the healthy one's last entries may
+	// be between their handler and their XACK), so it bounds from above.
+	if n := e.pending(t, failing, DefaultGroup); n < st.Waiting+st.Queued || n > st.Waiting+st.Queued+st.InFlight {
+		t.Errorf("failing partition: %d pending in Redis, the worker holds %d waiting, %d queued, %d running (both partitions)", n, st.Waiting, st.Queued, st.InFlight)
 	}
 	_ = stop()
 	if n := e.pending(t, failing, DefaultGroup); n != st.Waiting+st.Queued {
@@ -383,6 +386,9 @@ func TestSlowHousekeepingDoesNotStallReads(t *testing.T) {
 	cnt := newCommandCounter()
 	var heldBack atomic.Int64
 	cnt.hold = func(c redis.Cmder) bool {
+		if slices.Contains(c.Args(), any(probeKey(e.prefix))) {
+			return false // Run's start-up check, before any read: not housekeeping
+		}
 		switch strings.ToLower(c.Name()) {
 		case "xinfo", "xpending", "smembers":
 			heldBack.Add(1)

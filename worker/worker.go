@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -31,6 +32,8 @@ type Worker struct {
 	discovered     chan struct{} // closed by the first discovery
 	discoveredOnce sync.Once
 
+	stopRun context.CancelCauseFunc // ends Run's reading side (a wire version change); set by Run before the loops start
+
 	perSlot   bool       // Redis Cluster: one XREADGROUP per hash slot (slots.go)
 	slotReads *slotReads // the blocking reads running, when perSlot
 }
@@ -41,7 +44,17 @@ const cancelGrace = time.Second
 
 type entryRef struct{ stream, id string }
 
+// heldEntry is this consumer's hold of one entry, from the read or reclaim
+// that made the entry pending under it to its acknowledgement (or until it
+// is lost, dead-lettered or handed back). The tasks of the entry carry it:
+// an entry held, lost (another consumer took it) and held again is a new
+// heldEntry, and only the tasks that carry the current one may run or hand
+// back the entry (Worker.owns). A task left over from the first hold (one
+// waiting for a retry when the lease was lost) then finds itself stale and
+// drops out, instead of running the entry a second time beside the task of
+// the new hold.
 type heldEntry struct {
+	ref   entryRef
 	since time.Time
 	// settling: this consumer queued the entry's acknowledgement or is
 	// dead-lettering it, so the entry may leave the PEL at any moment by
@@ -86,16 +99,39 @@ func (w *Worker) Consumer() string { return w.cfg.Consumer }
 // the others after VisibilityTimeout). Acks go before the lease stops so
 // that no finished entry is ever reclaimed.
 //
+// Before it reads anything, Run checks that Redis accepts the worker's
+// credentials and lets it run every command it needs, and that the wire
+// contract version under the prefix is its own (startup.go). A refusal
+// returns an *AuthError, another version an error wrapping ErrWireVersion,
+// at once and having read nothing; a Redis that cannot be reached is
+// retried with backoff (logged) until ctx ends. The version is checked
+// again at each discovery: when it changes (a newer ingest), Run stops
+// taking entries and shuts down in the order above, as if ctx had been
+// cancelled, then returns an error wrapping ErrWireVersion.
+//
 // Run returns nil after a clean shutdown, an error wrapping
 // ErrShutdownTimeout if handlers were still running, and ErrRunning if
-// called twice. It keeps going through Redis errors (logging them), as
-// workers must survive a Redis restart.
+// called twice. Once started it keeps going through Redis errors (logging
+// them), as workers must survive a Redis restart.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.started.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
+	if err := w.startup(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.log.Error("worker cannot start", "err", err)
+		return err
+	}
 	w.log.Info("worker starting", "prefix", w.cfg.Prefix, "concurrency", w.cfg.Concurrency,
 		"read_ahead", w.cfg.ReadAhead, "visibility_timeout", w.cfg.VisibilityTimeout, "max_deliveries", w.cfg.MaxDeliveries)
+	// A discovery that finds another wire version stops the reading side
+	// the way the caller's cancellation does (the cause says why).
+	parent := ctx
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	w.stopRun = stop
 
 	// Handlers, acks and leases outlive ctx: they are stopped in the
 	// shutdown order above, not by the caller's cancellation.
@@ -133,7 +169,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// than staying leased by a worker that will not run it.
 	queued, waiting := w.sched.stop()
 	for _, m := range w.stopSlotReads() {
-		queued = append(queued, &task{m: m})
+		queued = append(queued, &task{m: m, he: m.held})
 	}
 	w.handBack(append(queued, waiting...))
 
@@ -166,42 +202,60 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-leaseDone
 	w.cleanupSelf(w.sched.listed())
 	w.log.Info("worker stopped", "processed", w.stats.processed.Load())
+	if cause := context.Cause(ctx); parent.Err() == nil && errors.Is(cause, ErrWireVersion) {
+		return errors.Join(cause, err)
+	}
 	return err
 }
 
-// hold records that this consumer holds an entry: its lease is extended
-// until release.
-func (w *Worker) hold(stream, id string) {
+// hold records that this consumer holds an entry (its lease is extended
+// until release) and returns the hold, for the entry's tasks to carry.
+func (w *Worker) hold(stream, id string) *heldEntry {
+	he := &heldEntry{ref: entryRef{stream, id}, since: time.Now()}
 	w.mu.Lock()
-	w.held[entryRef{stream, id}] = &heldEntry{since: time.Now()}
+	w.held[he.ref] = he
 	w.mu.Unlock()
+	return he
 }
 
-// release stops extending the lease of an entry (acknowledged, dead-lettered,
-// lost, or left to be reclaimed).
-func (w *Worker) release(stream, id string) {
+// release stops extending the lease of he's entry (acknowledged,
+// dead-lettered, lost, or left to be reclaimed) if he is still the current
+// hold of it: a stale hold releases nothing.
+func (w *Worker) release(he *heldEntry) {
+	if he == nil {
+		return
+	}
 	w.mu.Lock()
-	delete(w.held, entryRef{stream, id})
+	if w.held[he.ref] == he {
+		delete(w.held, he.ref)
+	}
 	w.mu.Unlock()
 }
 
 // settling marks a held entry as about to be acknowledged (or
 // dead-lettered, which acknowledges it) by this consumer. Call it before the
 // XACK can reach Redis.
-func (w *Worker) settling(stream, id string) {
+func (w *Worker) settling(he *heldEntry) {
+	if he == nil {
+		return
+	}
 	w.mu.Lock()
-	if he := w.held[entryRef{stream, id}]; he != nil {
+	if w.held[he.ref] == he {
 		he.settling = true
 	}
 	w.mu.Unlock()
 }
 
-// holds reports whether this consumer still holds an entry (it was not
-// released, e.g. after its lease was lost).
-func (w *Worker) holds(stream, id string) bool {
+// owns reports whether he is the current hold of its entry: it was not
+// released (after its lease was lost, say), nor replaced by a later hold of
+// the same entry.
+func (w *Worker) owns(he *heldEntry) bool {
+	if he == nil {
+		return false
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.held[entryRef{stream, id}] != nil
+	return w.held[he.ref] == he
 }
 
 // heldIn returns the IDs this consumer holds in stream.

@@ -73,3 +73,37 @@ func TestBadInputExits2(t *testing.T) {
 		})
 	}
 }
+
+// TestWorkerBadFlagsEveryReason: kbridge worker reports every problem of
+// its flags at once — the handler flags (--exec/--http) among the others —
+// and exits 2 before connecting to anything.
+func TestWorkerBadFlagsEveryReason(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"exec and http", []string{"worker", "--exec", "true", "--http", "ftp://h", "--handler-timeout", "-1s", "--concurrency", "0",
+			"--metrics-addr", "localhost", "--log-level", "loud", "stray"},
+			[]string{"--exec and --http exclude each other", "--handler-timeout -1s must not be negative", "--concurrency 0 must be at least 1",
+				"--metrics-addr \"localhost\"", "--log-level \"loud\"", "takes no arguments"}},
+		{"bad http", []string{"worker", "--http", "localhost:8080/in", "--handler-timeout", "0s", "--max-deliveries", "0", "--read-ahead", "-1"},
+			[]string{"--http localhost:8080/in: want an http:// or https:// URL", "--handler-timeout must be above 0 with --http",
+				"--max-deliveries 0 must be at least 1", "--read-ahead -1 must be at least 1"}},
+		{"no handler", []string{"worker", "--visibility-timeout", "0s", "--redis-tls-cert", "/nonexistent/c.crt"},
+			[]string{"give --exec CMD or --http URL", "--visibility-timeout 0s must be above 0", "--redis-tls-cert needs a rediss:// URL"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, code := runCLI(t, append([]string{"--redis-url", "redis://127.0.0.1:1/0"}, tt.args...)...)
+			if code != 2 {
+				t.Errorf("kbridge %v: exit %d, want 2; stderr %q, stdout %q", tt.args, code, errs, out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(errs, w) {
+					t.Errorf("kbridge %v: stderr %q; want it to contain %q", tt.args, errs, w)
+				}
+			}
+			t.Logf("%s: exit %d, %d reasons: %q", tt.name, code, strings.Count(strings.TrimSpace(errs), "\n")+1, errs)
+		})
+	}
+}

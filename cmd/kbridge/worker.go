@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/url"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/kbridge/kbridge/internal/wire"
 	"github.com/kbridge/kbridge/worker"
 )
 
@@ -45,8 +46,9 @@ Kbridge-Offset, Kbridge-Key (base64), ... headers. 2xx = done. 429, 502, 503,
 unavailable: back off (Retry-After is honoured, seconds or HTTP date) and retry
 without counting a delivery, for up to --max-transient-time per record (after
 that these count too, so a dead endpoint still ends in the dead-letter
-stream). Redirects (3xx) are not followed (a redirected POST would lose its
-body): they are failures; give the final URL. Anything else = failed.
+stream). Redirects (3xx) are not followed (after a 301, 302 or 303 a
+client would send the POST again as a GET without its body): they are
+failures; give the final URL. Anything else = failed.
 
 A failed record is retried with exponential backoff; after --max-deliveries it
 goes to the dead-letter stream (see "kbridge dlq"). A worker that dies has its
@@ -97,41 +99,55 @@ Examples:
 }
 
 func runWorker(c *cli.Context) error {
+	// Every problem of the flags is collected and reported at once (exit
+	// 2), before anything connects.
+	var bad []error
 	if c.NArg() > 0 {
-		return cli.Exit(fmt.Sprintf("worker takes no arguments, got %q (quote the --exec command)", c.Args().Slice()), 2)
+		bad = append(bad, fmt.Errorf("worker takes no arguments, got %q (quote the --exec command)", c.Args().Slice()))
 	}
 	var (
 		h           worker.Handler
 		eh          *worker.ExecHandler
 		onForceExit func() // a second signal: kill the --exec commands, which run in process groups of their own
 	)
+	timeout := c.Duration("handler-timeout")
+	if timeout < 0 {
+		bad = append(bad, fmt.Errorf("--handler-timeout %v must not be negative", timeout))
+	}
 	switch execCmd, httpURL := c.String("exec"), c.String("http"); {
 	case execCmd != "" && httpURL != "":
-		return cli.Exit("--exec and --http exclude each other: pick one", 2)
+		bad = append(bad, errors.New("--exec and --http exclude each other: pick one"))
 	case execCmd != "":
-		eh = &worker.ExecHandler{Command: execCmd, Timeout: c.Duration("handler-timeout")}
+		eh = &worker.ExecHandler{Command: execCmd, Timeout: max(timeout, 0)}
 		h, onForceExit = eh.Handle, eh.KillAll
 	case httpURL != "":
 		u, err := url.Parse(httpURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return cli.Exit(fmt.Sprintf("--http %s: want an http:// or https:// URL", redactURL(httpURL)), 2)
+			bad = append(bad, fmt.Errorf("--http %s: want an http:// or https:// URL", redactURL(httpURL)))
 		}
-		if c.Duration("handler-timeout") <= 0 {
-			return cli.Exit("--handler-timeout must be above 0 with --http", 2)
+		if timeout == 0 {
+			bad = append(bad, errors.New("--handler-timeout must be above 0 with --http"))
 		}
-		h = worker.NewHTTPHandler(httpURL, c.Duration("handler-timeout")).Handle
+		h = worker.NewHTTPHandler(httpURL, timeout).Handle
 	default:
-		return cli.Exit("give --exec CMD or --http URL (see --help; Go programs use the worker package)", 2)
+		bad = append(bad, errors.New("give --exec CMD or --http URL (see --help; Go programs use the worker package)"))
 	}
-	if c.Duration("handler-timeout") < 0 {
-		return cli.Exit("--handler-timeout must not be negative", 2)
+	if h == nil {
+		// reported above; keeps Config.Validate from repeating it
+		h = func(context.Context, *worker.Message) error { return errors.New("no handler") }
 	}
 	log, err := newLogger(c)
 	if err != nil {
-		return err
+		bad = append(bad, errors.New(err.Error()))
+		log = slog.New(slog.DiscardHandler)
 	}
 	if eh != nil {
 		eh.Logger = log
+	}
+	if addr := c.String("metrics-addr"); addr != "" {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad = append(bad, fmt.Errorf("--metrics-addr %q: want HOST:PORT, e.g. 127.0.0.1:9100 (%v)", addr, err))
+		}
 	}
 	rdb, err := newRedisDeferred(c) // its problems join the worker's own (bad, below)
 	if err != nil {
@@ -160,7 +176,7 @@ func runWorker(c *cli.Context) error {
 	metrics := newWorkerMetrics()
 	cfg.OnHandled = metrics.onHandled
 	// Zero means "default" in Config; on the command line it is a mistake.
-	bad := redisProblemErrors(c)
+	bad = append(bad, redisProblemErrors(c)...)
 	if c.IsSet("concurrency") && cfg.Concurrency <= 0 {
 		bad = append(bad, fmt.Errorf("--concurrency %d must be at least 1", cfg.Concurrency))
 	}
@@ -179,16 +195,10 @@ func runWorker(c *cli.Context) error {
 	if err := errors.Join(append(bad, cfg.Validate())...); err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
-	// The wire contract version (docs/wire.md): a newer ingest wrote what
-	// this worker would misread. Unreachable Redis: the worker retries.
-	vctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err = wire.CheckVersion(vctx, rdb, cfg.Prefix)
-	cancel()
-	if errors.Is(err, wire.ErrVersion) {
-		return cli.Exit(err.Error(), 1)
-	} else if err != nil {
-		log.Warn("cannot read the wire contract version; starting anyway", "err", err)
-	}
+	// Run checks the credentials, the ACL and the wire contract version
+	// before it reads anything (exit 1 at once if one is wrong; retried
+	// while Redis cannot be reached), and the version again at each
+	// discovery (exit 1 after a graceful stop when it changes).
 	w, err := worker.New(cfg)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)

@@ -97,14 +97,11 @@ func runKit(t *testing.T, cfg conformance.Config, fail ...string) *conformance.R
 func TestWorkers(t *testing.T) {
 	redisURL(t)
 	t.Parallel()
-	// kbridge worker (the --exec runner) passes every rule but W19: it
-	// checks the wire version only at start-up (cmd/kbridge/worker.go); the
-	// check at each discovery belongs in Worker.discover (review finding 2
-	// of issue 9). docs/wire.md's results table says so; when the worker
-	// does it, W19 passes and this test fails until the "W19" below goes.
+	// kbridge worker (the --exec runner) passes every rule: W19 too since
+	// Worker.Run checks the wire version at each discovery.
 	t.Run("kbridge", func(t *testing.T) {
 		bin := testenv.BuildKbridge(t)
-		runKit(t, conformance.Config{Command: []string{"sh", filepath.Join(root(), "examples", "conformance", "kbridge-worker.sh"), bin}}, "W19")
+		runKit(t, conformance.Config{Command: []string{"sh", filepath.Join(root(), "examples", "conformance", "kbridge-worker.sh"), bin}})
 	})
 	// examples/python passes every rule on the real redis-server.
 	t.Run("python", func(t *testing.T) {

@@ -343,7 +343,6 @@ func commandStats(t *testing.T, rdb *redis.Client) (used []string, rejected map[
 // non-zero with a message naming the cause, and the one-shot ones (status,
 // dlq list) too; the ingest commits nothing.
 func TestRedisBadCredentials(t *testing.T) {
-	pendingFatalAuth(t)
 	testenv.RequireReal(t, "a redis-server with TLS and ACLs of the test's own")
 	adminPW, userPW := secret("redis-admin-pw"), secret("redis-kbridge-pw")
 	rs := startRedis(t, redisOpts{tls: true, authClients: "yes", password: adminPW})

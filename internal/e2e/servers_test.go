@@ -404,14 +404,3 @@ func delPrefix(rdb *redis.Client, prefix string) {
 type quietRedis struct{}
 
 func (quietRedis) Printf(context.Context, string, ...any) {}
-
-// pendingFatalAuth skips a test of the behaviour issue 7 point 8 asks for
-// (authentication and authorisation errors end the process before it joins
-// the group) until that behaviour is merged; the lead removes it then.
-// KBRIDGE_RUN_PENDING=1 runs the test anyway.
-func pendingFatalAuth(t *testing.T) {
-	t.Helper()
-	if os.Getenv("KBRIDGE_RUN_PENDING") == "" {
-		t.Skip("pending: fatal authentication errors (issue 7 point 8) are not merged yet; KBRIDGE_RUN_PENDING=1 runs it")
-	}
-}
