@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -105,7 +106,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 		"brokers", strings.Join(in.cfg.Brokers, ","), "worker_groups", strings.Join(in.cfg.WorkerGroups, ","),
 		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark,
 		"isolation_level", in.cfg.Isolation.String(), "fetch_memory", in.cfg.FetchMemory)
-	in.setMemoryLimit()
+	defer in.setMemoryLimit()()
 	fetcher, err := kfetch.New(kfetch.Config{
 		Client: in.client, ClientID: "kbridge", Isolation: in.cfg.Isolation,
 		MemoryBytes: in.cfg.FetchMemory, PartitionMaxBytes: int32(in.cfg.FetchMaxBytes),
@@ -373,19 +374,54 @@ func (in *Ingest) StreamKey(topic string, partition int) string {
 // about 20 MiB of live heap outside the fetch budget).
 const memoryHeadroom = 64 << 20
 
-// setMemoryLimit gives the Go runtime a soft memory limit of FetchMemory
-// plus memoryHeadroom, unless the program has one (GOMEMLIMIT, or
-// debug.SetMemoryLimit of a program that embeds the ingest): it keeps
-// GOGC=100, but makes the GC collect before the heap passes the limit.
-// Without it the heap grows to twice what is live before a collection, and
-// the fetch budget, fully used, doubles in RSS (issue 10: RSS with a backlog
-// on 1,000 partitions). The limit is soft: if live data ever exceeds it,
-// the runtime caps the GC at about half the CPU rather than fail.
-func (in *Ingest) setMemoryLimit() {
-	if os.Getenv("GOMEMLIMIT") != "" || debug.SetMemoryLimit(-1) != math.MaxInt64 {
-		return
+// memLimit is the soft memory limit the ingests of this process set, and
+// what each of them counts in it.
+var memLimit struct {
+	sync.Mutex
+	sum int64 // the running ingests' shares
+	set int64 // the limit they set (0: none of theirs in force)
+}
+
+// setMemoryLimit gives the Go runtime a soft memory limit that covers the
+// fetched data of every ingest running in the process — each one's
+// FetchMemory, plus what one record batch may exceed it by
+// (FetchBatchMaxBytes beyond FetchMemory) — and memoryHeadroom once, unless
+// the program has a limit of its own (GOMEMLIMIT, or debug.SetMemoryLimit of
+// a program that embeds the ingest). It keeps GOGC=100, but makes the GC
+// collect before the heap passes the limit. Without it the heap grows to
+// twice what is live before a collection, and the fetch budget, fully used,
+// doubles in RSS (issue 10: RSS with a backlog on 1,000 partitions). The
+// limit is soft: if live data ever exceeds it, the runtime caps the GC at
+// about half the CPU rather than fail. The returned func takes this
+// ingest's share out again (Run returns).
+func (in *Ingest) setMemoryLimit() (release func()) {
+	share := in.cfg.FetchMemory + max(0, in.cfg.FetchBatchMaxBytes-in.cfg.FetchMemory)
+	memLimit.Lock()
+	defer memLimit.Unlock()
+	if cur := debug.SetMemoryLimit(-1); memLimit.set == 0 || cur != memLimit.set {
+		// None of ours in force: a limit there is the program's own.
+		if os.Getenv("GOMEMLIMIT") != "" || cur != math.MaxInt64 {
+			return func() {}
+		}
+		memLimit.sum = 0
 	}
-	limit := in.cfg.FetchMemory + memoryHeadroom
-	debug.SetMemoryLimit(limit)
-	in.log.Info("soft memory limit set (fetch memory + headroom; GOMEMLIMIT overrides it)", "memory_limit", limit)
+	memLimit.sum += share
+	memLimit.set = memLimit.sum + memoryHeadroom
+	debug.SetMemoryLimit(memLimit.set)
+	in.log.Info("soft memory limit set (fetch memory of the ingests in this process + headroom; GOMEMLIMIT overrides it)", "memory_limit", memLimit.set)
+	return func() {
+		memLimit.Lock()
+		defer memLimit.Unlock()
+		if debug.SetMemoryLimit(-1) != memLimit.set {
+			return // the program set its own since
+		}
+		memLimit.sum -= share
+		if memLimit.sum <= 0 {
+			memLimit.sum, memLimit.set = 0, 0
+			debug.SetMemoryLimit(math.MaxInt64)
+			return
+		}
+		memLimit.set = memLimit.sum + memoryHeadroom
+		debug.SetMemoryLimit(memLimit.set)
+	}
 }
