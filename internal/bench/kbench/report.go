@@ -196,6 +196,9 @@ func renderBenchmark(w func(string, ...any), id string, raw json.RawMessage, rel
 			for _, c := range cs {
 				w("| %d B | %s | %s | %s |\n", c.Size, sum(c.RedisXAdd, "%.2f"), sum(c.RedisIngest, "%.2f"), sum(c.IngestCPU, "%.2f"))
 			}
+			w("\nWhy redis-server works harder for the ingest than for the raw XADD (the append script costs it about\n")
+			w("twice the CPU per record of a plain XADD; two experiments that tried to remove that cost):\n")
+			w("[profiles/why-10a-redis-cpu-per-record.txt](profiles/why-10a-redis-cpu-per-record.txt).\n")
 		}
 		w("\n![ceiling](img/10a-ceiling.png)\n\n")
 		for _, c := range cs {
