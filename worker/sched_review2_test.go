@@ -260,3 +260,114 @@ func TestReview2DocsACLRuleCoversWorker(t *testing.T) {
 		t.Errorf("docs list the worker's start-up checks as %v; the probe checks %v", docs, probe)
 	}
 }
+
+// TestReview2RedisRestartUnderWorker: a Redis of the test's own restarts
+// under a running worker that has entries running, queued and waiting for a
+// retry — empty (no persistence; the ingest writes the records again, with
+// the same IDs) or from an older snapshot (RDB: acknowledgements and reads
+// after it are forgotten). Every record ends handled with success at least
+// once, nothing stays pending, nothing is dead-lettered.
+func TestReview2RedisRestartUnderWorker(t *testing.T) {
+	for _, persist := range []string{"none", "rdb"} {
+		t.Run(persist, func(t *testing.T) {
+			srv := testenv.StartRedisServer(t, persist)
+			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+			defer rdb.Close()
+			e := &env{rdb: rdb, prefix: testenv.Name(t)}
+			s := e.stream(t, "t", 0)
+			const n = 40
+			e.add(t, s, 0, n)
+			var mu sync.Mutex
+			ok, calls := map[int64]int{}, 0
+			cfg := e.config(func(ctx context.Context, m *Message) error {
+				mu.Lock()
+				calls++
+				mu.Unlock()
+				if m.Offset%5 == 0 && m.Deliveries == 1 {
+					return fmt.Errorf("first delivery of %d fails", m.Offset)
+				}
+				d := 30 * time.Millisecond
+				if m.Offset == 17 {
+					d = time.Second
+				}
+				time.Sleep(d)
+				mu.Lock()
+				ok[m.Offset]++
+				mu.Unlock()
+				return nil
+			})
+			cfg.Concurrency = 3
+			cfg.VisibilityTimeout = time.Second
+			cfg.BackoffMin = 400 * time.Millisecond
+			cfg.BackoffMax = 400 * time.Millisecond
+			cfg.MaxDeliveries = 10
+			w := mustNew(t, cfg)
+			running(t, w)
+			handled := func() int { mu.Lock(); defer mu.Unlock(); return len(ok) }
+			ctx := context.Background()
+			if persist == "rdb" {
+				testenv.Eventually(t, 20*time.Second, func() bool { return handled() >= 8 }, "not started")
+				if err := rdb.Save(ctx).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testenv.Eventually(t, 20*time.Second, func() bool { return handled() >= 16 && w.Stats().Waiting > 0 }, "no progress")
+			before := w.Stats()
+			srv.Crash(t)
+			time.Sleep(500 * time.Millisecond)
+			srv.Start(t)
+			if persist == "none" {
+				// The ingest starts over from the committed offsets: the same
+				// records, the same IDs.
+				e.stream(t, "t", 0)
+				e.add(t, s, 0, n)
+			}
+			testenv.Eventually(t, 60*time.Second, func() bool {
+				p, err := rdb.XPending(ctx, s, DefaultGroup).Result()
+				return handled() == n && err == nil && p.Count == 0
+			}, "after the restart: %d of %d handled with success", handled(), n)
+			dl, _ := rdb.XLen(ctx, wire.DLQKey(s)).Result()
+			mu.Lock()
+			t.Logf("restart (%s) with %+v: %d of %d handled, %d handler calls, %d dead letters; after: %+v", persist, before, len(ok), n, calls, dl, w.Stats())
+			mu.Unlock()
+			if dl != 0 {
+				t.Errorf("%d dead letters", dl)
+			}
+		})
+	}
+}
+
+// TestReview2StartBeforeRedis: a worker started 3 s before its Redis
+// (connection refused meanwhile) keeps trying and then works: a transient
+// error is not fatal.
+func TestReview2StartBeforeRedis(t *testing.T) {
+	if !testenv.RealRedis() {
+		t.Skip("needs redis-server")
+	}
+	srv := &testenv.RedisServer{Port: testenv.FreePort(t), Persist: "none", Dir: t.TempDir()}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	e := &env{rdb: rdb, prefix: testenv.Name(t)}
+	sn := newSeen()
+	cfg := e.config(func(_ context.Context, m *Message) error { sn.add(m); return nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	start := time.Now()
+	go func() { errc <- mustNew(t, cfg).Run(ctx) }()
+	select {
+	case err := <-errc:
+		t.Fatalf("Run returned %v after %v with Redis refusing connections; want it to keep trying", err, time.Since(start))
+	case <-time.After(3 * time.Second):
+	}
+	srv.Start(t)
+	t.Cleanup(func() { srv.Stop(t) })
+	s := e.stream(t, "t", 0)
+	e.add(t, s, 0, 5)
+	testenv.Eventually(t, 30*time.Second, func() bool { return sn.distinct() == 5 }, "handled %d of 5 after Redis came up", sn.distinct())
+	cancel()
+	if err := <-errc; err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	t.Logf("Redis up %v after the worker started; 5 records handled %v later", 3*time.Second, time.Since(start)-3*time.Second)
+}
