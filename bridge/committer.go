@@ -9,8 +9,14 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// committer commits the frontiers of one generation's partitions together,
-// every CommitInterval, and once more when the generation ends.
+// committer sets the pace of one generation's observations and commits
+// their frontiers together: every CommitInterval it ticks, every partition
+// observes its stream (or skips it when nothing can have changed) and
+// reports, and once all have reported (or after a short bound) it commits
+// what they offered in one request; once more when the generation ends. So
+// an offset acknowledged just before a tick is committed right after it:
+// commit lag is at most one interval plus one snapshot and one commit, not
+// an interval of observation plus an interval of commit.
 //
 // Each partition's commit succeeds or fails on its own: the request goes
 // through kafka.Client.OffsetCommit, whose answer has an error per
@@ -31,10 +37,18 @@ type committer struct {
 	mu   sync.Mutex
 	want map[tp]int64 // offered, not yet committed
 	done map[tp]int64 // committed in this generation
+
+	tickMu   sync.Mutex
+	tick     chan struct{} // closed at the next tick, then replaced
+	seq      uint64        // ticks so far
+	members  int           // partitions that report at each tick
+	reported int           // partitions that reported for tick seq
+	allIn    chan struct{} // every member reported for tick seq
 }
 
 func (in *Ingest) newCommitter(gen *kafka.Generation) *committer {
-	c := &committer{in: in, want: map[tp]int64{}, done: map[tp]int64{}}
+	c := &committer{in: in, want: map[tp]int64{}, done: map[tp]int64{},
+		tick: make(chan struct{}), allIn: make(chan struct{}, 1)}
 	c.commit = func(ctx context.Context, offsets map[tp]int64) (map[tp]error, error) {
 		return in.commitOffsets(ctx, gen.GroupID, int(gen.ID), gen.MemberID, offsets)
 	}
@@ -107,12 +121,73 @@ func (c *committer) committed(t tp) (int64, bool) {
 	return off, ok
 }
 
+// join makes a partition one that reports at every tick; leave undoes it.
+func (c *committer) join() {
+	c.tickMu.Lock()
+	c.members++
+	c.tickMu.Unlock()
+}
+
+func (c *committer) leave() {
+	c.tickMu.Lock()
+	c.members--
+	c.tickMu.Unlock()
+}
+
+// next returns the channel closed at the next tick and that tick's number.
+func (c *committer) next() (<-chan struct{}, uint64) {
+	c.tickMu.Lock()
+	defer c.tickMu.Unlock()
+	return c.tick, c.seq + 1
+}
+
+// report says a partition observed (or had nothing to observe) for tick
+// seq. A late report (a later tick came) counts for nothing: its offer goes
+// with the next commit.
+func (c *committer) report(seq uint64) {
+	c.tickMu.Lock()
+	defer c.tickMu.Unlock()
+	if seq != c.seq {
+		return
+	}
+	if c.reported++; c.reported >= c.members {
+		select {
+		case c.allIn <- struct{}{}:
+		default:
+		}
+	}
+}
+
 func (c *committer) run(ctx context.Context) {
 	t := time.NewTicker(c.in.cfg.CommitInterval)
 	defer t.Stop()
+	// How long a tick waits for the partitions' reports: past it, it
+	// commits what is known (a partition busy with a large append
+	// reports late; its offer goes with the next tick).
+	bound := min(c.in.cfg.CommitInterval/2, 200*time.Millisecond)
+	wait := time.NewTimer(bound)
+	defer wait.Stop()
 	for {
 		select {
 		case <-t.C:
+			c.tickMu.Lock()
+			select {
+			case <-c.allIn: // of an earlier tick
+			default:
+			}
+			close(c.tick)
+			c.tick, c.seq, c.reported = make(chan struct{}), c.seq+1, 0
+			n := c.members
+			c.tickMu.Unlock()
+			if n > 0 {
+				wait.Reset(bound)
+				select {
+				case <-c.allIn:
+				case <-wait.C:
+				case <-ctx.Done():
+				}
+				wait.Stop()
+			}
 			c.flush()
 		case <-ctx.Done():
 			// Wait for the partitions' final observations, bounded: a

@@ -10,6 +10,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 
+	"github.com/kbridge/kbridge/internal/kfetch"
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
@@ -58,8 +59,12 @@ type Config struct {
 	// ResumeWhenEmpty sets it to 0.
 	GlobalLowWatermark int64
 
-	// CommitInterval is how often each partition's frontier is computed,
-	// committed to Kafka and the stream trimmed. Default 1s.
+	// CommitInterval is how often the partitions' frontiers are computed
+	// (each from one snapshot of its stream), committed to Kafka together
+	// and the streams trimmed. A partition where nothing can have changed
+	// — every entry acknowledged and committed, nothing appended since its
+	// last snapshot — is not read again before IdleCheckInterval(). Default
+	// 1s.
 	CommitInterval time.Duration
 	// MetadataInterval is how often the configured topics' metadata is read:
 	// a topic created, deleted or made readable, or a change in its
@@ -71,10 +76,27 @@ type Config struct {
 	// StartOffset is where a group with no committed offset starts on a
 	// partition whose stream is empty: "earliest" (default) or "latest".
 	StartOffset string
-	// FetchMaxBytes bounds one fetch of one partition, and so the memory of
-	// the ingest: about FetchMaxBytes per assigned partition. Default 1 MiB.
+	// Isolation says which records reach the streams: read_committed (the
+	// default, the zero value) only those of committed transactions and
+	// non-transactional ones, and reads no further than the last stable
+	// offset; read_uncommitted every record up to the high watermark,
+	// aborted and open transactions included.
+	Isolation kfetch.IsolationLevel
+	// FetchMemory is the budget, in bytes, of everything fetched and not
+	// yet appended, for the whole process: fetches in flight, results
+	// fetched ahead and the one being appended, with their decoding
+	// buffers. Whatever the number of partitions and the Kafka backlog,
+	// fetching waits for memory rather than exceed it (beyond it: at most
+	// one record batch larger than FetchMaxBytes per request in flight).
+	// Default 64 MiB.
+	FetchMemory int64
+	// FetchMaxBytes bounds what one partition brings in one fetch request
+	// (Kafka's max.partition.fetch.bytes; requests carry many partitions
+	// of one broker). Default 1 MiB.
 	FetchMaxBytes int
-	// FetchMaxWait is how long a fetch waits for new records. Default 500ms.
+	// FetchMaxWait is how long the broker holds a fetch of partitions at
+	// their log end waiting for new records (one such request per broker
+	// at a time). Default 500ms.
 	FetchMaxWait time.Duration
 	// AppendBatch is the most records one append script call carries; the
 	// calls of one fetch are pipelined. Default 500.
@@ -175,6 +197,9 @@ func (c Config) withDefaults() Config {
 	if c.StartOffset == "" {
 		c.StartOffset = "earliest"
 	}
+	if c.FetchMemory == 0 {
+		c.FetchMemory = 64 << 20
+	}
 	if c.FetchMaxBytes == 0 {
 		c.FetchMaxBytes = 1 << 20
 	}
@@ -185,13 +210,13 @@ func (c Config) withDefaults() Config {
 		c.AppendBatch = 500
 	}
 	if c.SessionTimeout == 0 {
-		c.SessionTimeout = 30 * time.Second
+		c.SessionTimeout = 10 * time.Second
 	}
 	if c.RebalanceTimeout == 0 {
-		c.RebalanceTimeout = 30 * time.Second
+		c.RebalanceTimeout = 12 * time.Second
 	}
 	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 3 * time.Second
+		c.HeartbeatInterval = time.Second
 	}
 	if c.FinalCommitTimeout == 0 {
 		c.FinalCommitTimeout = 5 * time.Second
@@ -276,6 +301,14 @@ func (c Config) Validate() error {
 	if c.FetchMaxBytes < 1024 {
 		add("--fetch-max-bytes %d must be at least 1024", c.FetchMaxBytes)
 	}
+	if c.Isolation != kfetch.ReadCommitted && c.Isolation != kfetch.ReadUncommitted {
+		add("--isolation-level %v must be read_committed or read_uncommitted", c.Isolation)
+	}
+	if c.FetchMemory < 1<<20 {
+		add("--fetch-memory %d must be at least 1 MiB (1048576)", c.FetchMemory)
+	} else if int64(c.FetchMaxBytes) > c.FetchMemory {
+		add("--fetch-max-bytes %d must not exceed --fetch-memory %d: no partition could ever be fetched", c.FetchMaxBytes, c.FetchMemory)
+	}
 	if c.FetchMaxWait < time.Millisecond {
 		add("--fetch-max-wait %v must be at least 1ms", c.FetchMaxWait)
 	}
@@ -334,6 +367,17 @@ func (c Config) dialer() *kafka.Dialer {
 
 func (c Config) transport() *kafka.Transport {
 	return &kafka.Transport{DialTimeout: 10 * time.Second, TLS: c.TLS, SASL: c.SASL, ClientID: "kbridge"}
+}
+
+// IdleCheckInterval is the longest an assigned partition goes without a
+// snapshot of its stream while nothing can have changed in it: ten commit
+// intervals, at most half the status TTL (so the status hash, refreshed by
+// each snapshot, never expires while the ingest runs). A loss of Redis on
+// such a partition is seen within that plus one commit interval; one that is
+// appended to sees it at its next append.
+func (c Config) IdleCheckInterval() time.Duration {
+	c = c.withDefaults()
+	return max(min(10*c.CommitInterval, c.StatusTTL/2), c.CommitInterval)
 }
 
 // DefaultConfig returns a Config with every default filled in (and no

@@ -411,7 +411,9 @@ func (x *dlqExporter) wake() {
 
 // offerCommit offers off, the frontier of an observation whose stream top was
 // top, for commit — clamped, when the export is on, below the lowest dead
-// letter not yet in Kafka. It must run after that observation.
+// letter not yet in Kafka, but never below the committed offset (invariant 3:
+// commits never go backwards; nothing is offered then). It must run after
+// that observation.
 func (p *partition) offerCommit(ctx context.Context, top, off int64) {
 	x := p.in.dlq
 	if x == nil {
@@ -445,7 +447,12 @@ func (p *partition) offerCommit(ctx context.Context, top, off int64) {
 		return // too many not exported to know the lowest: wait for the exporter
 	}
 	if low >= 0 && low < off {
-		off = low
+		// Never below what is committed: a dead letter of a record below
+		// the commit (replayed, restored) holds the commit, not lowers it.
+		off = max(low, p.tr.Committed())
+	}
+	if off <= p.tr.Committed() {
+		return
 	}
 	p.c.offer(p.t, off)
 }

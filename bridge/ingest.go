@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
 	"sort"
@@ -16,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/kbridge/kbridge/internal/kfetch"
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
@@ -33,6 +35,9 @@ type Ingest struct {
 	topics       *topicWatch
 	metaVersions metadataVersions
 	dlq          *dlqExporter // nil when the dead-letter export is off
+	// fetcher fetches every assigned partition (kfetch: requests carrying
+	// many partitions of one broker, within FetchMemory); set by Run.
+	fetcher atomic.Pointer[kfetch.Fetcher]
 
 	// commitFault, set by tests only (export_test.go), fails the commit
 	// of the partitions it returns an error for.
@@ -61,6 +66,13 @@ func New(cfg Config) (*Ingest, error) {
 // assigned partitions.
 func (in *Ingest) Stats() Stats {
 	st := Stats{Counters: in.counters.snapshot(), Partitions: in.parts.list(), Topics: in.topics.list()}
+	if f := in.fetcher.Load(); f != nil {
+		fs := f.Stats()
+		st.Fetches, st.FetchRequests = fs.PartitionFetches, fs.Requests
+		st.KafkaErrors += fs.RequestErrors + fs.PartitionErrors + fs.MetadataErrors
+		st.FetchMemory, st.FetchMemoryPeak = fs.MemoryHeld+fs.MemoryReserved, fs.MemoryPeak
+		st.AbortedSkipped, st.MarkersSkipped = fs.AbortedRecords, fs.ControlBatches
+	}
 	sort.Slice(st.Partitions, func(i, j int) bool {
 		a, b := st.Partitions[i], st.Partitions[j]
 		return a.Topic < b.Topic || a.Topic == b.Topic && a.Partition < b.Partition
@@ -74,9 +86,10 @@ func (in *Ingest) Stats() Stats {
 // Run joins the consumer group and bridges until ctx is done, then shuts
 // down in this order: stop fetching; observe each partition's frontier once
 // more and commit it (bounded by FinalCommitTimeout, so a slow broker cannot
-// hold the group); leave the group. It never waits for workers: what is in
-// Redis stays there and is committed by whoever owns the partition next.
-// Run returns nil on cancellation, or the error that stopped it.
+// hold the group); leave the group; stop the fetcher. It never waits for
+// workers: what is in Redis stays there and is committed by whoever owns the
+// partition next. Run returns nil on cancellation, or the error that
+// stopped it.
 func (in *Ingest) Run(ctx context.Context) error {
 	if !in.ran.CompareAndSwap(false, true) {
 		return ErrClosed
@@ -89,7 +102,24 @@ func (in *Ingest) Run(ctx context.Context) error {
 	}
 	in.log.Info("ingest started", "group", in.cfg.Group, "topics", strings.Join(in.cfg.Topics, ","),
 		"brokers", strings.Join(in.cfg.Brokers, ","), "worker_groups", strings.Join(in.cfg.WorkerGroups, ","),
-		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark)
+		"partition_cap", in.cfg.PartitionCap, "low_watermark", in.cfg.LowWatermark,
+		"isolation_level", in.cfg.Isolation.String(), "fetch_memory", in.cfg.FetchMemory)
+	fetcher, err := kfetch.New(kfetch.Config{
+		Client: in.client, ClientID: "kbridge", Isolation: in.cfg.Isolation,
+		MemoryBytes: in.cfg.FetchMemory, PartitionMaxBytes: int32(in.cfg.FetchMaxBytes),
+		MaxBytes: int32(min(8<<20, in.cfg.FetchMemory/4, math.MaxInt32)), MaxWait: in.cfg.FetchMaxWait, Logger: in.log,
+	})
+	if err != nil {
+		return fmt.Errorf("kafka fetcher: %w", err)
+	}
+	// The fetcher outlives the groups Run joins (one per set of topics):
+	// partitions stop fetching (Close) when their generation ends, and it
+	// stops once Run returns, after the last group was left.
+	fctx, stopFetcher := context.WithCancel(context.Background())
+	fetched := make(chan struct{})
+	go func() { defer close(fetched); _ = fetcher.Run(fctx) }()
+	defer func() { stopFetcher(); <-fetched }()
+	in.fetcher.Store(fetcher)
 	// Dead letters to Kafka (dlqexport.go); stopped after the final commit
 	// (Run can also return on an error while ctx is live: a refused join).
 	dctx, cancelDLQ := context.WithCancel(ctx)

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/kbridge/kbridge/internal/kfetch"
 	"github.com/kbridge/kbridge/internal/wire"
 	"github.com/kbridge/kbridge/tracker"
 )
@@ -43,6 +43,21 @@ type partition struct {
 	lastTrim int64
 	observed time.Time
 	snap     snapshot
+
+	// kp is the partition in the ingest's fetcher. fetchPos is where its
+	// next result starts: equal to next between results, except after
+	// something moved next (a loss, an error, a cap reached mid-result),
+	// which syncFetch then tells the fetcher (SetOffset).
+	kp          *kfetch.Partition
+	fetchPos    int64
+	fetchPaused bool
+	retryAt     time.Time // no fetching before it (backoff after an error)
+	backoff     *backoff
+	// quiet: the last snapshot found nothing that could change — every
+	// entry acknowledged and committed, nothing to trim, no loss, no
+	// stray, not paused — and dirty: appended (or skipped) since. A quiet,
+	// clean partition is not read at a tick before IdleCheckInterval.
+	quiet, dirty bool
 }
 
 func (in *Ingest) newPartition(topic string, id int, committed int64, c *committer) *partition {
@@ -65,39 +80,230 @@ func (p *partition) run(ctx context.Context) {
 		<-ctx.Done()
 		return
 	}
-	backoff := newBackoff()
-	for ctx.Err() == nil {
-		interval := p.in.cfg.CommitInterval
-		if p.paused || p.stalled != "" {
-			interval = p.in.cfg.PausedPollInterval
+	if err := p.startFetching(ctx); err != nil {
+		<-ctx.Done()
+		return
+	}
+	p.c.join()
+	p.loop(ctx)
+	p.c.leave()
+	p.kp.Close() // stop fetching first: what is fetched ahead is dropped
+	p.final()
+}
+
+// startFetching adds the partition to the ingest's fetcher at p.next. The
+// previous generation's partitions were closed before this one started —
+// except after a change of the topics to bridge, when the group left may
+// still be ending (Ingest.leave waits for it a bounded time): Add refuses a
+// partition still fetched, and is retried until it is closed.
+func (p *partition) startFetching(ctx context.Context) error {
+	f := p.in.fetcher.Load()
+	p.backoff = newBackoff()
+	return retry(ctx, p.log, "kafka fetcher", func() error {
+		kp, err := f.Add(p.t.topic, p.t.partition, p.next)
+		if err != nil {
+			return err
 		}
-		if time.Since(p.observed) >= interval {
+		p.kp, p.fetchPos = kp, p.next
+		return nil
+	})
+}
+
+// loop fetches and appends until ctx is done. The partition's goroutine
+// owns its state; it waits on three things: a fetched result (the fetcher
+// fetches the next one while this one is appended), the committer's tick
+// (observe and report, so commits follow acknowledgements within one
+// interval whatever the fetch is waiting for), and — paused, stalled or
+// backing off — a timer.
+func (p *partition) loop(ctx context.Context) {
+	tick, seq := p.c.next()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for ctx.Err() == nil {
+		select {
+		case <-tick:
+			p.onTick(ctx, seq)
+			tick, seq = p.c.next()
+			continue
+		default:
+		}
+		if (p.paused || p.stalled != "") && time.Since(p.observed) >= p.in.cfg.PausedPollInterval {
 			p.observe(ctx)
 		}
-		if p.stalled != "" || p.updatePaused() {
-			sleep(ctx, p.in.cfg.PausedPollInterval)
-			continue
+		stopped := p.stalled != "" || p.updatePaused()
+		wait := p.in.cfg.PausedPollInterval
+		if d := time.Until(p.retryAt); d > 0 {
+			stopped, wait = true, min(wait, d)
 		}
-		recs, err := p.fetch(ctx)
-		if err == nil && len(recs) > 0 {
-			err = p.append(ctx, recs)
-		}
-		// What a fetch reserved under the global cap and did not append
-		// goes back at once.
-		p.in.parts.set(p, p.status())
-		if err != nil {
-			if ctx.Err() == nil {
-				// Back to the loop, not a retry in place: observing,
-				// committing and trimming go on between attempts, so a
-				// Redis that is full frees the memory the workers acked.
-				p.log.Warn("retrying", "offset", p.next, "backoff", backoff.d, "err", err)
-				sleep(ctx, backoff.next())
+		p.syncFetch(stopped)
+		var ready <-chan struct{}
+		if !stopped {
+			r, err := p.kp.Poll()
+			if r != nil {
+				p.handle(ctx, r)
+				continue
 			}
-			continue
+			if err != nil { // the fetcher stopped: the ingest is shutting down
+				<-ctx.Done()
+				break
+			}
+			ready, wait = p.kp.Ready(), time.Hour
 		}
-		backoff.reset()
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+		case <-tick: // handled at the top
+		case <-ready:
+		case <-timer.C:
+		}
+		timer.Stop()
 	}
-	p.final()
+}
+
+// onTick observes the stream for the committer's tick seq, unless nothing
+// can have changed since the last snapshot (see quiet), and reports. A
+// paused or stalled partition is observed every PausedPollInterval instead
+// (see loop), as often as before the tick came in: a tick adds nothing.
+func (p *partition) onTick(ctx context.Context, seq uint64) {
+	switch {
+	case p.paused || p.stalled != "":
+	case !p.quiet || p.dirty || time.Since(p.observed) >= p.in.cfg.IdleCheckInterval():
+		p.observe(ctx)
+	}
+	p.c.report(seq)
+}
+
+// syncFetch tells the fetcher what the partition's state says: stopped
+// (paused, stalled, backing off) holds no fetched data; a position moved
+// outside the flow of results is fetched from.
+func (p *partition) syncFetch(stopped bool) {
+	if stopped && !p.fetchPaused {
+		p.kp.Pause()
+		p.fetchPaused = true
+	}
+	if p.fetchPos != p.next {
+		if err := p.kp.SetOffset(p.next); err != nil {
+			p.log.Error("cannot fetch from offset", "offset", p.next, "err", err)
+		}
+		p.fetchPos = p.next
+	}
+	if !stopped && p.fetchPaused {
+		p.kp.Resume()
+		p.fetchPaused = false
+	}
+}
+
+// appendChunks × AppendBatch is the most records one Read hands to one
+// append: the script calls of a chunk (AppendBatch records each) go in one
+// pipelined round trip.
+const appendChunks = 8
+
+// handle appends the records of one fetched result, at most the room left
+// under the caps, and then tells the tracker that the rest of the result's
+// range holds nothing to deliver (transaction markers, aborted records,
+// compacted gaps), so a fully acknowledged partition commits its log end.
+// Anything that stops it midway (a cap, an error, a loss) leaves next at
+// the first record not appended, and the fetcher is set back there.
+func (p *partition) handle(ctx context.Context, r *kfetch.Result) {
+	defer r.Release()
+	p.fetchPos = r.Next
+	if r.HighWatermark >= 0 {
+		p.logEnd = r.HighWatermark
+		p.tr.SetLogEnd(r.HighWatermark)
+	}
+	if r.Offset != p.next {
+		// cannot happen: the fetcher fetches from where it was told
+		p.log.Error("fetched result does not start at the position; fetching again", "offset", r.Offset, "position", p.next)
+		p.fetchPos = -1
+		return
+	}
+	chunk := int64(appendChunks * p.in.cfg.AppendBatch)
+	for {
+		room := p.room()
+		if room <= 0 {
+			// a cap is reached: the rest is fetched again once there is
+			// room (updatePaused pauses; a global cap that others' room
+			// fills is polled)
+			p.in.parts.set(p, p.status())
+			p.fetchPos = -1
+			if !p.updatePaused() {
+				p.retryAt = time.Now().Add(p.in.cfg.PausedPollInterval)
+			}
+			return
+		}
+		recs, err := r.Read(int(min(room, chunk)))
+		if len(recs) > 0 {
+			p.in.counters.fetched.Add(int64(len(recs)))
+			ok, aerr := p.append(ctx, recs)
+			p.in.parts.set(p, p.status()) // the room reserved, back to what was appended
+			if aerr != nil {
+				p.fetchPos = -1
+				if ctx.Err() == nil {
+					// Back to the loop, not a retry in place: observing,
+					// committing and trimming go on meanwhile, so a Redis
+					// that is full frees the memory the workers acked.
+					d := p.backoff.next()
+					p.retryAt = time.Now().Add(d)
+					p.log.Warn("append failed; retrying", "offset", p.next, "backoff", d, "err", aerr)
+				}
+				return
+			}
+			if !ok || p.stalled != "" {
+				p.fetchPos = -1 // a loss or a stray top: observe moved next, or stalled
+				return
+			}
+		}
+		if err != nil { // a record that cannot be decoded: r.Next moved back to it
+			p.fetchError(ctx, r.Err)
+			return
+		}
+		if len(recs) == 0 {
+			break
+		}
+	}
+	if r.Err != nil { // the records before the error are in; the rest is fetched again
+		p.fetchError(ctx, r.Err)
+		return
+	}
+	if r.Next > p.next {
+		p.tr.Skipped(p.next, r.Next)
+		p.next = r.Next
+		p.dirty = true
+	}
+	p.backoff.reset()
+}
+
+// fetchError handles a result that ended with an error the fetcher does not
+// retry by itself (it retries leader moves, unreachable brokers and the
+// like): an offset out of range, an unreadable batch, an authorization
+// failure. The fetcher stopped the partition at next; it is fetched again
+// after a backoff.
+func (p *partition) fetchError(ctx context.Context, err error) {
+	p.fetchPos = -1
+	p.in.counters.kafkaErrs.Add(1)
+	if errors.Is(err, kafka.OffsetOutOfRange) {
+		if err = p.outOfRange(ctx); err == nil {
+			return // next moved to the log start, or the partition stalled
+		}
+	}
+	d := p.backoff.next()
+	p.retryAt = time.Now().Add(d)
+	var ce *kfetch.CorruptError
+	if errors.As(err, &ce) || isAuthError(err) {
+		p.log.Error("fetch failed; retrying", "offset", p.next, "backoff", d, "err", err)
+		return
+	}
+	p.log.Warn("fetch failed; retrying", "offset", p.next, "backoff", d, "err", err)
+}
+
+func isAuthError(err error) bool {
+	for _, e := range []kafka.Error{kafka.TopicAuthorizationFailed, kafka.GroupAuthorizationFailed,
+		kafka.ClusterAuthorizationFailed, kafka.SASLAuthenticationFailed} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // backoff doubles from 100ms to 5s.
@@ -147,15 +353,17 @@ func (p *partition) setup(ctx context.Context) error {
 		return err
 	}
 	p.tr.SetLogEnd(p.logEnd)
+	// Found at assignment, a top that cannot be a record (another program's
+	// XADD) would be taken for this group's own progress: the tracker goes
+	// back to the highest record below it (Found).
+	stray := p.tr.Found(p.snap.Observation)
 	switch {
 	case p.checkTopicID(ctx, true):
 		// the stream holds another topic's records (topicid.go)
 	case committed > p.logEnd:
 		p.stall(committed, p.logEnd)
-	case p.snap.Top != tracker.None && (p.snap.Top >= p.logEnd || p.snap.topOurs == 0):
-		// Found at assignment, a top that cannot be a record (another
-		// program's XADD) would be taken for this group's own progress.
-		p.stallStray(p.snap.Top, p.snap.topOurs == 0)
+	case stray != tracker.NotStray:
+		p.stallStray(p.snap.Top, stray)
 	}
 	if err := p.restart(ctx); err != nil {
 		return err
@@ -224,8 +432,10 @@ func (p *partition) observe(ctx context.Context) {
 		}
 		return
 	}
+	p.in.counters.observations.Add(1)
 	p.observed = time.Now()
 	p.snap = snap
+	p.dirty, p.quiet = false, false
 	if p.checkTopicID(ctx, false) {
 		// Recreated topic: nothing of the stream counts for the new
 		// topic. Once an operator deleted the stream, start afresh.
@@ -233,6 +443,7 @@ func (p *partition) observe(ctx context.Context) {
 			if err := p.restartFresh(ctx); err != nil && ctx.Err() == nil {
 				p.log.Warn("starting afresh failed; will try again", "err", err)
 			}
+			p.fetchPos = -1 // fetch from the new position, nothing of before
 			return
 		}
 		st := p.status()
@@ -244,6 +455,15 @@ func (p *partition) observe(ctx context.Context) {
 	}
 	if off, ok := p.c.committed(p.t); ok {
 		p.tr.MarkCommitted(off)
+	}
+	if p.kp != nil {
+		// the log end as the fetcher last saw it: at the tail no result
+		// comes to tell it (in read_committed it may pass the last
+		// stable offset while a transaction is open)
+		if st := p.kp.State(); st.HighWatermark >= 0 {
+			p.logEnd = st.HighWatermark
+			p.tr.SetLogEnd(st.HighWatermark)
+		}
 	}
 	d := p.tr.Observe(snap.Observation)
 	if d.Lost {
@@ -257,13 +477,15 @@ func (p *partition) observe(ctx context.Context) {
 		}
 	}
 	p.backlog = d.Backlog
-	p.checkStray(ctx, d.Ahead)
+	p.checkStray(ctx, d.Stray)
 	if d.ShouldCommit && p.stalled == "" {
 		p.offerCommit(ctx, snap.Top, d.Commit) // not past a dead letter Kafka lacks (dlqexport.go)
 	}
+	trimmed := true
 	if tp := p.tr.TrimPoint(); tp != tracker.None && tp > p.lastTrim && p.stalled == "" {
 		n, err := p.stream.trim(ctx, tp)
 		if err != nil {
+			trimmed = false
 			if ctx.Err() == nil {
 				p.log.Warn("trim failed; will trim at the next commit", "err", err)
 			}
@@ -272,6 +494,12 @@ func (p *partition) observe(ctx context.Context) {
 			p.in.counters.trimmed.Add(n)
 		}
 	}
+	// Nothing can change until something is appended, a worker group
+	// appears or Redis loses the stream (seen within IdleCheckInterval):
+	// no entry waits for an ack, the commit is where the frontier is, the
+	// trim is done.
+	p.quiet = trimmed && d.Backlog == 0 && !d.ShouldCommit && !d.RecreateGroups && !d.Ahead &&
+		!p.paused && p.stalled == "" && p.tr.Committed() != tracker.None
 	st := p.status()
 	p.in.parts.set(p, st)
 	if err := p.stream.publish(ctx, p.in.cfg.StatusTTL, st); err != nil && ctx.Err() == nil {
@@ -299,13 +527,16 @@ func (p *partition) recover(ctx context.Context, d tracker.Decision) {
 	}
 	p.tr.Reset(p.snap.Top)
 	p.backlog = 0
-	if p.stray {
+	if st := p.tr.Found(p.snap.Observation); st != tracker.NotStray {
+		p.stallStray(p.snap.Top, st)
+	} else if p.stray {
 		// The stray entry was removed by resetting the stream's top (the
-		// runbook): what this ingest appended above it is fetched again.
+		// runbook): what this ingest appended above it is fetched again;
+		// ensure set the groups back.
 		p.unstall()
 	}
 	_ = p.restart(ctx)
-	p.observed = time.Time{} // observe again before fetching
+	p.dirty = true // observe again at the next tick
 }
 
 // updatePaused applies backpressure (invariant 7) with hysteresis: pause at
@@ -372,82 +603,6 @@ func (p *partition) room() int64 {
 	return r
 }
 
-// fetch reads the next records of the partition, at most room() of them.
-func (p *partition) fetch(ctx context.Context) ([]wire.Record, error) {
-	p.in.counters.fetches.Add(1)
-	res, err := p.in.client.Fetch(ctx, &kafka.FetchRequest{
-		Topic: p.t.topic, Partition: p.t.partition, Offset: p.next,
-		MinBytes: 1, MaxBytes: int64(p.in.cfg.FetchMaxBytes), MaxWait: p.in.cfg.FetchMaxWait,
-	})
-	if err == nil {
-		err = res.Error
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil
-		}
-		p.in.counters.kafkaErrs.Add(1)
-		if errors.Is(err, kafka.OffsetOutOfRange) {
-			return nil, p.outOfRange(ctx)
-		}
-		return nil, fmt.Errorf("fetch: %w", err)
-	}
-	p.logEnd = res.HighWatermark
-	p.tr.SetLogEnd(res.HighWatermark)
-	limit := p.room()
-	var recs []wire.Record
-	for int64(len(recs)) < limit {
-		r, err := res.Records.ReadRecord()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return recs, fmt.Errorf("read records: %w", err)
-		}
-		if r.Offset < p.next {
-			continue // a fetch may start at the batch before the offset asked
-		}
-		rec := wire.Record{Topic: p.t.topic, Partition: p.t.partition, Offset: r.Offset, Time: r.Time}
-		if rec.Key, err = kafka.ReadAll(r.Key); err != nil {
-			return recs, fmt.Errorf("read key at %d: %w", r.Offset, err)
-		}
-		if rec.Value, err = kafka.ReadAll(r.Value); err != nil {
-			return recs, fmt.Errorf("read value at %d: %w", r.Offset, err)
-		}
-		for _, h := range r.Headers {
-			rec.Headers = append(rec.Headers, wire.Header{Key: h.Key, Value: h.Value})
-		}
-		recs = append(recs, rec)
-	}
-	p.skipEmpty(recs, limit, res.HighWatermark)
-	p.in.counters.fetched.Add(int64(len(recs)))
-	return recs, nil
-}
-
-// skipEmpty tells the tracker which offsets at the fetch position hold no
-// record to deliver (invariant 3: a fully acknowledged partition commits its
-// log end, past transaction markers and compacted gaps), and steps the
-// position past an offset that holds none, so the loop does not fetch it
-// again and again. The broker answers a fetch with the batch that holds the
-// position (whole, however large) and what follows it, in order (isolation
-// read_uncommitted, bounded by the high watermark), and kafka-go's reader
-// yields every data record of it and skips control batches silently. So:
-// the offsets from the position to the first record yielded hold none; and
-// when nothing at or after the position was yielded though it is below the
-// high watermark, the position itself holds none. (internal/kfetch, with
-// batch boundaries, will skip whole batches at once.)
-func (p *partition) skipEmpty(recs []wire.Record, limit, hwm int64) {
-	switch {
-	case len(recs) > 0:
-		if first := recs[0].Offset; first > p.next {
-			p.tr.Skipped(p.next, first)
-		}
-	case limit > 0 && p.next < hwm:
-		p.tr.Skipped(p.next, p.next+1)
-		p.next++
-	}
-}
-
 // outOfRange handles a fetch offset Kafka says is out of range. Below the
 // log start the records are gone to retention: say so loudly and go on from
 // the log start. Above the log end while the stream holds offsets at or
@@ -490,23 +645,31 @@ func (p *partition) stall(offset, logEnd int64) {
 }
 
 // stallStray stops fetching and committing the partition while its stream's
-// top is an entry that cannot be a record: above what this ingest appended
-// and at or above the log end, or not written by kbridge (another program's
-// XADD). Appending would skip the partition's next records as duplicates of
-// it, and the commit would follow it past records nobody processed. It lifts
-// by itself once the entry is gone (checkStray, recover).
-func (p *partition) stallStray(top int64, notOurs bool) {
-	mine := fmt.Sprint(p.tr.Appended())
-	if p.tr.Appended() >= top {
-		mine = fmt.Sprintf("found at assignment, committed %d", p.tr.Committed())
+// top is an entry that cannot be a record (tracker.Partition.Stray): not
+// written by kbridge (another program's XADD), deleted though kbridge never
+// removes it, or at or above the log end. Appending would skip the
+// partition's next records as duplicates of it, and the commit would follow
+// it past records nobody processed. It lifts by itself once the entry is gone
+// and the stream's top set back (checkStray, recover). The reason names the
+// top to set back to: the highest record below the stray (the status top),
+// never the stray itself.
+func (p *partition) stallStray(top int64, st tracker.Stray) {
+	mine := p.tr.Appended()
+	back := "back below it"
+	if mine != tracker.None {
+		back = "back to " + wire.EntryID(mine) // the highest record below it, never the stray
 	}
 	var reason string
-	if notOurs {
-		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%s): entry %s was not written by kbridge (it is not a record of %s/%d), another program wrote into the stream; not fetching nor committing until it is removed (docs/operations.md, \"A stalled partition\")",
-			top, mine, wire.EntryID(top), p.t.topic, p.t.partition)
-	} else {
-		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%s) and above the log end %d: an entry not written by kbridge (another program's XADD into the stream?), or the topic was recreated; not fetching nor committing until it is removed (docs/operations.md, \"A stalled partition\")",
-			top, mine, p.logEnd)
+	switch st {
+	case tracker.StrayForeign:
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d): entry %s was not written by kbridge (it is not a record of %s/%d), another program wrote into the stream; not fetching nor committing until it is removed: XDEL it, then XSETID the stream's top %s (docs/operations.md, \"A stalled partition\")",
+			top, mine, wire.EntryID(top), p.t.topic, p.t.partition, back)
+	case tracker.StrayDeleted:
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d) and its entry %s is gone, though kbridge never deletes an entry above what it appended nor at or above its commit (%d): another program's entry deleted without setting the stream's top back (or the group's offsets were reset below the stream); not fetching nor committing until the stream's top is set back: XSETID it %s (docs/operations.md, \"A stalled partition\")",
+			top, mine, wire.EntryID(top), p.tr.Committed(), back)
+	default:
+		reason = fmt.Sprintf("stream top %d is above what this ingest appended (%d) and above the log end %d: an entry not written by kbridge (another program's XADD into the stream?), or the topic was recreated; not fetching nor committing until it is removed: XDEL it, then XSETID the stream's top %s (docs/operations.md, \"A stalled partition\")",
+			top, mine, p.logEnd, back)
 	}
 	if p.stalled == reason {
 		return
@@ -520,48 +683,68 @@ func (p *partition) unstall() {
 	p.stalled, p.stallCause, p.stray = "", "", false
 }
 
-// checkStray looks at a stream top above what this ingest appended (ahead):
-// another ingest's append (a zombie of an old generation: harmless, below
-// the log end) or an entry that cannot be a record, which stalls the
-// partition. The log end is read afresh before blaming a top at or above the
-// one last seen. A stray stall lifts when the top is no longer ahead.
-func (p *partition) checkStray(ctx context.Context, ahead bool) {
-	if !ahead && !p.stray {
-		return
-	}
-	top := p.snap.Top
-	foreign := top != tracker.None && p.snap.topOurs == 0
-	above := top != tracker.None && top >= p.logEnd
-	if above && !foreign {
+// checkStray acts on what the tracker concluded of the stream's top (st): a
+// top that cannot be a record stalls the partition; the stall lifts when it
+// is gone. The log end is read afresh before blaming a top at or above the
+// one last seen (another owner may have appended records the fetch has not
+// seen yet). Before the stall lifts every group whose last-delivered-id is
+// above the new top is set back to it (ensure): a worker that read the stray
+// entry left its group there, and the records appended next, below it, would
+// never be delivered to that group — while its frontier let the commit pass
+// them.
+func (p *partition) checkStray(ctx context.Context, st tracker.Stray) {
+	if st == tracker.StrayAboveLogEnd {
 		if end, err := p.listOffset(ctx, kafka.LastOffset); err == nil {
 			p.logEnd = end
 			p.tr.SetLogEnd(end)
-			above = top >= end
+			st = p.tr.Stray(p.snap.Observation)
 		}
 	}
 	switch {
-	case foreign || above:
-		p.stallStray(top, foreign)
+	case st != tracker.NotStray:
+		// Found: Redis may have lost records before the stray entry was
+		// written over them (a restart between two observations): what was
+		// appended goes back to the highest record below it, so that the
+		// reason and the status top name it and the records above it are
+		// fetched again once the stall lifts (found by FuzzPartition).
+		st = p.tr.Found(p.snap.Observation)
+		p.stallStray(p.snap.Top, st)
 	case p.stray:
+		// Set back to the stream's top, or to the highest record this
+		// ingest knows every group read when another owner appended above
+		// it since the operator's XSETID (found by FuzzPartition).
+		err := p.stream.ensure(ctx)
+		if err == nil {
+			err = p.stream.setBack(ctx, p.tr.Appended())
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("setting back the groups above the stream's top failed; still stalled", "err", err)
+			}
+			return
+		}
 		p.unstall()
+		_ = p.restart(ctx) // from max(committed, appended+1): Found may have set it back
 	}
 }
 
-// append writes recs once. An error leaves p.next where it was: the records
-// are fetched again and the conditional append makes a retry of a batch that
-// did land harmless.
-func (p *partition) append(ctx context.Context, recs []wire.Record) error {
+// append writes recs once and reports whether they are in the stream. An
+// error leaves p.next where it was: the records are fetched again and the
+// conditional append makes a retry of a batch that did land harmless. A loss
+// or a top that cannot be a record appends nothing (ok false): observe
+// recovers (next moves) or stalls.
+func (p *partition) append(ctx context.Context, recs []wire.Record) (ok bool, err error) {
 	res, err := p.stream.append(ctx, p.tr.Appended(), p.logEnd, recs)
 	if err != nil {
 		p.in.counters.redisErrs.Add(1)
 		if redis.HasErrorPrefix(err, "OOM") {
-			return fmt.Errorf("redis is full (maxmemory with noeviction): appends wait until trims free memory: %w", err)
+			return false, fmt.Errorf("redis is full (maxmemory with noeviction): appends wait until trims free memory: %w", err)
 		}
-		return err
+		return false, err
 	}
 	if res.lost || res.foreign {
 		p.observe(ctx) // sees the loss and recovers, or stalls on the stray top
-		return nil
+		return false, nil
 	}
 	// The records up to the last one are in the stream (appended, or found
 	// there): that, not the stream's top, is what this ingest knows.
@@ -571,7 +754,8 @@ func (p *partition) append(ctx context.Context, recs []wire.Record) error {
 	p.in.counters.dups.Add(int64(len(recs) - res.added))
 	p.backlog += int64(res.added)
 	p.next = last + 1
-	return nil
+	p.dirty = true
+	return true, nil
 }
 
 // final observes the stream once more after the generation ended, so the
@@ -594,8 +778,13 @@ func (p *partition) final() {
 }
 
 func (p *partition) status() PartitionStatus {
+	var fetches int64
+	if p.kp != nil {
+		fetches = p.kp.State().Fetches
+	}
 	return PartitionStatus{
-		Topic: p.t.topic, Partition: p.t.partition, Stream: p.stream.key,
+		Fetches: fetches,
+		Topic:   p.t.topic, Partition: p.t.partition, Stream: p.stream.key,
 		Committed: p.tr.Committed(), LogEnd: p.logEnd, Top: p.tr.Appended(), Length: p.snap.Length,
 		Backlog: p.backlog, Pending: pendingSum(p.snap), Paused: p.paused, Stalled: p.stalled,
 		StallCause: p.stallCause, TopicID: p.topicID.String(),

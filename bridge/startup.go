@@ -211,7 +211,7 @@ func (in *Ingest) checkRedis(ctx context.Context) error {
 		return nil
 	}
 	if in.cfg.AllowEviction {
-		in.log.Error("REDIS MAY EVICT STREAMS: maxmemory-policy is not noeviction; evicted records that no worker processed are fetched again only if the loss is noticed", "maxmemory_policy", policy)
+		in.log.Error("REDIS MAY EVICT STREAMS: maxmemory-policy is not noeviction; evicted records that no worker processed are fetched again only if the loss is noticed, and an evicted dead-letter stream loses the dead letters not yet in Kafka", "maxmemory_policy", policy)
 		return nil
 	}
 	return fmt.Errorf("%w: it is %q; set it with CONFIG SET maxmemory-policy noeviction, or pass --allow-eviction", ErrEvictionPolicy, policy)

@@ -52,6 +52,9 @@ type PartitionStatus struct {
 	// this status.
 	Owner   string
 	Updated time.Time
+	// Fetches counts the fetch requests the partition was in (in process
+	// only: Ingest.Stats; not in the status hash).
+	Fetches int64
 }
 
 // Lag is the Kafka lag of the group on this partition: log end minus the
@@ -153,8 +156,15 @@ func splitGroups(s string) []string {
 // Counters are the ingest's running totals since start. Read them with
 // Ingest.Stats.
 type Counters struct {
-	Fetches           int64 // fetch requests sent to Kafka
-	Fetched           int64 // records fetched from Kafka
+	// Fetches counts partition fetches: one partition's entry in a fetch
+	// request. A request carries many partitions of one broker
+	// (FetchRequests counts the requests).
+	Fetches           int64
+	FetchRequests     int64
+	Fetched           int64 // records fetched from Kafka (and delivered by the isolation level)
+	AbortedSkipped    int64 // records of aborted transactions skipped (read_committed)
+	MarkersSkipped    int64 // transaction markers skipped
+	Observations      int64 // stream snapshots read (one per partition per commit interval, none while idle)
 	Appended          int64 // entries appended to Redis
 	DuplicatesSkipped int64 // records already in the stream (retry, zombie, restart)
 	Commits           int64 // successful Kafka commits
@@ -168,12 +178,12 @@ type Counters struct {
 }
 
 type counters struct {
-	fetches, fetched, appended, dups, commits, commitErrs, redisErrs, kafkaErrs, losses, trimmed, rebalances, pauses atomic.Int64
+	fetched, appended, dups, commits, commitErrs, redisErrs, kafkaErrs, losses, trimmed, rebalances, pauses, observations atomic.Int64
 }
 
 func (c *counters) snapshot() Counters {
 	return Counters{
-		Fetches: c.fetches.Load(), Fetched: c.fetched.Load(), Appended: c.appended.Load(), DuplicatesSkipped: c.dups.Load(),
+		Fetched: c.fetched.Load(), Appended: c.appended.Load(), DuplicatesSkipped: c.dups.Load(), Observations: c.observations.Load(),
 		Commits: c.commits.Load(), CommitErrors: c.commitErrs.Load(), RedisErrors: c.redisErrs.Load(),
 		KafkaErrors: c.kafkaErrs.Load(), Losses: c.losses.Load(), Trimmed: c.trimmed.Load(),
 		Rebalances: c.rebalances.Load(), Pauses: c.pauses.Load(),
@@ -190,6 +200,10 @@ type Stats struct {
 	Partitions []PartitionStatus
 	// Backlog sums the backlogs of the assigned partitions.
 	Backlog int64
+	// FetchMemory is the memory fetched data holds now (in flight, fetched
+	// ahead, being appended), of Config.FetchMemory; FetchMemoryPeak the
+	// most it held.
+	FetchMemory, FetchMemoryPeak int64
 }
 
 // registry holds the status of the assigned partitions and their backlogs,

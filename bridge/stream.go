@@ -51,18 +51,54 @@ local function groups(key)
   return out
 end
 
--- whether the stream's top entry (ID last, offset top) is a record kbridge
--- wrote: 1 yes, 0 no (another program's XADD), -1 cannot tell (the entry was
--- deleted or trimmed). kbridge's IDs are <offset>-1 and its entries start
--- with topic, partition, offset (docs/wire.md).
-local function ours(key, last, top)
-  local ms, seq = string.match(last, '^(%d+)%-(%d+)$')
-  if ms == nil or seq ~= '1' then return 0 end
+-- whether entry id with fields f is a record kbridge wrote: its IDs are
+-- <offset>-1 and its entries start with topic, partition, offset
+-- (docs/wire.md)
+local function isrecord(id, f)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return ms ~= nil and seq == '1' and f[1] == 'topic' and f[3] == 'partition' and f[5] == 'offset' and f[6] == ms
+end
+
+-- whether the stream's top entry (ID last) is a record kbridge wrote: 1 yes,
+-- 0 no (another program's XADD), -1 the entry is gone (deleted or trimmed).
+local function ours(key, last)
   local e = redis.call('XRANGE', key, last, last)
   if #e == 0 then return -1 end
-  local f = e[1][2]
-  if f[1] == 'topic' and f[3] == 'partition' and f[5] == 'offset' and f[6] == ms then return 1 end
+  if isrecord(e[1][1], e[1][2]) then return 1 end
   return 0
+end
+
+-- the highest entry below ID id, {id, fields}, or nil when none. XRANGE
+-- only (the ACL of docs/operations.md has no XREVRANGE): a binary search for
+-- the highest millisecond part with an entry below id, then that part's
+-- entries in order.
+local function entrybelow(key, id)
+  if #redis.call('XRANGE', key, '-', '(' .. id, 'COUNT', 1) == 0 then return nil end
+  local lo, hi = 0, math.min(tonumber(string.match(id, '^(%d+)')), 2^53)
+  while lo < hi do
+    local mid = math.floor((lo + hi + 1) / 2)
+    if #redis.call('XRANGE', key, string.format('%d-0', mid), '(' .. id, 'COUNT', 1) > 0 then lo = mid else hi = mid - 1 end
+  end
+  local from, e = string.format('%d-0', lo), nil
+  while true do
+    local es = redis.call('XRANGE', key, from, '(' .. id, 'COUNT', 100)
+    if #es > 0 then e = es[#es] end
+    if #es < 100 then return e end
+    from = '(' .. e[1]
+  end
+end
+
+-- the offset of the highest record kbridge wrote below the top (ID last),
+-- -1 when there is none, or none below the 10 entries just under the top
+local function recordbelow(key, last)
+  local id = last
+  for _ = 1, 10 do
+    local e = entrybelow(key, id)
+    if e == nil then return -1 end
+    if isrecord(e[1], e[2]) then return tonumber(string.match(e[1], '^(%d+)')) end
+    id = e[1]
+  end
+  return -1
 end
 
 -- the first entry after a group's last-delivered-id, '' when none
@@ -79,8 +115,10 @@ end
 // a top below the expected one means Redis lost writes, and nothing is
 // appended. It never creates the stream: a missing stream is a loss too. A top
 // above the expected one that cannot be a record — at or above the Kafka log
-// end, or an entry kbridge did not write — appends nothing either: skipping
-// the batch's records as "already there" would lose them (invariant 3).
+// end, an entry kbridge did not write, or an entry gone (kbridge never
+// removes one above what the caller appended: its trims stay below the
+// commit) — appends nothing either: skipping the batch's records as "already
+// there" would lose them (invariant 3; tracker.Partition.Stray).
 //
 // KEYS[1] stream; ARGV[1] expected top offset (-1: empty); ARGV[2] the log
 // end (-1: unknown); ARGV[3] n; then n times: offset, field count f, f
@@ -93,7 +131,7 @@ local expected = tonumber(ARGV[1])
 if top < expected then return {2, top, 0} end
 if top > expected then
   local logend = tonumber(ARGV[2])
-  if (logend >= 0 and top >= logend) or ours(KEYS[1], last, top) == 0 then return {3, top, 0} end
+  if (logend >= 0 and top >= logend) or ours(KEYS[1], last) ~= 1 then return {3, top, 0} end
 end
 local n = tonumber(ARGV[3])
 local i, added = 4, 0
@@ -118,18 +156,22 @@ return {0, top, added}
 // snapshot, so no entry can slip between them.
 //
 // It also says whether the top entry is one kbridge wrote (see ours), so that
-// an entry another program wrote above the top is told from a zombie's.
+// an entry another program wrote above the top is told from a zombie's, and,
+// when it is not, which is the highest record below it (recordbelow).
 //
 // KEYS[1] stream; ARGV the configured group names. Returns {0} when the
-// stream does not exist, else {1, top, length, ours, g1, g2, ...} with, per
-// group on the stream, g = {name, 1, pending, lowest-id, consumer, idle-ms,
-// deliveries, next-id}, then g = {name, 0} per configured group missing.
+// stream does not exist, else {1, top, length, ours, below, g1, g2, ...}
+// with, per group on the stream, g = {name, 1, pending, lowest-id, consumer,
+// idle-ms, deliveries, next-id}, then g = {name, 0} per configured group
+// missing.
 var observeScript = redis.NewScript(luaTop + `
 local top, len, last = streaminfo(KEYS[1])
 if top == nil then return {0} end
-local mine = -1
-if top >= 0 then mine = ours(KEYS[1], last, top) end
-local out = {1, top, len, mine}
+local mine, below = 1, -1
+if top >= 0 then mine = ours(KEYS[1], last) end
+-- an empty stream (fully trimmed: its top gone too) has none to look for
+if mine ~= 1 and len > 0 then below = recordbelow(KEYS[1], last) end
+local out = {1, top, len, mine, below}
 local seen = {}
 for _, g in ipairs(groups(KEYS[1])) do
   local name, last = g[1], g[2]
@@ -184,7 +226,14 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', below))
 // the records appended next — its first undelivered entry would be none — and
 // the commit would pass them.
 //
-// KEYS[1] stream. Returns the number of groups set back.
+// With ARGV[1], an ID below the top, the groups above it are set back to it
+// instead: when a stall on a stray entry lifts, the highest record the ingest
+// knows every group read (they read in order, and the stray entry was above
+// it). Records another owner appended between the operator's XSETID and this
+// call are then delivered, not skipped by a group set back to the new top.
+//
+// KEYS[1] stream; ARGV[1] optional bound. Returns the number of groups set
+// back.
 var rewindGroupsScript = redis.NewScript(luaTop + `
 local top, _, last = streaminfo(KEYS[1])
 if top == nil then return 0 end
@@ -195,6 +244,12 @@ local function parse(id)
   return tonumber(ms), tonumber(seq)
 end
 local tms, tseq = parse(last)
+if ARGV[1] ~= nil then
+  local bms, bseq = parse(ARGV[1])
+  if bms < tms or (bms == tms and bseq < tseq) then
+    last, tms, tseq = string.format('%d-%d', bms, bseq), bms, bseq
+  end
+end
 local n = 0
 for _, g in ipairs(groups(KEYS[1])) do
   local ms, seq = parse(g[2])
@@ -206,6 +261,20 @@ end
 return n
 `)
 
+// setBack sets every group whose last-delivered-id is above record off (None:
+// "0-0"), or above the stream's top when that is lower, back to it
+// (rewindGroupsScript).
+func (s *stream) setBack(ctx context.Context, off int64) error {
+	id := "0-0"
+	if off != tracker.None {
+		id = wire.EntryID(off)
+	}
+	if err := rewindGroupsScript.Run(ctx, s.rdb, []string{s.key}, id).Err(); err != nil {
+		return fmt.Errorf("set back groups above %s on %s: %w", id, s.key, err)
+	}
+	return nil
+}
+
 // stream is the Redis side of one partition.
 type stream struct {
 	rdb       redis.UniversalClient
@@ -213,6 +282,7 @@ type stream struct {
 	registry  string
 	groups    []string
 	batchSize int
+	scratch   appendScratch // reused by append: its goroutine only
 }
 
 // ensure creates every worker group at ID 0 with MKSTREAM (a group made at $
@@ -250,6 +320,7 @@ type appendResult struct {
 // round trip. Each call expects the top the previous one leaves, so a loss
 // stops the rest of the pipeline from appending too. logEnd is the
 // partition's log end (-1: unknown): a top at or above it is not a record.
+// recs may alias fetch buffers: they are written out before append returns.
 func (s *stream) append(ctx context.Context, expected, logEnd int64, recs []wire.Record) (appendResult, error) {
 	return s.appendWith(ctx, expected, logEnd, recs, false)
 }
@@ -263,27 +334,33 @@ func (s *stream) append(ctx context.Context, expected, logEnd int64, recs []wire
 // documented ACL rule does not need it for the ingest).
 func (s *stream) appendWith(ctx context.Context, expected, logEnd int64, recs []wire.Record, eval bool) (appendResult, error) {
 	pipe := s.rdb.Pipeline()
-	var cmds []*redis.Cmd
-	args := make([]any, 0, 2+len(recs)*16)
+	sc := &s.scratch
+	sc.reset(len(recs))
+	if len(sc.keys) == 0 || sc.keys[0] != s.key {
+		sc.keys = append(sc.keys[:0], s.key)
+	}
+	cmds := sc.cmds[:0]
 	exp := expected
 	for start := 0; start < len(recs); start += s.batchSize {
 		batch := recs[start:min(start+s.batchSize, len(recs))]
-		args = append(args[:0], exp, logEnd, len(batch))
+		args := append(sc.args[:0], sc.num(exp), sc.num(logEnd), sc.num(int64(len(batch))))
 		for i := range batch {
-			mark := len(args)
-			args = append(args, batch[i].Offset, 0)
-			args = batch[i].AppendFields(args)
-			args[mark+1] = len(args) - mark - 2
+			args = sc.appendRecord(args, &batch[i])
 		}
-		// The command keeps args: the slice must not be reused before Exec.
-		a := append([]any(nil), args...)
+		// EvalSha and Eval copy args (not what they point to, which stays
+		// put until Exec): the slice is reused for the next call.
 		if eval {
-			cmds = append(cmds, appendScript.Eval(ctx, pipe, []string{s.key}, a...))
+			cmds = append(cmds, appendScript.Eval(ctx, pipe, sc.keys, args...))
 		} else {
-			cmds = append(cmds, appendScript.EvalSha(ctx, pipe, []string{s.key}, a...))
+			cmds = append(cmds, appendScript.EvalSha(ctx, pipe, sc.keys, args...))
 		}
+		sc.args = args
 		exp = max(exp, batch[len(batch)-1].Offset)
 	}
+	sc.cmds = cmds
+	// The NOSCRIPT retry below reuses the scratch (appendWith again): this
+	// call's commands are not read after it.
+	defer sc.done()
 	if _, err := pipe.Exec(ctx); err != nil && (eval || !isScriptMiss(err)) {
 		return appendResult{}, fmt.Errorf("append to %s: %w", s.key, err)
 	}
@@ -316,6 +393,100 @@ func (s *stream) appendWith(ctx context.Context, expected, logEnd int64, recs []
 	return res, nil
 }
 
+// appendScratch holds what the arguments of one append point to, reused from
+// append to append, so that building them costs no allocation per record:
+// numbers go in as *int64 and byte strings as *bytesArg (pointers box into an
+// interface for free; go-redis writes both without copying), the record's
+// topic and partition as interface values boxed once.
+type appendScratch struct {
+	keys  []string
+	args  []any
+	cmds  []*redis.Cmd
+	nums  []int64
+	bufs  []bytesArg
+	topic struct {
+		s string
+		v any
+	}
+	part struct {
+		n int
+		v any
+	}
+	hdr []any
+}
+
+// bytesArg is a byte string argument that go-redis writes as it is
+// (encoding.BinaryMarshaler), boxed as a pointer.
+type bytesArg []byte
+
+func (b *bytesArg) MarshalBinary() ([]byte, error) { return *b, nil }
+
+// reset makes room for the arguments of n records, so the arenas do not
+// grow while arguments point into them (were they to, the arguments would
+// still be right: they keep the old array alive).
+func (sc *appendScratch) reset(n int) {
+	// per record: offset and timestamp; per call: expected top, log end,
+	// count
+	if need := 5*n + 3; cap(sc.nums) < need {
+		sc.nums = make([]int64, 0, need)
+	}
+	if cap(sc.bufs) < 2*n {
+		sc.bufs = make([]bytesArg, 0, 2*n)
+	}
+	sc.nums, sc.bufs = sc.nums[:0], sc.bufs[:0]
+}
+
+// done drops what points into the caller's records and the replies.
+func (sc *appendScratch) done() {
+	clear(sc.bufs)
+	clear(sc.cmds)
+	clear(sc.args)
+	clear(sc.hdr)
+}
+
+func (sc *appendScratch) num(v int64) any {
+	sc.nums = append(sc.nums, v)
+	return &sc.nums[len(sc.nums)-1]
+}
+
+func (sc *appendScratch) bytes(b []byte) any {
+	sc.bufs = append(sc.bufs, b)
+	return &sc.bufs[len(sc.bufs)-1]
+}
+
+// appendRecord appends one record's script arguments: its offset, its field
+// count and its fields, the same as wire.Record.AppendFields gives
+// (TestAppendArgsMatchWire), in the same order.
+func (sc *appendScratch) appendRecord(args []any, r *wire.Record) []any {
+	if sc.topic.v == nil || sc.topic.s != r.Topic {
+		sc.topic.s, sc.topic.v = r.Topic, r.Topic
+	}
+	if sc.part.v == nil || sc.part.n != r.Partition {
+		sc.part.n, sc.part.v = r.Partition, strconv.Itoa(r.Partition)
+	}
+	mark := len(args)
+	off := sc.num(r.Offset)
+	args = append(args, off, 0,
+		wire.FieldTopic, sc.topic.v,
+		wire.FieldPartition, sc.part.v,
+		wire.FieldOffset, off,
+		wire.FieldTimestamp, sc.num(r.Time.UnixMilli()))
+	if r.Key != nil {
+		args = append(args, wire.FieldKey, sc.bytes(r.Key))
+	}
+	if r.Value != nil {
+		args = append(args, wire.FieldValue, sc.bytes(r.Value))
+	}
+	if len(r.Headers) > 0 {
+		// rare enough to take the codec's own path (JSON, base64)
+		h := wire.Record{Headers: r.Headers}
+		sc.hdr = h.AppendFields(sc.hdr[:0])
+		args = append(args, wire.FieldHeaders, sc.hdr[len(sc.hdr)-1])
+	}
+	args[mark+1] = len(args) - mark - 2
+	return args
+}
+
 func isScriptMiss(err error) bool {
 	return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT")
 }
@@ -324,9 +495,6 @@ func isScriptMiss(err error) bool {
 type snapshot struct {
 	tracker.Observation
 	oldest oldestPending
-	// topOurs says whether the top entry is a record kbridge wrote: 1 yes,
-	// 0 no, -1 cannot tell (deleted, trimmed, or no entry).
-	topOurs int64
 }
 
 // oldestPending is the lowest pending entry over all groups: the one that
@@ -364,14 +532,22 @@ func parseObservation(v []any) (snapshot, error) {
 		snap.Top = tracker.None
 		return snap, nil
 	}
-	if len(v) < 4 {
+	if len(v) < 5 {
 		return bad("length")
 	}
 	snap.Exists = true
 	snap.Top, _ = v[1].(int64)
 	snap.Length, _ = v[2].(int64)
-	snap.topOurs, _ = v[3].(int64)
-	for _, gv := range v[4:] {
+	switch ours, _ := v[3].(int64); ours {
+	case 1:
+		snap.TopEntry = tracker.TopRecord
+	case 0:
+		snap.TopEntry = tracker.TopForeign
+	default:
+		snap.TopEntry = tracker.TopGone
+	}
+	snap.RecordBelow, _ = v[4].(int64)
+	for _, gv := range v[5:] {
 		f, ok := gv.([]any)
 		if !ok || len(f) < 2 {
 			return bad("group")

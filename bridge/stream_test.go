@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -130,10 +131,12 @@ func TestConditionalAppend(t *testing.T) {
 }
 
 // TestAppendRefusesStrayTop (issue 7 point 7): a stream top above what the
-// ingest expects that cannot be a record — an entry another program wrote, or
-// one at or above the log end — makes the append add nothing: skipping the
-// batch as "already there" would lose its records. A zombie's entries (real
-// records below the log end) are still skipped as duplicates.
+// ingest expects that cannot be a record — an entry another program wrote, one
+// deleted (kbridge never removes one above what it appended), or one at or
+// above the log end — makes the append add nothing: skipping the batch as
+// "already there" would lose its records. A zombie's entries (real records
+// below the log end) are still skipped as duplicates. The observation says
+// what the top is and, when it is no record, the highest record below it.
 func TestAppendRefusesStrayTop(t *testing.T) {
 	ctx := context.Background()
 	s, rdb := newStream(t, 100)
@@ -152,8 +155,8 @@ func TestAppendRefusesStrayTop(t *testing.T) {
 		t.Fatalf("zombie ahead: %+v, %v; want 1 added, top 13", res, err)
 	}
 	snap, err := s.observe(ctx)
-	if err != nil || snap.topOurs != 1 {
-		t.Fatalf("observe: topOurs=%d, %v; want 1 (a kbridge entry)", snap.topOurs, err)
+	if err != nil || snap.TopEntry != tracker.TopRecord {
+		t.Fatalf("observe: TopEntry=%v, %v; want a kbridge record", snap.TopEntry, err)
 	}
 	// Another program's XADD above the top.
 	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.key, ID: "199-1", Values: []string{"foo", "bar"}}).Err(); err != nil {
@@ -163,17 +166,82 @@ func TestAppendRefusesStrayTop(t *testing.T) {
 	if err != nil || !res.foreign || res.added != 0 || res.top != 199 {
 		t.Errorf("entry not written by kbridge above the top: %+v, %v; want foreign, nothing added", res, err)
 	}
-	if snap, err = s.observe(ctx); err != nil || snap.topOurs != 0 || snap.Top != 199 {
-		t.Errorf("observe: top %d topOurs=%d, %v; want 199 and 0 (not a kbridge entry)", snap.Top, snap.topOurs, err)
+	if snap, err = s.observe(ctx); err != nil || snap.TopEntry != tracker.TopForeign || snap.Top != 199 || snap.RecordBelow != 13 {
+		t.Errorf("observe: top %d %v, record below %d, %v; want 199 not a kbridge entry, record below 13", snap.Top, snap.TopEntry, snap.RecordBelow, err)
 	}
-	// Gone (XDEL): cannot tell by its fields, but it is above the log end.
+	// Gone (XDEL): above what the ingest appended, so not a record either,
+	// below the log end as above it.
 	rdb.XDel(ctx, s.key, "199-1")
-	res, err = s.append(ctx, 13, 104, recs(14, 15))
-	if err != nil || !res.foreign || res.added != 0 {
-		t.Errorf("top 199 above the log end 104: %+v, %v; want foreign, nothing added", res, err)
+	for _, end := range []int64{104, 1000, -1} {
+		res, err = s.append(ctx, 13, end, recs(14, 15))
+		if err != nil || !res.foreign || res.added != 0 {
+			t.Errorf("top 199 deleted, log end %d: %+v, %v; want foreign, nothing added", end, res, err)
+		}
+	}
+	if snap, err = s.observe(ctx); err != nil || snap.TopEntry != tracker.TopGone || snap.RecordBelow != 13 {
+		t.Errorf("observe: top %d %v, record below %d, %v; want 199 gone, record below 13", snap.Top, snap.TopEntry, snap.RecordBelow, err)
 	}
 	if got := streamOffsets(t, rdb, s.key); !equal(got, span(0, 13)) {
 		t.Errorf("stream %v, want 0..13", got)
+	}
+}
+
+// TestObserveRecordBelow (issue 7 point 7, review): when the stream's top is
+// no record, the observation names the highest record below it — what the
+// stall reason and the status top point the operator at, never the stray —
+// found with XRANGE alone (the documented ACL has no XREVRANGE): under one
+// stray, several, an auto-ID (a millisecond timestamp), a stray sharing a
+// record's millisecond part, and none when too many strays or no record lie
+// below.
+func TestObserveRecordBelow(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		records []int64
+		strays  []string
+		trim    string // XTRIM MINID before observing, "" for none
+		del     bool   // XDEL the top stray
+		entry   tracker.TopEntry
+		below   int64
+	}{
+		{"one stray", span(0, 13), []string{"199-1"}, "", false, tracker.TopForeign, 13},
+		{"stray deleted", span(0, 13), []string{"199-1"}, "", true, tracker.TopGone, 13},
+		{"several strays, an auto ID", span(0, 13), []string{"20-0", "30-7", "1700000000000-0"}, "", false, tracker.TopForeign, 13},
+		{"stray in a record's millisecond", span(0, 14), []string{"14-5"}, "", false, tracker.TopForeign, 14},
+		{"stray at a record's offset, no record", span(0, 13), []string{"14-0", "14-3"}, "", false, tracker.TopForeign, 13},
+		{"eleven strays", span(0, 3), []string{"5-0", "6-0", "7-0", "8-0", "9-0", "10-0", "11-0", "12-0", "13-0", "14-0", "15-0"}, "", false, tracker.TopForeign, -1},
+		{"records trimmed", span(0, 13), []string{"199-1"}, "14-0", false, tracker.TopForeign, -1},
+		{"everything trimmed", span(0, 13), nil, "14-0", false, tracker.TopGone, -1},
+		{"a record on top", span(0, 13), nil, "", false, tracker.TopRecord, -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, rdb := newStream(t, 100)
+			if err := s.ensure(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.append(ctx, tracker.None, -1, recs(tt.records...)); err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range tt.strays {
+				if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.key, ID: id, Values: []string{"foo", "bar"}}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.del {
+				rdb.XDel(ctx, s.key, tt.strays[len(tt.strays)-1])
+			}
+			if tt.trim != "" {
+				rdb.XTrimMinID(ctx, s.key, tt.trim)
+			}
+			snap, err := s.observe(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if snap.TopEntry != tt.entry || (tt.entry != tracker.TopRecord && snap.RecordBelow != tt.below) {
+				t.Errorf("top %d: want %v, record below %d; got %v, %d", snap.Top, tt.entry, tt.below, snap.TopEntry, snap.RecordBelow)
+			}
+		})
 	}
 }
 
@@ -291,7 +359,7 @@ func TestConfigValidate(t *testing.T) {
 			[]string{`topic "a b"`, "--low-watermark 500 must be below --partition-cap 100"}},
 		{"global and timing", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, GlobalCap: 10, GlobalLowWatermark: 20,
 			StartOffset: "middle", HeartbeatInterval: time.Minute}, []string{"--global-low-watermark 20", `--start-offset "middle"`, "--heartbeat-interval 1m0s",
-			"--rebalance-timeout 30s must be at least --heartbeat-interval 1m0s + 2 × --final-commit-timeout 5s = 1m10s"}},
+			"--rebalance-timeout 12s must be at least --heartbeat-interval 1m0s + 2 × --final-commit-timeout 5s = 1m10s"}},
 		// issue 7 point 9: a commit interval above the old 30s TTL, which no
 		// flag set, was refused; the TTL now follows the interval.
 		{"long commit interval", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb, CommitInterval: 45 * time.Second}, nil},
@@ -301,7 +369,7 @@ func TestConfigValidate(t *testing.T) {
 			[]string{"--partition-cap -5 must be at least 1"}},
 		{"status TTL and final commit timeout", Config{Brokers: []string{"k:9092"}, Topics: []string{"o"}, Redis: rdb,
 			CommitInterval: 10 * time.Second, StatusTTL: 5 * time.Second, FinalCommitTimeout: 20 * time.Second},
-			[]string{"--status-ttl 5s must be at least --commit-interval 10s", "--final-commit-timeout 20s = 43s"}},
+			[]string{"--status-ttl 5s must be at least --commit-interval 10s", "--final-commit-timeout 20s = 41s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -406,6 +474,71 @@ type (
 	redisXReadGroupArgs = redis.XReadGroupArgs
 )
 
+// TestAppendArgsMatchWire: the append path builds its script arguments
+// without the codec's allocations; they must say exactly what
+// wire.Record.AppendFields says, field by field, for every kind of record.
+func TestAppendArgsMatchWire(t *testing.T) {
+	vs, err := wire.Vectors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []wire.Record
+	for _, v := range vs.Vectors {
+		if v.Record == nil {
+			continue // a malformed entry: nothing the ingest writes
+		}
+		values, err := v.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := wire.Decode(values)
+		if err != nil {
+			t.Fatalf("vector %s: %v", v.Name, err)
+		}
+		rs = append(rs, r)
+	}
+	fromVectors := len(rs)
+	rs = append(rs,
+		wire.Record{Topic: "t", Partition: 0, Offset: 0, Time: time.UnixMilli(0)},
+		wire.Record{Topic: "orders.eu", Partition: 999, Offset: 1 << 40, Time: time.UnixMilli(1700000000123), Key: []byte{}, Value: []byte("v")},
+		wire.Record{Topic: "orders.eu", Partition: 7, Offset: 255, Time: time.UnixMilli(-5), Key: []byte{0, 0xff}, Value: []byte{},
+			Headers: []wire.Header{{Key: "a", Value: nil}, {Key: "a", Value: []byte{}}, {Key: "<&>", Value: []byte("\x00")}}},
+	)
+	str := func(a any) string {
+		switch v := a.(type) {
+		case string:
+			return v
+		case int:
+			return strconv.Itoa(v)
+		case *int64:
+			return strconv.FormatInt(*v, 10)
+		case *bytesArg:
+			b, _ := v.MarshalBinary()
+			return string(b)
+		}
+		t.Fatalf("argument of type %T", a)
+		return ""
+	}
+	var sc appendScratch
+	sc.reset(len(rs))
+	for i := range rs {
+		args := sc.appendRecord(nil, &rs[i])
+		want := rs[i].AppendFields(nil)
+		if got := str(args[0]); got != strconv.FormatInt(rs[i].Offset, 10) {
+			t.Fatalf("record %d: offset argument %s", i, got)
+		}
+		if n := args[1].(int); n != len(want) || len(args) != 2+len(want) {
+			t.Fatalf("record %d: field count %d, %d arguments; wire has %d fields", i, n, len(args)-2, len(want))
+		}
+		for j := range want {
+			if g, w := str(args[2+j]), str(want[j]); g != w {
+				t.Fatalf("record %d field %d: %q, wire says %q", i, j, g, w)
+			}
+		}
+	}
+	t.Logf("%d records (%d from the wire vectors) encode as wire.Record.AppendFields does", len(rs), fromVectors)
+}
+
 // TestAppendNoScriptBounded (issue 7 point 9): when Redis does not know the
 // append script (NOSCRIPT) the batch is sent again once, with EVAL, and
 // appended; never a loop. A hook flushes the script cache before every
@@ -462,5 +595,72 @@ func (h *flushHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 			return err
 		}
 		return next(ctx, cmds)
+	}
+}
+
+// TestSetBack: before a stall on a stray entry lifts, every group above
+// min(the stream's top, what the ingest appended) is set back to it — not
+// only to the top: records another owner appended between the operator's
+// XSETID and this call are delivered, not skipped (found by FuzzPartition).
+// Groups at or below it are left where they are.
+func TestSetBack(t *testing.T) {
+	if testenv.NewRedis(t).Mini != nil {
+		t.Skip("miniredis has no XGROUP SETID")
+	}
+	tests := []struct {
+		name     string
+		top      int64 // the stream's top after the operator's XSETID and another owner's appends
+		appended int64 // what the ingest appended (tracker.None: nothing)
+		groups   map[string]string
+		want     map[string]string
+	}{
+		{"a zombie appended above the XSETID", 7, 5,
+			map[string]string{"a": "150-1", "b": "4-1"}, map[string]string{"a": "5-1", "b": "4-1"}},
+		{"top below what was appended: to the top", 5, 7,
+			map[string]string{"a": "150-1", "b": "6-1"}, map[string]string{"a": "5-1", "b": "5-1"}},
+		{"nothing appended: to 0-0", 3, tracker.None,
+			map[string]string{"a": "150-1", "b": "0-0"}, map[string]string{"a": "0-0", "b": "0-0"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, rdb := newStream(t, 100)
+			s.key += ":" + strings.ReplaceAll(tt.name, " ", "-")
+			ctx := context.Background()
+			for off := int64(0); off <= tt.top; off++ {
+				if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.key, ID: wire.EntryID(off), Values: []string{"f", "v"}}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for g, id := range tt.groups {
+				if err := rdb.XGroupCreate(ctx, s.key, g, "0").Err(); err != nil {
+					t.Fatal(err)
+				}
+				// A group above the top: what a worker that read a stray
+				// entry leaves (SETID accepts any ID).
+				if err := rdb.XGroupSetID(ctx, s.key, g, id).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.setBack(ctx, tt.appended); err != nil {
+				t.Fatal(err)
+			}
+			gs, err := rdb.XInfoGroups(ctx, s.key).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, g := range gs {
+				got[g.Name] = g.LastDeliveredID
+				if got[g.Name] == "" {
+					got[g.Name] = "0-0" // miniredis
+				}
+			}
+			t.Logf("top %d, appended %d: groups %v -> %v", tt.top, tt.appended, tt.groups, got)
+			for g, want := range tt.want {
+				if got[g] != want {
+					t.Errorf("group %s: want %s, got %s", g, want, got[g])
+				}
+			}
+		})
 	}
 }

@@ -48,6 +48,62 @@ type Observation struct {
 	// plus one (Missing) per configured group that does not: every group on
 	// the stream holds the commit, whoever created it (invariant 2).
 	Groups []Group
+	// TopEntry says what the entry with the ID of Top is: a record kbridge
+	// wrote (the zero value, also "not looked at"), an entry another
+	// program wrote, or none (deleted or trimmed). See Partition.Stray.
+	TopEntry TopEntry
+	// RecordBelow is, when TopEntry is not TopRecord, the offset of the
+	// highest record kbridge wrote below Top, None when none was found
+	// (the entries below were trimmed, or too many are not records). See
+	// Partition.Found.
+	RecordBelow int64
+}
+
+// TopEntry is what the entry at a stream's top is.
+type TopEntry int8
+
+const (
+	// TopRecord: a record kbridge wrote (ID <offset>-1, its fields).
+	TopRecord TopEntry = iota
+	// TopForeign: an entry kbridge did not write (another program's XADD).
+	TopForeign
+	// TopGone: the entry was deleted (XDEL) or trimmed; only its ID is
+	// left, as the stream's last-generated-id.
+	TopGone
+)
+
+// Stray says why a stream's top cannot be a record of the partition.
+type Stray int8
+
+const (
+	// NotStray: the top can be a record (kbridge's, appended by this
+	// ingest or by another owner of the partition).
+	NotStray Stray = iota
+	// StrayForeign: the entry at the top was not written by kbridge.
+	StrayForeign
+	// StrayDeleted: the entry at the top is gone, though kbridge never
+	// removes it: it trims only below the committed offset, and nothing
+	// above what this ingest appended. Another program's entry, deleted
+	// without setting the stream's top back (or the group's offsets were
+	// reset below the stream).
+	StrayDeleted
+	// StrayAboveLogEnd: the top is at or above the partition's log end
+	// (another program's entry, or the topic was recreated).
+	StrayAboveLogEnd
+)
+
+func (s Stray) String() string {
+	switch s {
+	case NotStray:
+		return "not stray"
+	case StrayForeign:
+		return "not written by kbridge"
+	case StrayDeleted:
+		return "deleted"
+	case StrayAboveLogEnd:
+		return "above the log end"
+	}
+	return fmt.Sprintf("Stray(%d)", int8(s))
 }
 
 // Frontier returns the lowest offset not acknowledged by every group, and
@@ -95,9 +151,18 @@ type Decision struct {
 	// Ahead is true when the stream's top is above every offset this ingest
 	// appended or found at assignment: another ingest appended (a zombie of
 	// an old generation: harmless), or another program wrote into the stream
-	// (an entry at or above the log end cannot be a record). The caller tells
+	// (an entry at or above the log end cannot be a record). Stray tells
 	// them apart; the commit never follows the top there (see Observe).
 	Ahead bool
+	// Stray is not NotStray when the stream's top cannot be a record of the
+	// partition (see Partition.Stray): appending on top of it would skip the
+	// partition's next records as "already there", and a group that read it
+	// would hold a frontier above records it was never delivered. Nothing is
+	// committed (ShouldCommit is false); the caller stops fetching until it
+	// is gone, then — before it appends again — sets back every group whose
+	// last-delivered-id is above the new top (XGROUP SETID), or the records
+	// appended next are never delivered to it.
+	Stray Stray
 }
 
 // Partition tracks one partition's commit point. It is not safe for
@@ -184,6 +249,12 @@ func (p *Partition) Position(resolve func() (int64, error)) (int64, error) {
 		return None, err
 	}
 	p.floor = off
+	if p.logEnd != None {
+		// The resolved offset was in the log when it was read: a log end
+		// read before it ("latest" moved since) must not clamp the floor's
+		// commit below itself.
+		p.logEnd = max(p.logEnd, off)
+	}
 	return off, nil
 }
 
@@ -227,6 +298,53 @@ func (p *Partition) Reset(top int64) {
 	p.frontier = None
 }
 
+// Stray reports why the top of o cannot be a record of the partition, or
+// NotStray. An entry kbridge did not write is never one. A top whose entry is
+// gone is one only below the committed offset (kbridge trims below it) and
+// not above what this ingest appended (another owner's records above it are
+// still there: they are at or above the commit). A top at or above the log
+// end is none either (read the log end afresh before concluding: another
+// owner may have appended records this ingest has not fetched yet).
+func (p *Partition) Stray(o Observation) Stray {
+	if !o.Exists || o.Top == None {
+		return NotStray
+	}
+	switch {
+	case o.TopEntry == TopForeign:
+		return StrayForeign
+	case o.TopEntry == TopGone && (o.Top > p.appended || (p.committed != None && o.Top >= p.committed)):
+		return StrayDeleted
+	case p.logEnd != None && o.Top >= p.logEnd:
+		return StrayAboveLogEnd
+	}
+	return NotStray
+}
+
+// Found checks the stream a partition starts from — at assignment, after
+// NewPartition with its top, and after a loss, after Reset — and returns
+// Stray(o). When the top cannot be a record, Appended goes back to the highest
+// record below it (o.RecordBelow, or the committed offset - 1 when that is
+// higher or none was found), so that Start, the commit and the status count
+// only records: the stream's top is set back there (XSETID) once the stray
+// entry is removed, and the records above it are fetched again.
+func (p *Partition) Found(o Observation) Stray {
+	st := p.Stray(o)
+	if st == NotStray {
+		return st
+	}
+	rec := None
+	if o.TopEntry != TopRecord {
+		rec = o.RecordBelow
+	}
+	if p.committed != None {
+		rec = max(rec, p.committed-1)
+	}
+	if rec < p.appended {
+		p.Reset(rec)
+	}
+	return st
+}
+
 // MarkCommitted records a successful Kafka commit of off. It never moves the
 // commit point backwards.
 func (p *Partition) MarkCommitted(off int64) {
@@ -257,9 +375,10 @@ func (p *Partition) Observe(o Observation) Decision {
 		p.frontier = None
 		return d
 	}
-	// A top above what this ingest knows is not a record it knows of: the
-	// caller decides (zombie, or an entry another program wrote).
+	// A top above what this ingest knows is not a record it knows of:
+	// another owner's append (a zombie), or not a record at all (Stray).
 	d.Ahead = o.Top > p.appended
+	d.Stray = p.Stray(o)
 	f, ok := o.Frontier()
 	if !ok {
 		d.RecreateGroups = true
@@ -268,11 +387,23 @@ func (p *Partition) Observe(o Observation) Decision {
 		return d
 	}
 	p.frontier = f
-	d.Backlog = max(0, o.Top+1-f)
-	if p.committed == None && o.Top != None && (p.floor == None || f < p.floor) {
+	top := o.Top
+	if d.Stray != NotStray {
+		// A stray top (an ID another program chose: a timestamp, say) is
+		// no backlog of records: counted, one stall would pause every
+		// partition under a global cap.
+		top = min(top, p.appended)
+	}
+	d.Backlog = max(0, top+1-f)
+	if p.committed == None && o.Top != None && p.covered != None && (p.floor == None || min(f, p.covered) < p.floor) {
 		// A stream found without a commit: everything below its frontier
-		// was acknowledged, so that is where the group stands.
-		p.floor = f
+		// was acknowledged, so that is where the group stands — up to what
+		// is known to be records: a frontier above a stray entry a group
+		// read is not.
+		p.floor = min(f, p.covered)
+	}
+	if d.Stray != NotStray {
+		return d // a stalled partition commits nothing
 	}
 	c := None
 	switch {

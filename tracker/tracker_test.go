@@ -475,26 +475,110 @@ func TestPartitionHandOverThenLoss(t *testing.T) {
 
 // TestPartitionCommitClamped (issue 7 point 7): another program wrote entry
 // 199-1 into a stream whose top was 99, with the Kafka log end at 104, and a
-// worker acknowledged it. The commit must stay at what this ingest appended
-// (100), never 200; with the ingest's own appends it moves up to them, and
-// never past the log end.
+// worker acknowledged it. Nothing is committed while it is there (a stalled
+// partition commits nothing), never 200; a top ahead that can be a record
+// (another owner's appends) moves the commit only up to what this ingest
+// appended, and never past the log end.
 func TestPartitionCommitClamped(t *testing.T) {
 	p := NewPartition(100, 99)
 	p.SetLogEnd(104)
 	d := p.Observe(obs(199, 101, group("g", none, none)))
-	if !d.Ahead || d.ShouldCommit || d.Lost {
-		t.Fatalf("stray entry 199 above the top 99: want Ahead and no commit, got %+v", d)
+	if !d.Ahead || d.Stray != StrayAboveLogEnd || d.ShouldCommit || d.Lost {
+		t.Fatalf("stray entry 199 above the top 99: want Ahead, Stray and no commit, got %+v", d)
 	}
 	p.MarkAppended(103) // the ingest's own records 100..103 (found as "duplicates" under 199)
-	d = p.Observe(obs(199, 105, group("g", none, none)))
-	if !d.Ahead || !d.ShouldCommit || d.Commit != 104 {
-		t.Fatalf("after appending up to 103: want commit 104 (not 200), got %+v", d)
+	if d = p.Observe(obs(199, 105, group("g", none, none))); d.Stray != StrayAboveLogEnd || d.ShouldCommit {
+		t.Fatalf("after appending up to 103, 199 still there: want Stray and no commit, got %+v", d)
+	}
+	// The same with another owner's record 103 on top (below the log end).
+	p = NewPartition(100, 99)
+	p.SetLogEnd(104)
+	if d = p.Observe(obs(103, 4, group("g", none, none))); !d.Ahead || d.Stray != NotStray || d.ShouldCommit {
+		t.Fatalf("another owner's 100..103 above what this ingest appended: want Ahead, not stray, no commit past 100, got %+v", d)
+	}
+	p.MarkAppended(102)
+	d = p.Observe(obs(103, 4, group("g", none, none)))
+	if !d.Ahead || !d.ShouldCommit || d.Commit != 103 {
+		t.Fatalf("after appending up to 102: want commit 103 (not 104), got %+v", d)
 	}
 	p.MarkCommitted(d.Commit)
 	p.SetLogEnd(102) // a log end that went back (truncation): never passed
-	p.MarkAppended(110)
-	if d = p.Observe(obs(199, 105, group("g", none, none))); d.ShouldCommit {
-		t.Fatalf("log end 102 below the commit 104: want no commit, got %+v", d)
+	p.MarkAppended(103)
+	if d = p.Observe(obs(103, 4, group("g", none, none))); d.ShouldCommit {
+		t.Fatalf("log end 102 below the commit 103 (and the top): want no commit, got %+v", d)
+	}
+}
+
+// TestPartitionStray (issue 7 point 7, review): which tops cannot be a record
+// of the partition, and what Found makes of one found at assignment. A top
+// whose entry is gone is a stray at or above the commit (kbridge trims only
+// below it) or above what this ingest appended — unless nothing says so (no
+// commit, found at assignment). Found takes Appended back to the highest
+// record below the stray, never to the stray itself, so that the status top
+// (and the runbook's XSETID) point below it and the records above are
+// fetched again.
+func TestPartitionStray(t *testing.T) {
+	at := func(top int64, e TopEntry, below int64) Observation {
+		o := obs(top, 1, group("g", none, none))
+		o.TopEntry, o.RecordBelow = e, below
+		return o
+	}
+	tests := []struct {
+		name              string
+		committed, top    int64 // NewPartition
+		appended          int64 // MarkAppended, none: nothing
+		logEnd            int64
+		o                 Observation
+		want              Stray
+		wantFoundAppended int64 // Appended() after Found at assignment (appended none)
+	}{
+		{"a record", 100, 99, none, 200, at(99, TopRecord, 0), NotStray, 99},
+		{"trimmed top below the commit", 100, 99, none, 200, at(99, TopGone, none), NotStray, 99},
+		{"foreign top at assignment", 100, 150, none, 200, at(150, TopForeign, 120), StrayForeign, 120},
+		{"foreign top, records below trimmed", 100, 150, none, 200, at(150, TopForeign, none), StrayForeign, 99},
+		{"foreign top, a record below the commit", 100, 150, none, 200, at(150, TopForeign, 80), StrayForeign, 99},
+		{"deleted top at the commit", 100, 100, none, 200, at(100, TopGone, none), StrayDeleted, 99},
+		{"deleted top above the commit, records below", 100, 150, none, 200, at(150, TopGone, 130), StrayDeleted, 130},
+		{"deleted top above what was appended", 100, 99, 120, 200, at(150, TopGone, 120), StrayDeleted, 120},
+		{"deleted top without a commit, found at assignment", none, 150, none, 200, at(150, TopGone, none), NotStray, 150},
+		{"deleted top without a commit, above what was appended", none, 99, 120, 200, at(150, TopGone, 120), StrayDeleted, 120},
+		{"record at the log end", 100, 99, none, 200, at(200, TopRecord, 0), StrayAboveLogEnd, 99},
+		{"another owner's record ahead", 100, 99, none, 200, at(150, TopRecord, 0), NotStray, 150},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewPartition(tt.committed, tt.top)
+			if tt.appended != none {
+				p.MarkAppended(tt.appended)
+			}
+			p.SetLogEnd(tt.logEnd)
+			if got := p.Stray(tt.o); got != tt.want {
+				t.Fatalf("Stray(top %d %v): want %v, got %v (%v)", tt.o.Top, tt.o.TopEntry, tt.want, got, p)
+			}
+			d := p.Observe(tt.o)
+			if d.Stray != tt.want || (tt.want != NotStray && d.ShouldCommit) {
+				t.Fatalf("Observe: want Stray %v and no commit while stray, got %+v", tt.want, d)
+			}
+			if tt.appended != none {
+				return
+			}
+			// At assignment: NewPartition with the top found, then Found.
+			p = NewPartition(tt.committed, tt.o.Top)
+			p.SetLogEnd(tt.logEnd)
+			if got := p.Found(tt.o); got != tt.want {
+				t.Fatalf("Found: want %v, got %v", tt.want, got)
+			}
+			if got := p.Appended(); got != tt.wantFoundAppended {
+				t.Fatalf("Found: want Appended() %d, got %d", tt.wantFoundAppended, got)
+			}
+			start := p.Start()
+			if tt.committed != none && start != max(tt.committed, tt.wantFoundAppended+1) {
+				t.Fatalf("Found: want Start() max(committed, appended+1), got %d (%v)", start, p)
+			}
+			if tt.want != NotStray && start > tt.o.Top && tt.o.Top >= tt.committed {
+				t.Fatalf("Found: Start() %d skips the records below the stray %d", start, tt.o.Top)
+			}
+		})
 	}
 }
 

@@ -32,7 +32,7 @@ type Handler func(ctx context.Context, m *Message) error
 const (
 	DefaultGroup             = "workers"
 	DefaultConcurrency       = 16
-	DefaultVisibilityTimeout = 30 * time.Second
+	DefaultVisibilityTimeout = 10 * time.Second
 	DefaultMaxDeliveries     = 5
 	DefaultBackoffMin        = time.Second
 	DefaultBackoffMax        = time.Minute

@@ -50,7 +50,10 @@ the last line is
 
 and the exit status is 0 only if nothing was lost. It ends by itself in about
 half a minute. --brokers and --redis-url run it on real services instead (on a
-fresh topic and key prefix, deleted at the end unless --keep).
+fresh topic and key prefix, deleted at the end unless --keep). It runs on one
+Redis: --redis-cluster, --prefix, --redis-password-file and --redis-tls-* are
+refused (exit 2), as are --log-level/--log-format without --verbose and --keep
+without a real service, rather than ignored.
 
 Examples:
    kbridge demo
@@ -138,6 +141,28 @@ func demoConfig(c *cli.Context) (demoOptions, error) {
 		probs = append(probs, fmt.Sprintf("--phase %v must be between 500ms and 10m", o.phase))
 	}
 	probs = append(probs, redisFlagsNotTakenText(c, "the demo uses its own --redis-url as it is (rediss:// with the system's CAs; a password inside it, best in KBRIDGE_DEMO_REDIS_URL)")...)
+	// The global flags the demo cannot honour are refused, not ignored: a
+	// user who asked for a cluster or a prefix must not believe the demo
+	// ran on them.
+	if c.IsSet("redis-cluster") {
+		probs = append(probs, "--redis-cluster is not taken here: the demo runs on one Redis (in-process, or --redis-url); "+
+			"to try a Redis Cluster, run \"kbridge ingest\" and \"kbridge worker\" with --redis-cluster")
+	}
+	if c.IsSet("prefix") {
+		probs = append(probs, "--prefix is not taken here: the demo uses a key prefix of its own, fresh on real services (kbridge-demo-<random>, deleted at the end unless --keep), so that it never touches other keys")
+	}
+	if !c.Bool("verbose") {
+		for _, f := range []string{"log-level", "log-format"} {
+			if c.IsSet(f) {
+				probs = append(probs, fmt.Sprintf("--%s goes with --verbose: without it the demo shows no logs", f))
+			}
+		}
+	} else if _, err := newLogger(c); err != nil {
+		probs = append(probs, err.Error())
+	}
+	if o.keep && len(o.brokers) == 0 && o.redisURL == "" {
+		probs = append(probs, "--keep goes with --brokers or --redis-url: the in-process Kafka and Redis end with the demo")
+	}
 	if o.redisURL != "" {
 		if _, err := redis.ParseURL(o.redisURL); err != nil {
 			probs = append(probs, urlProblem("--redis-url", o.redisURL, err))

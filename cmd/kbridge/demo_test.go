@@ -95,3 +95,40 @@ func cleanEnv() []string {
 	}
 	return env
 }
+
+// TestDemoRefusesFlagsItCannotHonour: every flag "kbridge demo" would
+// otherwise accept and ignore — the global --redis-cluster and --prefix
+// (before or after "demo"), the log flags without --verbose, --keep on the
+// in-process services — is refused, all in one message, exit 2, before
+// anything starts.
+func TestDemoRefusesFlagsItCannotHonour(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"after demo", []string{"demo", "--redis-cluster", "--prefix", "mine", "--log-level", "debug", "--log-format", "json", "--keep"},
+			[]string{"--redis-cluster is not taken here", "--prefix is not taken here", "--log-level goes with --verbose",
+				"--log-format goes with --verbose", "--keep goes with --brokers or --redis-url"}},
+		{"before demo", []string{"--redis-cluster", "--prefix", "mine", "demo", "--redis-url", "redis://127.0.0.1:1/0"},
+			[]string{"--redis-cluster is not taken here", "--prefix is not taken here"}},
+		{"bad log level with verbose", []string{"demo", "--verbose", "--log-level", "loud"}, []string{`--log-level "loud"`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, code := runCLI(t, tt.args...)
+			var missing []string
+			for _, w := range tt.want {
+				if !strings.Contains(errs, w) {
+					missing = append(missing, w)
+				}
+			}
+			if code != 2 || len(missing) > 0 || strings.Contains(out+errs, "phase 1/3") {
+				t.Fatalf("kbridge %q: exit %d, stdout %q, stderr:\n%s\nwant exit 2 before anything runs, and every reason; missing %q", tt.args, code, out, errs, missing)
+			}
+			if n := strings.Count(errs, "\n  - "); n != len(tt.want) {
+				t.Errorf("kbridge %q: %d reasons, want %d:\n%s", tt.args, n, len(tt.want), errs)
+			}
+			t.Logf("exit 2 with %d reasons in one message", strings.Count(errs, "\n  - "))
+		})
+	}
+}

@@ -84,14 +84,14 @@ Examples:
 			{
 				Name:      "show",
 				Usage:     "show dead letters in full: record, headers, reason, error",
-				UsageText: "kbridge dlq show REF... [--json] [--brokers B]\n   (REF: <topic>:<partition>/<id> in Redis, <dead-letter topic>:<partition>@<offset> in Kafka)",
+				UsageText: "kbridge dlq show [--json] [--brokers B] REF...\n   (flags before the REFs; REF: <topic>:<partition>/<id> in Redis, <dead-letter topic>:<partition>@<offset> in Kafka)",
 				Flags:     append([]cli.Flag{jsonFlag}, dlqKafkaFlags()...),
 				Action:    dlqShow,
 			},
 			{
 				Name:  "replay",
 				Usage: "hand dead letters back to the workers",
-				UsageText: "kbridge dlq replay REF... [--force] [--again]\n   kbridge dlq replay --all [--topic T] [--partition P]... [--group G] [--force]" +
+				UsageText: "kbridge dlq replay [--force] [--again] REF...   (flags before the REFs)\n   kbridge dlq replay --all [--topic T] [--partition P]... [--group G] [--force]" +
 					"\n   kbridge dlq replay --from-kafka --all [--topic T] [--partition P]... [--group G] [--again]",
 				Flags: append(append(filterFlags(), allFlag, fromKafka,
 					&cli.BoolFlag{Name: "force", EnvVars: []string{"KBRIDGE_DLQ_FORCE"},
@@ -104,7 +104,7 @@ Examples:
 			{
 				Name:      "delete",
 				Usage:     "delete dead letters from Redis once Kafka has them (Kafka keeps its copy until its retention)",
-				UsageText: "kbridge dlq delete REF... [--force]\n   kbridge dlq delete --all [--topic T] [--partition P]... [--group G] [--force]",
+				UsageText: "kbridge dlq delete [--force] REF...   (flags before the REFs)\n   kbridge dlq delete --all [--topic T] [--partition P]... [--group G] [--force]",
 				Flags: append(filterFlags(), allFlag,
 					&cli.BoolFlag{Name: "force", EnvVars: []string{"KBRIDGE_DLQ_FORCE"},
 						Usage: "also delete dead letters Kafka has no full copy of (not exported yet, export state unknown, a stub): their records are then gone for good"}),
@@ -114,33 +114,12 @@ Examples:
 	}
 }
 
-func dlqFilter(c *cli.Context) (worker.Filter, error) {
-	f := worker.Filter{Topic: c.String("topic"), Group: c.String("group")}
-	if c.IsSet("partition") {
-		if f.Topic == "" {
-			return f, cli.Exit("--partition needs --topic", 2)
-		}
-		f.Partitions = c.IntSlice("partition")
-		for _, p := range f.Partitions {
-			if p < 0 {
-				return f, cli.Exit(fmt.Sprintf("--partition %d must not be negative", p), 2)
-			}
-		}
-	}
-	return f, nil
-}
-
 func dlqList(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return cli.Exit(fmt.Sprintf("list takes no arguments, got %q", c.Args().Slice()), 2)
-	}
-	f, err := dlqFilter(c)
-	if err != nil {
+	a, probs := dlqProblems(c, "list")
+	if err := dlqFlagsError("list", probs); err != nil {
 		return err
 	}
-	if f.Limit = c.Int("limit"); f.Limit < 0 {
-		return cli.Exit("--limit must not be negative", 2)
-	}
+	f := a.filter
 	rdb, err := newRedis(c)
 	if err != nil {
 		return err
@@ -266,11 +245,8 @@ func inRedisText(d kafkaDeadLetter) string {
 }
 
 func dlqShow(c *cli.Context) error {
-	if c.NArg() == 0 {
-		return cli.Exit("give one or more REFs, as \"kbridge dlq list\" prints them", 2)
-	}
-	if err := checkRefs(c, true); err != nil {
-		return err
+	if _, probs := dlqProblems(c, "show"); len(probs) > 0 {
+		return dlqFlagsError("show", probs)
 	}
 	rdb, err := newRedis(c)
 	if err != nil {
@@ -391,25 +367,12 @@ func splitRefs(refs []string) (redisRefs, kafkaRefs []string) {
 // dlqMove replays or deletes the dead letters named by REF arguments, or
 // with --all those the filters select.
 func dlqMove(c *cli.Context, verb string) error {
-	f, err := dlqFilter(c)
-	if err != nil {
+	a, probs := dlqProblems(c, verb)
+	if err := dlqFlagsError(verb, probs); err != nil {
 		return err
 	}
-	all := c.Bool("all")
+	f, all := a.filter, c.Bool("all")
 	fromKafka := verb == "replay" && c.Bool("from-kafka")
-	switch {
-	case all && c.NArg() > 0:
-		return cli.Exit("give REFs or --all, not both", 2)
-	case !all && c.NArg() == 0:
-		return cli.Exit(fmt.Sprintf("give the REFs to %s (see \"kbridge dlq list\"), or --all", verb), 2)
-	case !all && (f.Topic != "" || f.Group != ""):
-		return cli.Exit("--topic, --partition and --group go with --all", 2)
-	case fromKafka && !all:
-		return cli.Exit("--from-kafka goes with --all; give Kafka REFs (<dead-letter topic>:<partition>@<offset>) without it", 2)
-	}
-	if err := checkRefs(c, verb == "replay"); err != nil {
-		return err
-	}
 	rdb, err := newRedis(c)
 	if err != nil {
 		return err
@@ -635,24 +598,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-1] + "…"
-}
-
-// checkRefs rejects (exit 2) any argument that is not a dead-letter REF;
-// Kafka REFs only where kafka is true.
-func checkRefs(c *cli.Context, kafka bool) error {
-	for _, ref := range c.Args().Slice() {
-		if dlqkafka.IsRef(ref) {
-			if !kafka {
-				return cli.Exit(fmt.Sprintf("%s is a dead letter in Kafka: only show and replay take those (Kafka keeps it until its retention)", ref), 2)
-			}
-			if _, err := dlqkafka.ParseRef(ref); err != nil {
-				return cli.Exit(err.Error(), 2)
-			}
-			continue
-		}
-		if _, _, _, err := worker.ParseRef(ref); err != nil {
-			return cli.Exit(err.Error(), 2)
-		}
-	}
-	return nil
 }

@@ -22,7 +22,7 @@ func newDLQCollector(stats func() bridge.DLQStats) *dlqCollector {
 		stats: stats,
 		counters: []counterDesc[bridge.DLQStats]{
 			d("exported_total", "Dead letters exported to their Kafka dead-letter topic.", func(s bridge.DLQStats) int64 { return s.Exported }),
-			d("skipped_total", "Dead letters Kafka refused for themselves (too large, invalid): kept in Redis only, each logged as an error.", func(s bridge.DLQStats) int64 { return s.Skipped }),
+			d("skipped_total", "Dead letters over --dlq-max-bytes exported as stubs (coordinates and why, not the record; recorded in <stream>:dlq:stubs): the record is whole only in Redis and its source topic; each logged as an error.", func(s bridge.DLQStats) int64 { return s.Skipped }),
 			d("export_errors_total", "Failed exports of a partition's dead letters (retried; the partition's commit waits for them).", func(s bridge.DLQStats) int64 { return s.Errors }),
 		},
 		gauges: []counterDesc[bridge.DLQStats]{

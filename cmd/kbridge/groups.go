@@ -165,9 +165,44 @@ func groupHolds(ctx context.Context, rdb redis.UniversalClient, key, group, last
 // isNoStream is XINFO's reply for a key that does not exist.
 func isNoStream(err error) bool { return redis.HasErrorPrefix(err, "no such key") }
 
-func groupsList(c *cli.Context) error {
+// groupsProblems checks every flag and argument of "kbridge groups <verb>"
+// (list or remove) and the Redis flags, and returns every problem found, for
+// one exit-2 message that lists them all.
+func groupsProblems(c *cli.Context, verb string) []string {
+	var probs []string
 	if c.NArg() > 0 {
-		return cli.Exit(fmt.Sprintf("list takes no arguments, got %q", c.Args().Slice()), 2)
+		hint := ""
+		if verb == "remove" {
+			hint = ": kbridge groups remove --group GROUP --yes"
+		}
+		probs = append(probs, fmt.Sprintf("%s takes no arguments, got %q%s", verb, c.Args().Slice(), hint))
+		if len(c.Args().Slice()) > 1 && !strings.HasPrefix(c.Args().First(), "-") {
+			probs = append(probs, fmt.Sprintf("flags after %q are not read: flags go before any argument", c.Args().First()))
+		}
+	}
+	for _, t := range splitList(c.StringSlice("topics")) {
+		if !kafkaTopicName(t) {
+			probs = append(probs, fmt.Sprintf("--topics: %q is not a valid Kafka topic name (letters, digits, '.', '_', '-'; at most 249)", t))
+		}
+	}
+	if verb == "remove" && strings.TrimSpace(c.String("group")) == "" {
+		probs = append(probs, "--group is required: kbridge groups remove --group GROUP --yes")
+	}
+	return append(probs, redisProblems(c)...)
+}
+
+// groupsFlagsError is the exit-2 error of "kbridge groups <verb>" listing
+// probs, or nil when there is none.
+func groupsFlagsError(verb string, probs []string) error {
+	if len(probs) == 0 {
+		return nil
+	}
+	return cli.Exit(fmt.Sprintf("invalid groups %s flags or arguments:\n  - %s", verb, strings.Join(probs, "\n  - ")), 2)
+}
+
+func groupsList(c *cli.Context) error {
+	if err := groupsFlagsError("list", groupsProblems(c, "list")); err != nil {
+		return err
 	}
 	rdb, err := newRedis(c)
 	if err != nil {
@@ -216,13 +251,10 @@ func printGroups(w io.Writer, rows []groupRow, prefix string) error {
 }
 
 func groupsRemove(c *cli.Context) error {
-	group := c.String("group")
-	switch {
-	case c.NArg() > 0:
-		return cli.Exit(fmt.Sprintf("remove takes no arguments, got %q: kbridge groups remove --group GROUP --yes", c.Args().Slice()), 2)
-	case group == "":
-		return cli.Exit("--group is required: kbridge groups remove --group GROUP --yes", 2)
+	if err := groupsFlagsError("remove", groupsProblems(c, "remove")); err != nil {
+		return err
 	}
+	group := c.String("group")
 	rdb, err := newRedis(c)
 	if err != nil {
 		return err

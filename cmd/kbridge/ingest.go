@@ -3,13 +3,16 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/kbridge/kbridge/bridge"
+	"github.com/kbridge/kbridge/internal/kfetch"
 )
 
 func ingestCommand() *cli.Command {
@@ -57,8 +60,12 @@ Examples:
 			&cli.DurationFlag{Name: "metadata-interval", Value: bridgeDefaults.MetadataInterval, EnvVars: []string{"KBRIDGE_METADATA_INTERVAL"},
 				Usage: "how often the topics' metadata is read: a topic created, deleted or made readable, or partitions added, is acted on within about this time"},
 			&cli.StringFlag{Name: "start-offset", Value: "earliest", EnvVars: []string{"KBRIDGE_START_OFFSET"}, Usage: "where a group with no committed offset starts: earliest or latest"},
-			&cli.IntFlag{Name: "fetch-max-bytes", Value: 1 << 20, EnvVars: []string{"KBRIDGE_FETCH_MAX_BYTES"}, Usage: "bytes per fetch of one partition (bounds the ingest's memory)"},
-			&cli.DurationFlag{Name: "fetch-max-wait", Value: bridgeDefaults.FetchMaxWait, EnvVars: []string{"KBRIDGE_FETCH_MAX_WAIT"}, Usage: "how long a fetch waits for new records"},
+			&cli.StringFlag{Name: "isolation-level", Value: "read_committed", EnvVars: []string{"KBRIDGE_ISOLATION_LEVEL"},
+				Usage: "which records reach the streams: read_committed (committed transactions and plain records; records of open transactions wait, aborted ones are skipped) or read_uncommitted (every record)"},
+			&cli.StringFlag{Name: "fetch-memory", Value: "64MiB", EnvVars: []string{"KBRIDGE_FETCH_MEMORY"},
+				Usage: "memory for fetched records of the whole process, in bytes or with KiB/MiB/GiB: whatever the partitions and the backlog, fetching waits rather than exceed it"},
+			&cli.IntFlag{Name: "fetch-max-bytes", Value: 1 << 20, EnvVars: []string{"KBRIDGE_FETCH_MAX_BYTES"}, Usage: "bytes one partition brings in one fetch request (a request carries many partitions of one broker)"},
+			&cli.DurationFlag{Name: "fetch-max-wait", Value: bridgeDefaults.FetchMaxWait, EnvVars: []string{"KBRIDGE_FETCH_MAX_WAIT"}, Usage: "how long the broker holds a fetch of partitions at their log end, waiting for new records"},
 			&cli.IntFlag{Name: "append-batch", Value: 500, EnvVars: []string{"KBRIDGE_APPEND_BATCH"}, Usage: "records per append script call (calls of one fetch are pipelined)"},
 			&cli.DurationFlag{Name: "session-timeout", Value: bridgeDefaults.SessionTimeout, EnvVars: []string{"KBRIDGE_SESSION_TIMEOUT"}, Usage: "Kafka group session timeout"},
 			&cli.DurationFlag{Name: "rebalance-timeout", Value: bridgeDefaults.RebalanceTimeout, EnvVars: []string{"KBRIDGE_REBALANCE_TIMEOUT"}, Usage: "Kafka group rebalance timeout"},
@@ -78,7 +85,7 @@ Examples:
 			&cli.BoolFlag{Name: "dlq-export", Value: true, EnvVars: []string{"KBRIDGE_DLQ_EXPORT"},
 				Usage: "export dead letters to --dlq-topic and commit no offset past one Kafka lacks; --dlq-export=false keeps them in Redis only, where a Redis that loses its data loses them for good"},
 			&cli.IntFlag{Name: "dlq-max-bytes", Value: bridgeDefaults.DLQMaxBytes, EnvVars: []string{"KBRIDGE_DLQ_MAX_BYTES"},
-				Usage: "largest dead letter exported (a larger one stays in Redis only, logged as an error)"},
+				Usage: "largest dead letter exported in full; a larger one is exported as a stub (its coordinates and why, not the record), logged as an error, whole in Redis only"},
 		),
 		Action: runIngest,
 	}
@@ -125,6 +132,19 @@ func ingestConfig(c *cli.Context) (bridge.Config, []string) {
 	if c.Int64("partition-cap") == 0 {
 		probs = append(probs, "--partition-cap 0 must be at least 1")
 	}
+	if iso, err := kfetch.ParseIsolationLevel(c.String("isolation-level")); err != nil {
+		probs = append(probs, fmt.Sprintf("--isolation-level %q must be read_committed or read_uncommitted", c.String("isolation-level")))
+	} else {
+		cfg.Isolation = iso
+	}
+	switch n, err := parseSize(c.String("fetch-memory")); {
+	case err != nil:
+		probs = append(probs, fmt.Sprintf("--fetch-memory %q: %v", c.String("fetch-memory"), err))
+	case n == 0: // 0 would mean the default to Validate
+		probs = append(probs, "--fetch-memory 0 must be at least 1 MiB (1048576)")
+	default:
+		cfg.FetchMemory = n
+	}
 	// A low watermark of 0 is a value, not "the default" (Config's zero).
 	for _, f := range []struct {
 		name string
@@ -151,7 +171,8 @@ func ingestConfig(c *cli.Context) (bridge.Config, []string) {
 			probs = append(probs, fmt.Sprintf("--metrics-addr %q: want HOST:PORT, e.g. 127.0.0.1:9100 (%v)", addr, err))
 		}
 	}
-	// Validate needs a client; a placeholder keeps it from reporting one missing.
+	// Validate needs a client; a placeholder keeps it from reporting one
+	// missing. A flag that did not parse is left at its default for it.
 	err := cfg.WithRedisPlaceholder().Validate()
 	var ce *bridge.ConfigError
 	if errors.As(err, &ce) {
@@ -191,4 +212,37 @@ func runIngest(c *cli.Context) error {
 	}
 	log.Info("redis", "url", redactURL(c.String("redis-url")), "prefix", cfg.Prefix)
 	return serve(c, log, collectorList{newIngestCollector(in.Stats), newDLQCollector(in.DLQStats)}, in.Run, nil)
+}
+
+// parseSize reads a byte count: digits, optionally followed by B, KiB, MiB
+// or GiB (K, M, G, KB, MB, GB are read as the same powers of two).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, errors.New("want a number of bytes, e.g. 67108864 or 64MiB")
+	}
+	n, err := strconv.ParseInt(t[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("want a number of bytes: %w", err)
+	}
+	var shift uint
+	switch strings.ToLower(strings.TrimSpace(t[i:])) {
+	case "", "b":
+	case "k", "kb", "kib":
+		shift = 10
+	case "m", "mb", "mib":
+		shift = 20
+	case "g", "gb", "gib":
+		shift = 30
+	default:
+		return 0, fmt.Errorf("unknown unit %q: want B, KiB, MiB or GiB", t[i:])
+	}
+	if n > math.MaxInt64>>shift {
+		return 0, errors.New("too large")
+	}
+	return n << shift, nil
 }

@@ -13,7 +13,7 @@ replayed, deliveries. Handlers run in a thread pool (KBRIDGE_CONCURRENCY).
 
 Configuration, from the environment (the names the conformance kit sets):
 KBRIDGE_REDIS_URL, KBRIDGE_PREFIX (kbridge), KBRIDGE_GROUP (workers),
-KBRIDGE_CONSUMER (<host>-<pid>-<random>), KBRIDGE_VISIBILITY_TIMEOUT_MS (30000,
+KBRIDGE_CONSUMER (<host>-<pid>-<random>), KBRIDGE_VISIBILITY_TIMEOUT_MS (10000,
 the same for every worker of the group), KBRIDGE_MAX_DELIVERIES (5),
 KBRIDGE_BACKOFF_MS (1000, doubling up to 60000), KBRIDGE_SHUTDOWN_TIMEOUT_MS
 (30000), KBRIDGE_CONCURRENCY (8), KBRIDGE_LUA_DIR (the scripts: ./lua, else
@@ -87,7 +87,7 @@ class Worker:
         self.prefix = prefix or e.get("KBRIDGE_PREFIX", "kbridge")
         self.group = group or e.get("KBRIDGE_GROUP", "workers")
         self.consumer = consumer or e.get("KBRIDGE_CONSUMER") or "%s-%d-%06x" % (socket.gethostname(), os.getpid(), random.getrandbits(24))
-        self.vt_ms = _env_int("KBRIDGE_VISIBILITY_TIMEOUT_MS", 30000)
+        self.vt_ms = _env_int("KBRIDGE_VISIBILITY_TIMEOUT_MS", 10000)
         self.max_deliveries = _env_int("KBRIDGE_MAX_DELIVERIES", 5)
         self.backoff_ms = _env_int("KBRIDGE_BACKOFF_MS", 1000)
         self.backoff_max_ms = max(self.backoff_ms, 60000)

@@ -3,7 +3,7 @@
 # time: $HANDLER runs with the value on stdin and KBRIDGE_* variables as kbridge worker --exec sets
 # them. Text only: a field holding a newline or a NUL byte is misread; headers pass unchecked.
 : "${KBRIDGE_REDIS_URL:=redis://127.0.0.1:6379/0}" "${KBRIDGE_PREFIX:=kbridge}" "${KBRIDGE_GROUP:=workers}"
-: "${KBRIDGE_CONSUMER:=sh-$(hostname)-$$}" "${KBRIDGE_VISIBILITY_TIMEOUT_MS:=30000}" "${KBRIDGE_MAX_DELIVERIES:=5}"
+: "${KBRIDGE_CONSUMER:=sh-$(hostname)-$$}" "${KBRIDGE_VISIBILITY_TIMEOUT_MS:=10000}" "${KBRIDGE_MAX_DELIVERIES:=5}"
 : "${KBRIDGE_SHUTDOWN_TIMEOUT_MS:=30000}" "${HANDLER:=cat}" "${KBRIDGE_LUA_DIR:=$(dirname "$0")/../../worker/lua}"
 P=$KBRIDGE_PREFIX G=$KBRIDGE_GROUP C=$KBRIDGE_CONSUMER VT=$KBRIDGE_VISIBILITY_TIMEOUT_MS MAX=$KBRIDGE_MAX_DELIVERIES
 T=$(mktemp -d) stop=0 seen=

@@ -192,8 +192,9 @@ func NewSchedule(c ScheduleConfig) []Fault {
 // Profile returns the extra ingest and worker flags of a named profile:
 // "defaults" (none: the defaults under test), "fast" (short session,
 // heartbeat and visibility timeouts, so a quick run recovers in seconds), or
-// "proposed" (the defaults docs/reliability.md proposes, measured before the
-// owners of the flags adopt them).
+// "proposed" (the flags docs/reliability.md proposed, measured before they
+// became the defaults on 2026-12-01; the same as "defaults" since, kept so the
+// recorded commands still run).
 func Profile(name string) (ingest, worker []string, err error) {
 	switch name {
 	case "defaults", "":

@@ -168,7 +168,8 @@ func TestRedisTLS(t *testing.T) {
 // logs in as an ACL user that may touch only the keys of its prefix and run
 // only aclCommands, with its password in a file (--redis-password-file), over
 // TLS with a client certificate. A poison record goes to the dead letters and
-// is replayed once fixed. A group another program left above a stream's top
+// is replayed once fixed (dlq list, show, replay; then list and replay
+// --from-kafka, from its copy in the dead-letter topic). A group another program left above a stream's top
 // is set back by the ingest (XGROUP SETID) and holds that partition's commit
 // until `kbridge groups remove` destroys it (after `groups list`). Afterwards
 // INFO commandstats (reset before the run; only kbridge talked to the server
@@ -233,12 +234,30 @@ func TestRedisACLUser(t *testing.T) {
 	if !strings.Contains(list, `"offset":7`) && !strings.Contains(list, `"offset": 7`) {
 		t.Errorf("kbridge dlq list --json: want the dead letter of offset 7\n%s", list)
 	}
+	// The other dead-letter commands, so that their Redis commands are in
+	// the stats too: show (the export state: XPENDING, the stubs hash) and,
+	// below, the Kafka side (the replayed set: HGETALL, HSET, PEXPIRE).
+	var dl struct {
+		Ref string `json:"ref"`
+	}
+	if err := json.Unmarshal([]byte(strings.SplitN(strings.TrimSpace(list), "\n", 2)[0]), &dl); err != nil || dl.Ref == "" {
+		t.Fatalf("kbridge dlq list --json: no ref (%v)\n%s", err, list)
+	}
+	r.kbridge(t, "dlq", "show", dl.Ref)
 	if err := os.Remove(poison); err != nil {
 		t.Fatal(err)
 	}
 	r.kbridge(t, "dlq", "replay", "--all")
 	testenv.Eventually(t, 30*time.Second, func() bool { return r.ledger.handled(t)[[2]int64{0, 7}] > 0 },
 		"the replayed dead letter 0/7 was not handled")
+	kafkaArgs := []string{"--topic", r.topic, "--brokers", strings.Join(r.brokers, ",")}
+	if out := r.kbridge(t, append([]string{"dlq", "list", "--from-kafka"}, kafkaArgs...)...); !strings.Contains(out, r.topic+".dlq:0@") {
+		t.Errorf("kbridge dlq list --from-kafka: want the dead letter of %s in %s.dlq\n%s", dl.Ref, r.topic, out)
+	}
+	before := r.ledger.handled(t)[[2]int64{0, 7}]
+	r.kbridge(t, append([]string{"dlq", "replay", "--from-kafka", "--all", "--again"}, kafkaArgs...)...)
+	testenv.Eventually(t, 30*time.Second, func() bool { return r.ledger.handled(t)[[2]int64{0, 7}] > before },
+		"the dead letter 0/7 replayed from Kafka was not handled")
 	if n, first := r.ledger.missing(t, r.ends); n != 0 {
 		t.Errorf("%d records never handled (first %s)", n, first)
 	}

@@ -27,6 +27,8 @@ const (
 	attrControl       = 0x20
 
 	controlAbort = 0 // control record type of an abort marker (1 is commit)
+
+	maxMarkerBytes = 64 << 10 // a marker is a record of a few bytes
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -182,13 +184,12 @@ func isAbortMarker(b *batch) (bool, error) {
 		return false, nil
 	}
 	recs := b.records()
-	var scratch []byte
 	if b.compression() != 0 { // Kafka writes markers uncompressed; be lenient
-		var err error
-		if scratch, err = decompress(b, nil, nil); err != nil {
+		scratch, err := decompress(b, nil, nil, maxMarkerBytes)
+		defer putBuf(scratch)
+		if err != nil {
 			return false, err
 		}
-		defer putBuf(scratch)
 		recs = scratch
 	}
 	var r rawRecord

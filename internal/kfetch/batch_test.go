@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"slices"
+	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/segmentio/kafka-go/compress"
 
@@ -434,5 +437,52 @@ func TestReadChunks(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestDecompressLimit: a batch that inflates beyond the limit is a
+// *CorruptError found without holding more than the limit (plus one growth
+// step's copy); one at the limit decodes. A failed decompression leaves the
+// cursor holding the buffer decompress returned, so release puts back
+// exactly the buffers it owns.
+func TestDecompressLimit(t *testing.T) {
+	rs := recs(0, seq(100)...)
+	for i := range rs {
+		rs[i].value = make([]byte, 10<<10) // zeros: ~1 MB that compresses to ~1 KB
+	}
+	for _, codec := range []int8{int8(compress.Gzip), int8(compress.Snappy), int8(compress.Lz4), int8(compress.Zstd)} {
+		data := set(t, tBatch{base: 0, compression: codec, records: rs})
+		var out scanOut
+		scan(data, 0, true, nil, &out)
+		b := &out.batches[0]
+		full, err := decompress(b, nil, nil, math.MaxInt32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := len(full)
+		putBuf(full)
+		t.Run(compress.Compression(codec).String(), func(t *testing.T) {
+			for _, limit := range []int{size, size - 1, 64 << 10} {
+				var in interner
+				c := cursor{topic: "t", batches: out.batches, intern: &in, last: -1, maxBatch: limit}
+				var grown int64
+				got, err := c.read(1000, func(n int64) { grown += n })
+				var ce *CorruptError
+				switch {
+				case limit >= size:
+					if err != nil || len(got) != 100 {
+						t.Fatalf("limit %d, batch of %d: want 100 records, got %d, %v", limit, size, len(got), err)
+					}
+				case !errors.As(err, &ce) || !strings.Contains(ce.Reason, "decompresses to more than"):
+					t.Fatalf("limit %d, batch of %d: want a *CorruptError, got %v", limit, size, err)
+				case grown > int64(limit)+int64(cap(c.chunk))*recordSize+64<<10:
+					t.Fatalf("limit %d: %d bytes of buffers grown", limit, grown)
+				case unsafe.SliceData(c.zbuf) == nil || cap(c.zbuf) < limit/2:
+					t.Fatalf("after the error the cursor holds a %d-byte buffer, not the one decompress used", cap(c.zbuf))
+				}
+				t.Logf("compressed %d B, decompressed %d B, limit %d: %d records, err %v, %d bytes of buffers", len(b.records()), size, limit, len(got), err, grown)
+				c.release()
+			}
+		})
 	}
 }

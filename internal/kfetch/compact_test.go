@@ -180,9 +180,9 @@ func TestFetchCompacted(t *testing.T) {
 	}
 	rate := tailRates(t, time.Second, p)[0]
 	s := f.Stats()
-	t.Logf("%s: %d records written (%d committed), %d delivered with %d gaps up to the log end %d; %d aborted records and %d markers skipped, %d empty ranges passed; %.1f fetches/s at the tail (MaxWait 200ms)",
+	t.Logf("%s: %d records written (%d committed), %d delivered with %d gaps up to the log end %d; %d aborted records and %d markers skipped, %d empty answers; %.1f fetches/s at the tail (MaxWait 200ms)",
 		map[bool]string{true: "own real Kafka broker", false: "kfake"}[compact == nil], len(written), committed, len(got.offsets), gaps, end,
-		s.AbortedRecords, s.ControlBatches, s.EmptyAdvances, rate)
+		s.AbortedRecords, s.ControlBatches, s.EmptyAnswers, rate)
 	if rate > 2*5+1 {
 		t.Errorf("%.1f fetches/s at the tail of a compacted partition: spinning", rate)
 	}

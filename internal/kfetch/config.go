@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -72,9 +73,10 @@ type Config struct {
 	// Result.Release, with their decoding buffers. Partitions that cannot
 	// be fetched within it wait. Each request in flight can exceed it by
 	// one record batch larger than PartitionMaxBytes (Kafka returns the
-	// first batch of a fetch whole, however large); and until a topic's
-	// compression ratio is learned, a result can exceed it by one
-	// decompressed batch. Default 64 MiB.
+	// first batch of a fetch whole, however large); and each result being
+	// read by one decompressed batch (at most BatchMaxBytes) when its
+	// batches decompress to more than the fetcher has learned a fetched
+	// byte costs. Default 64 MiB.
 	MemoryBytes int64
 
 	// MaxBytes is the response size limit of one fetch request (Kafka's
@@ -84,6 +86,14 @@ type Config struct {
 	// PartitionMaxBytes is the limit per partition within a request
 	// (Kafka's max.partition.fetch.bytes). Default 1 MiB.
 	PartitionMaxBytes int32
+
+	// BatchMaxBytes is the most one record batch may take once
+	// decompressed. Kafka bounds a batch's compressed size only, and a
+	// highly compressible batch of 1 MiB can inflate to hundreds: one
+	// beyond this limit is reported as a *CorruptError (the partition
+	// stops) rather than allowed to blow the budget. Default a quarter of
+	// MemoryBytes, at least min(4 × PartitionMaxBytes, MemoryBytes).
+	BatchMaxBytes int64
 
 	// MaxWait is how long the broker holds a fetch that has no data yet.
 	// Default 500ms.
@@ -114,6 +124,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxBytes == 0 {
 		c.MaxBytes = int32(min(8<<20, c.MemoryBytes))
+	}
+	if c.BatchMaxBytes == 0 && c.MemoryBytes > 0 {
+		c.BatchMaxBytes = max(c.MemoryBytes/4, min(4*int64(c.PartitionMaxBytes), c.MemoryBytes))
 	}
 	if c.MaxWait == 0 {
 		c.MaxWait = 500 * time.Millisecond
@@ -155,6 +168,10 @@ func (c Config) Validate() error {
 	}
 	if c.MemoryBytes > 0 && c.MaxBytes > 0 && int64(c.MaxBytes) > c.MemoryBytes {
 		errs = append(errs, fmt.Errorf("kfetch: request max bytes %d must not exceed the memory budget %d", c.MaxBytes, c.MemoryBytes))
+	}
+	if c.BatchMaxBytes < 0 || c.MemoryBytes > 0 && c.BatchMaxBytes > c.MemoryBytes || c.BatchMaxBytes > math.MaxInt32 {
+		errs = append(errs, fmt.Errorf("kfetch: batch max bytes %d must be positive, at most the memory budget %d and below 2 GiB",
+			c.BatchMaxBytes, c.MemoryBytes))
 	}
 	if c.MaxWait < 0 || c.MaxWait > time.Hour {
 		errs = append(errs, fmt.Errorf("kfetch: max wait %v must be between 0 and 1h", c.MaxWait))

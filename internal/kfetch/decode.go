@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -21,19 +23,28 @@ const (
 )
 
 // interner keeps one string per header name seen on a partition, so a
-// repeated header name costs no allocation.
-type interner map[string]string
+// repeated header name costs no allocation. It is shared by the Results of
+// the partition; a caller reading two of them at once from two goroutines
+// gets fresh strings for the one that finds it busy.
+type interner struct {
+	mu sync.Mutex
+	m  map[string]string
+}
 
 func (in *interner) get(b []byte) string {
-	if s, ok := (*in)[string(b)]; ok { // no allocation for the lookup
+	if !in.mu.TryLock() {
+		return string(b)
+	}
+	defer in.mu.Unlock()
+	if s, ok := in.m[string(b)]; ok { // no allocation for the lookup
 		return s
 	}
 	s := string(b)
-	if *in == nil {
-		*in = make(interner)
+	if in.m == nil {
+		in.m = make(map[string]string)
 	}
-	if len(*in) < 256 {
-		(*in)[s] = s
+	if len(in.m) < 256 {
+		in.m[s] = s
 	}
 	return s
 }
@@ -57,6 +68,10 @@ type cursor struct {
 	reader    bytes.Reader
 	last      int64 // offset of the last record returned
 	aliasZ    bool  // the chunk being built holds records in zbuf
+	// maxBatch is the most one batch may take decompressed (0: no
+	// limit): beyond it, the batch is reported corrupt rather than blow
+	// the memory budget
+	maxBatch int
 }
 
 // read returns the next records, at most limit (≥ 1). grow is told of
@@ -149,14 +164,19 @@ func (c *cursor) open(b *batch, grow func(int64)) error {
 		return nil
 	}
 	old := int64(cap(c.zbuf))
-	buf, err := decompress(b, &c.reader, c.zbuf)
+	limit := c.maxBatch
+	if limit <= 0 {
+		limit = math.MaxInt32
+	}
+	buf, err := decompress(b, &c.reader, c.zbuf, limit)
+	c.zbuf = buf // decompress may have swapped and pooled the old one
+	grow(int64(cap(buf)) - old)
 	if err != nil {
 		c.left = 0
 		c.bi = len(c.batches)
 		return err
 	}
-	c.zbuf, c.recs = buf, buf
-	grow(int64(cap(buf)) - old)
+	c.recs = buf
 	return nil
 }
 
@@ -184,9 +204,12 @@ func (c *cursor) release() {
 	*c = cursor{}
 }
 
-// decompress returns the uncompressed records section of b in buf, grown
-// from the pools as needed (buf may be nil). rd may be nil.
-func decompress(b *batch, rd *bytes.Reader, buf []byte) ([]byte, error) {
+// decompress returns the uncompressed records section of b in a buffer of
+// the pools: buf if it is large enough, else a new one (buf is then given
+// back to the pools). The buffer returned replaces buf also on error. A
+// batch that takes more than limit bytes decompressed is reported as
+// corrupt. rd may be nil.
+func decompress(b *batch, rd *bytes.Reader, buf []byte, limit int) ([]byte, error) {
 	codec := compress.Compression(b.compression()).Codec()
 	if codec == nil {
 		return buf, corrupt(b.base, "unknown compression codec %d", b.compression())
@@ -197,18 +220,23 @@ func decompress(b *batch, rd *bytes.Reader, buf []byte) ([]byte, error) {
 	rd.Reset(b.records())
 	zr := codec.NewReader(rd)
 	defer zr.Close()
-	if want := max(4*len(b.records()), 4<<10); cap(buf) < want {
+	if want := min(max(4*len(b.records()), 4<<10), limit+1); cap(buf) < want {
 		putBuf(buf)
 		buf = getBuf(want)
 	}
-	buf = buf[:cap(buf)]
+	// read at most limit+1 bytes: one beyond the limit is enough to know
+	buf = buf[:min(cap(buf), limit+1)]
 	n := 0
 	for {
 		if n == len(buf) {
-			bigger := getBuf(2 * len(buf))
+			if n > limit {
+				return buf[:0], corrupt(b.base, "%s batch decompresses to more than %d bytes, the most one batch may take (a part of the memory budget)",
+					codec.Name(), limit)
+			}
+			bigger := getBuf(min(2*len(buf), limit+1))
 			copy(bigger, buf)
 			putBuf(buf)
-			buf = bigger[:cap(bigger)]
+			buf = bigger[:min(cap(bigger), limit+1)]
 		}
 		m, err := zr.Read(buf[n:])
 		n += m
@@ -218,6 +246,10 @@ func decompress(b *batch, rd *bytes.Reader, buf []byte) ([]byte, error) {
 		if err != nil {
 			return buf[:0], corrupt(b.base, "%s decompression: %v", codec.Name(), err)
 		}
+	}
+	if n > limit {
+		return buf[:0], corrupt(b.base, "%s batch decompresses to more than %d bytes, the most one batch may take (a part of the memory budget)",
+			codec.Name(), limit)
 	}
 	return buf[:n], nil
 }

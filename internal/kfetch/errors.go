@@ -15,6 +15,13 @@ var ErrClosed = errors.New("kfetch: closed")
 // Fetch v4 (Kafka < 0.11): it cannot report transactions.
 var ErrBrokerTooOld = errors.New("kfetch: broker does not support Fetch v4 (Kafka 0.11+ needed)")
 
+// ErrNoData is a partition's State().Err while the broker keeps answering
+// its fetches with no records although its bound (last stable offset or
+// high watermark) is above its position: a tiered-storage read that never
+// completes in time, a quota, a preferred read replica. The partition is
+// asked again with backoff; its position does not move.
+var ErrNoData = errors.New("kfetch: the broker answers no records below the partition's bound; asking again")
+
 // PartitionError is a per-partition error of a fetch that the Fetcher does
 // not retry by itself (see Result.Err). Err is a kafka.Error (match with
 // errors.Is(err, kafka.OffsetOutOfRange)) or a *CorruptError.

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -207,15 +209,19 @@ func data(t *testing.T, from int64, n int, hwm int64) respPartition {
 	return respPartition{hwm: hwm, lso: hwm, logStart: 0, records: encodeBatch(t, tBatch{base: from, records: recs(from, seq(n)...)})}
 }
 
-// TestEmptyRangeRule: a partition that answers with nothing below its bound
-// moves to the bound only if the broker read it while no partition before it
-// in the response had returned data (then it had to return a batch if there
-// was one); otherwise it goes first in the next request.
-func TestEmptyRangeRule(t *testing.T) {
+// TestEmptyAnswerKeepsPosition: an answer with nothing below a partition's
+// bound never moves its position (Kafka answers so while records exist:
+// tiered storage, quotas, a preferred read replica). A partition that got
+// nothing because an earlier one in the response used the byte limit goes
+// first in the next request, at once; one that got nothing while it was
+// read first is asked again after a backoff that grows while the answers
+// stay empty, and its records are delivered from where it was once they
+// come.
+func TestEmptyAnswerKeepsPosition(t *testing.T) {
 	c := newFakeCluster()
 	c.setLeader("t", 0, 1)
 	c.setLeader("t", 1, 1)
-	f, ps := startFake(t, c, Config{}, 0, 50, 1, 50)
+	f, ps := startFake(t, c, Config{MaxWait: 400 * time.Millisecond}, 0, 50, 1, 50)
 	byPart := map[int32]*Partition{0: ps[0], 1: ps[1]}
 
 	ff := c.next(t)
@@ -225,9 +231,9 @@ func TestEmptyRangeRule(t *testing.T) {
 	first, second := ff.req[0].partition, ff.req[1].partition
 	ff.answer(func(p fakePart) respPartition {
 		if p.partition == first {
-			return data(t, 50, 10, 100)
+			return data(t, 50, 10, 1000)
 		}
-		return respPartition{hwm: 100, lso: 100} // nothing: the byte limit ran out
+		return respPartition{hwm: 1000, lso: 1000} // nothing: the byte limit ran out
 	})
 	r := next(t, byPart[first])
 	if got := readAll(t, r); r.Next != 60 || len(got) != 10 {
@@ -235,46 +241,84 @@ func TestEmptyRangeRule(t *testing.T) {
 	}
 	r.Release()
 	// the starved partition is first in the next request that has it
-	ff = c.nextWith(t, second, func(p fakePart) respPartition { return data(t, p.offset, 5, 100) })
+	ff = c.nextWith(t, second, func(p fakePart) respPartition { return data(t, p.offset, 5, 1000) })
 	if ff.req[0].partition != second || ff.req[0].offset != 50 {
 		t.Fatalf("starved partition %d must go first at 50, got %+v", second, ff.req)
 	}
-	ff.answer(func(p fakePart) respPartition {
+	// read first, and still nothing below its bound: no result, position
+	// kept, asked again later and later
+	emptyFirst := func(p fakePart) respPartition {
 		if p.partition == second {
-			return respPartition{hwm: 100, lso: 80, logStart: 0} // read first: nothing below 80
+			return respPartition{hwm: 1000, lso: 800}
 		}
-		return data(t, p.offset, 5, 100) // the other one still has data
-	})
+		return data(t, p.offset, 5, 1000)
+	}
+	ff.answer(emptyFirst)
+	var gaps []time.Duration
+	for range 4 {
+		answered := time.Now()
+		ff = c.nextWith(t, second, func(p fakePart) respPartition { return data(t, p.offset, 5, 1000) })
+		gaps = append(gaps, time.Since(answered))
+		if ff.req[0].partition != second || ff.req[0].offset != 50 {
+			t.Fatalf("after an empty answer: want partition %d asked again at 50, got %+v", second, ff.req)
+		}
+		ff.answer(emptyFirst)
+	}
+	t.Logf("delays before asking again after 1, 2, 3, 4 empty answers: %v", gaps)
+	if gaps[0] < 15*time.Millisecond || gaps[3] < 120*time.Millisecond {
+		t.Errorf("want a backoff from 20ms doubling, got %v", gaps)
+	}
+	if st := byPart[second].State(); st.Position != 50 {
+		t.Fatalf("empty answers moved the position to %d", st.Position)
+	}
+	ff = c.nextWith(t, second, func(p fakePart) respPartition { return data(t, p.offset, 5, 1000) })
+	ff.answer(func(p fakePart) respPartition { return data(t, p.offset, 3, 1000) })
 	r = next(t, byPart[second])
-	if got := readAll(t, r); r.Offset != 50 || r.Next != 80 || len(got) != 0 || r.Err != nil {
-		t.Fatalf("empty range below the last stable offset: want [50, 80) with no records, got [%d, %d) %d records %v", r.Offset, r.Next, len(got), r.Err)
+	if got := readAll(t, r); r.Offset != 50 || r.Next != 53 || len(got) != 3 || got[0].Offset != 50 {
+		t.Fatalf("once records come: want [50, 53) with 3 records, got [%d, %d) %v", r.Offset, r.Next, offsets(got))
 	}
 	r.Release()
-	if s := f.Stats(); s.EmptyAdvances != 1 {
-		t.Errorf("want 1 empty advance, got %d", s.EmptyAdvances)
+	if s := f.Stats(); s.EmptyAnswers != 5 {
+		t.Errorf("want 5 empty answers counted, got %d", s.EmptyAnswers)
 	}
 }
 
-// TestReadUncommittedBound: in read_uncommitted the empty-range bound is the
-// high watermark; a partition at its bound is not moved.
-func TestReadUncommittedBound(t *testing.T) {
-	c := newFakeCluster()
-	c.setLeader("t", 0, 1)
-	_, ps := startFake(t, c, Config{Isolation: ReadUncommitted}, 0, 10)
-	p0 := ps[0]
-	c.next(t).answer(func(fakePart) respPartition { return respPartition{hwm: 30, lso: 20} })
-	r := next(t, p0)
-	if r.Next != 30 {
-		t.Fatalf("want next 30 (high watermark), got %d", r.Next)
-	}
-	r.Release()
-	// at the bound: a long poll, answered empty, moves nothing
-	ff := c.next(t)
-	ff.answer(func(fakePart) respPartition { return respPartition{hwm: 30, lso: 30} })
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	if r, err := p0.Next(ctx); err == nil {
-		t.Fatalf("a fetch at the log end delivered [%d, %d)", r.Offset, r.Next)
+// TestEmptyAnswerBound: the bound below which an empty answer is "empty" is
+// the last stable offset in read_committed and the high watermark in
+// read_uncommitted; at its bound a partition long-polls, and an empty
+// answer there is no empty answer.
+func TestEmptyAnswerBound(t *testing.T) {
+	for _, iso := range []IsolationLevel{ReadCommitted, ReadUncommitted} {
+		t.Run(iso.String(), func(t *testing.T) {
+			c := newFakeCluster()
+			c.setLeader("t", 0, 1)
+			f, ps := startFake(t, c, Config{Isolation: iso}, 0, 10)
+			c.next(t).answer(func(p fakePart) respPartition {
+				r := data(t, p.offset, 10, 30)
+				r.lso = 20 // an open transaction at 20
+				return r
+			})
+			r := next(t, ps[0])
+			readAll(t, r)
+			r.Release()
+			// at 20: the tail in read_committed, not in read_uncommitted
+			c.next(t).answer(func(fakePart) respPartition { return respPartition{hwm: 30, lso: 20} })
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			if r, err := ps[0].Next(ctx); err == nil {
+				t.Fatalf("an empty answer delivered [%d, %d)", r.Offset, r.Next)
+			}
+			want := int64(1)
+			if iso == ReadCommitted {
+				want = 0
+			}
+			if s := f.Stats(); s.EmptyAnswers != want {
+				t.Errorf("want %d empty answers, got %d", want, s.EmptyAnswers)
+			}
+			if st := ps[0].State(); st.Position != 20 {
+				t.Errorf("position %d, want 20", st.Position)
+			}
+		})
 	}
 }
 
@@ -505,4 +549,203 @@ func TestReadErrorStopsPartition(t *testing.T) {
 		t.Fatalf("after SetOffset: got %v", offsets(got))
 	}
 	r.Release()
+}
+
+// badAt returns a record set of good records 0..2 and a batch at 3 that
+// promises a record more than it holds: Read fails at offset 5.
+func badAt(t *testing.T) []byte {
+	bad := encodeBatch(t, tBatch{base: 3, lastDelta: 2, records: recs(3, 0, 1)})
+	binary.BigEndian.PutUint32(bad[offRecordCount:], 3)
+	binary.BigEndian.PutUint32(bad[offCRC:], crc32.Checksum(bad[offAttributes:], castagnoli))
+	return append(encodeBatch(t, tBatch{base: 0, records: recs(0, 0, 1, 2)}), bad...)
+}
+
+// TestReadErrorStopsByPosition: a decode error stops the partition at the
+// bad record even when the partition was paused and resumed between Next
+// and the failing Read (which changes what is in flight, not where the
+// caller is), and drops the result fetched ahead; after SetOffset the
+// partition is the caller's again and a late failing Read of an older
+// result leaves it alone.
+func TestReadErrorStopsByPosition(t *testing.T) {
+	c := newFakeCluster()
+	c.setLeader("t", 0, 1)
+	f, ps := startFake(t, c, Config{}, 0, 0)
+	p0 := ps[0]
+	c.next(t).answer(func(fakePart) respPartition { return respPartition{hwm: 10, lso: 10, records: badAt(t)} })
+	r := next(t, p0)
+	c.next(t).answer(func(p fakePart) respPartition { return data(t, p.offset, 2, 10) }) // ahead, from 6
+	testenv_eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return p0.buffered != nil })
+	p0.Pause()
+	p0.Resume()
+	c.next(t).answer(func(p fakePart) respPartition { return data(t, p.offset, 2, 10) }) // ahead again, from 6
+	testenv_eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return p0.buffered != nil })
+	for {
+		recs, err := r.Read(100)
+		if err != nil || len(recs) == 0 {
+			break
+		}
+	}
+	if r.Err == nil || r.Next != 5 {
+		t.Fatalf("want a decode error and Next 5, got %v %d", r.Err, r.Next)
+	}
+	r.Release()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if r2, err := p0.Next(ctx); err == nil {
+		t.Fatalf("stopped at 5 after a pause, yet Next returned [%d, %d)", r2.Offset, r2.Next)
+	}
+	if st := p0.State(); st.Position != 5 {
+		t.Fatalf("position %d, want 5", st.Position)
+	}
+	if held := f.Stats().MemoryHeld; held != 0 {
+		t.Fatalf("the dropped result still holds %d bytes", held)
+	}
+
+	// a result taken, then the caller moves on with SetOffset; its
+	// failing Read does not take the partition back
+	p0.SetOffset(0)
+	c.next(t).answer(func(fakePart) respPartition { return respPartition{hwm: 10, lso: 10, records: badAt(t)} })
+	r = next(t, p0)
+	p0.SetOffset(6)
+	readAll := func() {
+		for {
+			recs, err := r.Read(100)
+			if err != nil || len(recs) == 0 {
+				return
+			}
+		}
+	}
+	readAll()
+	r.Release()
+	ff := c.next(t)
+	if ff.req[0].offset != 6 {
+		t.Fatalf("after SetOffset(6) and a late decode error at 5: fetch at %d", ff.req[0].offset)
+	}
+	ff.answer(func(p fakePart) respPartition { return data(t, 6, 2, 10) })
+	r = next(t, p0)
+	if r.Offset != 6 || r.Err != nil {
+		t.Fatalf("want a result at 6, got %d %v", r.Offset, r.Err)
+	}
+	r.Release()
+}
+
+// TestSetOffsetNegative: a sentinel offset is refused, the position kept.
+func TestSetOffsetNegative(t *testing.T) {
+	c := newFakeCluster()
+	c.setLeader("t", 0, 1)
+	_, ps := startFake(t, c, Config{}, 0, 7)
+	for _, o := range []int64{-1, -2} {
+		if err := ps[0].SetOffset(o); err == nil || !strings.Contains(err.Error(), "resolve it") {
+			t.Errorf("SetOffset(%d): want an error, got %v", o, err)
+		}
+	}
+	if st := ps[0].State(); st.Position != 7 {
+		t.Errorf("position %d, want 7", st.Position)
+	}
+	if err := ps[0].SetOffset(0); err != nil {
+		t.Errorf("SetOffset(0): %v", err)
+	}
+}
+
+// TestThrottle: a response carrying a throttle time (KIP-219: the broker
+// answers at once, with no partitions if it throttles the whole fetch)
+// holds every request to that broker until it ends.
+func TestThrottle(t *testing.T) {
+	c := newFakeCluster()
+	c.setLeader("t", 0, 1)
+	f, ps := startFake(t, c, Config{}, 0, 0)
+	ff := c.next(t)
+	answered := time.Now()
+	ff.reply <- fakeReply{res: &fetchResp{throttle: 300 * time.Millisecond}} // no partitions
+	ff = c.next(t)
+	waited := time.Since(answered)
+	if waited < 290*time.Millisecond {
+		t.Errorf("asked again %v after a 300ms throttle", waited)
+	}
+	ff.answer(func(p fakePart) respPartition { return data(t, 0, 2, 2) })
+	r := next(t, ps[0])
+	if got := readAll(t, r); len(got) != 2 {
+		t.Fatalf("want 2 records, got %d", len(got))
+	}
+	r.Release()
+	t.Logf("asked again %v after a 300ms throttle; %+v", waited, f.Stats().Throttles)
+	if s := f.Stats(); s.Throttles != 1 {
+		t.Errorf("want 1 throttle counted, got %d", s.Throttles)
+	}
+}
+
+// TestConcurrentReadsOfOnePartition: two results of one partition read at
+// once from two goroutines share its header-name interner; run with -race.
+func TestConcurrentReadsOfOnePartition(t *testing.T) {
+	c := newFakeCluster()
+	c.setLeader("t", 0, 1)
+	_, ps := startFake(t, c, Config{}, 0, 0)
+	withHeaders := func(from int64) respPartition {
+		rs := recs(from, seq(500)...)
+		for i := range rs {
+			rs[i].headers = []wire.Header{{Key: fmt.Sprintf("h%d", i%300), Value: []byte("v")}, {Key: "trace", Value: nil}}
+		}
+		return respPartition{hwm: 1 << 20, lso: 1 << 20, records: encodeBatch(t, tBatch{base: from, records: rs})}
+	}
+	c.next(t).answer(func(p fakePart) respPartition { return withHeaders(p.offset) })
+	r1 := next(t, ps[0])
+	c.next(t).answer(func(p fakePart) respPartition { return withHeaders(p.offset) })
+	r2 := next(t, ps[0])
+	var wg sync.WaitGroup
+	for _, r := range []*Result{r1, r2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer r.Release()
+			n := 0
+			for {
+				recs, err := r.Read(3)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(recs) == 0 {
+					break
+				}
+				for _, rec := range recs {
+					if len(rec.Headers) != 2 || rec.Headers[0].Key != fmt.Sprintf("h%d", (rec.Offset-r.Offset)%300) || rec.Headers[1].Key != "trace" {
+						t.Errorf("record %d: headers %+v", rec.Offset, rec.Headers)
+						return
+					}
+					n++
+				}
+			}
+			if n != 500 {
+				t.Errorf("read %d records, want 500", n)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// TestEmptyAnswersShowInState: a partition the broker keeps answering
+// empty below its bound says so in State().Err (ErrNoData) after ten such
+// answers in a row, and stops saying so once records come.
+func TestEmptyAnswersShowInState(t *testing.T) {
+	c := newFakeCluster()
+	c.setLeader("t", 0, 1)
+	_, ps := startFake(t, c, Config{MaxWait: 20 * time.Millisecond}, 0, 5)
+	for i := range 10 {
+		if err := ps[0].State().Err; err != nil {
+			t.Fatalf("after %d empty answers: State().Err %v", i, err)
+		}
+		c.next(t).answer(func(fakePart) respPartition { return respPartition{hwm: 100, lso: 100} })
+	}
+	testenv_eventually(t, func() bool { return errors.Is(ps[0].State().Err, ErrNoData) })
+	st := ps[0].State()
+	t.Logf("after 10 empty answers: position %d, %v", st.Position, st.Err)
+	if st.Position != 5 {
+		t.Fatalf("position %d, want 5", st.Position)
+	}
+	c.next(t).answer(func(p fakePart) respPartition { return data(t, p.offset, 2, 100) })
+	r := next(t, ps[0])
+	r.Release()
+	if err := ps[0].State().Err; err != nil {
+		t.Fatalf("records came, yet State().Err is %v", err)
+	}
 }

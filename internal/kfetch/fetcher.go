@@ -94,14 +94,19 @@ type Stats struct {
 	Records          int64 // records delivered (decoded by Next)
 	AbortedRecords   int64 // records of aborted transactions skipped
 	ControlBatches   int64 // transaction markers skipped
-	EmptyAdvances    int64 // positions moved over ranges holding nothing (compaction)
-	MemoryBudget     int64
-	MemoryHeld       int64   // by results not yet released (buffered or with callers)
-	MemoryReserved   int64   // by requests in flight
-	MemoryPeak       int64   // highest held + reserved
-	BudgetWaits      int64   // scheduling passes that found no budget left
-	Expansion        float64 // memory per fetched byte, measured (records, decompression)
-	Partitions       int
+	// EmptyAnswers counts answers that brought nothing below the
+	// partition's bound (tiered storage still reading, a quota, ...):
+	// the partition was asked again after a backoff, its position kept.
+	EmptyAnswers   int64
+	Redirects      int64 // answers naming a preferred read replica instead of data (asked again)
+	Throttles      int64 // responses with a throttle time: the broker was not asked before it ended
+	MemoryBudget   int64
+	MemoryHeld     int64   // by results not yet released (buffered or with callers)
+	MemoryReserved int64   // by requests in flight
+	MemoryPeak     int64   // highest held + reserved
+	BudgetWaits    int64   // scheduling passes that found no budget left
+	Expansion      float64 // memory per fetched byte, measured (records, decompression)
+	Partitions     int
 }
 
 // New returns a Fetcher for cfg, or the configuration's problems.
@@ -228,7 +233,8 @@ func (f *Fetcher) charge(n int64) {
 
 // uncharge returns the n bytes a result held, of which it used used for a
 // record set of size bytes, and learns from it what a fetched byte costs:
-// the estimate follows a higher cost at once and a lower one slowly.
+// the estimate follows a higher cost at once and a lower one slowly. size
+// 0: nothing to learn (the result was not read to the end).
 func (f *Fetcher) uncharge(n, used int64, size int) {
 	f.mu.Lock()
 	f.used -= n
@@ -344,6 +350,13 @@ func (f *Fetcher) schedule(ctx context.Context, now time.Time) time.Duration {
 		f.send(ctx, id, parts, reserve, int32(maxBytes), longPoll)
 	}
 	return wait
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func containsString(s []string, v string) bool {
@@ -498,6 +511,13 @@ func (f *Fetcher) complete(ctx context.Context, req *request, res *fetchResp, er
 		b.failing = false
 	}
 	b.backoff.reset()
+	if res.throttle > 0 {
+		// KIP-219: the broker answered at once and expects no request
+		// before the throttle time ends (a throttled fetch may list no
+		// partition at all)
+		f.stats.Throttles++
+		b.retryAt = later(b.retryAt, now.Add(res.throttle))
+	}
 	f.stats.Bytes += res.bytes
 	minOne := true // the broker still had to return a first batch whatever its size
 	k := 0
@@ -569,37 +589,62 @@ func (f *Fetcher) partitionDone(e *entry, rp *respPartition, eligible bool, now 
 	p.lastErr = nil
 
 	var out scanOut
+	if rp.redirected {
+		// The broker skipped the read and names another replica: this
+		// says nothing about what the partition holds. kfetch sends no
+		// rack ID, so a broker with a rack-aware selector never does
+		// this; a custom selector may. Ask the leader again, later.
+		putBuf(rp.records)
+		rp.records = nil
+		f.stats.Redirects++
+		if p.emptyBackoff.d == 0 {
+			f.log.Warn("kafka fetch: the leader named a preferred read replica and returned nothing; kfetch reads from leaders only and asks again",
+				"topic", p.topic, "partition", p.partition, "offset", e.offset, "replica", rp.replica)
+		}
+		f.emptyAnswer(p, now)
+		return
+	}
 	scan(rp.records, e.offset, f.cfg.Isolation == ReadCommitted, rp.aborted, &out)
 	f.stats.AbortedRecords += out.aborted
 	f.stats.ControlBatches += int64(out.control)
-	next := out.next
-	if out.err == nil && out.complete == 0 {
+	// The position moves only past batches seen. An answer with nothing
+	// below the partition's bound does not mean the range holds nothing:
+	// Kafka answers so while records exist (a tiered-storage read not
+	// done within remote.fetch.max.wait.ms, a remote fetch quota, a
+	// preferred read replica). Such a partition is asked again after a
+	// backoff that grows while the answers stay empty.
+	if out.err == nil && out.next == e.offset {
+		putBuf(rp.records)
+		rp.records = nil
 		bound := p.bound(f.cfg.Isolation)
 		switch {
-		case len(rp.records) == 0 && eligible && bound > e.offset:
-			// Nothing at all below the bound, though the broker had to
-			// return a batch if there was one: the offsets up to it hold
-			// nothing to deliver (compacted away, or aborted and cleaned).
-			next = bound
-			f.stats.EmptyAdvances++
 		case out.partial && eligible:
+			// Kafka returns a first batch whole, however large, and
+			// replaces an incomplete one by nothing (KIP-74): a cut
+			// batch with nothing before it cannot be read at all.
 			out.err = corrupt(e.offset, "the broker returned only part of a batch, with nothing before it")
-		case bound > e.offset:
+		case !eligible && bound > e.offset:
 			p.starved = true // the request's byte limit ran out first
+			return
+		case bound > e.offset || len(rp.records) > 0:
+			f.emptyAnswer(p, now)
+			return
+		default:
+			p.emptyBackoff.reset() // at its bound: the next fetch is a long poll
+			p.empties = 0
+			return
 		}
 	}
-	if out.err == nil && next == e.offset {
-		putBuf(rp.records) // nothing new: fetch again
-		return
-	}
+	p.emptyBackoff.reset()
+	p.empties = 0
 	p.starved = false
 	r := &Result{
-		Topic: p.topic, Partition: int(p.partition), Offset: e.offset, Next: next,
+		Topic: p.topic, Partition: int(p.partition), Offset: e.offset, Next: out.next,
 		HighWatermark: rp.hwm, LastStableOffset: rp.lso, LogStartOffset: rp.logStart,
 		Bytes: len(rp.records), Aborted: out.aborted, Control: out.control,
 		f: f, p: p,
 		cur: cursor{topic: p.topic, partition: int(p.partition), from: e.offset, batches: out.batches,
-			intern: &p.intern, last: e.offset - 1},
+			intern: &p.intern, last: e.offset - 1, maxBatch: int(f.cfg.BatchMaxBytes)},
 	}
 	if len(out.batches) > 0 {
 		// the set, and what decoding it is expected to take: the
@@ -617,6 +662,26 @@ func (f *Fetcher) partitionDone(e *entry, rp *respPartition, eligible bool, now 
 		p.failed = true
 	}
 	p.deliver(r)
+}
+
+// emptyAnswer schedules the next fetch of p after an answer that brought
+// nothing although the partition's bound is above its position: 20ms,
+// doubling while the answers stay empty, at most MaxWait (or 100ms), so a
+// partition the broker keeps answering so costs no more than one at its
+// log end. Called with f.mu held.
+func (f *Fetcher) emptyAnswer(p *Partition, now time.Time) {
+	f.stats.EmptyAnswers++
+	d := p.emptyBackoff.step(20*time.Millisecond, max(f.cfg.MaxWait, 100*time.Millisecond))
+	p.retryAt = now.Add(d)
+	p.starved = false
+	if p.empties++; p.empties == 10 {
+		// a few seconds of it: say so, once, and in State
+		f.log.Warn("kafka fetch: the broker keeps answering no records below the partition's bound; asking again",
+			"topic", p.topic, "partition", p.partition, "offset", p.pos, "last_stable_offset", p.lso, "high_watermark", p.hwm)
+	}
+	if p.empties >= 10 {
+		p.lastErr = ErrNoData
+	}
 }
 
 // refreshMetadata asks for the leaders of topics. Called with f.mu held.
@@ -745,15 +810,17 @@ func hasPartition(res *meta.Response, topic string, partition int32) bool {
 	return false
 }
 
-// backoff doubles from 100ms to 5s.
+// backoff doubles from 100ms to 5s (next), or from lo to hi (step).
 type backoff struct{ d time.Duration }
 
-func (b *backoff) next() time.Duration {
+func (b *backoff) next() time.Duration { return b.step(100*time.Millisecond, 5*time.Second) }
+
+func (b *backoff) step(lo, hi time.Duration) time.Duration {
 	if b.d == 0 {
-		b.d = 100 * time.Millisecond
+		b.d = lo
 	}
-	d := b.d
-	b.d = min(2*b.d, 5*time.Second)
+	d := min(b.d, hi)
+	b.d = min(2*b.d, hi)
 	return d
 }
 

@@ -2,6 +2,7 @@ package kfetch
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -16,8 +17,9 @@ type Partition struct {
 	ready     chan struct{}
 
 	// guarded by f.mu
-	pos      int64 // where the next Result starts
-	epoch    uint64
+	pos      int64  // where the next Result starts
+	epoch    uint64 // bumped whenever what is in flight or buffered is no longer wanted
+	moves    uint64 // bumped by SetOffset and Close: the caller moved the position
 	paused   bool
 	closed   bool
 	failed   bool // a PartitionError was delivered: no fetching until SetOffset
@@ -26,12 +28,16 @@ type Partition struct {
 	buffered *Result
 	leader   int32
 	retryAt  time.Time
-	backoff  backoff
-	hwm      int64
-	lso      int64
-	logStart int64
-	lastErr  error
-	fetches  int64
+	backoff  backoff // retriable errors
+	// emptyBackoff grows while answers bring nothing below the bound;
+	// empties counts them
+	emptyBackoff backoff
+	empties      int
+	hwm          int64
+	lso          int64
+	logStart     int64
+	lastErr      error
+	fetches      int64
 }
 
 // PartitionState is a snapshot of a Partition.
@@ -58,22 +64,10 @@ type PartitionState struct {
 // one. The caller must Release every Result. After the partition is closed
 // or the Fetcher stopped, Next returns ErrClosed.
 func (p *Partition) Next(ctx context.Context) (*Result, error) {
-	f := p.f
 	for {
-		f.mu.Lock()
-		if r := p.buffered; r != nil {
-			p.buffered = nil
-			p.pos = r.Next
-			r.epoch = p.epoch
-			f.mu.Unlock()
-			f.kick()
-			return r, nil
+		if r, err := p.Poll(); r != nil || err != nil {
+			return r, err
 		}
-		if p.closed || f.state == stateStopped {
-			f.mu.Unlock()
-			return nil, ErrClosed
-		}
-		f.mu.Unlock()
 		select {
 		case <-p.ready:
 		case <-ctx.Done():
@@ -81,6 +75,33 @@ func (p *Partition) Next(ctx context.Context) (*Result, error) {
 		}
 	}
 }
+
+// Poll is Next without the wait: it returns the next Result if one is
+// ready, nil if not (then Ready says when to poll again), or ErrClosed.
+func (p *Partition) Poll() (*Result, error) {
+	f := p.f
+	f.mu.Lock()
+	if r := p.buffered; r != nil {
+		p.buffered = nil
+		p.pos = r.Next
+		r.moves = p.moves
+		f.mu.Unlock()
+		f.kick()
+		return r, nil
+	}
+	closed := p.closed || f.state == stateStopped
+	f.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	return nil, nil
+}
+
+// Ready returns a channel that receives when a Result may have become ready
+// (or the partition closed) since the last receive: a caller that selects
+// on it among other events polls (Poll) after each receive. One channel per
+// partition, for its one consumer; Next receives from it too.
+func (p *Partition) Ready() <-chan struct{} { return p.ready }
 
 // deliver makes r the buffered result. Called with f.mu held.
 func (p *Partition) deliver(r *Result) {
@@ -95,19 +116,49 @@ func (p *Partition) signal() {
 	}
 }
 
-// SetOffset makes the next Result start at offset: what was fetched ahead is
-// dropped, and a partition stopped by an error fetches again.
-func (p *Partition) SetOffset(offset int64) {
+// SetOffset makes the next Result start at offset (≥ 0): what was fetched
+// ahead is dropped, and a partition stopped by an error fetches again. A
+// negative offset (a "first"/"last" sentinel) is refused: resolve it first.
+func (p *Partition) SetOffset(offset int64) error {
+	if offset < 0 {
+		return fmt.Errorf("kfetch: set offset of %s/%d: offset %d: resolve it to an offset first", p.topic, p.partition, offset)
+	}
 	f := p.f
 	f.mu.Lock()
 	p.epoch++
+	p.moves++
 	p.pos = offset
 	p.failed, p.starved = false, false
+	p.retryAt, p.emptyBackoff, p.empties = time.Time{}, backoff{}, 0
 	r := p.buffered
 	p.buffered = nil
 	f.mu.Unlock()
 	r.Release()
 	f.kick()
+	return nil
+}
+
+// stopAt stops the partition at offset after a Result that ended at end
+// met a record it cannot decode (Result.Read): unless the caller moved the
+// partition since it took that Result (SetOffset, Close; moves differs) or
+// the position is already below end, the position goes back to offset, the
+// fetch begun ahead is dropped and so is a result buffered ahead — taking
+// it would skip the records from offset to its start.
+func (p *Partition) stopAt(offset, end int64, moves uint64) {
+	f := p.f
+	f.mu.Lock()
+	if p.closed || p.moves != moves || p.pos < end {
+		f.mu.Unlock()
+		return
+	}
+	p.pos = offset
+	p.failed = true
+	p.starved = false
+	p.epoch++ // what is in flight answers for the old position
+	r := p.buffered
+	p.buffered = nil
+	f.mu.Unlock()
+	r.Release()
 }
 
 // Pause stops fetching the partition (backpressure) and drops what was
@@ -148,6 +199,7 @@ func (p *Partition) Close() {
 	}
 	p.closed = true
 	p.epoch++
+	p.moves++
 	r := p.buffered
 	p.buffered = nil
 	delete(f.parts, tp{p.topic, p.partition})

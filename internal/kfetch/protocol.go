@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync/atomic"
+	"time"
 
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/segmentio/kafka-go/protocol/fetch"
@@ -37,6 +38,7 @@ type fetchMsg struct {
 // fetchResp is a fetch response with raw record sets (v4–v11).
 type fetchResp struct {
 	errorCode int16
+	throttle  time.Duration // throttle_time_ms: no request to this broker before it ends (KIP-219)
 	topics    []respTopic
 	bytes     int64 // record set bytes
 }
@@ -53,7 +55,12 @@ type respPartition struct {
 	lso       int64
 	logStart  int64
 	aborted   []abortedTxn
-	records   []byte // pooled buffer, nil if none
+	// redirected says the broker named a preferred read replica (v11,
+	// KIP-392: replica.selector.class), broker ID replica, and so skipped
+	// the read: no records, whatever the partition holds.
+	redirected bool
+	replica    int32
+	records    []byte // pooled buffer, nil if none
 }
 
 func (m *fetchMsg) ApiKey() protocol.ApiKey { return protocol.Fetch }
@@ -204,7 +211,7 @@ func readFetchResponse(r io.Reader, version int16, id int32) (*fetchResp, error)
 		return nil, fmt.Errorf("fetch response: correlation id %d, want %d", got, id)
 	}
 	res := &fetchResp{}
-	d.int32() // throttle time
+	res.throttle = time.Duration(max(d.int32(), 0)) * time.Millisecond
 	if version >= 7 {
 		res.errorCode = d.int16()
 		d.int32() // session id
@@ -231,7 +238,8 @@ func readFetchResponse(r io.Reader, version int16, id int32) (*fetchResp, error)
 				}
 			}
 			if version >= 11 {
-				d.int32() // preferred read replica
+				p.replica = d.int32()
+				p.redirected = p.replica >= 0
 			}
 			p.records = d.bytes()
 			res.bytes += int64(len(p.records))

@@ -51,7 +51,7 @@ type Result struct {
 
 	f       *Fetcher
 	p       *Partition
-	epoch   uint64 // the partition's epoch when the result was taken
+	moves   uint64 // the partition's moves when the result was taken
 	set     []byte // the fetched record set (pooled)
 	cur     cursor
 	charged int64 // bytes of the budget this result holds
@@ -114,19 +114,12 @@ func (r *Result) grow(n int64) {
 // fail ends the result at the record that could not be decoded and stops
 // the partition there.
 func (r *Result) fail(err error) {
+	end := r.Next
 	r.Next = max(r.Offset, r.cur.last+1)
 	r.Err = &PartitionError{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Err: err}
-	if r.p == nil {
-		return
+	if r.p != nil {
+		r.p.stopAt(r.Next, end, r.moves)
 	}
-	f, p := r.f, r.p
-	f.mu.Lock()
-	if p.epoch == r.epoch && !p.closed {
-		p.pos = r.Next
-		p.failed = true
-		p.epoch++ // drop the fetch begun from the old Next
-	}
-	f.mu.Unlock()
 }
 
 // Release returns the Result's memory to the budget and its buffers to the
@@ -137,11 +130,19 @@ func (r *Result) Release() {
 		return
 	}
 	r.done = true
+	// Only a result read to the end shows what decoding a fetched byte
+	// takes: one dropped unread (Pause, SetOffset, Close, shutdown) or
+	// cut short by an error would teach the estimator a cost near 1.
+	learn := r.Err == nil && len(r.cur.batches) > 0 && r.cur.remaining() == 0
 	putBuf(r.set)
 	r.set = nil
 	r.cur.release()
 	if r.f != nil && r.charged != 0 {
-		r.f.uncharge(r.charged, r.charged-r.spare, r.Bytes)
+		size := r.Bytes
+		if !learn {
+			size = 0
+		}
+		r.f.uncharge(r.charged, r.charged-r.spare, size)
 	}
 	r.charged, r.spare = 0, 0
 }

@@ -22,7 +22,7 @@ import redis
 E = os.environ
 BREAK = set(filter(None, E.get("BREAK", "").split(",")))
 P, G, C = E.get("KBRIDGE_PREFIX", "kbridge"), E.get("KBRIDGE_GROUP", "workers"), E["KBRIDGE_CONSUMER"]
-V = int(E.get("KBRIDGE_VISIBILITY_TIMEOUT_MS", "30000"))
+V = int(E.get("KBRIDGE_VISIBILITY_TIMEOUT_MS", "10000"))
 MAX = int(E.get("KBRIDGE_MAX_DELIVERIES", "5"))
 SHUT = int(E.get("KBRIDGE_SHUTDOWN_TIMEOUT_MS", "30000"))
 LOG, WNAME = E.get("CONFORMANCE_LOG"), E.get("CONFORMANCE_WORKER", "?")

@@ -1,8 +1,10 @@
 package main
 
-// Review of the durable dead letters (branch review-dlq): "kbridge dlq" and
-// the export state it reads. Each test asserts what docs/wire.md "Durability
-// of dead letters" promises and FAILS on main where it does not hold.
+// Regression tests from the review of the durable dead letters (branch
+// review-dlq): "kbridge dlq" and the export state it reads. Each asserts what
+// docs/wire.md "Durability of dead letters" promises; each failed before the
+// fixes of branch dlq2 and passes since. The comments keep the review's
+// account of the finding each one guards against.
 
 import (
 	"context"
@@ -71,12 +73,12 @@ func (e *dlqTestEnv) unexportedDeadLetter(t *testing.T, group bool) (ref, dlq st
 	return wire.DeadLetterRef(e.topic, 0, id), dlq
 }
 
-// TestBreakDLQDeleteUnexported — finding "delete does not look at the
+// TestDLQDeleteRefusesUnexported — finding "delete does not look at the
 // export" (LOSS by an operator told the opposite). "kbridge dlq delete"
 // removes a dead letter the ingest has not exported yet without a word, while
 // its usage says "Kafka keeps its copy until its retention": there is no
 // copy, and the commit, no longer held by it, passes the record.
-func TestBreakDLQDeleteUnexported(t *testing.T) {
+func TestDLQDeleteRefusesUnexported(t *testing.T) {
 	e := newDLQTestEnv(t, 1)
 	ref, dlq := e.unexportedDeadLetter(t, true)
 	out, errs, code := e.cli(t, "dlq", "list")
@@ -91,7 +93,7 @@ func TestBreakDLQDeleteUnexported(t *testing.T) {
 	}
 }
 
-// TestBreakDLQReplayWithoutExportGroup — finding "unknown export state is
+// TestDLQReplayRefusesWithoutExportGroup — finding "unknown export state is
 // replayed as if exported" (LOSS). The ingest is down (a deploy, a crash)
 // while the workers drain the stream and dead-letter record 3 in a partition
 // whose dead-letter stream did not exist: no export group yet, so "kbridge
@@ -100,7 +102,7 @@ func TestBreakDLQDeleteUnexported(t *testing.T) {
 // unexported dead letters exists for. The ingest comes back and commits past
 // it (the dead-letter stream is empty); Redis restarts without persistence
 // before the workers handled the replay: the record is nowhere.
-func TestBreakDLQReplayWithoutExportGroup(t *testing.T) {
+func TestDLQReplayRefusesWithoutExportGroup(t *testing.T) {
 	srv := testenv.StartRedisServer(t, "none")
 	e := newDLQTestEnv(t, 1)
 	e.rdb = redis.NewClient(&redis.Options{Addr: srv.Addr()})
@@ -155,14 +157,14 @@ func readDLQTopic(t *testing.T, brokers []string, topic string) int {
 	return 0
 }
 
-// TestBreakDLQSkippedShownAsExported — finding "a skipped dead letter looks
+// TestDLQStubNotShownAsExported — finding "a skipped dead letter looks
 // exported" (WRONG, and a LOSS path through replay). A dead letter over
 // --dlq-max-bytes is skipped: XACKed in the export group, so "kbridge dlq
 // list" and "show" say IN KAFKA "yes" — the alert in docs/operations.md
 // tells the operator to copy it out with "kbridge dlq show", which then says
 // it is in Kafka — and "kbridge dlq replay" moves it to the replay stream
 // without --force, though it is in Kafka nowhere.
-func TestBreakDLQSkippedShownAsExported(t *testing.T) {
+func TestDLQStubNotShownAsExported(t *testing.T) {
 	e := newDLQTestEnv(t, 1)
 	ctx := context.Background()
 	big := strings.Repeat("x", 8<<10)
@@ -191,14 +193,14 @@ func TestBreakDLQSkippedShownAsExported(t *testing.T) {
 	}
 }
 
-// TestBreakDLQReplayFromKafkaTwice — finding "replay --from-kafka reads the
+// TestDLQReplayFromKafkaDuplicateOnce — finding "replay --from-kafka reads the
 // replayed set once per stream, before it replays" (DUPLICATE). The same
 // dead letter exported twice (same ref: the documented duplicate, an ingest
 // that died between Kafka's acknowledgement and its XACK), after another dead
 // letter of the partition that is no longer in Redis: the first copy is
 // replayed from Redis and recorded, but the second is checked against the
 // replayed set read before that, and is replayed again.
-func TestBreakDLQReplayFromKafkaTwice(t *testing.T) {
+func TestDLQReplayFromKafkaDuplicateOnce(t *testing.T) {
 	e := newDLQTestEnv(t, 1)
 	ctx := context.Background()
 	ref, _ := e.unexportedDeadLetter(t, false)

@@ -1,9 +1,11 @@
 package bridge_test
 
-// Review of the durable dead letters (branch review-dlq). Each test here
-// asserts what docs/wire.md "Durability of dead letters" promises and FAILS
-// on main where the promise does not hold; the comment of each says which
-// finding it demonstrates.
+// Regression tests from the review of the durable dead letters (branch
+// review-dlq, findings 1-11 in its report). Each asserts what docs/wire.md
+// "Durability of dead letters" promises; each failed before the fixes of
+// branch dlq2 where the comment names a finding (LOSS, STALL, ...), and
+// passes since. The comments keep the review's account of how the promise
+// was broken, so that a reader sees what each one guards against.
 
 import (
 	"bytes"
@@ -97,7 +99,7 @@ func (e *env) inKafka(t *testing.T, p int, off int64) bool {
 	return exportedOffsets(e.kafkaDLQ(t))[p][off] > 0
 }
 
-// TestBreakDLQFutureTimestampSkipped — finding "InvalidTimestamp is not a
+// TestDeadLetterWithFutureDLQTimeExported — finding "InvalidTimestamp is not a
 // refusal of the record" (LOSS). The export gives the Kafka message the
 // worker's dlq_time as its timestamp; Kafka 4.x refuses a timestamp more than
 // message.timestamp.after.max.ms (default 1 hour since 4.0) in the future
@@ -107,7 +109,7 @@ func (e *env) inKafka(t *testing.T, p int, off int64) bool {
 // in microseconds) thus has none of its dead letters exported, and a Redis
 // restart without persistence then loses the records: committed, never
 // handled, in Kafka nowhere.
-func TestBreakDLQFutureTimestampSkipped(t *testing.T) {
+func TestDeadLetterWithFutureDLQTimeExported(t *testing.T) {
 	srv := testenv.StartRedisServer(t, "none")
 	e := newEnv(t, 1)
 	e.useRedis(t, srv.Addr())
@@ -133,7 +135,7 @@ func TestBreakDLQFutureTimestampSkipped(t *testing.T) {
 	}
 }
 
-// TestBreakDLQCompactedTopicSkipsNullKey — same class (LOSS, needs an
+// TestDeadLetterCompactedTopicHoldsCommit — same class (LOSS, needs an
 // operator's choice): the dead-letter topic was created compacted (a broker
 // whose log.cleanup.policy is compact, or a topic made by hand). Kafka
 // refuses a record without key there with INVALID_RECORD, which the export
@@ -148,7 +150,7 @@ func TestBreakDLQFutureTimestampSkipped(t *testing.T) {
 // reaches the log end. At no time does the commit pass it while it is not
 // in Kafka. The ingest warns that the topic is compacted. Real Kafka only:
 // kfake takes a null key on a compacted topic.
-func TestBreakDLQCompactedTopicSkipsNullKey(t *testing.T) {
+func TestDeadLetterCompactedTopicHoldsCommit(t *testing.T) {
 	if !testenv.RealKafka() {
 		t.Skip("kfake takes a null key on a compacted topic: needs a real Kafka broker (KAFKA_BROKERS)")
 	}
@@ -211,7 +213,7 @@ func TestBreakDLQCompactedTopicSkipsNullKey(t *testing.T) {
 	t.Logf("after cleanup.policy=delete: dead letter of offset 1 in Kafka, commit at the log end %d; stats %+v", e.committed(t, 0), in.DLQStats())
 }
 
-// TestBreakDLQForeignPendingStallsCommit — finding "pending entries another
+// TestDeadLetterLeftPendingByAnotherReaderExported — finding "pending entries another
 // reader leaves after registration are never read again" (STALL). The
 // exporter reads the export group's pending entries only at registration and
 // after a failed round; otherwise it reads '>' only. A dead letter that
@@ -220,7 +222,7 @@ func TestBreakDLQCompactedTopicSkipsNullKey(t *testing.T) {
 // and then died or failed, or an operator's XREADGROUP — is never exported,
 // and dlqBoundScript, which counts it, holds the partition's commit for as
 // long as this ingest owns the partition.
-func TestBreakDLQForeignPendingStallsCommit(t *testing.T) {
+func TestDeadLetterLeftPendingByAnotherReaderExported(t *testing.T) {
 	e := newEnv(t, 1)
 	ctx := context.Background()
 	testenv.Produce(t, e.brokers, e.topic, 0, 50)
@@ -259,7 +261,7 @@ return redis.call('XREADGROUP', 'GROUP', ARGV[2], 'ingest', 'COUNT', 10, 'STREAM
 	}
 }
 
-// TestBreakDLQOldTimestampExpires — finding "the Kafka timestamp is the
+// TestDeadLetterWithOldDLQTimeKeptByRetention — finding "the Kafka timestamp is the
 // worker's dlq_time" (LOSS; slow: up to log.retention.check.interval.ms, 5
 // minutes on scripts/kafka.sh's broker; KBRIDGE_REVIEW_SLOW=1). A dead letter
 // whose dlq_time is older than the topic's retention.ms (7 days) — one left
@@ -268,7 +270,7 @@ return redis.call('XREADGROUP', 'GROUP', ARGV[2], 'ingest', 'COUNT', 10, 'STREAM
 // or a worker whose clock is behind — is exported into a segment whose
 // largest timestamp is already past retention, and Kafka deletes it at its
 // next retention check. "kbridge dlq list" keeps saying "IN KAFKA: yes".
-func TestBreakDLQOldTimestampExpires(t *testing.T) {
+func TestDeadLetterWithOldDLQTimeKeptByRetention(t *testing.T) {
 	if os.Getenv("KBRIDGE_REVIEW_SLOW") == "" {
 		t.Skip("takes up to 6 minutes: KBRIDGE_REVIEW_SLOW=1")
 	}
@@ -297,13 +299,16 @@ func TestBreakDLQOldTimestampExpires(t *testing.T) {
 	_ = fmt.Sprint
 }
 
-// TestBreakDLQTopicDeletedWhileRunning — the dead-letter topic is deleted
+// TestDeadLetterTopicDeletedWhileRunning — the dead-letter topic is deleted
 // while the ingest runs (an operator cleaning up). Held up: the export
 // recreates it and new dead letters reach it before the commit passes them,
 // without a stall. Noted: what was exported before is gone from Kafka and
 // Redis still says exported ("kbridge dlq list": IN KAFKA yes), so nothing
-// exports it again (doc finding).
-func TestBreakDLQTopicDeletedWhileRunning(t *testing.T) {
+// exports it again (doc finding 10). Then the runbook of docs/operations.md
+// ("The dead-letter topic deleted"), XGROUP SETID <dlq> kbridge-dlq-export 0
+// on each partition, must bring every dead letter back into Kafka (real
+// Redis only: miniredis has no XGROUP SETID).
+func TestDeadLetterTopicDeletedWhileRunning(t *testing.T) {
 	e := newEnv(t, 2)
 	testenv.Produce(t, e.brokers, e.topic, 0, 200)
 	in := startIngest(t, e.config(t))
@@ -340,15 +345,46 @@ func TestBreakDLQTopicDeletedWhileRunning(t *testing.T) {
 	}
 	t.Logf("dead-letter topic deleted: commit at the log end %v after the next records; %d dead letters in the recreated topic; %d exported before the deletion are in Kafka nowhere and not exported again; stats %+v",
 		time.Since(start).Round(time.Millisecond), len(e.kafkaDLQ(t)), old, in.DLQStats())
+	if old == 0 {
+		t.Fatalf("no dead letter of the first batch went missing with the topic: the test shows nothing")
+	}
+	// The runbook (docs/operations.md, "The dead-letter topic deleted"):
+	// XGROUP SETID <dlq> kbridge-dlq-export 0 on each partition exports
+	// every dead letter Redis still has again.
+	if !testenv.RealRedis() {
+		t.Log("XGROUP SETID: miniredis does not have it; the runbook is checked on a real Redis (REDIS_ADDR)")
+		return
+	}
+	start = time.Now()
+	for p := 0; p < e.partitions; p++ {
+		if err := e.rdb.XGroupSetID(context.Background(), wire.DLQKey(e.stream(p)), wire.DLQExportGroup, "0").Err(); err != nil {
+			t.Fatalf("XGROUP SETID: %v", err)
+		}
+	}
+	missing := func() int {
+		x, n := exportedOffsets(e.kafkaDLQ(t)), 0
+		for p, offs := range poison.snapshot() {
+			for o := range offs {
+				if x[p][o] == 0 {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	testenv.Eventually(t, 60*time.Second, func() bool { return missing() == 0 && e.allCommitted(t) },
+		"after XGROUP SETID ... 0: %d dead letters still not in Kafka; stats %+v", missing(), in.DLQStats())
+	t.Logf("after XGROUP SETID <dlq> %s 0: all %d dead letters in %s again within %v (%d messages, duplicates included); commits at the log end",
+		wire.DLQExportGroup, poison.total(), e.dlqTopic(), time.Since(start).Round(time.Millisecond), len(e.kafkaDLQ(t)))
 }
 
-// TestBreakDLQRestoredFromSnapshot — held up? Redis comes back from an RDB
+// TestDeadLettersRestoredFromSnapshot — held up? Redis comes back from an RDB
 // snapshot taken while the dead letters were not exported yet (Kafka
 // refused), after they were exported and the commit passed them, and after
 // more records were committed. The snapshot's export group says
 // "not exported" again: they are exported again (duplicates), nothing is
 // lost, and the commits stay at the log end.
-func TestBreakDLQRestoredFromSnapshot(t *testing.T) {
+func TestDeadLettersRestoredFromSnapshot(t *testing.T) {
 	srv := testenv.StartRedisServer(t, "rdb")
 	e := newEnv(t, 2)
 	e.useRedis(t, srv.Addr())
@@ -404,11 +440,11 @@ func TestBreakDLQRestoredFromSnapshot(t *testing.T) {
 		p1, held, exportedBefore, before, lost, exportedBefore, len(e.kafkaDLQ(t)), dups)
 }
 
-// TestBreakDLQRebalanceMidExport — held up? Two ingests join and leave the
+// TestDeadLettersRebalanceMidExport — held up? Two ingests join and leave the
 // group in turn while poison records are dead-lettered and exported: no
 // commit passes a dead letter Kafka lacks, nothing is lost; duplicates in
 // the dead-letter topic are counted.
-func TestBreakDLQRebalanceMidExport(t *testing.T) {
+func TestDeadLettersRebalanceMidExport(t *testing.T) {
 	e := newEnv(t, 4)
 	const n = 4000
 	handled, poison := newLedger(), newLedger()
