@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // acker batches acknowledgements: it sends them every AckInterval, or at once
@@ -95,6 +97,10 @@ func (a *acker) flush(ctx context.Context) error {
 				ids[i] = he.ref.id
 			}
 			cmds[stream] = p.XAck(ctx, stream, a.w.cfg.Group, ids...)
+			// The runs recorded for the entries (start.lua) are done with.
+			// Best effort: a field left behind is bounded by the entry's
+			// delivery count when its ID is used again (start.lua).
+			p.HDel(ctx, wire.RunsKey(stream), ids...)
 		}
 		return nil
 	})

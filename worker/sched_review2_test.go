@@ -27,15 +27,14 @@ import (
 // Break-it review R-sched2 (worker after the scheduler fixes). A test that
 // fails here fails on purpose: it is a finding, with what the docs promise.
 
-// TestReview2MaxDeliveriesOneDeadWorkersReadAhead: Config.MaxDeliveries
+// TestDeadWorkersReadAheadNotDeadLettered (review R-sched2): Config.MaxDeliveries
 // says "1 dead-letters on the first failure". A worker that read entries
 // ahead (they wait in its queue, never started) and was SIGKILLed leaves
 // them pending with a delivery count of 1; the survivor's XAUTOCLAIM makes
-// it 2, and attempt() dead-letters them before running them
-// (process.go: m.Deliveries > MaxDeliveries) — records whose handler never
-// ran, let alone failed. With the default 5 the same happens after 4
-// crashes of workers that only had the entries read ahead.
-func TestReview2MaxDeliveriesOneDeadWorkersReadAhead(t *testing.T) {
+// it 2. The dead letter is decided on the runs recorded (start.lua), not on
+// the delivery count, so the survivor runs all 8: records whose handler
+// never ran are not dead-lettered.
+func TestDeadWorkersReadAheadNotDeadLettered(t *testing.T) {
 	e := newEnv(t)
 	s := e.stream(t, "t", 0)
 	e.add(t, s, 0, 8)
