@@ -83,18 +83,18 @@ func (h review2PipeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 	}
 }
 
-// TestReview2HandBackUndoneByLeaseExtension: at shutdown, the entries read
-// ahead and not started are handed back (unclaim.lua: idle time set to the
-// visibility timeout, "so that any worker's next XAUTOCLAIM takes it"),
-// then released. But the lease loop keeps running until the handlers have
-// finished, and a lease round whose snapshot of Worker.held was taken before
-// the hand-back still finds the entries pending under this consumer and
-// XCLAIMs them to idle 0: the hand-back is undone, and the other workers
-// wait a whole visibility timeout for them (the same holds for takeStale's
-// hand-backs). The hook below only widens the window between the snapshot
-// and the script; it happens on its own whenever a lease round is in
-// flight at the hand-back.
-func TestReview2HandBackUndoneByLeaseExtension(t *testing.T) {
+// TestHandBackNotUndoneByLeaseRound (review R-sched2): at shutdown, the
+// entries read ahead and not started are handed back (unclaim.lua: idle time
+// set to the visibility timeout, "so that any worker's next XAUTOCLAIM takes
+// it"). The lease loop keeps running until the handlers have finished, and a
+// lease round whose snapshot of Worker.held was taken before the hand-back
+// sends lease.lua for those entries after it; unclaim.lua moved them to the
+// consumer "handed-back", so lease.lua finds them no longer this consumer's
+// and leaves their idle time alone (the same holds for takeStale's
+// hand-backs). The hook below widens the window between the snapshot and
+// the script; it happens on its own whenever a lease round is in flight at
+// the hand-back.
+func TestHandBackNotUndoneByLeaseRound(t *testing.T) {
 	e := newEnv(t)
 	s := e.stream(t, "t", 0)
 	e.add(t, s, 0, 12)

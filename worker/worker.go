@@ -89,7 +89,8 @@ func (w *Worker) Consumer() string { return w.cfg.Consumer }
 
 // Run processes messages until ctx is cancelled, then shuts down in this
 // order: stop reading and reclaiming (at most BlockTimeout later); hand back
-// the entries read ahead but not started (reclaimable at once) and let go
+// the entries read ahead but not started (reclaimable at once: moved to
+// the consumer "handed-back", out of reach of this worker's leases) and let go
 // those waiting for a retry; wait for the running handlers up to
 // ShutdownTimeout, still extending their leases, so that what is in flight
 // finishes rather than being handed to another worker; then cancel the
