@@ -260,13 +260,15 @@ func TestReview2DocsACLRuleCoversWorker(t *testing.T) {
 	}
 }
 
-// TestReview2RedisRestartUnderWorker: a Redis of the test's own restarts
+// TestRedisRestartUnderWorker (review R-sched2): a Redis of the test's own restarts
 // under a running worker that has entries running, queued and waiting for a
 // retry — empty (no persistence; the ingest writes the records again, with
 // the same IDs) or from an older snapshot (RDB: acknowledgements and reads
 // after it are forgotten). Every record ends handled with success at least
-// once, nothing stays pending, nothing is dead-lettered.
-func TestReview2RedisRestartUnderWorker(t *testing.T) {
+// once, nothing stays pending, nothing is dead-lettered. One worker alone:
+// nobody took anything from it, so Stats.LeaseLost stays 0; the held
+// entries Redis forgot count as Stats.Vanished.
+func TestRedisRestartUnderWorker(t *testing.T) {
 	for _, persist := range []string{"none", "rdb"} {
 		t.Run(persist, func(t *testing.T) {
 			srv := testenv.StartRedisServer(t, persist)
@@ -331,6 +333,9 @@ func TestReview2RedisRestartUnderWorker(t *testing.T) {
 			mu.Unlock()
 			if dl != 0 {
 				t.Errorf("%d dead letters", dl)
+			}
+			if st := w.Stats(); st.LeaseLost != 0 {
+				t.Errorf("LeaseLost = %d with one worker (nobody took anything; Vanished = %d)", st.LeaseLost, st.Vanished)
 			}
 		})
 	}
