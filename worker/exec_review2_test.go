@@ -14,12 +14,12 @@ import (
 	"github.com/kbridge/kbridge/internal/testenv"
 )
 
-// TestReview2ExecIgnoresSIGTERMAtShutdown: an --exec command (a pipeline)
+// TestExecIgnoresSIGTERMAtShutdown: an --exec command (a pipeline)
 // that ignores SIGTERM and would run for a minute. Shutdown waits
 // ShutdownTimeout, then kills the command's process group: Run returns
 // ErrShutdownTimeout within a few seconds, no process of the command is
 // left, and the entry stays pending (reclaimed later), not acknowledged.
-func TestReview2ExecIgnoresSIGTERMAtShutdown(t *testing.T) {
+func TestExecIgnoresSIGTERMAtShutdown(t *testing.T) {
 	e := newEnv(t)
 	s := e.stream(t, "t", 0)
 	e.add(t, s, 0, 1)

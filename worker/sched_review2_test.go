@@ -159,13 +159,13 @@ func TestHandBackNotUndoneByLeaseRound(t *testing.T) {
 	}
 }
 
-// TestReview2HTTPTimeoutAtLeaseEnd: --handler-timeout equal to the
+// TestHTTPTimeoutAtLeaseEnd: --handler-timeout equal to the
 // visibility timeout, an endpoint that never answers, two workers. The
 // lease is extended while the request runs, so no second worker takes the
 // entry while the first still sends it; each timed-out request counts one
 // delivery (the headers were sent: the endpoint may have acted), and the
 // entry is dead-lettered after MaxDeliveries requests.
-func TestReview2HTTPTimeoutAtLeaseEnd(t *testing.T) {
+func TestHTTPTimeoutAtLeaseEnd(t *testing.T) {
 	e := newEnv(t)
 	s := e.stream(t, "t", 0)
 	e.add(t, s, 0, 1)
@@ -209,11 +209,11 @@ func TestReview2HTTPTimeoutAtLeaseEnd(t *testing.T) {
 	}
 }
 
-// TestReview2DocsACLRuleCoversWorker: every command the worker's start-up
+// TestDocsACLRuleCoversWorker: every command the worker's start-up
 // probe checks (WorkerRedisCommands) is in docs/operations.md's ACL rule,
 // and the list the docs give for "kbridge worker ... makes the same checks"
 // is exactly the probe's.
-func TestReview2DocsACLRuleCoversWorker(t *testing.T) {
+func TestDocsACLRuleCoversWorker(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
 	doc, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "docs", "operations.md"))
 	if err != nil {
@@ -341,10 +341,10 @@ func TestRedisRestartUnderWorker(t *testing.T) {
 	}
 }
 
-// TestReview2StartBeforeRedis: a worker started 3 s before its Redis
+// TestStartBeforeRedis: a worker started 3 s before its Redis
 // (connection refused meanwhile) keeps trying and then works: a transient
 // error is not fatal.
-func TestReview2StartBeforeRedis(t *testing.T) {
+func TestStartBeforeRedis(t *testing.T) {
 	if !testenv.RealRedis() {
 		t.Skip("needs redis-server")
 	}
