@@ -214,6 +214,12 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) hold(stream, id string) *heldEntry {
 	he := &heldEntry{ref: entryRef{stream, id}, since: time.Now()}
 	w.mu.Lock()
+	if old := w.held[he.ref]; old != nil && old.settling {
+		// The entry is held again (read again after Redis forgot it)
+		// while the acknowledgement of the older hold may still be on its
+		// way: it would take this delivery out of the PEL too.
+		he.settling = true
+	}
 	w.held[he.ref] = he
 	w.mu.Unlock()
 	return he
