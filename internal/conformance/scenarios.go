@@ -1006,11 +1006,24 @@ func scShutdown(ctx context.Context, s *run) error {
 	if err != nil {
 		return err
 	}
-	if n == 0 {
-		s.check("W17", !found, "the worker exited with nothing pending but left its consumer %s in the group", p.consumer)
-	} else {
-		s.check("W17", found && c.Pending == n, "entries pending after the exit (%d) are not its consumer's (consumer found=%v, pending %d)", n, found, c.Pending)
+	// Entries handed back with unclaim.lua are pending under the consumer
+	// "handed-back" (rule 13); the rest must be its own consumer's, which
+	// stays only if it has some.
+	hb, hbFound, err := s.consumer(ctx, st, "handed-back")
+	if err != nil {
+		return err
 	}
+	var own, handed int64
+	if found {
+		own = c.Pending
+	}
+	if hbFound {
+		handed = hb.Pending
+	}
+	if own == 0 {
+		s.check("W17", !found, "the worker exited with nothing pending under its consumer but left its consumer %s in the group", p.consumer)
+	}
+	s.check("W17", own+handed == n, "entries pending after the exit (%d) are neither its consumer's (consumer found=%v, pending %d) nor handed back (%d)", n, found, own, handed)
 	return nil
 }
 
