@@ -22,7 +22,10 @@ import (
 // group's connections clear that flag on the way out: noAutoCreate wraps the
 // group's Dialer so that every Metadata request of version 4 to 8 it sends
 // asks for no auto-creation. The ingest's own metadata requests never ask
-// for it (metadata.go). Other requests pass unchanged.
+// for it (metadata.go). Other requests pass unchanged. A broker older than
+// Kafka 2.0 (highest Metadata version 4 or 5) is sent version 1 by
+// ReadPartitions, which has no such flag and always auto-creates: there only
+// auto.create.topics.enable=false helps (docs/operations.md).
 
 // noAutoCreate returns a copy of d whose connections clear
 // allow_auto_topic_creation in the Metadata requests they send. TLS, when

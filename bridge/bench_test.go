@@ -2,9 +2,13 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/kbridge/kbridge/internal/wire"
 	"github.com/kbridge/kbridge/tracker"
@@ -13,53 +17,83 @@ import (
 // BenchmarkAppend compares, side by side on the same Redis, the conditional
 // append script (what the ingest uses: it checks the stream's top, so it can
 // never leave a hole) with a plain pipelined XADD of the same entries (which
-// can). Both pipeline batches of 500 entries of 100-byte values, 10 batches
-// per round trip. Run on a real Redis with REDIS_ADDR set (scripts/bench.sh).
+// can), for 100-byte and 1 KB values. Both pipeline batches of 500 entries,
+// 10 batches per round trip. Besides records/s it reports redis-server's
+// CPU time per record (INFO cpu, before and after): on a shared machine the
+// wall-clock rate swings with the load, Redis's CPU per record much less,
+// and Redis is single-threaded, so that is its ceiling. Run on a real Redis
+// with REDIS_ADDR set (scripts/bench.sh).
 func BenchmarkAppend(b *testing.B) {
-	value := make([]byte, 100)
-	mk := func(from, n int) []wire.Record {
-		out := make([]wire.Record, n)
-		for i := range out {
-			out[i] = wire.Record{Topic: "bench", Offset: int64(from + i), Time: time.UnixMilli(1), Key: []byte("k" + strconv.Itoa(i)), Value: value}
-		}
-		return out
-	}
-	const chunk = 5000
-	b.Run("script", func(b *testing.B) {
-		s, _ := newStream(b, 500)
-		ctx := context.Background()
-		if err := s.ensure(ctx); err != nil {
-			b.Fatal(err)
-		}
-		top := tracker.None
-		b.ResetTimer()
-		for done := 0; done < b.N; done += chunk {
-			res, err := s.append(ctx, top, -1, mk(done, min(chunk, b.N-done)))
-			if err != nil || res.lost {
-				b.Fatalf("append: %v %+v", err, res)
+	for _, size := range []int{100, 1024} {
+		value := make([]byte, size)
+		mk := func(from, n int) []wire.Record {
+			out := make([]wire.Record, n)
+			for i := range out {
+				out[i] = wire.Record{Topic: "bench", Offset: int64(from + i), Time: time.UnixMilli(1), Key: []byte("k" + strconv.Itoa(i)), Value: value}
 			}
-			top = res.top
+			return out
 		}
-		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
-	})
-	b.Run("xadd-pipeline", func(b *testing.B) {
-		s, rdb := newStream(b, 500)
-		ctx := context.Background()
-		if err := s.ensure(ctx); err != nil {
-			b.Fatal(err)
-		}
-		b.ResetTimer()
-		for done := 0; done < b.N; done += chunk {
-			pipe := rdb.Pipeline()
-			for _, r := range mk(done, min(chunk, b.N-done)) {
-				pipe.XAdd(ctx, &redisXAddArgs{Stream: s.key, ID: wire.EntryID(r.Offset), Values: r.AppendFields(nil)})
-			}
-			if _, err := pipe.Exec(ctx); err != nil {
+		const chunk = 5000
+		b.Run(fmt.Sprintf("script-%dB", size), func(b *testing.B) {
+			s, rdb := newStream(b, 500)
+			ctx := context.Background()
+			if err := s.ensure(ctx); err != nil {
 				b.Fatal(err)
 			}
+			top := tracker.None
+			cpu0 := redisCPU(b, rdb)
+			b.ResetTimer()
+			for done := 0; done < b.N; done += chunk {
+				res, err := s.append(ctx, top, -1, mk(done, min(chunk, b.N-done)))
+				if err != nil || res.lost {
+					b.Fatalf("append: %v %+v", err, res)
+				}
+				top = res.top
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+			b.ReportMetric(float64((redisCPU(b, rdb)-cpu0).Microseconds())/float64(b.N), "redis-µs/record")
+		})
+		b.Run(fmt.Sprintf("xadd-pipeline-%dB", size), func(b *testing.B) {
+			s, rdb := newStream(b, 500)
+			ctx := context.Background()
+			if err := s.ensure(ctx); err != nil {
+				b.Fatal(err)
+			}
+			cpu0 := redisCPU(b, rdb)
+			b.ResetTimer()
+			for done := 0; done < b.N; done += chunk {
+				pipe := rdb.Pipeline()
+				for _, r := range mk(done, min(chunk, b.N-done)) {
+					pipe.XAdd(ctx, &redisXAddArgs{Stream: s.key, ID: wire.EntryID(r.Offset), Values: r.AppendFields(nil)})
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+			b.ReportMetric(float64((redisCPU(b, rdb)-cpu0).Microseconds())/float64(b.N), "redis-µs/record")
+		})
+	}
+}
+
+// redisCPU returns redis-server's CPU time so far (INFO cpu: user + sys), 0
+// on a server that does not say (miniredis).
+func redisCPU(b *testing.B, rdb *redis.Client) time.Duration {
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
+			f, _ := strconv.ParseFloat(v, 64)
+			total += f
 		}
-		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
-	})
+	}
+	return time.Duration(total * float64(time.Second))
 }
 
 // BenchmarkObserve measures one commit observation (the Lua snapshot of the

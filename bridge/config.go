@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -87,13 +88,22 @@ type Config struct {
 	// fetched ahead and the one being appended, with their decoding
 	// buffers. Whatever the number of partitions and the Kafka backlog,
 	// fetching waits for memory rather than exceed it (beyond it: at most
-	// one record batch larger than FetchMaxBytes per request in flight).
+	// one record batch larger than FetchMaxBytes per request in flight, and
+	// per partition being appended one batch that decompresses to more
+	// than is left, up to FetchBatchMaxBytes).
 	// Default 64 MiB.
 	FetchMemory int64
 	// FetchMaxBytes bounds what one partition brings in one fetch request
 	// (Kafka's max.partition.fetch.bytes; requests carry many partitions
 	// of one broker). Default 1 MiB.
 	FetchMaxBytes int
+	// FetchBatchMaxBytes is the most one record batch may take once
+	// decompressed (a guard against zip bombs; Kafka bounds a batch's
+	// compressed size only). A batch within it is bridged even when larger
+	// than FetchMemory, which it then exceeds while the batch is appended;
+	// one beyond it stalls its partition (StallBatchTooLarge). Default
+	// max(FetchMemory, 64 MiB); below 2 GiB.
+	FetchBatchMaxBytes int64
 	// FetchMaxWait is how long the broker holds a fetch of partitions at
 	// their log end waiting for new records (one such request per broker
 	// at a time). Default 500ms.
@@ -308,6 +318,9 @@ func (c Config) Validate() error {
 		add("--fetch-memory %d must be at least 1 MiB (1048576)", c.FetchMemory)
 	} else if int64(c.FetchMaxBytes) > c.FetchMemory {
 		add("--fetch-max-bytes %d must not exceed --fetch-memory %d: no partition could ever be fetched", c.FetchMaxBytes, c.FetchMemory)
+	}
+	if c.FetchBatchMaxBytes != 0 && (c.FetchBatchMaxBytes < 1<<20 || c.FetchBatchMaxBytes > math.MaxInt32) {
+		add("--fetch-batch-max-bytes %d must be between 1 MiB (1048576) and 2147483647", c.FetchBatchMaxBytes)
 	}
 	if c.FetchMaxWait < time.Millisecond {
 		add("--fetch-max-wait %v must be at least 1ms", c.FetchMaxWait)

@@ -31,8 +31,8 @@ type partition struct {
 	backlog  int64 // exact after an observation, estimated after appends
 	paused   bool
 	stalled  string // why the partition stopped (topic recreated, a stray entry), "" if not
-	// stallCause is StallTopicRecreated, StallBeyondLogEnd or
-	// StallStrayEntry while stalled.
+	// stallCause is StallTopicRecreated, StallBeyondLogEnd,
+	// StallStrayEntry or StallBatchTooLarge while stalled.
 	stallCause string
 	// topicID is the topic ID the stream's records were checked to belong
 	// to (zero: not checked, or unknown).
@@ -292,6 +292,10 @@ func (p *partition) fetchError(ctx context.Context, err error) {
 	d := p.backoff.next()
 	p.retryAt = time.Now().Add(d)
 	var ce *kfetch.CorruptError
+	if errors.As(err, &ce) && ce.TooLarge {
+		p.stallTooLarge(ce)
+		return
+	}
 	if errors.As(err, &ce) || isAuthError(err) {
 		p.log.Error("fetch failed; retrying", "offset", p.next, "backoff", d, "err", err)
 		return
@@ -537,6 +541,11 @@ func (p *partition) recover(ctx context.Context, d tracker.Decision) {
 		// runbook): what this ingest appended above it is fetched again;
 		// ensure set the groups back.
 		p.unstall()
+	} else if p.stallCause == StallBatchTooLarge {
+		// the records lost below the batch are fetched again; the fetch
+		// stalls again when it reaches the batch
+		p.log.Warn("fetching the lost records again up to the record batch too large to decompress", "was", p.stalled)
+		p.stalled, p.stallCause = "", ""
 	}
 	_ = p.restart(ctx)
 	p.dirty = true // observe again at the next tick
@@ -645,6 +654,18 @@ func (p *partition) stall(offset, logEnd int64) {
 		offset, logEnd, p.tr.Appended(), p.tr.Committed())
 	p.stallCause, p.stray = StallBeyondLogEnd, false
 	p.log.Error("partition stalled: "+p.stalled, "offset", offset, "log_end", logEnd)
+}
+
+// stallTooLarge stops the partition at a record batch that decompresses
+// beyond --fetch-batch-max-bytes: fetching it again would fail the same way
+// for ever. The records below it are in the stream; a restart with a higher
+// limit goes on from it (docs/operations.md, "A stalled partition").
+func (p *partition) stallTooLarge(ce *kfetch.CorruptError) {
+	p.stalled = fmt.Sprintf("the record batch at offset %d (%d bytes compressed) decompresses to more than %d bytes, the most one batch may take: not fetching nor committing beyond it until the ingest is restarted with a higher --fetch-batch-max-bytes (docs/operations.md, \"A stalled partition\")",
+		ce.Offset, ce.Compressed, ce.Limit)
+	p.stallCause, p.stray = StallBatchTooLarge, false
+	p.retryAt = time.Time{}
+	p.log.Error("partition stalled: "+p.stalled, "offset", ce.Offset, "compressed_bytes", ce.Compressed, "limit_bytes", ce.Limit)
 }
 
 // stallStray stops fetching and committing the partition while its stream's

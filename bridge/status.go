@@ -32,8 +32,8 @@ type PartitionStatus struct {
 	// (the topic was recreated, its log truncated below the stream, an
 	// entry another program wrote); "" if not.
 	Stalled string
-	// StallCause is StallTopicRecreated, StallBeyondLogEnd or
-	// StallStrayEntry while Stalled is set.
+	// StallCause is StallTopicRecreated, StallBeyondLogEnd,
+	// StallStrayEntry or StallBatchTooLarge while Stalled is set.
 	StallCause string
 	// TopicID is the Kafka topic ID of the records in the stream, in hex
 	// ("" when the brokers give none).

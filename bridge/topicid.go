@@ -60,6 +60,9 @@ const (
 	StallBeyondLogEnd = "beyond_log_end"
 	// StallStrayEntry: the stream's top is an entry kbridge did not write.
 	StallStrayEntry = "stray_entry"
+	// StallBatchTooLarge: a record batch decompresses to more than
+	// --fetch-batch-max-bytes; it lifts on a restart with a higher one.
+	StallBatchTooLarge = "batch_too_large"
 )
 
 // checkTopicID compares the topic's ID, as the last metadata poll saw it,

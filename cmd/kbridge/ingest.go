@@ -65,6 +65,8 @@ Examples:
 			&cli.StringFlag{Name: "fetch-memory", Value: "64MiB", EnvVars: []string{"KBRIDGE_FETCH_MEMORY"},
 				Usage: "memory for fetched records of the whole process, in bytes or with KiB/MiB/GiB: whatever the partitions and the backlog, fetching waits rather than exceed it"},
 			&cli.IntFlag{Name: "fetch-max-bytes", Value: 1 << 20, EnvVars: []string{"KBRIDGE_FETCH_MAX_BYTES"}, Usage: "bytes one partition brings in one fetch request (a request carries many partitions of one broker)"},
+			&cli.StringFlag{Name: "fetch-batch-max-bytes", EnvVars: []string{"KBRIDGE_FETCH_BATCH_MAX_BYTES"},
+				Usage: "most one record batch may take decompressed, in bytes or with KiB/MiB/GiB (a zip-bomb guard: a batch within it is bridged even beyond --fetch-memory, one beyond it stalls its partition) (default: --fetch-memory, at least 64MiB)"},
 			&cli.DurationFlag{Name: "fetch-max-wait", Value: bridgeDefaults.FetchMaxWait, EnvVars: []string{"KBRIDGE_FETCH_MAX_WAIT"}, Usage: "how long the broker holds a fetch of partitions at their log end, waiting for new records"},
 			&cli.IntFlag{Name: "append-batch", Value: 500, EnvVars: []string{"KBRIDGE_APPEND_BATCH"}, Usage: "records per append script call (calls of one fetch are pipelined)"},
 			&cli.DurationFlag{Name: "session-timeout", Value: bridgeDefaults.SessionTimeout, EnvVars: []string{"KBRIDGE_SESSION_TIMEOUT"}, Usage: "Kafka group session timeout"},
@@ -144,6 +146,16 @@ func ingestConfig(c *cli.Context) (bridge.Config, []string) {
 		probs = append(probs, "--fetch-memory 0 must be at least 1 MiB (1048576)")
 	default:
 		cfg.FetchMemory = n
+	}
+	if v := c.String("fetch-batch-max-bytes"); v != "" {
+		switch n, err := parseSize(v); {
+		case err != nil:
+			probs = append(probs, fmt.Sprintf("--fetch-batch-max-bytes %q: %v", v, err))
+		case n == 0: // 0 would mean the default to Validate
+			probs = append(probs, "--fetch-batch-max-bytes 0 must be at least 1 MiB (1048576)")
+		default:
+			cfg.FetchBatchMaxBytes = n
+		}
 	}
 	// A low watermark of 0 is a value, not "the default" (Config's zero).
 	for _, f := range []struct {

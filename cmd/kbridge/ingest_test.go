@@ -116,10 +116,15 @@ func TestIngestFlags(t *testing.T) {
 			func(c bridge.Config) bool {
 				return c.StatusTTL == 2*time.Minute && c.FinalCommitTimeout == 3*time.Second
 			}, nil},
+		{"batch max bytes", []string{"--fetch-memory", "1MiB", "--fetch-batch-max-bytes", "256MiB"},
+			func(c bridge.Config) bool { return c.FetchBatchMaxBytes == 256<<20 && c.FetchMemory == 1<<20 }, nil},
+		{"batch max bytes unset", nil, func(c bridge.Config) bool { return c.FetchBatchMaxBytes == 0 }, nil},
 		{"bad values name their flags", []string{"--commit-interval", "10s", "--status-ttl", "5s", "--final-commit-timeout", "20s",
-			"--low-watermark", "-3"}, nil,
+			"--low-watermark", "-3", "--fetch-batch-max-bytes", "1KiB"}, nil,
 			[]string{"--status-ttl 5s must be at least --commit-interval 10s", "--final-commit-timeout 20s",
-				"--low-watermark -3 must be at least 0"}},
+				"--low-watermark -3 must be at least 0", "--fetch-batch-max-bytes 1024 must be between 1 MiB"}},
+		{"bad batch max bytes", []string{"--fetch-batch-max-bytes", "3GiB"}, nil, []string{"--fetch-batch-max-bytes 3221225472"}},
+		{"batch max bytes unit", []string{"--fetch-batch-max-bytes", "64XB"}, nil, []string{"--fetch-batch-max-bytes \"64XB\""}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, probs := parseIngest(t, tt.args...)

@@ -182,7 +182,7 @@ func newIngestCollector(stats func() bridge.Stats) *ingestCollector {
 			"Per configured topic: 1 while it is bridged, 0 while it is not; state says why: missing (not created, or deleted), not_authorized (the user may not describe or read it), error.",
 			[]string{"topic", "state"}, nil),
 		stall: prometheus.NewDesc("kbridge_ingest_partition_stalled_cause",
-			"1 while the partition is stalled (not fetched, not committed), by cause: topic_recreated (the topic's ID is not the one of the stream's records), beyond_log_end (the stream or commit is beyond the log end), stray_entry (an entry kbridge did not write). See docs/operations.md.",
+			"1 while the partition is stalled (not fetched, not committed), by cause: topic_recreated (the topic's ID is not the one of the stream's records), beyond_log_end (the stream or commit is beyond the log end), stray_entry (an entry kbridge did not write), batch_too_large (a record batch decompresses beyond --fetch-batch-max-bytes). See docs/operations.md.",
 			[]string{"topic", "partition", "cause"}, nil),
 	}
 }

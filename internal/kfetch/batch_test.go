@@ -475,6 +475,8 @@ func TestDecompressLimit(t *testing.T) {
 					}
 				case !errors.As(err, &ce) || !strings.Contains(ce.Reason, "decompresses to more than"):
 					t.Fatalf("limit %d, batch of %d: want a *CorruptError, got %v", limit, size, err)
+				case !ce.TooLarge || ce.Limit != int64(limit) || ce.Compressed != len(b.data) || ce.Offset != b.base:
+					t.Fatalf("limit %d, batch of %d B at %d: want TooLarge, Limit %d, Compressed %d; got %+v", limit, len(b.data), b.base, limit, len(b.data), ce)
 				case grown > int64(limit)+int64(cap(c.chunk))*recordSize+64<<10:
 					t.Fatalf("limit %d: %d bytes of buffers grown", limit, grown)
 				case unsafe.SliceData(c.zbuf) == nil || cap(c.zbuf) < limit/2:

@@ -54,6 +54,10 @@ func (l IsolationLevel) wire() int8 {
 	return 0
 }
 
+// DefaultBatchMaxBytes is the least default of Config.BatchMaxBytes: what
+// one batch may take decompressed when MemoryBytes is smaller.
+const DefaultBatchMaxBytes = 64 << 20
+
 // Config configures a Fetcher. The zero value of every field but Client
 // means its default.
 type Config struct {
@@ -88,11 +92,14 @@ type Config struct {
 	PartitionMaxBytes int32
 
 	// BatchMaxBytes is the most one record batch may take once
-	// decompressed. Kafka bounds a batch's compressed size only, and a
-	// highly compressible batch of 1 MiB can inflate to hundreds: one
-	// beyond this limit is reported as a *CorruptError (the partition
-	// stops) rather than allowed to blow the budget. Default a quarter of
-	// MemoryBytes, at least min(4 × PartitionMaxBytes, MemoryBytes).
+	// decompressed: a guard against a zip bomb, not a part of the budget.
+	// Kafka bounds a batch's compressed size only, and a highly
+	// compressible batch of 1 MiB can inflate to hundreds. A batch within
+	// it is read even when it is larger than what is left of MemoryBytes,
+	// or than MemoryBytes itself (the budget is then exceeded by up to
+	// this much while the batch is read); one beyond it is reported as a
+	// *CorruptError with TooLarge set (the partition stops there until
+	// SetOffset). Default max(MemoryBytes, 64 MiB); below 2 GiB.
 	BatchMaxBytes int64
 
 	// MaxWait is how long the broker holds a fetch that has no data yet.
@@ -125,8 +132,8 @@ func (c Config) withDefaults() Config {
 	if c.MaxBytes == 0 {
 		c.MaxBytes = int32(min(8<<20, c.MemoryBytes))
 	}
-	if c.BatchMaxBytes == 0 && c.MemoryBytes > 0 {
-		c.BatchMaxBytes = max(c.MemoryBytes/4, min(4*int64(c.PartitionMaxBytes), c.MemoryBytes))
+	if c.BatchMaxBytes == 0 {
+		c.BatchMaxBytes = min(max(c.MemoryBytes, DefaultBatchMaxBytes), math.MaxInt32)
 	}
 	if c.MaxWait == 0 {
 		c.MaxWait = 500 * time.Millisecond
@@ -169,9 +176,8 @@ func (c Config) Validate() error {
 	if c.MemoryBytes > 0 && c.MaxBytes > 0 && int64(c.MaxBytes) > c.MemoryBytes {
 		errs = append(errs, fmt.Errorf("kfetch: request max bytes %d must not exceed the memory budget %d", c.MaxBytes, c.MemoryBytes))
 	}
-	if c.BatchMaxBytes < 0 || c.MemoryBytes > 0 && c.BatchMaxBytes > c.MemoryBytes || c.BatchMaxBytes > math.MaxInt32 {
-		errs = append(errs, fmt.Errorf("kfetch: batch max bytes %d must be positive, at most the memory budget %d and below 2 GiB",
-			c.BatchMaxBytes, c.MemoryBytes))
+	if c.BatchMaxBytes < 0 || c.BatchMaxBytes > math.MaxInt32 {
+		errs = append(errs, fmt.Errorf("kfetch: batch max bytes %d must be positive and below 2 GiB", c.BatchMaxBytes))
 	}
 	if c.MaxWait < 0 || c.MaxWait > time.Hour {
 		errs = append(errs, fmt.Errorf("kfetch: max wait %v must be between 0 and 1h", c.MaxWait))

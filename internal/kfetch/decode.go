@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"sync"
@@ -230,8 +231,7 @@ func decompress(b *batch, rd *bytes.Reader, buf []byte, limit int) ([]byte, erro
 	for {
 		if n == len(buf) {
 			if n > limit {
-				return buf[:0], corrupt(b.base, "%s batch decompresses to more than %d bytes, the most one batch may take (a part of the memory budget)",
-					codec.Name(), limit)
+				return buf[:0], tooLarge(b, codec.Name(), limit)
 			}
 			bigger := getBuf(min(2*len(buf), limit+1))
 			copy(bigger, buf)
@@ -248,8 +248,15 @@ func decompress(b *batch, rd *bytes.Reader, buf []byte, limit int) ([]byte, erro
 		}
 	}
 	if n > limit {
-		return buf[:0], corrupt(b.base, "%s batch decompresses to more than %d bytes, the most one batch may take (a part of the memory budget)",
-			codec.Name(), limit)
+		return buf[:0], tooLarge(b, codec.Name(), limit)
 	}
 	return buf[:n], nil
+}
+
+// tooLarge is the error of batch b that decompresses to more than limit
+// bytes.
+func tooLarge(b *batch, codec string, limit int) error {
+	return &CorruptError{Offset: b.base, TooLarge: true, Limit: int64(limit), Compressed: len(b.data),
+		Reason: fmt.Sprintf("%s batch of %d bytes decompresses to more than %d bytes, the most one batch may take (BatchMaxBytes)",
+			codec, len(b.data), limit)}
 }

@@ -90,10 +90,13 @@
 // batch whatever its size), and each result being read by the decompressed
 // size of one batch when its batches decompress to more than the fetcher
 // has learned: it learns what a fetched byte costs from the results read to
-// the end, following a higher cost at once and a lower one slowly. One
-// batch may take at most Config.BatchMaxBytes decompressed (a quarter of
-// the budget by default): beyond that it is reported as a *CorruptError, so
-// a small, highly compressible batch cannot inflate past the budget.
+// the end, following a higher cost at once and a lower one slowly. A
+// legitimate batch is read whatever its decompressed size against the
+// budget, so one batch may exceed the budget by up to Config.BatchMaxBytes
+// (max(budget, 64 MiB) by default): that limit is a zip-bomb guard only. A
+// batch decompressing beyond it is reported as a *CorruptError with
+// TooLarge set, Limit and Compressed giving the sizes, and the partition
+// stops there until SetOffset: its caller should say which limit to raise.
 //
 // Partitions that got nothing because a request's byte limit ran out go
 // first in the next request, and the order rotates, so every partition gets

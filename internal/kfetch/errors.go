@@ -39,12 +39,20 @@ func (e *PartitionError) Error() string {
 func (e *PartitionError) Unwrap() error { return e.Err }
 
 // CorruptError is a record set that cannot be read: a CRC mismatch, a
-// malformed batch or record, a failed decompression, or a message format
-// older than record batch v2 (Unsupported). Offset is where it starts.
+// malformed batch or record, a failed decompression, a message format older
+// than record batch v2 (Unsupported), or a batch that decompresses to more
+// than Config.BatchMaxBytes (TooLarge: the data may be sound, the limit is
+// too low for it). Offset is where it starts.
 type CorruptError struct {
 	Offset      int64
 	Reason      string
 	Unsupported bool
+	// TooLarge: the batch decompresses to more than Limit bytes; it is
+	// Compressed bytes in the log. Fetching it needs a higher
+	// Config.BatchMaxBytes.
+	TooLarge   bool
+	Limit      int64
+	Compressed int
 }
 
 func (e *CorruptError) Error() string {

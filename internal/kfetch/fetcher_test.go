@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -484,6 +485,9 @@ func TestConfigValidate(t *testing.T) {
 		{"no client", Config{}, []string{"Client"}},
 		{"all wrong", Config{Client: cl, MemoryBytes: 1 << 20, PartitionMaxBytes: 2 << 20, MaxBytes: 4 << 20, MaxInFlight: -1, Isolation: 5},
 			[]string{"partition max bytes 2097152 must not exceed the memory budget 1048576", "request max bytes 4194304", "max in flight -1", "isolation level 5"}},
+		// the batch limit is a zip-bomb guard, not a part of the budget
+		{"batch above budget", Config{Client: cl, MemoryBytes: 1 << 20, BatchMaxBytes: 100 << 20}, nil},
+		{"batch limit 2 GiB", Config{Client: cl, BatchMaxBytes: 2 << 30}, []string{"batch max bytes 2147483648"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -503,6 +507,11 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := ParseIsolationLevel("committed"); err == nil {
 		t.Errorf("ParseIsolationLevel accepted a bad level")
+	}
+	for _, c := range []struct{ mem, want int64 }{{1 << 20, 64 << 20}, {64 << 20, 64 << 20}, {256 << 20, 256 << 20}, {4 << 30, math.MaxInt32}} {
+		if got := (Config{MemoryBytes: c.mem}).withDefaults().BatchMaxBytes; got != c.want {
+			t.Errorf("default BatchMaxBytes with a %d-byte budget: %d, want %d (max(budget, 64 MiB), below 2 GiB)", c.mem, got, c.want)
+		}
 	}
 	if ReadCommitted != IsolationLevel(0) {
 		t.Errorf("read_committed must be the zero value (the default)")

@@ -26,7 +26,12 @@ type ceilingResult struct {
 	Ingest     bench.Summary `json:"ingest"` // kbridge ingest, records/s
 	Ratio      bench.Summary `json:"ratio"`  // ingest / min(fetch, xadd), per round
 	IngestRSS  bench.Summary `json:"ingest_rss_mib"`
-	Profile    string        `json:"profile,omitempty"`
+	// Where the time goes: redis-server's CPU (share of a core) while the
+	// raw XADD ran and while the ingest ran, and the ingest's own.
+	RedisXAdd   bench.Summary `json:"redis_cpu_xadd"`
+	RedisIngest bench.Summary `json:"redis_cpu_ingest"`
+	IngestCPU   bench.Summary `json:"ingest_cpu"`
+	Profile     string        `json:"profile,omitempty"`
 }
 
 func runCeiling(e *env) (any, error) {
@@ -50,30 +55,40 @@ func runCeiling(e *env) (any, error) {
 			return out, err
 		}
 		r := ceilingResult{Size: size, Records: n, Partitions: parts}
-		var fetch, xadd, ingest, ratio, rss []float64
+		var fetch, xadd, ingest, ratio, rss, rx, ri, ic []float64
 		for round := range e.rounds {
 			var f, x, in float64
 			var peak int64
+			var cpu cpuShares
 			steps := []func() error{
 				func() (err error) { f, err = rawFetch(e.ctx, e.brokers[0], topic, ends); return },
-				func() (err error) { x, err = rawXAdd(e, topic, size, ends); return },
-				func() (err error) { in, peak, err = ingestRate(e, topic, ends, ""); return },
+				func() (err error) {
+					a, _ := bench.ReadProc(e.redisPid)
+					x, err = rawXAdd(e, topic, size, ends)
+					b, _ := bench.ReadProc(e.redisPid)
+					rx = append(rx, bench.CPUShare(a, b))
+					return
+				},
+				func() (err error) { in, peak, cpu, err = ingestRate(e, topic, ends, ""); return },
 			}
 			for i := range steps { // rotate the order each round
 				if err := steps[(i+round)%len(steps)](); err != nil {
 					return out, err
 				}
 			}
-			e.logf("10a: %d B round %d: fetch %.0f/s, xadd %.0f/s, ingest %.0f/s: ratio %.2f", size, round+1, f, x, in, in/min(f, x))
+			ri, ic = append(ri, cpu.redis), append(ic, cpu.ingest)
+			e.logf("10a: %d B round %d: fetch %.0f/s, xadd %.0f/s (redis %.0f%% of a core), ingest %.0f/s (redis %.0f%%, ingest %.0f%%): ratio %.2f",
+				size, round+1, f, x, 100*rx[len(rx)-1], in, 100*cpu.redis, 100*cpu.ingest, in/min(f, x))
 			fetch, xadd, ingest = append(fetch, f), append(xadd, x), append(ingest, in)
 			ratio = append(ratio, in/min(f, x))
 			rss = append(rss, float64(peak)/(1<<20))
 		}
 		r.Fetch, r.XAdd, r.Ingest, r.Ratio, r.IngestRSS = bench.Summarize(fetch), bench.Summarize(xadd),
 			bench.Summarize(ingest), bench.Summarize(ratio), bench.Summarize(rss)
+		r.RedisXAdd, r.RedisIngest, r.IngestCPU = bench.Summarize(rx), bench.Summarize(ri), bench.Summarize(ic)
 		if r.Ratio.Median < 0.8 {
 			path := e.profilePath(fmt.Sprintf("10a-ingest-%dB.txt", size))
-			if _, _, err := ingestRate(e, topic, ends, path); err != nil {
+			if _, _, _, err := ingestRate(e, topic, ends, path); err != nil {
 				e.logf("10a: profile run: %v", err)
 			} else {
 				r.Profile = path
@@ -196,11 +211,17 @@ func rawXAdd(e *env, topic string, size int, ends map[int]int64) (float64, error
 	return float64(total) / took.Seconds(), nil
 }
 
+// cpuShares is the CPU of redis-server and of the ingest, each as a share
+// of one core, over the same window.
+type cpuShares struct{ redis, ingest float64 }
+
 // ingestRate runs "kbridge ingest" (or, with profile set, kbench ingest
 // under a CPU profile, whose top is written to profile) over the whole
 // topic with no backpressure and returns records/s from the first entry in
-// Redis to the last (the group join excluded), and the peak RSS.
-func ingestRate(e *env, topic string, ends map[int]int64, profile string) (float64, int64, error) {
+// Redis to the last (the group join excluded), the peak RSS, and the CPU of
+// Redis and of the ingest over that window.
+func ingestRate(e *env, topic string, ends map[int]int64, profile string) (float64, int64, cpuShares, error) {
+	var cpu cpuShares
 	prefix, group := e.name("ing"), e.name("grp")
 	defer e.cleanRedis(prefix)
 	var total int64
@@ -218,11 +239,12 @@ func ingestRate(e *env, topic string, ends map[int]int64, profile string) (float
 			"--prefix", prefix, "--group", group, "--topics", topic, "--partition-cap", "1000000000", "--cpuprofile", prof)
 	}
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, cpu, err
 	}
 	defer c.stop()
 	var t0 time.Time
 	var n0, peak int64
+	var r0, i0 bench.ProcSample
 	err = waitFor(e.ctx, 5*time.Minute, 20*time.Millisecond, "the ingest to append everything", func() bool {
 		if c.exited() {
 			return true
@@ -231,24 +253,29 @@ func ingestRate(e *env, topic string, ends map[int]int64, profile string) (float
 		n := e.xlenSum(prefix, topic, len(ends))
 		if n > 0 && t0.IsZero() {
 			t0, n0 = time.Now(), n
+			r0, _ = bench.ReadProc(e.redisPid)
+			i0 = c.sample()
 		}
 		return n >= total
 	})
 	t1 := time.Now()
+	r1, _ := bench.ReadProc(e.redisPid)
+	i1 := c.sample()
+	cpu = cpuShares{redis: bench.CPUShare(r0, r1), ingest: bench.CPUShare(i0, i1)}
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, cpu, err
 	}
 	if c.exited() {
-		return 0, 0, fmt.Errorf("ingest exited: %v (log %s)", c.err, c.log)
+		return 0, 0, cpu, fmt.Errorf("ingest exited: %v (log %s)", c.err, c.log)
 	}
 	c.stop()
 	if prof != "" {
 		if err := e.pprofTop(prof, profile); err != nil {
-			return 0, 0, err
+			return 0, 0, cpu, err
 		}
 	}
 	if t1.Sub(t0) <= 0 || n0 >= total {
-		return 0, peak, fmt.Errorf("ingest too fast to measure: %d of %d records at the first poll", n0, total)
+		return 0, peak, cpu, fmt.Errorf("ingest too fast to measure: %d of %d records at the first poll", n0, total)
 	}
-	return float64(total-n0) / t1.Sub(t0).Seconds(), peak, nil
+	return float64(total-n0) / t1.Sub(t0).Seconds(), peak, cpu, nil
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"flag"
 	"log/slog"
+	"net"
+	"net/http"
+	_ "net/http/pprof" // --pprof-addr
 	"os"
 	"os/signal"
 	"runtime"
@@ -31,7 +34,16 @@ func cmdIngest(args []string) error {
 	cpuprofile := fs.String("cpuprofile", "", "CPU profile of the whole run")
 	memprofile := fs.String("memprofile", "", "heap profile at the end")
 	onSignal := fs.Bool("profile-on-sigusr1", false, "start the CPU profile at SIGUSR1 instead of at once")
+	pprofAddr := fs.String("pprof-addr", "", "serve net/http/pprof on this address (heap and allocation profiles while it runs)")
 	_ = fs.Parse(args)
+	if *pprofAddr != "" {
+		ln, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
+	}
 	if *cpuprofile != "" && *onSignal {
 		usr1 := make(chan os.Signal, 1)
 		signal.Notify(usr1, syscall.SIGUSR1)

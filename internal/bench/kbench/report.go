@@ -189,6 +189,14 @@ func renderBenchmark(w func(string, ...any), id string, raw json.RawMessage, rel
 		for _, c := range cs {
 			w("| %d B | %d | %s | %s | %s | %s | %s |\n", c.Size, c.Records, sum(c.Fetch, "%.0f"), sum(c.XAdd, "%.0f"), sum(c.Ingest, "%.0f"), sum(c.Ratio, "%.2f"), sum(c.IngestRSS, "%.0f"))
 		}
+		if len(cs) > 0 && cs[0].RedisXAdd.N > 0 {
+			w("\nWhere the time goes: CPU as a share of one core, over the same windows (Redis is single-threaded:\n")
+			w("near 1.0 it is the bottleneck).\n\n")
+			w("| record | redis-server during the raw XADD | redis-server during the ingest | the ingest |\n| --- | --- | --- | --- |\n")
+			for _, c := range cs {
+				w("| %d B | %s | %s | %s |\n", c.Size, sum(c.RedisXAdd, "%.2f"), sum(c.RedisIngest, "%.2f"), sum(c.IngestCPU, "%.2f"))
+			}
+		}
 		w("\n![ceiling](img/10a-ceiling.png)\n\n")
 		for _, c := range cs {
 			prof(c.Profile)
