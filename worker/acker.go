@@ -98,9 +98,20 @@ func (a *acker) flush(ctx context.Context) error {
 			}
 			cmds[stream] = p.XAck(ctx, stream, a.w.cfg.Group, ids...)
 			// The runs recorded for the entries (start.lua) are done with.
-			// Best effort: a field left behind is bounded by the entry's
-			// delivery count when its ID is used again (start.lua).
-			p.HDel(ctx, wire.RunsKey(stream), ids...)
+			// Only entries that went through start.lua or were delivered
+			// more than once can have a record: the common case (delivered
+			// once, run once) costs no HDEL. Best effort: a field left
+			// behind is bounded by the entry's delivery count when its ID
+			// is used again (start.lua).
+			var recorded []string
+			for _, he := range hes {
+				if he.mayHaveRuns {
+					recorded = append(recorded, he.ref.id)
+				}
+			}
+			if len(recorded) > 0 {
+				p.HDel(ctx, wire.RunsKey(stream), recorded...)
+			}
 		}
 		return nil
 	})

@@ -81,9 +81,12 @@ type Config struct {
 	ReclaimInterval time.Duration
 	// MaxDeliveries is the number of runs (handler starts) after which a
 	// failing entry is dead-lettered. Default 5. 1 dead-letters on the first
-	// failure. Runs are recorded in Redis before each start (start.lua), so
-	// the budget survives crashes; a delivery whose handler never started (an
-	// entry read ahead by a worker that died) does not count.
+	// failure. Runs are recorded in Redis before each start but the first
+	// (start.lua; a first delivery starts without it), so the budget
+	// survives crashes short of one run: a record whose handler crashes its
+	// worker runs at most MaxDeliveries + 1 times. A delivery whose handler
+	// never started (an entry read ahead by a worker that died) does not
+	// count.
 	MaxDeliveries int
 	// BackoffMin is the wait before the first retry; it doubles with each
 	// delivery up to BackoffMax. Defaults 1s and 1m.

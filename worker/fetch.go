@@ -421,6 +421,7 @@ func (w *Worker) admit(ctx context.Context, he *heldEntry, values map[string]any
 	stream, id := he.ref.stream, he.ref.id
 	m, err := newMessage(stream, id, values, deliveries)
 	m.held = he
+	he.mayHaveRuns = deliveries > 1
 	if err != nil {
 		w.log.Warn("malformed entry: dead-lettering it", "stream", stream, "id", id, "err", err)
 		w.deadLetter(ctx, m, wire.ReasonMalformed, err)

@@ -36,15 +36,17 @@ const (
 	retry                 // to be run again at the time given
 )
 
-// attempt makes one delivery of t's entry: records the run (and the
-// delivery, if it is a retry after a failure) in Redis first, dead-letters
-// it instead if it already ran MaxDeliveries times, runs the handler, and
+// attempt makes one delivery of t's entry: unless it is the entry's first
+// delivery, records the run (and the delivery, if it is a retry after a
+// failure) in Redis first, dead-letters it instead if it already ran
+// MaxDeliveries times, runs the handler, and
 // settles the entry or says when to retry it. A failed entry stays pending
 // under this consumer, its lease extended, while it waits for its retry (in
 // the scheduler's timer heap, not in a slot). If the worker dies meanwhile,
 // another reclaims the entry and finds its runs in Redis (the runs hash,
-// start.lua), so the retry budget survives crashes; a delivery whose
-// handler never started (read ahead by a worker that died) costs none of it.
+// start.lua), so the retry budget survives crashes (short of one run: the
+// first, unrecorded); a delivery whose handler never started (read ahead by
+// a worker that died) costs none of it.
 func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Time, took time.Duration) {
 	m := t.m
 	ctx := context.WithoutCancel(hctx) // Redis calls: not cut short by the shutdown timeout
@@ -61,7 +63,19 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 	// a retry after a back-off counts nothing, but the script still asks
 	// Redis whether the entry is ours: while it waited, another worker may
 	// have taken it (our lease lapsed) and even acknowledged it.
+	//
+	// The common path costs nothing: an entry delivered for the first
+	// time (count 1, read with XREADGROUP >) and not retried here starts
+	// without the script and without a record; its first run is implied
+	// by its delivery count. If this worker dies while it runs, the worker
+	// that reclaims the entry does not know of that run: an entry whose
+	// handler crashes its worker runs at most MaxDeliveries + 1 times.
 	run := t.redeliver || t.backoffs == 0
+	if run && !t.redeliver && m.Deliveries <= 1 && !t.he.mayHaveRuns {
+		m.Deliveries, t.runs = 1, 1
+		return w.run(hctx, t)
+	}
+	t.he.mayHaveRuns = true
 	n, runs, serr := w.startRun(ctx, t, run)
 	switch {
 	case serr != nil || n < 0:
@@ -83,6 +97,14 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 		w.stats.retries.Add(1)
 	}
 	m.Deliveries, t.runs = n, runs
+	return w.run(hctx, t)
+}
+
+// run runs the handler on t's entry, whose start is accounted for, and
+// settles the entry or says when to retry it.
+func (w *Worker) run(hctx context.Context, t *task) (res result, at time.Time, took time.Duration) {
+	m := t.m
+	ctx := context.WithoutCancel(hctx)
 	start := time.Now()
 	err := w.call(hctx, m)
 	took = time.Since(start)
@@ -145,7 +167,8 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 }
 
 // startRun runs startScript for t's entry: it records a run (if run) and,
-// for a retry after a failure, a delivery. It returns the entry's delivery
+// for a retry after a failure, a delivery; the record is first raised to
+// t.runs, the runs this worker knows of (its unrecorded first run). It returns the entry's delivery
 // count and runs after that, n = 0 if the entry already ran MaxDeliveries
 // times (nothing recorded), n = -1 if this consumer no longer owns it.
 func (w *Worker) startRun(ctx context.Context, t *task, run bool) (n, runs int64, err error) {
@@ -159,7 +182,7 @@ func (w *Worker) startRun(ctx context.Context, t *task, run bool) (n, runs int64
 		return 0
 	}
 	res, err := startScript.Run(tctx, w.rdb, []string{m.Stream, wire.RunsKey(m.Stream)},
-		w.cfg.Group, w.cfg.Consumer, m.ID, w.cfg.MaxDeliveries, flag(t.redeliver), flag(run)).Int64Slice()
+		w.cfg.Group, w.cfg.Consumer, m.ID, w.cfg.MaxDeliveries, flag(t.redeliver), flag(run), t.runs).Int64Slice()
 	if err != nil {
 		return 0, 0, err
 	}
@@ -202,7 +225,10 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 	fields := wire.DeadLetterFields(m.fields, info)
 	args := append([]any{w.cfg.Group, w.cfg.Consumer, m.ID}, fields...)
 	dlq := wire.DLQKey(wire.PartitionStreamOf(m.Stream))
-	keys := []string{m.Stream, dlq, wire.RunsKey(m.Stream)}
+	keys := []string{m.Stream, dlq}
+	if m.held.mayHaveRuns || m.Deliveries > 1 {
+		keys = append(keys, wire.RunsKey(m.Stream)) // deadletter.lua deletes its record
+	}
 	bctx := context.WithoutCancel(ctx)
 	w.settling(m.held)
 	var err error

@@ -60,7 +60,8 @@ var leaseScript = redis.NewScript(leaseSource)
 // records the run too.
 
 // startScript records a handler start (a run) of an entry the consumer
-// owns, in the stream's runs hash, and counts the delivery of a retry; it
+// owns, in the stream's runs hash, and counts the delivery of a retry (an
+// entry's first delivery starts without it: its run is implied); it
 // refuses the start of an entry that already ran MaxDeliveries times, and
 // says when the consumer no longer owns the entry (lua/start.lua).
 var startScript = redis.NewScript(mustScript("start.lua"))

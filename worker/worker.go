@@ -61,6 +61,14 @@ type heldEntry struct {
 	// our own doing; a lease extension that then finds it gone has not
 	// lost it. Guarded by Worker.mu.
 	settling bool
+	// mayHaveRuns: the entry may have a runs record (<stream>:runs): it
+	// was delivered more than once, or this consumer ran start.lua on it.
+	// Only then do the acknowledgement and the dead letter delete the
+	// record; an entry delivered once started without start.lua (its first
+	// run is implied by its delivery count 1). Set by the goroutine that
+	// holds the task, before the entry is queued for acknowledgement or
+	// dead-lettered.
+	mayHaveRuns bool
 }
 
 // New checks cfg and returns a Worker.
