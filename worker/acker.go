@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // acker batches acknowledgements: it sends them every AckInterval, or at once
@@ -95,6 +97,21 @@ func (a *acker) flush(ctx context.Context) error {
 				ids[i] = he.ref.id
 			}
 			cmds[stream] = p.XAck(ctx, stream, a.w.cfg.Group, ids...)
+			// The runs recorded for the entries (start.lua) are done with.
+			// Only entries that went through start.lua or were delivered
+			// more than once can have a record: the common case (delivered
+			// once, run once) costs no HDEL. Best effort: a field left
+			// behind is bounded by the entry's delivery count when its ID
+			// is used again (start.lua).
+			var recorded []string
+			for _, he := range hes {
+				if he.mayHaveRuns {
+					recorded = append(recorded, he.ref.id)
+				}
+			}
+			if len(recorded) > 0 {
+				p.HDel(ctx, wire.RunsKey(stream), recorded...)
+			}
 		}
 		return nil
 	})

@@ -18,7 +18,7 @@ import (
 
 // Handler processes one message. Returning nil acknowledges it. An error (or
 // a panic) is a failed delivery: the entry is retried with backoff and
-// dead-lettered after Config.MaxDeliveries deliveries. Wrap the error with
+// dead-lettered after Config.MaxDeliveries runs. Wrap the error with
 // RetryAfter to back off without counting a delivery, or with Permanent to
 // dead-letter at once. ctx is cancelled when the worker stops waiting for
 // the handler (the end of the shutdown timeout).
@@ -79,8 +79,14 @@ type Config struct {
 	// ReclaimInterval is how often the worker looks for entries of dead
 	// workers (XAUTOCLAIM). Default VisibilityTimeout/4, at most 5s.
 	ReclaimInterval time.Duration
-	// MaxDeliveries is the number of deliveries after which a failing entry
-	// is dead-lettered. Default 5. 1 dead-letters on the first failure.
+	// MaxDeliveries is the number of runs (handler starts) after which a
+	// failing entry is dead-lettered. Default 5. 1 dead-letters on the first
+	// failure. Runs are recorded in Redis before each start but the first
+	// (start.lua; a first delivery starts without it), so the budget
+	// survives crashes short of one run: a record whose handler crashes its
+	// worker runs at most MaxDeliveries + 1 times. A delivery whose handler
+	// never started (an entry read ahead by a worker that died) does not
+	// count.
 	MaxDeliveries int
 	// BackoffMin is the wait before the first retry; it doubles with each
 	// delivery up to BackoffMax. Defaults 1s and 1m.

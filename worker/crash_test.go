@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/kbridge/kbridge/internal/testenv"
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // TestReclaimFromDeadConsumer: entries a consumer read and never
@@ -31,6 +32,11 @@ func TestReclaimFromDeadConsumer(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := e.rdb.XClaim(ctx, &redis.XClaimArgs{Stream: s, Group: DefaultGroup, Consumer: "dead", Messages: []string{"0-1"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// ... and its handler was started each time (start.lua's record): it
+	// ran MaxDeliveries times. The other 9 entries were only read.
+	if err := e.rdb.HSet(ctx, wire.RunsKey(s), "0-1", 3).Err(); err != nil {
 		t.Fatal(err)
 	}
 	got := newSeen()

@@ -23,11 +23,22 @@
 // Failures: a handler error or panic leaves the entry pending and the worker
 // retries it after an exponential backoff, during which the entry gives its
 // handler slot back (it stays leased). The delivery count that Redis keeps
-// for the entry is the authority; each retry increments it (XCLAIM
-// RETRYCOUNT). A RetryAfter error (the downstream is unavailable) pauses the
-// entry's stream and counts no delivery, for up to Config.MaxTransientTime. After Config.MaxDeliveries deliveries the entry is written to
-// the partition's dead-letter stream together with its last error, and
-// acknowledged in the same Lua script, so the ingest's commit moves on.
+// for the entry is what the handler sees; each retry increments it (XCLAIM
+// RETRYCOUNT). The dead letter is decided on runs: before each handler start
+// but the first the worker records it in the stream's runs hash
+// (<stream>:runs, lua/start.lua), so that a delivery whose handler never
+// started — an entry read ahead by a worker that died — costs nothing. The
+// first delivery (count 1) starts without a script: its run is implied by
+// the count, so the common path costs no Redis call before the handler, and
+// the acknowledgement deletes no record. The price is one run at most: if
+// the worker dies during that first run, the others do not know of it, so a
+// record whose handler crashes its worker runs at most MaxDeliveries + 1
+// times before it is dead-lettered. A RetryAfter error (the downstream is
+// unavailable) pauses the entry's stream and counts no delivery nor run, for
+// up to Config.MaxTransientTime. After Config.MaxDeliveries runs without an
+// outcome the entry is written to the partition's dead-letter stream
+// together with its last error, and acknowledged in the same Lua script, so
+// the ingest's commit moves on.
 // ListDeadLetters, ReplayDeadLetters and DeleteDeadLetters are what
 // "kbridge dlq" is built on.
 //

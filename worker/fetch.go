@@ -341,18 +341,24 @@ func (w *Worker) discoverOnce(ctx context.Context) {
 }
 
 // unclaim hands entries this consumer holds but has not started back to
-// the group: each stays pending under this consumer, but with an idle time
-// of VisibilityTimeout, so that any worker's next XAUTOCLAIM takes it, and
+// the group: each moves to the consumer "handed-back" with an idle time of
+// VisibilityTimeout, so that any worker's next XAUTOCLAIM takes it, and
 // with the delivery that was never run taken off its count.
 func (w *Worker) unclaim(msgs []*Message) {
 	if len(msgs) == 0 {
 		return
 	}
 	byStream := map[string][]any{}
-	held := map[string][]*heldEntry{}
 	for _, m := range msgs {
 		byStream[m.Stream] = append(byStream[m.Stream], m.ID)
-		held[m.Stream] = append(held[m.Stream], m.held)
+	}
+	// Released first: no lease round started from now on extends them. A
+	// round that started before sends lease.lua for them anyway, maybe
+	// after the script below; it finds them no longer this consumer's
+	// (unclaim.lua moves them to the consumer "handed-back") and leaves
+	// them alone, and the released hold is not counted as a lost lease.
+	for _, m := range msgs {
+		w.release(m.held)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -363,9 +369,6 @@ func (w *Worker) unclaim(msgs []*Message) {
 				"stream", stream, "entries", len(ids), "err", err)
 		} else {
 			w.log.Info("handed back entries not started", "stream", stream, "entries", len(ids))
-		}
-		for _, he := range held[stream] {
-			w.release(he)
 		}
 	}
 }
@@ -418,6 +421,7 @@ func (w *Worker) admit(ctx context.Context, he *heldEntry, values map[string]any
 	stream, id := he.ref.stream, he.ref.id
 	m, err := newMessage(stream, id, values, deliveries)
 	m.held = he
+	he.mayHaveRuns = deliveries > 1
 	if err != nil {
 		w.log.Warn("malformed entry: dead-lettering it", "stream", stream, "id", id, "err", err)
 		w.deadLetter(ctx, m, wire.ReasonMalformed, err)

@@ -7,8 +7,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
@@ -38,14 +36,17 @@ const (
 	retry                 // to be run again at the time given
 )
 
-// attempt makes one delivery of t's entry: counts the delivery first if it is
-// a retry after a failure, dead-letters it if it was delivered too often,
-// runs the handler, and settles the entry or says when to retry it. A
-// failed entry stays pending under this consumer, its lease extended, while
-// it waits for its retry (in the scheduler's timer heap, not in a slot);
-// the retry counts a delivery in Redis (redeliverScript). If the worker dies
-// meanwhile, another reclaims the entry with its delivery count, so the
-// retry budget survives crashes.
+// attempt makes one delivery of t's entry: unless it is the entry's first
+// delivery, records the run (and the delivery, if it is a retry after a
+// failure) in Redis first, dead-letters it instead if it already ran
+// MaxDeliveries times, runs the handler, and
+// settles the entry or says when to retry it. A failed entry stays pending
+// under this consumer, its lease extended, while it waits for its retry (in
+// the scheduler's timer heap, not in a slot). If the worker dies meanwhile,
+// another reclaims the entry and finds its runs in Redis (the runs hash,
+// start.lua), so the retry budget survives crashes (short of one run: the
+// first, unrecorded); a delivery whose handler never started (read ahead by
+// a worker that died) costs none of it.
 func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Time, took time.Duration) {
 	m := t.m
 	ctx := context.WithoutCancel(hctx) // Redis calls: not cut short by the shutdown timeout
@@ -55,33 +56,55 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 		// task (it reclaimed it back): this task is stale.
 		return settled, at, 0
 	}
-	if t.redeliver {
-		n, err := redeliverScript.Run(ctx, w.rdb, []string{m.Stream}, w.cfg.Group, w.cfg.Consumer, m.ID).Int64()
-		if err != nil || n < 0 {
-			// Redis unreachable, or the entry is no longer ours: leave
-			// it to the reclaim.
-			w.log.Warn("cannot count the retry; leaving the entry to be reclaimed", "stream", m.Stream, "id", m.ID, "err", err)
-			w.release(t.he)
-			return settled, at, 0
+	// Record the start (startScript) before the handler runs: the dead
+	// letter is decided on the runs started, not on the deliveries, so that
+	// entries read ahead by a worker that died before starting them are not
+	// dead-lettered unrun. A retry after a failure counts a delivery too;
+	// a retry after a back-off counts nothing, but the script still asks
+	// Redis whether the entry is ours: while it waited, another worker may
+	// have taken it (our lease lapsed) and even acknowledged it.
+	//
+	// The common path costs nothing: an entry delivered for the first
+	// time (count 1, read with XREADGROUP >) and not retried here starts
+	// without the script and without a record; its first run is implied
+	// by its delivery count. If this worker dies while it runs, the worker
+	// that reclaims the entry does not know of that run: an entry whose
+	// handler crashes its worker runs at most MaxDeliveries + 1 times.
+	run := t.redeliver || t.backoffs == 0
+	if run && !t.redeliver && m.Deliveries <= 1 && !t.he.mayHaveRuns {
+		m.Deliveries, t.runs = 1, 1
+		return w.run(hctx, t)
+	}
+	t.he.mayHaveRuns = true
+	n, runs, serr := w.startRun(ctx, t, run)
+	switch {
+	case serr != nil || n < 0:
+		if serr != nil {
+			w.log.Warn("cannot record the start of a run; leaving the entry to be reclaimed", "stream", m.Stream, "id", m.ID, "err", serr)
+		} else {
+			w.log.Info("entry taken by another consumer before it started here; not running it", "stream", m.Stream, "id", m.ID)
 		}
-		m.Deliveries = n
-		t.redeliver = false
-		w.stats.retries.Add(1)
-	} else if t.backoffs > 0 {
-		// A retry after a back-off counts no delivery, so no script asks
-		// Redis whether the entry is still ours: ask here. While it
-		// waited, another worker may have taken it (our lease lapsed) and
-		// even acknowledged it; the lease loop would notice only up to
-		// VisibilityTimeout/3 later.
-		if !w.stillPending(ctx, t) {
-			return settled, at, 0
-		}
-	} else if t.backoffs == 0 && m.Deliveries > int64(w.cfg.MaxDeliveries) {
+		w.release(t.he)
+		return settled, at, 0
+	case run && n == 0:
 		w.deadLetter(ctx, m, wire.ReasonMaxDeliveries, fmt.Errorf(
-			"delivered %d times (max %d) without an outcome: the workers that held it stopped or lost it",
-			m.Deliveries, w.cfg.MaxDeliveries))
+			"started %d times (max %d) without an outcome: the workers that ran it stopped or lost it",
+			runs, w.cfg.MaxDeliveries))
 		return settled, at, 0
 	}
+	if t.redeliver {
+		t.redeliver = false
+		w.stats.retries.Add(1)
+	}
+	m.Deliveries, t.runs = n, runs
+	return w.run(hctx, t)
+}
+
+// run runs the handler on t's entry, whose start is accounted for, and
+// settles the entry or says when to retry it.
+func (w *Worker) run(hctx context.Context, t *task) (res result, at time.Time, took time.Duration) {
+	m := t.m
+	ctx := context.WithoutCancel(hctx)
 	start := time.Now()
 	err := w.call(hctx, m)
 	took = time.Since(start)
@@ -131,39 +154,42 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 		return retry, time.Now().Add(wait), took
 	default:
 		w.stats.failed.Add(1)
-		if m.Deliveries >= int64(w.cfg.MaxDeliveries) {
+		if t.runs >= int64(w.cfg.MaxDeliveries) {
 			w.deadLetter(ctx, m, wire.ReasonMaxDeliveries, err)
 			return settled, at, took
 		}
 		wait := w.cfg.backoff(m.Deliveries)
 		w.log.Info("handler failed; will retry", "stream", m.Stream, "offset", m.Offset,
-			"deliveries", m.Deliveries, "retry_in", wait, "err", err)
+			"deliveries", m.Deliveries, "runs", t.runs, "retry_in", wait, "err", err)
 		t.redeliver = true
 		return retry, time.Now().Add(wait), took
 	}
 }
 
-// stillPending reports whether t's entry is still pending under this
-// consumer in Redis (XPENDING for its ID). If not, or if Redis cannot say,
-// the entry is released: another worker has it, or it is left to be
-// reclaimed (with the delivery count Redis keeps), as after a failed retry.
-func (w *Worker) stillPending(ctx context.Context, t *task) bool {
+// startRun runs startScript for t's entry: it records a run (if run) and,
+// for a retry after a failure, a delivery; the record is first raised to
+// t.runs, the runs this worker knows of (its unrecorded first run). It returns the entry's delivery
+// count and runs after that, n = 0 if the entry already ran MaxDeliveries
+// times (nothing recorded), n = -1 if this consumer no longer owns it.
+func (w *Worker) startRun(ctx context.Context, t *task, run bool) (n, runs int64, err error) {
 	m := t.m
 	tctx, cancel := context.WithTimeout(ctx, max(w.cfg.VisibilityTimeout/3, time.Second))
 	defer cancel()
-	ps, err := w.rdb.XPendingExt(tctx, &redis.XPendingExtArgs{
-		Stream: m.Stream, Group: w.cfg.Group, Start: m.ID, End: m.ID, Count: 1, Consumer: w.cfg.Consumer,
-	}).Result()
-	switch {
-	case err != nil:
-		w.log.Warn("cannot check that a backed-off entry is still ours; leaving it to be reclaimed", "stream", m.Stream, "id", m.ID, "err", err)
-	case len(ps) == 0:
-		w.log.Info("entry taken by another consumer while it waited for its retry; not running it", "stream", m.Stream, "id", m.ID)
-	default:
-		return true
+	flag := func(b bool) int {
+		if b {
+			return 1
+		}
+		return 0
 	}
-	w.release(t.he)
-	return false
+	res, err := startScript.Run(tctx, w.rdb, []string{m.Stream, wire.RunsKey(m.Stream)},
+		w.cfg.Group, w.cfg.Consumer, m.ID, w.cfg.MaxDeliveries, flag(t.redeliver), flag(run), t.runs).Int64Slice()
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(res) != 2 {
+		return 0, 0, fmt.Errorf("start.lua: want 2 integers, got %v", res)
+	}
+	return res[0], res[1], nil
 }
 
 // call runs the handler once, turning a panic into a *PanicError.
@@ -199,6 +225,10 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 	fields := wire.DeadLetterFields(m.fields, info)
 	args := append([]any{w.cfg.Group, w.cfg.Consumer, m.ID}, fields...)
 	dlq := wire.DLQKey(wire.PartitionStreamOf(m.Stream))
+	keys := []string{m.Stream, dlq}
+	if m.held.mayHaveRuns || m.Deliveries > 1 {
+		keys = append(keys, wire.RunsKey(m.Stream)) // deadletter.lua deletes its record
+	}
 	bctx := context.WithoutCancel(ctx)
 	w.settling(m.held)
 	var err error
@@ -208,7 +238,7 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 		}
 		tctx, cancel := context.WithTimeout(bctx, 5*time.Second)
 		var n int64
-		n, err = deadLetterScript.Run(tctx, w.rdb, []string{m.Stream, dlq}, args...).Int64()
+		n, err = deadLetterScript.Run(tctx, w.rdb, keys, args...).Int64()
 		cancel()
 		if err == nil {
 			if n == 1 {

@@ -88,6 +88,7 @@ type task struct {
 	redeliver      bool      // a retry after a failure: count the delivery before running
 	reclaimed      bool      // taken from another consumer, not started yet
 	backoffs       int64     // RetryError back-offs so far
+	runs           int64     // handler starts of the entry known here (start.lua's record, or 1 for a first delivery), this one included
 	transientSince time.Time // first RetryError
 
 	queuedAt time.Time // when it entered its stream's queue

@@ -26,7 +26,7 @@ var luaFiles embed.FS
 // ScriptNames lists the files of the embedded Lua scripts (lua/<name>), in
 // the order docs/wire.md publishes them.
 var ScriptNames = []string{
-	"lease.lua", "redeliver.lua", "reclaim.lua", "deadletter.lua",
+	"lease.lua", "start.lua", "redeliver.lua", "reclaim.lua", "deadletter.lua",
 	"unclaim.lua", "delconsumer.lua", "replay.lua",
 }
 
@@ -55,10 +55,16 @@ var leaseSource = mustScript("lease.lua")
 // owns and returns the IDs it no longer owns (lua/lease.lua).
 var leaseScript = redis.NewScript(leaseSource)
 
-// redeliverScript counts a new delivery of an entry the consumer owns (a
-// retry) and returns the new delivery count, or -1 if the consumer no longer
-// owns it (lua/redeliver.lua).
-var redeliverScript = redis.NewScript(mustScript("redeliver.lua"))
+// lua/redeliver.lua (count a retry's delivery) is published for workers in
+// other languages; this worker counts a retry with startScript, which
+// records the run too.
+
+// startScript records a handler start (a run) of an entry the consumer
+// owns, in the stream's runs hash, and counts the delivery of a retry (an
+// entry's first delivery starts without it: its run is implied); it
+// refuses the start of an entry that already ran MaxDeliveries times, and
+// says when the consumer no longer owns the entry (lua/start.lua).
+var startScript = redis.NewScript(mustScript("start.lua"))
 
 // deadLetterScript appends a dead letter and acknowledges the entry, both or
 // neither, only if the entry is pending under this consumer

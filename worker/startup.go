@@ -90,6 +90,10 @@ var workerCommands = []struct {
 	{"evalsha", func(k string) []any { return []any{"evalsha", probeEvalSHA, 1, k} }},
 	{"smembers", func(k string) []any { return []any{"smembers", k} }},
 	{"hget", func(k string) []any { return []any{"hget", k, "probe"} }},
+	// HSET cannot change nothing: it writes a field that HDEL, next,
+	// deletes (the hash goes with its last field).
+	{"hset", func(k string) []any { return []any{"hset", k + ":runs", "probe", "1"} }},
+	{"hdel", func(k string) []any { return []any{"hdel", k + ":runs", "probe"} }},
 	{"xinfo|groups", func(k string) []any { return []any{"xinfo", "groups", k} }},
 	{"xinfo|consumers", func(k string) []any { return []any{"xinfo", "consumers", k, "probe"} }},
 	{"xreadgroup", func(k string) []any {

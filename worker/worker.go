@@ -61,6 +61,14 @@ type heldEntry struct {
 	// our own doing; a lease extension that then finds it gone has not
 	// lost it. Guarded by Worker.mu.
 	settling bool
+	// mayHaveRuns: the entry may have a runs record (<stream>:runs): it
+	// was delivered more than once, or this consumer ran start.lua on it.
+	// Only then do the acknowledgement and the dead letter delete the
+	// record; an entry delivered once started without start.lua (its first
+	// run is implied by its delivery count 1). Set by the goroutine that
+	// holds the task, before the entry is queued for acknowledgement or
+	// dead-lettered.
+	mayHaveRuns bool
 }
 
 // New checks cfg and returns a Worker.
@@ -89,7 +97,8 @@ func (w *Worker) Consumer() string { return w.cfg.Consumer }
 
 // Run processes messages until ctx is cancelled, then shuts down in this
 // order: stop reading and reclaiming (at most BlockTimeout later); hand back
-// the entries read ahead but not started (reclaimable at once) and let go
+// the entries read ahead but not started (reclaimable at once: moved to
+// the consumer "handed-back", out of reach of this worker's leases) and let go
 // those waiting for a retry; wait for the running handlers up to
 // ShutdownTimeout, still extending their leases, so that what is in flight
 // finishes rather than being handed to another worker; then cancel the
@@ -213,6 +222,12 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) hold(stream, id string) *heldEntry {
 	he := &heldEntry{ref: entryRef{stream, id}, since: time.Now()}
 	w.mu.Lock()
+	if old := w.held[he.ref]; old != nil && old.settling {
+		// The entry is held again (read again after Redis forgot it)
+		// while the acknowledgement of the older hold may still be on its
+		// way: it would take this delivery out of the PEL too.
+		he.settling = true
+	}
 	w.held[he.ref] = he
 	w.mu.Unlock()
 	return he
@@ -233,15 +248,18 @@ func (w *Worker) release(he *heldEntry) {
 }
 
 // settling marks a held entry as about to be acknowledged (or
-// dead-lettered, which acknowledges it) by this consumer. Call it before the
-// XACK can reach Redis.
+// dead-lettered, which acknowledges it) by this consumer, whichever of its
+// holds does it. Call it before the XACK can reach Redis.
 func (w *Worker) settling(he *heldEntry) {
 	if he == nil {
 		return
 	}
 	w.mu.Lock()
-	if w.held[he.ref] == he {
-		he.settling = true
+	// The XACK takes the entry out of the PEL whichever hold sends it: a
+	// newer hold of the same entry (read again after Redis forgot it, say)
+	// is settling too.
+	if cur := w.held[he.ref]; cur != nil {
+		cur.settling = true
 	}
 	w.mu.Unlock()
 }
@@ -305,6 +323,7 @@ func (w *Worker) extendLeases() {
 		}
 		return nil
 	})
+	gone := map[string][]string{} // stream → held IDs no longer pending under this consumer
 	for stream, cmd := range cmds {
 		lost, err := cmd.StringSlice()
 		if err != nil {
@@ -314,11 +333,9 @@ func (w *Worker) extendLeases() {
 		for _, id := range lost {
 			// The entry is no longer pending under this consumer. If we
 			// acknowledged it (or dead-lettered it) since the snapshot
-			// above, that is why: nothing was lost. Otherwise another
-			// worker reclaimed it (our lease lapsed, e.g. Redis was
-			// unreachable), and perhaps acknowledged it already. The
-			// handler goes on; its ack, if any, is harmless; the other
-			// worker's run is a duplicate.
+			// above, that is why: nothing was lost. Otherwise it is not
+			// ours any more: stop extending it. The handler goes on; its
+			// ack, if any, is harmless.
 			ref := entryRef{stream, id}
 			w.mu.Lock()
 			he := w.held[ref]
@@ -328,8 +345,57 @@ func (w *Worker) extendLeases() {
 			}
 			w.mu.Unlock()
 			if taken {
+				gone[stream] = append(gone[stream], id)
+			}
+		}
+	}
+	if len(gone) > 0 {
+		w.classifyLost(ctx, gone)
+	}
+}
+
+// classifyLost says why held entries are no longer pending under this
+// consumer. Another worker took them (our lease lapsed, e.g. Redis was
+// unreachable): they are pending under another consumer, or were delivered
+// before the group's last-delivered-id and are not pending any more (taken
+// and acknowledged already); each may run twice: LeaseLost. Otherwise Redis
+// forgot them (it restarted from an older snapshot, or empty; the entry will
+// be delivered again) or they were deleted: LeaseVanished, nobody took them.
+func (w *Worker) classifyLost(ctx context.Context, gone map[string][]string) {
+	pend := map[string][]*redis.XPendingExtCmd{}
+	groups := map[string]*redis.XInfoGroupsCmd{}
+	_, _ = w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for stream, ids := range gone {
+			for _, id := range ids {
+				pend[stream] = append(pend[stream], p.XPendingExt(ctx, &redis.XPendingExtArgs{
+					Stream: stream, Group: w.cfg.Group, Start: id, End: id, Count: 1,
+				}))
+			}
+			groups[stream] = p.XInfoGroups(ctx, stream)
+		}
+		return nil
+	})
+	for stream, ids := range gone {
+		last := ""
+		if gs, err := groups[stream].Result(); err == nil {
+			for _, g := range gs {
+				if g.Name == w.cfg.Group {
+					last = g.LastDeliveredID
+				}
+			}
+		}
+		for i, id := range ids {
+			ps, err := pend[stream][i].Result()
+			switch {
+			case err == nil && len(ps) == 1 && ps[0].Consumer != w.cfg.Consumer:
 				w.stats.leaseLost.Add(1)
-				w.log.Warn("lease lost: entry reclaimed by another consumer", "stream", stream, "id", id)
+				w.log.Warn("lease lost: entry reclaimed by another consumer", "stream", stream, "id", id, "consumer", ps[0].Consumer)
+			case err == nil && len(ps) == 0 && last != "" && compareIDs(id, last) <= 0:
+				w.stats.leaseLost.Add(1)
+				w.log.Warn("lease lost: entry reclaimed and acknowledged by another consumer", "stream", stream, "id", id)
+			default:
+				w.stats.leaseVanished.Add(1)
+				w.log.Warn("held entry no longer pending: Redis forgot it (a restart) or it was deleted; not run twice", "stream", stream, "id", id, "err", err)
 			}
 		}
 	}
@@ -344,7 +410,8 @@ type Stats struct {
 	DeadLettered int64 // entries written to a dead-letter stream
 	Reclaimed    int64 // entries claimed from other consumers
 	Acked        int64 // entries acknowledged
-	LeaseLost    int64 // held entries another consumer took
+	LeaseLost    int64 // held entries another consumer took (each may run twice)
+	Vanished     int64 // held entries no longer pending anywhere that nobody took: Redis forgot them (a restart) or they were deleted
 	InFlight     int64 // handlers running now
 	Queued       int64 // entries read ahead or reclaimed, waiting for a handler slot
 	Waiting      int64 // entries waiting for a retry (their slot given back)
@@ -353,7 +420,7 @@ type Stats struct {
 }
 
 type counters struct {
-	processed, failed, retries, backoffs, deadLettered, reclaimed, acked, leaseLost, streams atomic.Int64
+	processed, failed, retries, backoffs, deadLettered, reclaimed, acked, leaseLost, leaseVanished, streams atomic.Int64
 }
 
 // Stats returns a snapshot of the worker's counters.
@@ -371,6 +438,7 @@ func (w *Worker) Stats() Stats {
 		Reclaimed:    w.stats.reclaimed.Load(),
 		Acked:        w.stats.acked.Load(),
 		LeaseLost:    w.stats.leaseLost.Load(),
+		Vanished:     w.stats.leaseVanished.Load(),
 		InFlight:     int64(running),
 		Queued:       int64(queued),
 		Waiting:      int64(waiting),

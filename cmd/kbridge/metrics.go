@@ -262,6 +262,7 @@ func newWorkerMetrics() *workerMetrics {
 			cnt("reclaimed_total", "Entries claimed from other consumers after the visibility timeout (dead or stuck workers).", func(s worker.Stats) int64 { return s.Reclaimed }),
 			cnt("acked_total", "Entries acknowledged (XACK).", func(s worker.Stats) int64 { return s.Acked }),
 			cnt("lease_lost_total", "Held entries another consumer reclaimed (this worker's lease lapsed).", func(s worker.Stats) int64 { return s.LeaseLost }),
+			cnt("vanished_total", "Held entries no longer pending anywhere that no other consumer took: Redis forgot them (a restart from an older snapshot, or empty) or they were deleted.", func(s worker.Stats) int64 { return s.Vanished }),
 		},
 		gauges: []counterDesc[worker.Stats]{
 			cnt("in_flight", "Handlers running now.", func(s worker.Stats) int64 { return s.InFlight }),

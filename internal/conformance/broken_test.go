@@ -30,9 +30,11 @@ func TestBrokenWorkers(t *testing.T) {
 		// The control: nothing broken, offsets and timestamps written as
 		// decimal strings in the events (as a JavaScript handler must).
 		{name: "none", run: "^(version|decode|retry|ownership|reclaim|shutdown)$", env: []string{"NUMS=str"}},
-		// Reads ahead, hands back at SIGTERM, then XGROUP DELCONSUMER drops
-		// the handed-back entries: W17 alone passed it, the loss check fails it.
-		{name: "plaindel", brk: "readahead,plaindel", run: "^shutdown$", fail: []string{"W20"}},
+		// Reads ahead, leaves what it did not start pending at SIGTERM, then
+		// XGROUP DELCONSUMER drops those entries: W17 alone passed it, the
+		// loss check fails it. (Entries handed back with unclaim.lua are
+		// another consumer's, out of its reach.)
+		{name: "plaindel", brk: "readahead,keepread,plaindel", run: "^shutdown$", fail: []string{"W20"}},
 		// Counts retries itself: the handler sees deliveries 2, 3 while Redis says 1.
 		{name: "localretry", brk: "localretry", run: "^retry$", fail: []string{"W8"}},
 		// Dead-letters without the ownership check; the kit takes the entry

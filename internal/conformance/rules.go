@@ -23,7 +23,7 @@ var Rules = []Rule{
 	{"W12", "reclaims entries idle for the visibility timeout (a dead consumer's, a SIGKILLed worker's)"},
 	{"W13", "leaves alone entries idle less than the group's visibility timeout"},
 	{"W14", "survives pending entries deleted from the stream (XAUTOCLAIM deleted IDs)"},
-	{"W15", "dead-letters without running an entry reclaimed past max deliveries"},
+	{"W15", "dead-letters without running an entry reclaimed past max deliveries (max runs recorded)"},
 	{"W16", "replayed dead letters: handled with the offset field, other groups' acknowledged, failures to the partition's DLQ"},
 	{"W17", "SIGTERM: finishes running handlers, acknowledges, deletes its consumer, exits 0"},
 	{"W18", "shutdown timeout: exits non-zero, leaves the entry pending, keeps its consumer"},

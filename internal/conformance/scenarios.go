@@ -735,6 +735,12 @@ func scReclaim(ctx context.Context, s *run) error {
 	if err := s.claim(ctx, st, "ghost-1", vt+5*time.Second, m, "3-1"); err != nil {
 		return err
 	}
+	// ghost-1 ran 3-1 m times (docs/wire.md rule 8: a worker that reads
+	// ahead decides on the runs recorded in <stream>:runs, one that does not
+	// on the delivery count; both must dead-letter it).
+	if err := s.k.rdb.HSet(ctx, wire.RunsKey(st), "3-1", m).Err(); err != nil {
+		return err
+	}
 	if err := s.k.rdb.XDel(ctx, st, "2-1").Err(); err != nil {
 		return err
 	}
@@ -801,8 +807,8 @@ func scReclaim(ctx context.Context, s *run) error {
 	if err != nil {
 		return err
 	}
-	if s.check("W15", dead && len(byEntry[ref(st, "3-1")]) == 0, "an entry reclaimed with delivery count %d > %d: want a dead letter without running it; dead-lettered=%v handler runs=%d",
-		m+1, m, dead, len(starts(byEntry[ref(st, "3-1")]))) {
+	if s.check("W15", dead && len(byEntry[ref(st, "3-1")]) == 0, "an entry reclaimed with delivery count %d > %d (and %d runs recorded): want a dead letter without running it; dead-lettered=%v handler runs=%d",
+		m+1, m, m, dead, len(starts(byEntry[ref(st, "3-1")]))) {
 		s.checkDeadLetter("W15", "entry reclaimed past max deliveries", dl, wire.ReasonMaxDeliveries, m+1, st, "3-1")
 	}
 	return nil
@@ -1000,11 +1006,24 @@ func scShutdown(ctx context.Context, s *run) error {
 	if err != nil {
 		return err
 	}
-	if n == 0 {
-		s.check("W17", !found, "the worker exited with nothing pending but left its consumer %s in the group", p.consumer)
-	} else {
-		s.check("W17", found && c.Pending == n, "entries pending after the exit (%d) are not its consumer's (consumer found=%v, pending %d)", n, found, c.Pending)
+	// Entries handed back with unclaim.lua are pending under the consumer
+	// "handed-back" (rule 13); the rest must be its own consumer's, which
+	// stays only if it has some.
+	hb, hbFound, err := s.consumer(ctx, st, "handed-back")
+	if err != nil {
+		return err
 	}
+	var own, handed int64
+	if found {
+		own = c.Pending
+	}
+	if hbFound {
+		handed = hb.Pending
+	}
+	if own == 0 {
+		s.check("W17", !found, "the worker exited with nothing pending under its consumer but left its consumer %s in the group", p.consumer)
+	}
+	s.check("W17", own+handed == n, "entries pending after the exit (%d) are neither its consumer's (consumer found=%v, pending %d) nor handed back (%d)", n, found, own, handed)
 	return nil
 }
 

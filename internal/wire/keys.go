@@ -27,6 +27,12 @@ func ReplayKey(stream string) string { return stream + ":replay" }
 // partition stream.
 func StatusKey(stream string) string { return stream + ":status" }
 
+// RunsKey returns the key of the hash in which "kbridge worker" records, per
+// entry ID of the stream, how many times a handler was started on the entry
+// (a run). It decides the dead letter for deliveries that never ran (a
+// worker that read entries ahead and died): docs/wire.md, rule 8.
+func RunsKey(stream string) string { return stream + ":runs" }
+
 // RegistryKey returns the key of the set that lists every partition stream
 // under prefix. Workers read it (SMEMBERS) to discover partitions.
 func RegistryKey(prefix string) string { return prefix + ":streams" }

@@ -7,6 +7,7 @@ BREAK=<name>[,<name>...] turns on deliberate rule violations, so that
 TestBrokenWorkers (internal/conformance) shows the kit fails each one:
   plaindel      deletes its consumer with plain XGROUP DELCONSUMER (rule 12): with readahead, loses entries
   readahead     reads 10 entries at a time (handed back with unclaim.lua at SIGTERM, as rule 13 says)
+  keepread      with readahead: leaves what was read but not started pending at SIGTERM (rule 13 allows it)
   localretry    retries in process counting deliveries itself, without redeliver.lua (rule 9)
   dlqnocheck    dead-letters with XADD + XACK, without the ownership check (rule 10)
   versiononce   checks the wire version only at start-up (rule 1)
@@ -223,8 +224,10 @@ while not stop:
     for x, ents in res or []:
         for k, (eid, fields) in enumerate(ents):
             seen.add(b(x))
-            if stop:  # rule 13: hand back what was read but not started
-                r.eval(open(os.path.join(LUA_DIR, "unclaim.lua")).read(), 1, x, G, C, V, *[e for e, _ in ents[k:]]); break
+            if stop:  # rule 13: hand back what was read but not started (or leave it to be reclaimed)
+                if "keepread" not in BREAK:
+                    r.eval(open(os.path.join(LUA_DIR, "unclaim.lua")).read(), 1, x, G, C, V, *[e for e, _ in ents[k:]])
+                break
             handle(x, eid, list(fields.items()) if isinstance(fields, dict) else fields, 1)
 for x in seen:
     if "plaindel" in BREAK: r.xgroup_delconsumer(x, G, C)  # rule 12 broken: drops its pending entries
