@@ -74,7 +74,8 @@ type Config struct {
 	ReadAhead int
 	// VisibilityTimeout is how long an entry may stay pending without its
 	// lease being extended before other workers reclaim it. The lease of a
-	// running handler is extended every VisibilityTimeout/3. Default 30s.
+	// running handler is extended every VisibilityTimeout/3. Default 10s
+	// (DefaultVisibilityTimeout).
 	VisibilityTimeout time.Duration
 	// ReclaimInterval is how often the worker looks for entries of dead
 	// workers (XAUTOCLAIM). Default VisibilityTimeout/4, at most 5s.
