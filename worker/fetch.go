@@ -405,7 +405,10 @@ func (w *Worker) admitRead(ctx context.Context, res []redis.XStream) []*Message 
 	var out []*Message
 	for _, st := range res {
 		for _, xm := range st.Messages {
-			he := w.hold(st.Stream, xm.ID)
+			he := w.holdRead(st.Stream, xm.ID)
+			if he == nil {
+				continue
+			}
 			if m := w.admit(ctx, he, xm.Values, 1); m != nil {
 				out = append(out, m)
 			}

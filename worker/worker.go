@@ -220,8 +220,34 @@ func (w *Worker) Run(ctx context.Context) error {
 // hold records that this consumer holds an entry (its lease is extended
 // until release) and returns the hold, for the entry's tasks to carry.
 func (w *Worker) hold(stream, id string) *heldEntry {
+	he, _ := w.holdUnless(stream, id, false)
+	return he
+}
+
+// holdRead is hold for an entry that an XREADGROUP delivered. It returns
+// nil when this consumer already holds the entry and is not settling it:
+// the group's delivery position went back (XGROUP SETID, Redis restored
+// from an older snapshot) while the entry's handler runs or waits. That run
+// goes on and keeps the lease; a second one would handle the entry twice at
+// once (docs/reliability.md, finding 3).
+func (w *Worker) holdRead(stream, id string) *heldEntry {
+	he, ok := w.holdUnless(stream, id, true)
+	if !ok {
+		w.log.Warn("entry delivered again while this worker holds it (the group's position went back: XGROUP SETID, or Redis restored from an older snapshot): not run twice", "stream", stream, "id", id)
+		return nil
+	}
+	return he
+}
+
+// holdUnless records a hold of the entry, unless unlessHeld and this
+// consumer holds it already (not settling): then it returns false.
+func (w *Worker) holdUnless(stream, id string, unlessHeld bool) (*heldEntry, bool) {
 	he := &heldEntry{ref: entryRef{stream, id}, since: time.Now()}
 	w.mu.Lock()
+	if old := w.held[he.ref]; unlessHeld && old != nil && !old.settling {
+		w.mu.Unlock()
+		return nil, false
+	}
 	if old := w.held[he.ref]; old != nil && old.settling {
 		// The entry is held again (read again after Redis forgot it)
 		// while the acknowledgement of the older hold may still be on its
@@ -230,7 +256,7 @@ func (w *Worker) hold(stream, id string) *heldEntry {
 	}
 	w.held[he.ref] = he
 	w.mu.Unlock()
-	return he
+	return he, true
 }
 
 // release stops extending the lease of he's entry (acknowledged,
