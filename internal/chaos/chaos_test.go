@@ -105,13 +105,22 @@ func TestQuickSeed(t *testing.T) {
 
 // TestRecoveryIsolated measures the recovery time of each fault type alone
 // (issue 11 point 5), on the flag defaults (CHAOS_PROFILE=fast for the fast
-// profile). On demand: it takes long (CHAOS_LONG=1); CHAOS_KINDS and
-// CHAOS_REPS choose what and how often. scripts/chaos.sh --isolate does the
-// same and writes the table into docs/reliability.md.
+// profile), and prints the table of docs/reliability.md. In CI (no
+// CHAOS_LONG) it runs once each the faults whose recovery the defaults set
+// (an ingest's session timeout, a worker's visibility timeout, Redis back on
+// an old snapshot) and two that cost only backoff; CHAOS_LONG=1 runs every
+// kind twice (minutes); CHAOS_KINDS and CHAOS_REPS choose. scripts/chaos.sh
+// --isolate does the same and writes the table into docs/reliability.md.
+// Recovery times are printed, not asserted (a shared 2-core machine); what
+// is asserted is that every fault recovered and every promise held.
 func TestRecoveryIsolated(t *testing.T) {
 	testenv.RequireReal(t, "starts a Kafka broker and a redis-server of its own")
+	kindsEnv, reps := os.Getenv("CHAOS_KINDS"), envInt("CHAOS_REPS", 2)
 	if os.Getenv("CHAOS_LONG") == "" {
-		t.Skip("long (minutes per fault type on the defaults): set CHAOS_LONG=1")
+		if kindsEnv == "" {
+			kindsEnv = "none,ingest-kill,worker-kill,redis-old,redis-empty,kafka-cut"
+		}
+		reps = envInt("CHAOS_REPS", 1)
 	}
 	profile := os.Getenv("CHAOS_PROFILE")
 	if profile == "" {
@@ -121,7 +130,7 @@ func TestRecoveryIsolated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kinds, err := ParseKinds(os.Getenv("CHAOS_KINDS"))
+	kinds, err := ParseKinds(kindsEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,8 +138,8 @@ func TestRecoveryIsolated(t *testing.T) {
 		System: SystemConfig{Bin: testenv.BuildKbridge(t), Scripts: testenv.ScriptsDir(), Dir: runDir(t),
 			Partitions: 8, Ingests: 3, Workers: 3, Rate: 500, Delay: 2 * time.Millisecond,
 			IngestArgs: ingestArgs, WorkerArgs: workerArgs, Log: testLogger(t)},
-		Mode: ModeIsolate, Kinds: kinds, Reps: envInt("CHAOS_REPS", 2), Profile: profile,
-		Command: "CHAOS_LONG=1 go test -run TestRecoveryIsolated ./internal/chaos/",
+		Mode: ModeIsolate, Kinds: kinds, Reps: reps, Profile: profile,
+		Command: "CHAOS_KINDS=" + kindsEnv + " CHAOS_REPS=" + strconv.Itoa(reps) + " go test -run TestRecoveryIsolated ./internal/chaos/ (real services)",
 	})
 	if err != nil {
 		t.Fatal(err)
