@@ -320,3 +320,71 @@ func TestMixedGroupRunsBound(t *testing.T) {
 			total, pyRuns, runs.Load(), cfg.MaxDeliveries+1)
 	}
 }
+
+// TestFirstDeliveryBackOffThenFailuresKeepBudget (held): a first delivery
+// (no record) that asks to back off (RetryError: counts no run), then fails
+// for ever, with MaxDeliveries 3: the back-off run is not counted, the
+// unrecorded first run is (ARGV[7]): 4 handler calls, 1 dead letter, no
+// record left.
+func TestFirstDeliveryBackOffThenFailuresKeepBudget(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	cleanRuns(t, e, s)
+	e.add(t, s, 0, 1)
+	ctx := context.Background()
+	var calls atomic.Int64
+	cfg := e.config(func(context.Context, *Message) error {
+		if calls.Add(1) == 1 {
+			return &RetryError{After: 20 * time.Millisecond, Err: errors.New("downstream busy")}
+		}
+		return errors.New("fails")
+	})
+	cfg.MaxDeliveries = 3
+	running(t, mustNew(t, cfg))
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		dl, _ := e.rdb.XLen(ctx, wire.DLQKey(s)).Result()
+		return dl == 1 && e.pending(t, s, DefaultGroup) == 0
+	}, "not dead-lettered")
+	left, _ := e.rdb.HLen(ctx, wire.RunsKey(s)).Result()
+	if calls.Load() != 4 || left != 0 {
+		t.Errorf("handler calls %d (want 4: a back-off, then 3 counted runs), runs records left %d (want 0)", calls.Load(), left)
+	}
+}
+
+// TestRepeatedHandBackNotDeadLettered (held): entries read ahead and handed
+// back (unclaim.lua) by three workers in turn, never run, are not
+// dead-lettered by a kbridge worker with MaxDeliveries 1: each hand-back
+// takes its delivery off the count, and none left a record.
+func TestRepeatedHandBackNotDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	cleanRuns(t, e, s)
+	const n = 5
+	e.add(t, s, 0, n)
+	ctx := context.Background()
+	ids := []any{}
+	for o := range n {
+		ids = append(ids, wire.EntryID(int64(o)))
+	}
+	if err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "c0", Streams: []string{s, ">"}, Count: n}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range []string{"c0", "c1", "c2"} {
+		if i > 0 {
+			if err := e.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: s, Group: DefaultGroup, Consumer: c, MinIdle: 0, Start: "0-0", Count: n}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := unclaimScript.Run(ctx, e.rdb, []string{s}, append([]any{DefaultGroup, c, 600}, ids...)...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := newSeen()
+	cfg := e.config(func(_ context.Context, m *Message) error { got.add(m); return nil })
+	cfg.MaxDeliveries = 1
+	running(t, mustNew(t, cfg))
+	testenv.Eventually(t, 10*time.Second, func() bool { return got.distinct() == n && e.pending(t, s, DefaultGroup) == 0 }, "handled %d of %d", got.distinct(), n)
+	if dl, _ := e.rdb.XLen(ctx, wire.DLQKey(s)).Result(); dl != 0 {
+		t.Errorf("%d entries handed back unrun were dead-lettered", dl)
+	}
+}
