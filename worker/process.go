@@ -181,7 +181,7 @@ func (w *Worker) startRun(ctx context.Context, t *task, run bool) (n, runs int64
 		}
 		return 0
 	}
-	res, err := startScript.Run(tctx, w.rdb, []string{m.Stream, wire.RunsKey(m.Stream)},
+	res, err := startScript.Run(tctx, w.rdb, []string{m.Stream, wire.RunsKey(m.Stream, w.cfg.Group)},
 		w.cfg.Group, w.cfg.Consumer, m.ID, w.cfg.MaxDeliveries, flag(t.redeliver), flag(run), t.runs).Int64Slice()
 	if err != nil {
 		return 0, 0, err
@@ -227,7 +227,7 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 	dlq := wire.DLQKey(wire.PartitionStreamOf(m.Stream))
 	keys := []string{m.Stream, dlq}
 	if m.held.mayHaveRuns || m.Deliveries > 1 {
-		keys = append(keys, wire.RunsKey(m.Stream)) // deadletter.lua deletes its record
+		keys = append(keys, wire.RunsKey(m.Stream, w.cfg.Group)) // deadletter.lua deletes its record
 	}
 	bctx := context.WithoutCancel(ctx)
 	w.settling(m.held)

@@ -19,10 +19,14 @@ import (
 	"github.com/kbridge/kbridge/internal/wire"
 )
 
-// cleanRuns deletes the stream's runs hash when the test ends (env.stream
-// does not).
+// cleanRuns deletes the stream's runs hashes (of DefaultGroup, g1 and g2)
+// when the test ends (env.stream does not).
 func cleanRuns(t *testing.T, e *env, s string) {
-	t.Cleanup(func() { e.rdb.Del(context.Background(), wire.RunsKey(s), wire.RunsKey(wire.ReplayKey(s))) })
+	t.Cleanup(func() {
+		for _, g := range []string{DefaultGroup, "g1", "g2"} {
+			e.rdb.Del(context.Background(), wire.RunsKey(s, g), wire.RunsKey(wire.ReplayKey(s), g))
+		}
+	})
 }
 
 // TestRunsRecordIsPerGroup: two groups on one stream (fan-out, docs/wire.md
@@ -30,8 +34,9 @@ func cleanRuns(t *testing.T, e *env, s string) {
 // runs hash is keyed by stream and entry ID only (<stream>:runs), so group
 // g1's runs of an entry count against group g2's: with MaxDeliveries 2 and a
 // handler that always fails, g2 must run the entry twice before it
-// dead-letters it; it runs it once, then start.lua refuses its retry with
-// g1's record (2).
+// dead-letters it; it ran it once, then start.lua refused its retry with
+// g1's record (2). Fixed: the record is per group, <stream>:runs:<group>
+// (wire.RunsKey(stream, group)).
 func TestRunsRecordIsPerGroup(t *testing.T) {
 	e := newEnv(t)
 	s := e.stream(t, "t", 0, "g1", "g2")
@@ -58,7 +63,7 @@ func TestRunsRecordIsPerGroup(t *testing.T) {
 	cfg1.MaxDeliveries = 2
 	running(t, mustNew(t, cfg1))
 	testenv.Eventually(t, 10*time.Second, func() bool {
-		v, _ := e.rdb.HGet(ctx, wire.RunsKey(s), "0-1").Result()
+		v, _ := e.rdb.HGet(ctx, wire.RunsKey(s, "g1"), "0-1").Result()
 		return v == "2"
 	}, "g1's retry not recorded")
 
@@ -74,7 +79,7 @@ func TestRunsRecordIsPerGroup(t *testing.T) {
 	}, "g2's entry not dead-lettered")
 	releaseOnce.Do(func() { close(release) })
 	if runs2.Load() != 2 {
-		t.Errorf("group g2 ran the entry %d times before dead-lettering it with MaxDeliveries 2, want 2: the runs record (%s) is shared with group g1", runs2.Load(), wire.RunsKey(s))
+		t.Errorf("group g2 ran the entry %d times before dead-lettering it with MaxDeliveries 2, want 2: the runs record (%s) is shared with group g1", runs2.Load(), wire.RunsKey(s, "g2"))
 	}
 }
 
@@ -82,8 +87,9 @@ func TestRunsRecordIsPerGroup(t *testing.T) {
 // a consumer whose lease lapsed (count 2: start.lua records run 1), its run
 // fails; meanwhile the lapsed consumer finishes its own run and acknowledges
 // the entry (XACK does not check the consumer). The retry finds the entry
-// gone (start.lua: -1) and drops it. Nobody deletes the record: a field of
-// <stream>:runs for an entry no longer pending, for ever.
+// gone (start.lua: -1) and drops it. Nobody deleted the record: a field of
+// the runs hash for an entry no longer pending, for ever. Fixed by the
+// periodic runs clean-up (runsgc.lua, Config.RunsCleanupInterval).
 func TestRunsRecordDeletedWhenAnotherConsumerAcks(t *testing.T) {
 	e := newEnv(t)
 	s := e.stream(t, "t", 0)
@@ -102,14 +108,17 @@ func TestRunsRecordDeletedWhenAnotherConsumerAcks(t *testing.T) {
 		}
 		return errors.New("fails: retried later")
 	})
+	cfg.RunsCleanupInterval = 50 * time.Millisecond
 	w := mustNew(t, cfg)
 	running(t, w)
 	testenv.Eventually(t, 10*time.Second, func() bool { return calls.Load() >= 1 && e.pending(t, s, DefaultGroup) == 0 }, "not reclaimed and acknowledged")
-	time.Sleep(time.Second) // the retry (BackoffMax 100ms), and the acks
-	if n, _ := e.rdb.HLen(ctx, wire.RunsKey(s)).Result(); n != 0 {
-		f, _ := e.rdb.HGetAll(ctx, wire.RunsKey(s)).Result()
-		t.Errorf("runs hash holds %d fields (%v) after the entry was acknowledged: leaked for ever (nothing is pending)", n, f)
-	}
+	// Fixed: the worker's runs clean-up (runsgc.lua, every
+	// RunsCleanupInterval) deletes the field of an entry no longer pending,
+	// whoever acknowledged it.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		n, _ := e.rdb.HLen(ctx, wire.RunsKey(s, DefaultGroup)).Result()
+		return n == 0
+	}, "runs hash still holds a field after the entry was acknowledged: leaked for ever (nothing is pending)")
 }
 
 // TestRunsRecordDeletedWhenCountWorkerAcks: a group of kbridge worker and a
@@ -118,7 +127,7 @@ func TestRunsRecordDeletedWhenAnotherConsumerAcks(t *testing.T) {
 // recorded: 2) and stops while it waits for the retry (the entry stays
 // pending); the other worker reclaims it (reclaim.lua) and acknowledges it
 // (XACK), as kbridge_worker.py does. Rule 8 does not ask that worker to
-// delete the record; nobody does.
+// delete the record; nobody did. Fixed by the periodic runs clean-up.
 func TestRunsRecordDeletedWhenCountWorkerAcks(t *testing.T) {
 	e := newEnv(t)
 	s := e.stream(t, "t", 0)
@@ -139,7 +148,7 @@ func TestRunsRecordDeletedWhenCountWorkerAcks(t *testing.T) {
 	w := mustNew(t, cfg)
 	stop := running(t, w)
 	testenv.Eventually(t, 10*time.Second, func() bool {
-		v, _ := e.rdb.HGet(ctx, wire.RunsKey(s), "0-1").Result()
+		v, _ := e.rdb.HGet(ctx, wire.RunsKey(s, DefaultGroup), "0-1").Result()
 		return v == "2" && calls.Load() == 2
 	}, "retry not recorded")
 	if err := stop(); err != nil {
@@ -159,9 +168,17 @@ func TestRunsRecordDeletedWhenCountWorkerAcks(t *testing.T) {
 	if err := e.rdb.XAck(ctx, s, DefaultGroup, "0-1").Err(); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := e.rdb.HLen(ctx, wire.RunsKey(s)).Result(); n != 0 {
-		t.Errorf("runs hash holds %d fields after a delivery-count worker acknowledged the entry: leaked for ever (a worker written from docs/wire.md alone never deletes it)", n)
-	}
+	// Fixed: the runs clean-up of any kbridge worker of the group
+	// (runsgc.lua, every RunsCleanupInterval) deletes the field; the
+	// delivery-count worker need not. The first worker stopped: another
+	// one starts.
+	cfg2 := e.config(func(context.Context, *Message) error { return nil })
+	cfg2.RunsCleanupInterval = 50 * time.Millisecond
+	running(t, mustNew(t, cfg2))
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		n, _ := e.rdb.HLen(ctx, wire.RunsKey(s, DefaultGroup)).Result()
+		return n == 0
+	}, "runs hash still holds a field after a delivery-count worker acknowledged the entry: leaked for ever (a worker written from docs/wire.md alone never deletes it)")
 }
 
 // TestStaleRunsRecordNotCountedOnFirstRetry: a runs field left behind for an
@@ -180,7 +197,7 @@ func TestStaleRunsRecordNotCountedOnFirstRetry(t *testing.T) {
 	ctx := context.Background()
 	// The old topic's entry 0-1 left a record of 5 runs; its stream is
 	// deleted (the runbook), then created again by the ingest.
-	if err := e.rdb.HSet(ctx, wire.RunsKey(s), "0-1", 5).Err(); err != nil {
+	if err := e.rdb.HSet(ctx, wire.RunsKey(s, DefaultGroup), "0-1", 5).Err(); err != nil {
 		t.Fatal(err)
 	}
 	e.rdb.Del(ctx, s)
@@ -345,7 +362,7 @@ func TestFirstDeliveryBackOffThenFailuresKeepBudget(t *testing.T) {
 		dl, _ := e.rdb.XLen(ctx, wire.DLQKey(s)).Result()
 		return dl == 1 && e.pending(t, s, DefaultGroup) == 0
 	}, "not dead-lettered")
-	left, _ := e.rdb.HLen(ctx, wire.RunsKey(s)).Result()
+	left, _ := e.rdb.HLen(ctx, wire.RunsKey(s, DefaultGroup)).Result()
 	if calls.Load() != 4 || left != 0 {
 		t.Errorf("handler calls %d (want 4: a back-off, then 3 counted runs), runs records left %d (want 0)", calls.Load(), left)
 	}

@@ -171,6 +171,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	bg.Go(func() { w.discoveryLoop(ctx, kick) })
 	bg.Go(func() { w.reclaimLoop(ctx) })
 	bg.Go(func() { w.janitorLoop(ctx) })
+	bg.Go(func() { w.runsGCLoop(ctx) })
 	w.readLoop(ctx, rediscover)
 	bg.Wait()
 
