@@ -88,7 +88,10 @@ type Config struct {
 	// survives crashes short of one run: a record whose handler crashes its
 	// worker runs at most MaxDeliveries + 1 times. A delivery whose handler
 	// never started (an entry read ahead by a worker that died) does not
-	// count.
+	// count. Each group has its own record. In a group shared with workers
+	// that decide on delivery counts (docs/wire.md rule 8: the Python and
+	// shell workers), their runs are not recorded: a record runs at most
+	// 2 × MaxDeliveries times there (each kind at most MaxDeliveries).
 	MaxDeliveries int
 	// BackoffMin is the wait before the first retry; it doubles with each
 	// delivery up to BackoffMax. Defaults 1s and 1m.
