@@ -110,7 +110,7 @@ func (a *acker) flush(ctx context.Context) error {
 				}
 			}
 			if len(recorded) > 0 {
-				p.HDel(ctx, wire.RunsKey(stream), recorded...)
+				p.HDel(ctx, wire.RunsKey(stream, a.w.cfg.Group), recorded...)
 			}
 		}
 		return nil

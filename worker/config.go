@@ -30,19 +30,20 @@ type Handler func(ctx context.Context, m *Message) error
 
 // Defaults of Config.
 const (
-	DefaultGroup             = "workers"
-	DefaultConcurrency       = 16
-	DefaultVisibilityTimeout = 10 * time.Second
-	DefaultMaxDeliveries     = 5
-	DefaultBackoffMin        = time.Second
-	DefaultBackoffMax        = time.Minute
-	DefaultAckInterval       = 50 * time.Millisecond
-	DefaultAckBatch          = 100
-	DefaultBlockTimeout      = time.Second
-	DefaultDiscoveryInterval = 2 * time.Second
-	DefaultShutdownTimeout   = 30 * time.Second
-	DefaultConsumerIdle      = time.Hour
-	DefaultMaxTransientTime  = 5 * time.Minute
+	DefaultGroup               = "workers"
+	DefaultConcurrency         = 16
+	DefaultVisibilityTimeout   = 10 * time.Second
+	DefaultMaxDeliveries       = 5
+	DefaultBackoffMin          = time.Second
+	DefaultBackoffMax          = time.Minute
+	DefaultAckInterval         = 50 * time.Millisecond
+	DefaultAckBatch            = 100
+	DefaultBlockTimeout        = time.Second
+	DefaultDiscoveryInterval   = 2 * time.Second
+	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultConsumerIdle        = time.Hour
+	DefaultRunsCleanupInterval = time.Minute
+	DefaultMaxTransientTime    = 5 * time.Minute
 )
 
 // Config configures a Worker. The zero value of every field but Redis and
@@ -87,7 +88,10 @@ type Config struct {
 	// survives crashes short of one run: a record whose handler crashes its
 	// worker runs at most MaxDeliveries + 1 times. A delivery whose handler
 	// never started (an entry read ahead by a worker that died) does not
-	// count.
+	// count. Each group has its own record. In a group shared with workers
+	// that decide on delivery counts (docs/wire.md rule 8: the Python and
+	// shell workers), their runs are not recorded: a record runs at most
+	// 2 × MaxDeliveries times there (each kind at most MaxDeliveries).
 	MaxDeliveries int
 	// BackoffMin is the wait before the first retry; it doubles with each
 	// delivery up to BackoffMax. Defaults 1s and 1m.
@@ -123,6 +127,12 @@ type Config struct {
 	// and with nothing pending are deleted (left over by workers that died).
 	// Default 1h; negative: never.
 	ConsumerIdleTimeout time.Duration
+	// RunsCleanupInterval is how often the worker deletes the runs recorded
+	// (the group's runs hash, docs/wire.md rule 8) for entries no longer
+	// pending in the group: those another consumer, or a worker of another
+	// kind, acknowledged (lua/runsgc.lua, one HSCAN batch of each stream's
+	// hash a round). Default 1m; negative: never.
+	RunsCleanupInterval time.Duration
 	// Logger receives the worker's logs. Default: discard.
 	Logger *slog.Logger
 	// OnHandled, if set, is called after every handler call with its
@@ -234,6 +244,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ConsumerIdleTimeout == 0 {
 		c.ConsumerIdleTimeout = DefaultConsumerIdle
+	}
+	if c.RunsCleanupInterval == 0 {
+		c.RunsCleanupInterval = DefaultRunsCleanupInterval
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -36,7 +36,7 @@ func TestReclaimFromDeadConsumer(t *testing.T) {
 	}
 	// ... and its handler was started each time (start.lua's record): it
 	// ran MaxDeliveries times. The other 9 entries were only read.
-	if err := e.rdb.HSet(ctx, wire.RunsKey(s), "0-1", 3).Err(); err != nil {
+	if err := e.rdb.HSet(ctx, wire.RunsKey(s, DefaultGroup), "0-1", 3).Err(); err != nil {
 		t.Fatal(err)
 	}
 	got := newSeen()

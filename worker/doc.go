@@ -25,15 +25,19 @@
 // handler slot back (it stays leased). The delivery count that Redis keeps
 // for the entry is what the handler sees; each retry increments it (XCLAIM
 // RETRYCOUNT). The dead letter is decided on runs: before each handler start
-// but the first the worker records it in the stream's runs hash
-// (<stream>:runs, lua/start.lua), so that a delivery whose handler never
+// but the first the worker records it in the group's runs hash of the
+// stream (<stream>:runs:<group>, lua/start.lua), so that a delivery whose handler never
 // started — an entry read ahead by a worker that died — costs nothing. The
 // first delivery (count 1) starts without a script: its run is implied by
 // the count, so the common path costs no Redis call before the handler, and
 // the acknowledgement deletes no record. The price is one run at most: if
 // the worker dies during that first run, the others do not know of it, so a
 // record whose handler crashes its worker runs at most MaxDeliveries + 1
-// times before it is dead-lettered. A RetryAfter error (the downstream is
+// times before it is dead-lettered (2 × MaxDeliveries in a group shared
+// with workers that decide on delivery counts, whose runs are not recorded:
+// docs/wire.md rule 8). The worker deletes the record of an entry it
+// acknowledges or dead-letters, and every Config.RunsCleanupInterval those
+// of entries no longer pending (lua/runsgc.lua). A RetryAfter error (the downstream is
 // unavailable) pauses the entry's stream and counts no delivery nor run, for
 // up to Config.MaxTransientTime. After Config.MaxDeliveries runs without an
 // outcome the entry is written to the partition's dead-letter stream

@@ -37,7 +37,7 @@ const (
 )
 
 // attempt makes one delivery of t's entry: unless it is the entry's first
-// delivery, records the run (and the delivery, if it is a retry after a
+// delivery, started within VisibilityTimeout/2 of its read, records the run (and the delivery, if it is a retry after a
 // failure) in Redis first, dead-letters it instead if it already ran
 // MaxDeliveries times, runs the handler, and
 // settles the entry or says when to retry it. A failed entry stays pending
@@ -65,13 +65,20 @@ func (w *Worker) attempt(hctx context.Context, t *task) (res result, at time.Tim
 	// have taken it (our lease lapsed) and even acknowledged it.
 	//
 	// The common path costs nothing: an entry delivered for the first
-	// time (count 1, read with XREADGROUP >) and not retried here starts
-	// without the script and without a record; its first run is implied
-	// by its delivery count. If this worker dies while it runs, the worker
+	// time (count 1, read with XREADGROUP >), not retried here, and read
+	// less than VisibilityTimeout/2 ago starts without the script and
+	// without a record; its first run is implied by its delivery count.
+	// Skipping the ownership check is safe only that soon: until its idle
+	// time reaches the visibility timeout no worker following the rules
+	// may take the entry, and t.he.since is taken after Redis delivered it.
+	// An entry that waited longer in the queue (our lease may have lapsed
+	// meanwhile: Redis unreachable) goes through the script, which checks
+	// that it is still ours. If this worker dies while it runs, the worker
 	// that reclaims the entry does not know of that run: an entry whose
-	// handler crashes its worker runs at most MaxDeliveries + 1 times.
+	// handler crashes its worker runs at most MaxDeliveries + 1 times (in a
+	// group of kbridge workers only; docs/wire.md rule 8).
 	run := t.redeliver || t.backoffs == 0
-	if run && !t.redeliver && m.Deliveries <= 1 && !t.he.mayHaveRuns {
+	if run && !t.redeliver && m.Deliveries <= 1 && !t.he.mayHaveRuns && time.Since(t.he.since) < w.cfg.VisibilityTimeout/2 {
 		m.Deliveries, t.runs = 1, 1
 		return w.run(hctx, t)
 	}
@@ -181,7 +188,7 @@ func (w *Worker) startRun(ctx context.Context, t *task, run bool) (n, runs int64
 		}
 		return 0
 	}
-	res, err := startScript.Run(tctx, w.rdb, []string{m.Stream, wire.RunsKey(m.Stream)},
+	res, err := startScript.Run(tctx, w.rdb, []string{m.Stream, wire.RunsKey(m.Stream, w.cfg.Group)},
 		w.cfg.Group, w.cfg.Consumer, m.ID, w.cfg.MaxDeliveries, flag(t.redeliver), flag(run), t.runs).Int64Slice()
 	if err != nil {
 		return 0, 0, err
@@ -227,7 +234,7 @@ func (w *Worker) deadLetter(ctx context.Context, m *Message, reason string, caus
 	dlq := wire.DLQKey(wire.PartitionStreamOf(m.Stream))
 	keys := []string{m.Stream, dlq}
 	if m.held.mayHaveRuns || m.Deliveries > 1 {
-		keys = append(keys, wire.RunsKey(m.Stream)) // deadletter.lua deletes its record
+		keys = append(keys, wire.RunsKey(m.Stream, w.cfg.Group)) // deadletter.lua deletes its record
 	}
 	bctx := context.WithoutCancel(ctx)
 	w.settling(m.held)

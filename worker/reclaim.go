@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/kbridge/kbridge/internal/wire"
 )
 
 // reclaimLoop takes over the entries of dead workers every ReclaimInterval,
@@ -199,6 +201,87 @@ func (w *Worker) removeIdleConsumers(ctx context.Context, streams []string) {
 				if n, err := delConsumerScript.Run(ctx, w.rdb, []string{s}, w.cfg.Group, c.Name).Int64(); err == nil && n >= 0 {
 					w.log.Info("deleted idle consumer with nothing pending", "stream", s, "idle_consumer", c.Name, "idle", c.Idle)
 				}
+			}
+		}
+	}
+}
+
+// runsGCCount is the HSCAN COUNT of one runsGCScript call: about how many
+// fields of one runs hash a cleanup round looks at.
+const runsGCCount = 100
+
+// runsGCLoop deletes, every RunsCleanupInterval, the runs recorded
+// (start.lua) for entries no longer pending in the group, in a goroutine of
+// its own (the reads never wait for it). This worker deletes the record of
+// an entry it acknowledges or dead-letters itself; the cleanup takes the
+// rest: entries acknowledged by another consumer (its lease lapsed while
+// ours ran) or by a worker that decides on delivery counts, a retry given
+// up at shutdown and finished elsewhere, deleted entries. A round looks at
+// one HSCAN batch (runsGCCount) of each stream's hash, resuming the walk
+// where the last round left it: bounded work per round, whatever the size
+// of the hashes.
+func (w *Worker) runsGCLoop(ctx context.Context) {
+	if w.cfg.RunsCleanupInterval <= 0 {
+		return
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-w.discovered:
+	}
+	t := time.NewTicker(w.cfg.RunsCleanupInterval)
+	defer t.Stop()
+	cursors := map[string]string{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.runsGCRound(ctx, w.sched.listed(), cursors)
+	}
+}
+
+// runsGCRound runs runsGCScript once on each stream's runs hash, pipelined
+// janitorBatch streams at a time, from the cursor the last round returned
+// (cursors: stream → HSCAN cursor; absent: start over).
+func (w *Worker) runsGCRound(ctx context.Context, streams []string, cursors map[string]string) {
+	for s := range cursors {
+		if !slices.Contains(streams, s) {
+			delete(cursors, s)
+		}
+	}
+	for i := 0; i < len(streams) && ctx.Err() == nil; i += janitorBatch {
+		part := streams[i:min(i+janitorBatch, len(streams))]
+		cmds := make([]*redis.Cmd, len(part))
+		_, _ = w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j, s := range part {
+				cur := cursors[s]
+				if cur == "" {
+					cur = "0"
+				}
+				// Eval: Run cannot fall back from NOSCRIPT in a pipeline.
+				cmds[j] = runsGCScript.Eval(ctx, p, []string{s, wire.RunsKey(s, w.cfg.Group)}, w.cfg.Group, cur, runsGCCount)
+			}
+			return nil
+		})
+		for j, c := range cmds {
+			s := part[j]
+			res, err := c.Slice()
+			if err != nil || len(res) != 2 {
+				if err != nil && ctx.Err() == nil {
+					w.log.Warn("runs clean-up failed", "stream", s, "err", err)
+				}
+				delete(cursors, s)
+				continue
+			}
+			if cur, _ := res[0].(string); cur != "" && cur != "0" {
+				cursors[s] = cur
+			} else {
+				delete(cursors, s)
+			}
+			if n, _ := res[1].(int64); n > 0 {
+				w.log.Debug("deleted the runs records of entries no longer pending", "stream", s, "fields", n)
 			}
 		}
 	}

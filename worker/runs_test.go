@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,7 +30,7 @@ func (c cmdCounter) count(cmd redis.Cmder) {
 			c.starts.Add(1)
 		}
 	case "hdel":
-		if len(args) < 2 || args[1] != wire.RunsKey(c.stream) {
+		if len(args) < 2 || args[1] != wire.RunsKey(c.stream, DefaultGroup) {
 			return
 		}
 		c.hdels.Add(int64(len(args) - 2)) // fields deleted
@@ -79,7 +80,7 @@ func TestFirstDeliveryCostsNoScript(t *testing.T) {
 		if m.Offset != 7 {
 			return nil
 		}
-		v, err := e.rdb.HGet(ctx, wire.RunsKey(s), m.ID).Result()
+		v, err := e.rdb.HGet(ctx, wire.RunsKey(s, DefaultGroup), m.ID).Result()
 		if errors.Is(err, redis.Nil) {
 			v = "none"
 		}
@@ -97,7 +98,7 @@ func TestFirstDeliveryCostsNoScript(t *testing.T) {
 	running(t, w)
 	testenv.Eventually(t, 15*time.Second, func() bool { return got.distinct() == n && e.pending(t, s, DefaultGroup) == 0 }, "entries not all handled and acknowledged")
 	testenv.Eventually(t, 5*time.Second, func() bool { return c.hdels.Load() >= 1 }, "no HDEL of the retried entry's record")
-	left, _ := e.rdb.HLen(ctx, wire.RunsKey(s)).Result()
+	left, _ := e.rdb.HLen(ctx, wire.RunsKey(s, DefaultGroup)).Result()
 	mu.Lock()
 	defer mu.Unlock()
 	t.Logf("%d entries, 1 failing once: start.lua calls %d, fields HDELed %d, runs records left %d, record of the failing entry at its deliveries %v",
@@ -139,12 +140,70 @@ func TestUnrecordedFirstRunCostsOneRun(t *testing.T) {
 	running(t, w)
 	testenv.Eventually(t, 20*time.Second, func() bool { return e.pending(t, s, DefaultGroup) == 0 }, "entry still pending")
 	dl, _ := e.rdb.XLen(ctx, wire.DLQKey(s)).Result()
-	left, _ := e.rdb.HLen(ctx, wire.RunsKey(s)).Result()
+	left, _ := e.rdb.HLen(ctx, wire.RunsKey(s, DefaultGroup)).Result()
 	t.Logf("first run unrecorded (worker died), MaxDeliveries 2: survivor ran it %d times, dead letters %d, records left %d", runs.Load(), dl, left)
 	if runs.Load() != 2 || dl != 1 {
 		t.Errorf("survivor ran it %d times, %d dead letters; want 2 runs (MaxDeliveries + 1 = 3 with the dead worker's) and 1 dead letter", runs.Load(), dl)
 	}
 	if left != 0 {
 		t.Errorf("%d runs records left after the dead letter, want 0", left)
+	}
+}
+
+// TestRunsGCScript: runsgc.lua deletes the runs fields of entries no longer
+// pending in the group (acknowledged, never delivered, not an ID) and keeps
+// those of pending entries, whoever holds them, walking a large hash in
+// HSCAN batches; without the group, nothing is pending.
+func TestRunsGCScript(t *testing.T) {
+	e := newEnv(t)
+	s := e.stream(t, "t", 0)
+	runs := wire.RunsKey(s, DefaultGroup)
+	t.Cleanup(func() { e.rdb.Del(context.Background(), runs) })
+	ctx := context.Background()
+	const n = 300 // above the listpack limit: HSCAN in batches
+	e.add(t, s, 0, n)
+	if err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "a", Streams: []string{s, ">"}, Count: 100}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "b", Streams: []string{s, ">"}, Count: 100}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// 0..199 pending (under a and b); ack the even ones; 200..299 never
+	// delivered.
+	for o := range n {
+		e.rdb.HSet(ctx, runs, wire.EntryID(int64(o)), 2)
+		if o < 200 && o%2 == 0 {
+			e.rdb.XAck(ctx, s, DefaultGroup, wire.EntryID(int64(o)))
+		}
+	}
+	e.rdb.HSet(ctx, runs, "probe", 1)
+	walk := func(group string) {
+		cur, rounds := "0", 0
+		for {
+			res, err := runsGCScript.Run(ctx, e.rdb, []string{s, runs}, group, cur, 50).Slice()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur, _ = res[0].(string)
+			rounds++
+			if cur == "0" || rounds > 1000 {
+				return
+			}
+		}
+	}
+	walk(DefaultGroup)
+	left, _ := e.rdb.HKeys(ctx, runs).Result()
+	if len(left) != 100 {
+		t.Errorf("%d fields left, want 100 (the odd pending entries)", len(left))
+	}
+	for _, id := range left {
+		var o int
+		if _, err := fmt.Sscanf(id, "%d-1", &o); err != nil || o >= 200 || o%2 == 0 {
+			t.Errorf("field %s left: its entry is not pending", id)
+		}
+	}
+	walk("nosuchgroup")
+	if n, _ := e.rdb.HLen(ctx, runs).Result(); n != 0 {
+		t.Errorf("%d fields left after a walk with a group that does not exist, want 0", n)
 	}
 }

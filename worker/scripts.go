@@ -27,7 +27,7 @@ var luaFiles embed.FS
 // the order docs/wire.md publishes them.
 var ScriptNames = []string{
 	"lease.lua", "start.lua", "redeliver.lua", "reclaim.lua", "deadletter.lua",
-	"unclaim.lua", "delconsumer.lua", "replay.lua",
+	"unclaim.lua", "delconsumer.lua", "replay.lua", "runsgc.lua",
 }
 
 // ScriptSource returns the text of an embedded Lua script by file name (see
@@ -91,3 +91,10 @@ var delConsumerScript = redis.NewScript(mustScript("delconsumer.lua"))
 // from the dead-letter stream, both or neither (lua/replay.lua). Returns 0 if
 // the dead letter is gone.
 var replayScript = redis.NewScript(mustScript("replay.lua"))
+
+// runsGCScript deletes the runs recorded (start.lua) for entries no longer
+// pending in the group, one HSCAN batch of the runs hash at a time
+// (lua/runsgc.lua): the fields that the acknowledgement and the dead letter
+// of this worker do not delete (another consumer's or another kind of
+// worker's ack, a stopped retry, a deleted entry).
+var runsGCScript = redis.NewScript(mustScript("runsgc.lua"))

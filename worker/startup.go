@@ -94,6 +94,7 @@ var workerCommands = []struct {
 	// deletes (the hash goes with its last field).
 	{"hset", func(k string) []any { return []any{"hset", k + ":runs", "probe", "1"} }},
 	{"hdel", func(k string) []any { return []any{"hdel", k + ":runs", "probe"} }},
+	{"hscan", func(k string) []any { return []any{"hscan", k + ":runs", 0, "count", 1} }}, // runsgc.lua
 	{"xinfo|groups", func(k string) []any { return []any{"xinfo", "groups", k} }},
 	{"xinfo|consumers", func(k string) []any { return []any{"xinfo", "consumers", k, "probe"} }},
 	{"xreadgroup", func(k string) []any {

@@ -171,6 +171,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	bg.Go(func() { w.discoveryLoop(ctx, kick) })
 	bg.Go(func() { w.reclaimLoop(ctx) })
 	bg.Go(func() { w.janitorLoop(ctx) })
+	bg.Go(func() { w.runsGCLoop(ctx) })
 	w.readLoop(ctx, rediscover)
 	bg.Wait()
 
@@ -384,11 +385,17 @@ func (w *Worker) extendLeases() {
 // consumer. Another worker took them (our lease lapsed, e.g. Redis was
 // unreachable): they are pending under another consumer, or were delivered
 // before the group's last-delivered-id and are not pending any more (taken
-// and acknowledged already); each may run twice: LeaseLost. Otherwise Redis
-// forgot them (it restarted from an older snapshot, or empty; the entry will
-// be delivered again) or they were deleted: LeaseVanished, nobody took them.
+// and acknowledged already) while still in the stream; each may run twice:
+// LeaseLost. Otherwise Redis forgot them (it restarted from an older
+// snapshot, or empty; the entry will be delivered again) or they were
+// deleted from the stream (XRANGE id id is empty; Redis 7's XCLAIM in
+// lease.lua drops a deleted entry from the pending list): LeaseVanished,
+// nobody took them. (An entry another consumer took, acknowledged, and the
+// ingest trimmed before this check counts as Vanished too: rare, the trim
+// follows the Kafka commit.)
 func (w *Worker) classifyLost(ctx context.Context, gone map[string][]string) {
 	pend := map[string][]*redis.XPendingExtCmd{}
+	exists := map[string][]*redis.XMessageSliceCmd{}
 	groups := map[string]*redis.XInfoGroupsCmd{}
 	_, _ = w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for stream, ids := range gone {
@@ -396,6 +403,7 @@ func (w *Worker) classifyLost(ctx context.Context, gone map[string][]string) {
 				pend[stream] = append(pend[stream], p.XPendingExt(ctx, &redis.XPendingExtArgs{
 					Stream: stream, Group: w.cfg.Group, Start: id, End: id, Count: 1,
 				}))
+				exists[stream] = append(exists[stream], p.XRange(ctx, stream, id, id))
 			}
 			groups[stream] = p.XInfoGroups(ctx, stream)
 		}
@@ -412,11 +420,13 @@ func (w *Worker) classifyLost(ctx context.Context, gone map[string][]string) {
 		}
 		for i, id := range ids {
 			ps, err := pend[stream][i].Result()
+			xs, xerr := exists[stream][i].Result()
+			deleted := xerr == nil && len(xs) == 0 // no longer in the stream (XDEL, trimmed)
 			switch {
 			case err == nil && len(ps) == 1 && ps[0].Consumer != w.cfg.Consumer:
 				w.stats.leaseLost.Add(1)
 				w.log.Warn("lease lost: entry reclaimed by another consumer", "stream", stream, "id", id, "consumer", ps[0].Consumer)
-			case err == nil && len(ps) == 0 && last != "" && compareIDs(id, last) <= 0:
+			case err == nil && len(ps) == 0 && !deleted && last != "" && compareIDs(id, last) <= 0:
 				w.stats.leaseLost.Add(1)
 				w.log.Warn("lease lost: entry reclaimed and acknowledged by another consumer", "stream", stream, "id", id)
 			default:

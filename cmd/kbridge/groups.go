@@ -297,6 +297,12 @@ func groupsRemove(c *cli.Context) error {
 			return cli.Exit(fmt.Sprintf("XGROUP DESTROY %s %s: %v", r.Stream, group, err), 1)
 		}
 		fmt.Fprintf(out, "destroyed group %s on %s (%d pending)\n", group, r.Stream, r.Pending)
+		// The group's runs records (docs/wire.md rule 8) go with it: nobody
+		// else deletes them once the group is gone.
+		runs := []string{wire.RunsKey(r.Stream, group), wire.RunsKey(wire.ReplayKey(r.Stream), group)}
+		if err := rdb.Del(ctx, runs...).Err(); err != nil {
+			fmt.Fprintf(out, "warning: cannot delete the group's runs hashes %s: %v (delete them by hand)\n", strings.Join(runs, ", "), err)
+		}
 	}
 	return nil
 }

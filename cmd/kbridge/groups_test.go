@@ -82,6 +82,15 @@ func TestGroupsListRemove(t *testing.T) {
 	if n := countGroups(t, rdb, streams[0]); n != 2 {
 		t.Errorf("groups after a remove without --yes: %d, want 2", n)
 	}
+	// Runs records of both groups (docs/wire.md rule 8): the removed
+	// group's go with it, the other's stay.
+	for _, s := range streams {
+		for _, g := range []string{"audit", "workers"} {
+			rdb.HSet(ctx, wire.RunsKey(s, g), "0-1", 2)
+			rdb.HSet(ctx, wire.RunsKey(wire.ReplayKey(s), g), "1-1", 2)
+			t.Cleanup(func() { rdb.Del(context.Background(), wire.RunsKey(s, g), wire.RunsKey(wire.ReplayKey(s), g)) })
+		}
+	}
 	out, errs, code = runCLI(t, "--redis-url", url, "--prefix", prefix, "groups", "remove", "--group", "audit", "--yes")
 	if code != 0 {
 		t.Fatalf("remove --yes: exit %d: %s", code, errs)
@@ -90,6 +99,12 @@ func TestGroupsListRemove(t *testing.T) {
 		gs, err := rdb.XInfoGroups(ctx, s).Result()
 		if err != nil || len(gs) != 1 || gs[0].Name != "workers" {
 			t.Errorf("%s after remove: groups %+v (%v), want workers only", s, gs, err)
+		}
+		if n, _ := rdb.Exists(ctx, wire.RunsKey(s, "audit"), wire.RunsKey(wire.ReplayKey(s), "audit")).Result(); n != 0 {
+			t.Errorf("%s after remove: %d runs hashes of group audit left, want 0", s, n)
+		}
+		if n, _ := rdb.Exists(ctx, wire.RunsKey(s, "workers"), wire.RunsKey(wire.ReplayKey(s), "workers")).Result(); n != 2 {
+			t.Errorf("%s after remove: %d runs hashes of group workers, want 2 (kept)", s, n)
 		}
 	}
 	_, errs, code = runCLI(t, "--redis-url", url, "--prefix", prefix, "groups", "remove", "--group", "audit", "--yes")

@@ -738,7 +738,7 @@ func scReclaim(ctx context.Context, s *run) error {
 	// ghost-1 ran 3-1 m times (docs/wire.md rule 8: a worker that reads
 	// ahead decides on the runs recorded in <stream>:runs, one that does not
 	// on the delivery count; both must dead-letter it).
-	if err := s.k.rdb.HSet(ctx, wire.RunsKey(st), "3-1", m).Err(); err != nil {
+	if err := s.k.rdb.HSet(ctx, wire.RunsKey(st, Group), "3-1", m).Err(); err != nil {
 		return err
 	}
 	if err := s.k.rdb.XDel(ctx, st, "2-1").Err(); err != nil {

@@ -31,8 +31,10 @@ var aclCommands = []string{
 	// stream's top; xgroup|destroy: kbridge groups remove
 	"xadd", "xack", "xautoclaim", "xclaim", "xdel", "xgroup|create", "xgroup|delconsumer", "xgroup|setid", "xgroup|destroy",
 	"xinfo|consumers", "xinfo|groups", "xinfo|stream", "xlen", "xpending", "xrange", "xreadgroup", "xtrim",
-	// the registry set, the status hashes
-	"sadd", "smembers", "hset", "hget", "hgetall", "pexpire", "exists",
+	// the registry set, the status hashes, the runs hashes (hscan: the
+	// worker's runs clean-up; del: kbridge groups remove deletes the
+	// group's runs hashes)
+	"sadd", "smembers", "hset", "hget", "hgetall", "hdel", "hscan", "del", "pexpire", "exists",
 }
 
 // aclRule is the ACL SETUSER rule of the kbridge user for a key prefix.

@@ -28,10 +28,13 @@ func ReplayKey(stream string) string { return stream + ":replay" }
 func StatusKey(stream string) string { return stream + ":status" }
 
 // RunsKey returns the key of the hash in which "kbridge worker" records, per
-// entry ID of the stream, how many times a handler was started on the entry
-// (a run). It decides the dead letter for deliveries that never ran (a
-// worker that read entries ahead and died): docs/wire.md, rule 8.
-func RunsKey(stream string) string { return stream + ":runs" }
+// entry ID of the stream, how many times a handler of the group was started
+// on the entry (a run): "<stream>:runs:<group>". It decides the dead letter
+// for deliveries that never ran (a worker that read entries ahead and died):
+// docs/wire.md, rule 8. Each group has its own record (each group gets every
+// record, with a retry budget of its own); the key shares the stream's hash
+// tag, so the scripts that take both run on Redis Cluster.
+func RunsKey(stream, group string) string { return stream + ":runs:" + group }
 
 // RegistryKey returns the key of the set that lists every partition stream
 // under prefix. Workers read it (SMEMBERS) to discover partitions.

@@ -1,6 +1,7 @@
 -- deadletter.lua: append a dead letter and acknowledge the entry, both or neither.
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] (optional) the stream's
--- runs hash, whose field for the entry is deleted; ARGV[1] group, ARGV[2]
+-- runs hash of the group (<stream>:runs:<group>), whose field for the entry is
+-- deleted; ARGV[1] group, ARGV[2]
 -- consumer, ARGV[3] entry ID, ARGV[4...] the dead letter's field/value pairs.
 -- Does nothing and returns 0 unless the entry is pending under the consumer
 -- (somebody acknowledged or dead-lettered it already, or another worker
