@@ -48,20 +48,20 @@ func TestReadAgainWhileRunningRunsOnce(t *testing.T) {
 	defer stop()
 	<-started
 	// Offsets 1 and 2 are acknowledged, 0 runs; the position goes back to 0.
-	testenv.Eventually(t, 5*time.Second, func() bool { return e.pending(t, s, DefaultGroup) == 1 }, "offsets 1 and 2 not acknowledged")
+	testenv.Eventually(t, 15*time.Second, func() bool { return e.pending(t, s, DefaultGroup) == 1 }, "offsets 1 and 2 not acknowledged")
 	if err := e.rdb.Do(ctx, "XGROUP", "SETID", s, DefaultGroup, "0").Err(); err != nil {
 		t.Fatal(err)
 	}
 	// The worker reads entries 0, 1 and 2 again (XREADGROUP delivers 0 first:
 	// Redis moves its PEL entry to the reader and sets its count back to 1).
 	// Once 1 and 2 ran again, the read that delivered 0 was admitted.
-	testenv.Eventually(t, 5*time.Second, func() bool {
+	testenv.Eventually(t, 15*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return calls[1] == 2 && calls[2] == 2
 	}, "entries 1 and 2 not read and handled again after XGROUP SETID")
 	close(release)
-	testenv.Eventually(t, 5*time.Second, func() bool { return e.pending(t, s, DefaultGroup) == 0 }, "entry 0 not acknowledged")
+	testenv.Eventually(t, 15*time.Second, func() bool { return e.pending(t, s, DefaultGroup) == 0 }, "entry 0 not acknowledged")
 	mu.Lock()
 	defer mu.Unlock()
 	t.Logf("handler calls per offset after the position went back: %v", calls)
