@@ -213,7 +213,8 @@ func (in *Ingest) probeAppendPath(ctx context.Context) error {
 		case isConnError(err) || redisTransient(err) || tlsFailure(err):
 			in.counters.redisErrs.Add(1)
 			return err
-		case redis.HasErrorPrefix(err, "ERR EXEC without MULTI") || redis.HasErrorPrefix(err, "ERR no such key"):
+		case redis.HasErrorPrefix(err, "EXEC without MULTI") || redis.HasErrorPrefix(err, "no such key"):
+			// permitted (HasErrorPrefix drops the "ERR ")
 		default:
 			// anything else (a proxy without transactions, a renamed
 			// command): the script path, which needs neither

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -186,9 +187,15 @@ func firstCmdErr(cmds []redis.Cmder) error {
 	return nil
 }
 
-// isNoPerm reports a command the ACL refuses.
+// isNoPerm reports a command the ACL refuses: NOPERM itself, inside an
+// EXECABORT, or a command a script called ("The user executing the script
+// can't run this command", Redis 7.0).
 func isNoPerm(err error) bool {
-	return err != nil && redis.HasErrorPrefix(err, "NOPERM")
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	return strings.Contains(s, "NOPERM") || strings.Contains(s, "user executing the script can't run")
 }
 
 // isIDTooSmall reports XADD refusing an ID at or below the stream's top.

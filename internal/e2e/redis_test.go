@@ -33,6 +33,8 @@ var aclCommands = []string{
 	"xinfo|consumers", "xinfo|groups", "xinfo|stream", "xlen", "xpending", "xrange", "xreadgroup", "xtrim",
 	// the registry set, the status hashes
 	"sadd", "smembers", "hset", "hget", "hgetall", "pexpire", "exists",
+	// the ingest's MULTI/EXEC append path (bridge/stream_multi.go)
+	"multi", "exec", "rename",
 }
 
 // aclRule is the ACL SETUSER rule of the kbridge user for a key prefix.
