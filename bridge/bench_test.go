@@ -17,8 +17,8 @@ import (
 // BenchmarkAppend compares, side by side on the same Redis, the ingest's two
 // conditional append paths (they check the stream's top, so they can never
 // leave a hole): "script", the append script (batches of 500 entries, 10
-// calls per round trip), and "multi", one MULTI/EXEC per 5,000 entries of
-// plain XADDs behind a guard script (stream_multi.go), with a plain
+// calls per round trip), and "multi", one MULTI/EXEC per 500 entries of
+// plain XADDs behind a guard script (stream_multi.go), one per round trip, with a plain
 // pipelined XADD of the same entries (which can leave a hole), 5,000 per
 // round trip, for 100-byte and 1 KB values. Besides records/s it reports redis-server's
 // CPU time per record (INFO cpu, before and after): on a shared machine the

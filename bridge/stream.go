@@ -327,7 +327,7 @@ type appendResult struct {
 // recs may alias fetch buffers: they are written out before append returns.
 func (s *stream) append(ctx context.Context, expected, logEnd int64, recs []wire.Record) (appendResult, error) {
 	if s.multi != nil && s.multi.Load() {
-		res, err := s.appendMulti(ctx, expected, logEnd, recs, false)
+		res, err := s.appendMultiBatches(ctx, expected, logEnd, recs)
 		if isNoPerm(err) && s.multi.CompareAndSwap(true, false) {
 			// the ACL changed since the start-up probe. RENAME or EXEC
 			// refused: nothing was appended (no append key, or no

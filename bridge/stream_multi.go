@@ -17,8 +17,8 @@ import (
 // The MULTI/EXEC append path. Redis spends about twice the CPU per record on
 // a redis.call('XADD') inside Lua as on a plain XADD
 // (docs/profiles/why-10a-redis-cpu-per-record.txt), so when the ACL allows
-// MULTI, EXEC and RENAME (probed at start, startup.go) a chunk of records is
-// appended as one transaction:
+// MULTI, EXEC and RENAME (probed at start, startup.go) each batch of
+// AppendBatch records is appended as one transaction (appendMultiBatches):
 //
 //	MULTI
 //	EVALSHA guard  stream append-key open expected logend
@@ -77,10 +77,39 @@ func init() { appendNonce.Store(rand.Uint64() >> 1) }
 // already. Cannot happen while MULTI holds (the key is unique to it).
 var errAppendKeyExists = errors.New("append key exists already")
 
-// appendMulti appends recs (the whole chunk) in one MULTI/EXEC transaction:
-// see guardScript. eval as in appendWith (EVALSHA first; after NOSCRIPT once
-// again with EVAL, never a third time).
-func (s *stream) appendMulti(ctx context.Context, expected, logEnd int64, recs []wire.Record, eval bool) (appendResult, error) {
+// appendMultiBatches appends recs in transactions of batchSize records
+// (appendMulti), one round trip each, one after the other, each expecting
+// the top the previous one leaves; a loss or a stray top stops it. A
+// transaction of a batch rather than of the whole chunk: Redis runs a
+// transaction without serving anyone else, and holds all its arguments
+// until EXEC (for 1 KB records, a chunk-wide transaction cost Redis more CPU
+// per record than batch-wide ones, which cost what plain XADDs do).
+// After a NOSCRIPT the rest of the batches send the script's text (EVAL):
+// at most one EVALSHA is refused per call.
+func (s *stream) appendMultiBatches(ctx context.Context, expected, logEnd int64, recs []wire.Record) (appendResult, error) {
+	res := appendResult{top: expected}
+	eval := false
+	for start := 0; start < len(recs); start += s.batchSize {
+		batch := recs[start:min(start+s.batchSize, len(recs))]
+		r, err := s.appendMulti(ctx, max(expected, res.top), logEnd, batch, &eval)
+		if err != nil {
+			return appendResult{}, err
+		}
+		r.added += res.added
+		if r.lost || r.foreign {
+			return r, nil
+		}
+		res = r
+		res.top = max(res.top, batch[len(batch)-1].Offset)
+	}
+	return res, nil
+}
+
+// appendMulti appends recs in one MULTI/EXEC transaction:
+// see guardScript. *eval as in appendWith: EVALSHA first; after NOSCRIPT
+// once again with EVAL, never a third time, and *eval set.
+func (s *stream) appendMulti(ctx context.Context, expected, logEnd int64, recs []wire.Record, evalp *bool) (appendResult, error) {
+	eval := *evalp
 	fence := wire.AppendKey(s.key, strconv.FormatUint(appendNonce.Add(1), 36))
 	sc := getScratch()
 	defer putScratch(sc)
@@ -119,7 +148,8 @@ func (s *stream) appendMulti(ctx context.Context, expected, logEnd int64, recs [
 	v, gerr := guard.Int64Slice()
 	if isScriptMiss(gerr) && !eval {
 		// nothing was appended: no append key, the XADDs found no key
-		return s.appendMulti(ctx, expected, logEnd, recs, true)
+		*evalp = true
+		return s.appendMulti(ctx, expected, logEnd, recs, evalp)
 	}
 	res := appendResult{top: expected}
 	if gerr == nil && len(v) != 2 {
