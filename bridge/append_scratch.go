@@ -46,6 +46,11 @@ type appendScratch struct {
 		v any
 	}
 	hdr []any
+	// the MULTI path (stream_multi.go): the entry IDs, in idBuf, one per
+	// record in order, and the XADD commands
+	idBuf []byte
+	ids   []bytesArg
+	xadds []*redis.StatusCmd
 }
 
 // bytesArg is a byte string argument that go-redis writes as it is
@@ -63,10 +68,17 @@ func (sc *appendScratch) reset(n int) {
 	if need := 5*n + 3; cap(sc.nums) < need {
 		sc.nums = make([]int64, 0, need)
 	}
+	if cap(sc.idBuf) < 22*n {
+		sc.idBuf = make([]byte, 0, 22*n)
+	}
+	if cap(sc.ids) < n {
+		sc.ids = make([]bytesArg, 0, n)
+	}
 	if cap(sc.bufs) < 2*n {
 		sc.bufs = make([]bytesArg, 0, 2*n)
 	}
 	sc.nums, sc.bufs = sc.nums[:0], sc.bufs[:0]
+	sc.idBuf, sc.ids = sc.idBuf[:0], sc.ids[:0]
 }
 
 // done drops what points into the caller's records and the replies.
@@ -75,6 +87,19 @@ func (sc *appendScratch) done() {
 	clear(sc.cmds)
 	clear(sc.args)
 	clear(sc.hdr)
+	clear(sc.ids)
+	clear(sc.xadds)
+}
+
+// id returns the entry ID of record off, "<off>-1", as an argument; the
+// i-th call's is sc.ids[i]. idBuf grows in place (were it to move, the IDs
+// given out would keep the old array).
+func (sc *appendScratch) id(off int64) any {
+	start := len(sc.idBuf)
+	sc.idBuf = strconv.AppendInt(sc.idBuf, off, 10)
+	sc.idBuf = append(sc.idBuf, '-', '1')
+	sc.ids = append(sc.ids, sc.idBuf[start:len(sc.idBuf):len(sc.idBuf)])
+	return &sc.ids[len(sc.ids)-1]
 }
 
 func (sc *appendScratch) num(v int64) any {

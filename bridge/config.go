@@ -108,8 +108,9 @@ type Config struct {
 	// their log end waiting for new records (one such request per broker
 	// at a time). Default 500ms.
 	FetchMaxWait time.Duration
-	// AppendBatch is the most records one append script call carries; the
-	// calls of one fetch are pipelined. Default 500.
+	// AppendBatch is the most records one append script call carries (the
+	// calls of one fetch are pipelined), or one MULTI/EXEC transaction
+	// (stream_multi.go; one round trip each). Default 500.
 	AppendBatch int
 
 	// SessionTimeout, RebalanceTimeout and HeartbeatInterval of the Kafka

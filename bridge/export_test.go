@@ -29,3 +29,7 @@ const DLQScanLimit = dlqScanLimit
 func InjectCommitFault(in *Ingest, fault func(topic string, partition int) error) {
 	in.commitFault = fault
 }
+
+// MultiAppendRedisCommands are the commands of the MULTI/EXEC append path:
+// wanted, not required (a user without them appends with the script).
+var MultiAppendRedisCommands = multiAppendRedisCommands

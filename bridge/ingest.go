@@ -36,7 +36,11 @@ type Ingest struct {
 	parts        registry
 	topics       *topicWatch
 	metaVersions metadataVersions
-	dlq          *dlqExporter // nil when the dead-letter export is off
+	// appendMulti: the Redis user may run MULTI, EXEC and RENAME
+	// (probeAppendPath), so appends are MULTI/EXEC transactions
+	// (stream_multi.go); else the append script.
+	appendMulti atomic.Bool
+	dlq         *dlqExporter // nil when the dead-letter export is off
 	// fetcher fetches every assigned partition (kfetch: requests carrying
 	// many partitions of one broker, within FetchMemory); set by Run.
 	fetcher atomic.Pointer[kfetch.Fetcher]

@@ -65,7 +65,7 @@ func (in *Ingest) newPartition(topic string, id int, committed int64, c *committ
 	return &partition{
 		in: in, t: tp{topic, id}, c: c, assigned: committed, logEnd: -1, lastTrim: tracker.None,
 		stream: stream{rdb: in.cfg.Redis, key: key, registry: wire.RegistryKey(in.cfg.Prefix),
-			groups: in.cfg.WorkerGroups, batchSize: in.cfg.AppendBatch},
+			groups: in.cfg.WorkerGroups, batchSize: in.cfg.AppendBatch, multi: &in.appendMulti},
 		log: in.log.With("topic", topic, "partition", id, "stream", key),
 	}
 }

@@ -114,7 +114,9 @@ func (c Config) redisProbes() []redisProbe {
 // IngestRedisCommands returns the Redis commands an ingest with the default
 // configuration runs (directly or inside its scripts; the dead-letter export
 // included), as an ACL rule names them ("xgroup|create"): what the start-up
-// check tries. docs/operations.md gives the whole rule.
+// check tries. docs/operations.md gives the whole rule. The last three, EXEC,
+// MULTI and RENAME, are wanted, not required: without them the ingest
+// appends with its script (probeAppendPath).
 func IngestRedisCommands() []string {
 	var out []string
 	for _, p := range DefaultConfig().redisProbes() {
@@ -122,7 +124,7 @@ func IngestRedisCommands() []string {
 			out = append(out, p.command)
 		}
 	}
-	return out
+	return append(out, multiAppendRedisCommands...)
 }
 
 // redisTransient reports Redis errors that mean "not ready yet" rather than
@@ -171,12 +173,77 @@ func (in *Ingest) probeRedis(ctx context.Context) error {
 	return nil
 }
 
+// multiAppendRedisCommands are the commands of the MULTI/EXEC append path
+// (stream_multi.go): wanted, not required. A user without them (an ACL rule
+// written before that path) appends with the script, as before.
+var multiAppendRedisCommands = []string{"exec", "multi", "rename"}
+
+// probeAppendPath finds whether the user may run MULTI, EXEC and RENAME,
+// sets in.appendMulti, and logs which append path the ingest takes. EXEC is
+// tried alone first ("EXEC without MULTI" once permitted): a MULTI followed
+// by a refused EXEC would leave the connection inside the transaction. A
+// refused MULTI runs the EXISTS at once and the EXEC finds no transaction.
+func (in *Ingest) probeAppendPath(ctx context.Context) error {
+	key := probeKey(in.cfg.Prefix)
+	var refused []string
+	var first error
+	for _, c := range multiAppendRedisCommands {
+		var err error
+		switch c {
+		case "exec":
+			err = in.cfg.Redis.Do(ctx, "exec").Err()
+		case "multi":
+			if len(refused) > 0 {
+				continue // EXEC refused: MULTI is not tried
+			}
+			_, err = in.cfg.Redis.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				p.Exists(ctx, key)
+				return nil
+			})
+		case "rename":
+			err = in.cfg.Redis.Do(ctx, "rename", key+":r", key+":r2").Err()
+		}
+		switch {
+		case err == nil || errors.Is(err, redis.Nil):
+		case isNoPerm(err):
+			refused = append(refused, c)
+			if first == nil {
+				first = err
+			}
+		case isConnError(err) || redisTransient(err) || tlsFailure(err):
+			in.counters.redisErrs.Add(1)
+			return err
+		case redis.HasErrorPrefix(err, "EXEC without MULTI") || redis.HasErrorPrefix(err, "no such key"):
+			// permitted (HasErrorPrefix drops the "ERR ")
+		default:
+			// anything else (a proxy without transactions, a renamed
+			// command): the script path, which needs neither
+			refused = append(refused, c)
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	if len(refused) == 0 {
+		in.appendMulti.Store(true)
+		in.log.Info("append path: MULTI/EXEC transactions of plain XADDs behind a guard script")
+		return nil
+	}
+	in.appendMulti.Store(false)
+	in.log.Warn("append path: the append script (slower: Redis spends about twice the CPU per record); the Redis user may not run "+
+		strings.ToUpper(strings.Join(refused, ", "))+": add +multi +exec +rename to its ACL rule (docs/operations.md)", "err", first)
+	return nil
+}
+
 // checkRedis runs the Redis start-up checks: the commands the ingest needs
 // (probeRedis), then maxmemory-policy (invariant 5): refuse a Redis that may
 // evict keys, or warn about it. CONFIG GET may be refused (managed Redis, the
 // documented ACL rule leaves it out): then it warns and goes on.
 func (in *Ingest) checkRedis(ctx context.Context) error {
 	if err := in.retryStartup(ctx, "redis", func() error { return in.probeRedis(ctx) }); err != nil {
+		return err
+	}
+	if err := in.retryStartup(ctx, "redis", func() error { return in.probeAppendPath(ctx) }); err != nil {
 		return err
 	}
 	var policy string

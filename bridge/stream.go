@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -282,6 +283,10 @@ type stream struct {
 	registry  string
 	groups    []string
 	batchSize int
+	// multi, when set and true, makes appends one MULTI/EXEC each
+	// (appendMulti); else the append script. Shared by the ingest's
+	// streams: the start-up probe sets it, a NOPERM clears it.
+	multi *atomic.Bool
 }
 
 // ensure creates every worker group at ID 0 with MKSTREAM (a group made at $
@@ -321,6 +326,21 @@ type appendResult struct {
 // partition's log end (-1: unknown): a top at or above it is not a record.
 // recs may alias fetch buffers: they are written out before append returns.
 func (s *stream) append(ctx context.Context, expected, logEnd int64, recs []wire.Record) (appendResult, error) {
+	if s.multi != nil && s.multi.Load() {
+		res, err := s.appendMultiBatches(ctx, expected, logEnd, recs)
+		if isNoPerm(err) && s.multi.CompareAndSwap(true, false) {
+			// the ACL changed since the start-up probe. RENAME or EXEC
+			// refused: nothing was appended (no append key, or no
+			// EXEC). MULTI refused: the commands ran one by one, the
+			// guard's checks before its RENAME still holding, but for
+			// that moment others could find the stream missing
+			// (docs/operations.md). The append script from now on;
+			// this batch is fetched again, its records skipped if they
+			// landed.
+			err = fmt.Errorf("%w (the append script from now on: add +multi +exec +rename to the ACL rule, docs/operations.md)", err)
+		}
+		return res, err
+	}
 	return s.appendWith(ctx, expected, logEnd, recs, false)
 }
 

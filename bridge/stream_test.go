@@ -17,10 +17,26 @@ import (
 
 func newStream(t testing.TB, batch int) (*stream, *redis.Client) {
 	t.Helper()
+	return newStreamPath(t, batch, false)
+}
+
+// newStreamPath is newStream appending with MULTI/EXEC transactions
+// (stream_multi.go) when multi is set, else with the append script.
+func newStreamPath(t testing.TB, batch int, multi bool) (*stream, *redis.Client) {
+	t.Helper()
+	var m atomic.Bool
+	m.Store(multi)
 	rdb := testenv.NewRedis(t).Client(t)
 	prefix := "kbs-" + testenv.Name(t)
 	return &stream{rdb: rdb, key: wire.StreamKey(prefix, "t", 0), registry: wire.RegistryKey(prefix),
-		groups: []string{"a", "b"}, batchSize: batch}, rdb
+		groups: []string{"a", "b"}, batchSize: batch, multi: &m}, rdb
+}
+
+// forEachAppendPath runs test on the append script and on the MULTI/EXEC
+// path.
+func forEachAppendPath(t *testing.T, test func(t *testing.T, multi bool)) {
+	t.Run("script", func(t *testing.T) { test(t, false) })
+	t.Run("multi", func(t *testing.T) { test(t, true) })
 }
 
 func recs(offsets ...int64) []wire.Record {
@@ -67,9 +83,11 @@ func equal(a, b []int64) bool {
 // TestConditionalAppend: invariant 1. The append script appends only on top
 // of the expected top; what is already there is skipped, a top behind the
 // expected one is a loss, and a missing stream is never created by an append.
-func TestConditionalAppend(t *testing.T) {
+func TestConditionalAppend(t *testing.T) { forEachAppendPath(t, testConditionalAppend) }
+
+func testConditionalAppend(t *testing.T, multi bool) {
 	ctx := context.Background()
-	s, rdb := newStream(t, 3) // batches of 3: every case spans pipelined calls
+	s, rdb := newStreamPath(t, 3, multi) // batches of 3: every case spans pipelined calls
 	if err := s.ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -137,9 +155,11 @@ func TestConditionalAppend(t *testing.T) {
 // "already there" would lose its records. A zombie's entries (real records
 // below the log end) are still skipped as duplicates. The observation says
 // what the top is and, when it is no record, the highest record below it.
-func TestAppendRefusesStrayTop(t *testing.T) {
+func TestAppendRefusesStrayTop(t *testing.T) { forEachAppendPath(t, testAppendRefusesStrayTop) }
+
+func testAppendRefusesStrayTop(t *testing.T, multi bool) {
 	ctx := context.Background()
-	s, rdb := newStream(t, 100)
+	s, rdb := newStreamPath(t, 100, multi)
 	if err := s.ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -544,8 +564,10 @@ func TestAppendArgsMatchWire(t *testing.T) {
 // appended; never a loop. A hook flushes the script cache before every
 // pipeline, so every EVALSHA misses: on main the append reloaded the script
 // and recursed without bound (here: until the test's deadline).
-func TestAppendNoScriptBounded(t *testing.T) {
-	s, rdb := newStream(t, 3)
+func TestAppendNoScriptBounded(t *testing.T) { forEachAppendPath(t, testAppendNoScriptBounded) }
+
+func testAppendNoScriptBounded(t *testing.T, multi bool) {
+	s, rdb := newStreamPath(t, 3, multi)
 	ctx := context.Background()
 	if err := s.ensure(ctx); err != nil {
 		t.Fatal(err)
@@ -571,8 +593,10 @@ func TestAppendNoScriptBounded(t *testing.T) {
 	if got := streamOffsets(t, rdb, s.key); !equal(got, span(0, 9)) {
 		t.Errorf("stream holds %v, want 0..9", got)
 	}
-	if n := h.pipelines.Load(); n != 2 {
-		t.Errorf("%d pipelines sent, want 2 (EVALSHA, then EVAL)", n)
+	// the script path sends the whole call again with EVAL; the MULTI
+	// path one transaction per batch of 3 (4 here), the first one twice
+	if want := map[bool]int64{false: 2, true: 5}[multi]; h.pipelines.Load() != want {
+		t.Errorf("%d pipelines sent, want %d (EVALSHA, then EVAL)", h.pipelines.Load(), want)
 	}
 	t.Logf("script cache flushed before each of %d pipelines: 10 appended", h.pipelines.Load())
 }
@@ -588,7 +612,8 @@ func (h *flushHook) DialHook(next redis.DialHook) redis.DialHook          { retu
 func (h *flushHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
 func (h *flushHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if len(cmds) > 0 && strings.HasPrefix(cmds[0].Name(), "eval") {
+		if len(cmds) > 0 && strings.HasPrefix(cmds[0].Name(), "eval") ||
+			len(cmds) > 1 && cmds[0].Name() == "multi" && strings.HasPrefix(cmds[1].Name(), "eval") {
 			h.pipelines.Add(1)
 		}
 		if err := h.rdb.ScriptFlush(ctx).Err(); err != nil {

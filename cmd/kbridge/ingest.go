@@ -68,7 +68,7 @@ Examples:
 			&cli.StringFlag{Name: "fetch-batch-max-bytes", EnvVars: []string{"KBRIDGE_FETCH_BATCH_MAX_BYTES"},
 				Usage: "most one record batch may take decompressed, in bytes or with KiB/MiB/GiB (a zip-bomb guard: a batch within it is bridged even beyond --fetch-memory, one beyond it stalls its partition) (default: --fetch-memory, at least 64MiB)"},
 			&cli.DurationFlag{Name: "fetch-max-wait", Value: bridgeDefaults.FetchMaxWait, EnvVars: []string{"KBRIDGE_FETCH_MAX_WAIT"}, Usage: "how long the broker holds a fetch of partitions at their log end, waiting for new records"},
-			&cli.IntFlag{Name: "append-batch", Value: 500, EnvVars: []string{"KBRIDGE_APPEND_BATCH"}, Usage: "records per append script call (calls of one fetch are pipelined)"},
+			&cli.IntFlag{Name: "append-batch", Value: 500, EnvVars: []string{"KBRIDGE_APPEND_BATCH"}, Usage: "records per append script call (calls of one fetch are pipelined), or per MULTI/EXEC transaction"},
 			&cli.DurationFlag{Name: "session-timeout", Value: bridgeDefaults.SessionTimeout, EnvVars: []string{"KBRIDGE_SESSION_TIMEOUT"}, Usage: "Kafka group session timeout"},
 			&cli.DurationFlag{Name: "rebalance-timeout", Value: bridgeDefaults.RebalanceTimeout, EnvVars: []string{"KBRIDGE_REBALANCE_TIMEOUT"}, Usage: "Kafka group rebalance timeout"},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: bridgeDefaults.HeartbeatInterval, EnvVars: []string{"KBRIDGE_HEARTBEAT_INTERVAL"}, Usage: "Kafka group heartbeat interval"},

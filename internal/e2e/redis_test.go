@@ -35,6 +35,8 @@ var aclCommands = []string{
 	// worker's runs clean-up; del: kbridge groups remove deletes the
 	// group's runs hashes)
 	"sadd", "smembers", "hset", "hget", "hgetall", "hdel", "hscan", "del", "pexpire", "exists",
+	// the ingest's MULTI/EXEC append path (bridge/stream_multi.go)
+	"multi", "exec", "rename",
 }
 
 // aclRule is the ACL SETUSER rule of the kbridge user for a key prefix.

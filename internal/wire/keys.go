@@ -104,3 +104,11 @@ func Through(id string) (int64, error) {
 	}
 	return off, nil
 }
+
+// AppendKey returns the name a partition stream takes, for the length of one
+// MULTI/EXEC append transaction, between the ingest's guard script and the
+// end of the transaction (bridge/stream_multi.go); nonce makes it unique to
+// the transaction. It shares the stream's hash tag, hence its Redis Cluster
+// slot. Outside a transaction no such key exists (docs/operations.md says
+// what one found left means).
+func AppendKey(stream, nonce string) string { return stream + ":append:" + nonce }
