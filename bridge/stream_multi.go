@@ -140,6 +140,17 @@ func (s *stream) appendMulti(ctx context.Context, expected, logEnd int64, recs [
 	closing := run(ctx, pipe, keys, args[len(args)-1:]...)
 	sc.args, sc.xadds = args, xadds
 	cmds, err := pipe.Exec(ctx)
+	if err != nil && redis.HasErrorPrefix(err, "EXECABORT") {
+		// Redis refused a command while queueing it (OOM under
+		// noeviction, say): nothing ran; report that command's own error,
+		// which is what the caller looks at (redis is full), not EXECABORT
+		for _, c := range cmds {
+			if cerr := c.Err(); cerr != nil && !redis.HasErrorPrefix(cerr, "EXECABORT") {
+				return appendResult{}, fmt.Errorf("append to %s (MULTI/EXEC): %w", s.key, cerr)
+			}
+		}
+		return appendResult{}, fmt.Errorf("append to %s (MULTI/EXEC): %w", s.key, err)
+	}
 	if err != nil && err != firstCmdErr(cmds) {
 		// MULTI or EXEC failed (EXECABORT, NOPERM, connection): the
 		// replies are not the commands' own
