@@ -6,9 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"os"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -275,24 +272,7 @@ func TestMultiAppendFallbackACL(t *testing.T) {
 // TestDocsACLRuleCoversIngest: every command of IngestRedisCommands (MULTI,
 // EXEC and RENAME included) is in docs/operations.md's ACL rule.
 func TestDocsACLRuleCoversIngest(t *testing.T) {
-	_, file, _, _ := runtime.Caller(0)
-	doc, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "docs", "operations.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(doc)
-	i := strings.Index(text, "ACL SETUSER kbridge on")
-	if i < 0 {
-		t.Fatal("no ACL rule in docs/operations.md")
-	}
-	block := text[i:]
-	block = block[:strings.Index(block, "```")]
-	var rule []string
-	for _, f := range strings.Fields(block) {
-		if strings.HasPrefix(f, "+") {
-			rule = append(rule, strings.ToLower(f[1:]))
-		}
-	}
+	rule := testenv.DocsACLRule(t)
 	for _, c := range IngestRedisCommands() {
 		if !slices.Contains(rule, c) {
 			t.Errorf("the ingest runs %s, not in the documented rule %v", c, rule)

@@ -7,10 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -214,24 +211,7 @@ func TestHTTPTimeoutAtLeaseEnd(t *testing.T) {
 // and the list the docs give for "kbridge worker ... makes the same checks"
 // is exactly the probe's.
 func TestDocsACLRuleCoversWorker(t *testing.T) {
-	_, file, _, _ := runtime.Caller(0)
-	doc, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "docs", "operations.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(doc)
-	i := strings.Index(text, "ACL SETUSER kbridge on")
-	if i < 0 {
-		t.Fatal("no ACL rule in docs/operations.md")
-	}
-	block := text[i:]
-	block = block[:strings.Index(block, "```")]
-	var rule []string
-	for _, f := range strings.Fields(block) {
-		if strings.HasPrefix(f, "+") {
-			rule = append(rule, strings.ToLower(f[1:]))
-		}
-	}
+	text, rule := testenv.DocsOperations(t), testenv.DocsACLRule(t)
 	var missing []string
 	for _, c := range WorkerRedisCommands() {
 		if !slices.Contains(rule, c) {
