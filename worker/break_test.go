@@ -188,7 +188,10 @@ func TestBreakProbeIgnoresReadAhead(t *testing.T) {
 	})
 	cfg.Concurrency = 2
 	cfg.ReadAhead = 2
-	cfg.VisibilityTimeout = time.Second
+	// 2 s: a queued entry starts within VisibilityTimeout/2 while slots
+	// turn over (maxAge); a margin for a loaded machine (-race, CI) before
+	// takeStale hands it back.
+	cfg.VisibilityTimeout = 2 * time.Second
 	cfg.ReclaimInterval = 100 * time.Millisecond
 	w := mustNew(t, cfg)
 	running(t, w)

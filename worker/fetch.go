@@ -31,7 +31,9 @@ const probeCalls = 64
 // more than the read-ahead has room for. One XREADGROUP reads the streams
 // known to have entries ("hot": the last read found some) for as many
 // entries as the read-ahead has room for (the least recently read first
-// when the room does not cover them all). The other streams are probed
+// when the room does not cover them all); the hot streams the scheduler
+// classed slow are read by a second one, with their smaller COUNT (it runs
+// only when a slow stream's short queue is half empty). The other streams are probed
 // every probeInterval at most, and whenever the hot ones run dry: one
 // script (probeScript) runs XREADGROUP COUNT 1 over as many of them at a
 // time as entries may still be read, the least recently probed first, until
@@ -61,7 +63,7 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 		}
 		probe := !time.Now().Before(nextProbe) || !w.sched.anyHot()
 		req := w.sched.wanted(probe)
-		if len(req.hot) == 0 && len(req.idle) == 0 {
+		if req.empty() {
 			// Nothing wanted (the read-ahead is full, or no stream may be
 			// read): wait until the scheduler takes entries (a stream's
 			// queue runs low, a slot frees), or the next probe.
@@ -103,9 +105,14 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 		if probeFirst {
 			probeIdle()
 		}
-		if err == nil {
-			keys, count, more := req.hotRead(budget)
-			moreHot = more
+		// The hot streams, then the slow ones (their own COUNT: a slow
+		// stream's part of the read-ahead is smaller).
+		for _, part := range [...]func(int) ([]string, int64, bool){req.hotRead, req.slowRead} {
+			if err != nil {
+				break
+			}
+			keys, count, more := part(budget)
+			moreHot = moreHot || more
 			if len(keys) > 0 {
 				var msgs []*Message
 				if msgs, err = w.readNow(rctx, keys, count); err == nil {
@@ -132,7 +139,7 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 			}
 		case probe:
 			// Nothing anywhere: wait for the first new entry of any stream.
-			keys := append(slices.Clone(req.hot), req.idle...)
+			keys := slices.Concat(req.hot, req.slow, req.idle)
 			count := int64(max(1, req.budget/len(keys)))
 			var msgs []*Message
 			if msgs, err = w.readBlocking(rctx, keys, count, w.cfg.BlockTimeout); err == nil {

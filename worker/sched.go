@@ -18,12 +18,14 @@ import (
 // entries queued or running, or the last read found entries) share the
 // Concurrency slots: each may run share = ceil(Concurrency / contenders)
 // handlers while another contender that has work runs fewer than its share.
-// Slot occupancy is handler time, so a partition whose handler takes 500 ms
-// holds at most its share of the slots, and a 1 ms partition beside it keeps
-// the rest. A stream may go over its share when no other stream under its
+// A slow stream — its handlers take more than slowRatio times as long as
+// the fastest contender's — has a share shrunk by that ratio, at least one
+// slot (shareOf): a 500 ms partition beside a 1 ms one runs 1 handler of
+// 16, and the 1 ms one the other 15; alone, it takes every slot. A stream
+// may go over its share when no other stream under its
 // own share has entries queued (work conservation: the slot would stay
 // idle), unless another stream wants slots (entries queued, or its read on
-// the way) and our handlers take much longer than its (see lendSlack). When a
+// the way) and our handlers take much longer than its (see lender). When a
 // slot frees, it goes to the stream with the least handler time charged
 // (its virtual time), among those under their share first. A stream that
 // gets entries again starts at the scheduler's virtual time (the least
@@ -31,7 +33,9 @@ import (
 // that becomes a contender again also starts at most one handler time
 // ahead of it, so a stream that ran alone for a while is not starved when it
 // comes back (see lift and join). Within a stream, reclaimed entries and
-// due retries go before entries read since.
+// due retries go before entries read since. An entry queued for maxAge
+// (half the visibility timeout) starts next, whatever its stream's share:
+// entries are not left to go stale (takeStale) while slots turn over.
 //
 // Retries wait in a timer heap, not in a slot: a failing partition holds no
 // slots during its backoff. A RetryError (the downstream asked to back off)
@@ -42,9 +46,10 @@ import (
 //
 // The read-ahead is bounded: the reader asks for entries for the free slots
 // and for at most ReadAhead more, queued, each stream up to its part
-// (ceil((ReadAhead + free slots) / contenders)) and topped up when half of it
-// is left, so that a freed slot finds its next entry without a round trip to
-// Redis. The entries a read or a reclaim round on the way may bring are
+// (ceil((ReadAhead + free slots) / contenders); a slow stream's part covers
+// slowHorizon of its handler time, one entry for a 500 ms handler, and the
+// others share the rest: bufCap) and topped up when half of it is left, so
+// that a freed slot finds its next entry without a round trip to Redis. The entries a read or a reclaim round on the way may bring are
 // reserved (reading, reclaiming), so that the two together stay within
 // ReadAhead + Concurrency queued. A paused stream's queue does not count:
 // it waits for the end of the pause, holding no slot. When a slot frees
@@ -52,6 +57,7 @@ import (
 type scheduler struct {
 	conc, readAhead, maxWaiting int
 	start                       func(t *task) // runs t in a new slot goroutine
+	maxAge                      time.Duration // a task queued this long goes first (0: never)
 
 	mu         sync.Mutex
 	free       int // free handler slots
@@ -72,6 +78,8 @@ type scheduler struct {
 	space      chan struct{} // a stream may want entries: wakes the reader
 	rr         uint64        // reads done (read rotation)
 	finished   uint64        // attempts finished
+	fastAvg    time.Duration // the least handler time of a timed contender that wants slots, at the last classify (-1: none)
+	slowN      int           // contenders classified slow
 }
 
 // lendSlack: a stream over its share may take a slot while another stream
@@ -79,17 +87,30 @@ type scheduler struct {
 // plus lendSlack.
 const lendSlack = time.Millisecond
 
+// A contender is slow while its handlers take more than slowRatio times as
+// long as those of the fastest contender that wants slots, plus slowSlack.
+// A slow stream's share of the slots and of the read-ahead shrinks with the
+// ratio (shareOf, bufCap): it holds slots for so long that an equal number
+// of them would cost the fast ones most of their rate. Its read-ahead
+// covers about slowHorizon of its handler time.
+const (
+	slowRatio   = 4
+	slowSlack   = time.Millisecond
+	slowHorizon = 20 * time.Millisecond
+)
+
 // task is one held entry on its way through the scheduler.
 type task struct {
 	m  *Message
 	st *sstream
 	he *heldEntry
 
-	redeliver      bool      // a retry after a failure: count the delivery before running
-	reclaimed      bool      // taken from another consumer, not started yet
-	backoffs       int64     // RetryError back-offs so far
-	runs           int64     // handler starts of the entry known here (start.lua's record, or 1 for a first delivery), this one included
-	transientSince time.Time // first RetryError
+	charged        time.Duration // the handler time its stream was charged when it started
+	redeliver      bool          // a retry after a failure: count the delivery before running
+	reclaimed      bool          // taken from another consumer, not started yet
+	backoffs       int64         // RetryError back-offs so far
+	runs           int64         // handler starts of the entry known here (start.lua's record, or 1 for a first delivery), this one included
+	transientSince time.Time     // first RetryError
 
 	queuedAt time.Time // when it entered its stream's queue
 	due      time.Time // in the timer heap: when it is due
@@ -114,6 +135,7 @@ type sstream struct {
 	inReady    bool
 	rr         uint64 // read rotation: when it was last read
 	streak     int64  // consecutive back-offs (RetryError), reset by a success
+	slow       bool   // classified slow at the last classify
 }
 
 func (st *sstream) queued() int { return len(st.ready) + len(st.urgent) }
@@ -131,6 +153,7 @@ func newScheduler(conc, readAhead int, start func(*task)) *scheduler {
 		contenders: map[*sstream]struct{}{},
 		hotSet:     map[*sstream]struct{}{},
 		space:      make(chan struct{}, 1),
+		fastAvg:    -1,
 	}
 }
 
@@ -157,11 +180,53 @@ func (s *scheduler) share() int {
 	return (s.conc + n - 1) / n
 }
 
-// bufCap is how many tasks a stream may have queued, or be read for: its
-// part of the read-ahead and of the free slots.
-func (s *scheduler) bufCap() int {
+// shareOf is st's share of the slots while another contender waits: share,
+// and for a slow stream share shrunk by how much longer its handlers take
+// than the fastest contender's (at least one slot). A 500 ms stream beside
+// a 1 ms one holds one slot of 16, not 8: eight would cost the fast one
+// half its rate, for a handful of records a second more.
+func (s *scheduler) shareOf(st *sstream, share int) int {
+	if !st.slow || s.fastAvg < 0 || st.avg <= 0 {
+		return share
+	}
+	return max(1, int(int64(share)*int64(slowRatio*s.fastAvg+slowSlack)/int64(st.avg)))
+}
+
+// bufCap is how many tasks st may have queued, or be read for: its part of
+// the read-ahead and of the free slots. A slow stream's part covers about
+// slowHorizon of its handler time (at least one entry); the others share
+// what the slow ones leave.
+func (s *scheduler) bufCap(st *sstream) int {
 	n := max(len(s.contenders), 1)
-	return max((s.readAhead+s.free+n-1)/n, 1)
+	room := s.readAhead + s.free
+	if st.slow && st.avg > 0 {
+		r := max((room+n-1)/n, 1)
+		return max(1, min(r, int((int64(r)*int64(slowHorizon)+int64(st.avg)-1)/int64(st.avg))))
+	}
+	if f := n - s.slowN; s.slowN > 0 && f > 0 {
+		return max((room-s.slowN+f-1)/f, 1)
+	}
+	return max((room+n-1)/n, 1)
+}
+
+// classify marks the contenders whose handlers are slow beside the fastest
+// one that wants slots (under s.mu). It costs O(contenders): it runs once a
+// read round (wanted) and when a stream gets its first timing, not at every
+// handler's end; between two runs, a stream's standing is that of the last.
+func (s *scheduler) classify(now time.Time) {
+	fast := time.Duration(-1)
+	for c := range s.contenders {
+		if c.timed && s.wantsSlots(c, now) && (fast < 0 || c.avg < fast) {
+			fast = c.avg
+		}
+	}
+	s.fastAvg, s.slowN = fast, 0
+	for c := range s.contenders {
+		c.slow = fast >= 0 && c.timed && c.avg > slowRatio*fast+slowSlack
+		if c.slow {
+			s.slowN++
+		}
+	}
 }
 
 // wantsSlots reports whether st has entries to start now or soon: queued,
@@ -185,6 +250,10 @@ func (s *scheduler) update(st *sstream, now time.Time) {
 			s.contenders[st] = struct{}{}
 		} else {
 			delete(s.contenders, st)
+			if st.slow {
+				st.slow = false
+				s.slowN--
+			}
 		}
 	}
 	if q := st.queued() > 0; q != st.inReady {
@@ -315,9 +384,10 @@ func (s *scheduler) pick(now time.Time) *task {
 		return nil
 	}
 	share := s.share()
-	var best *sstream
+	var best, old *sstream
 	bestUnder := false
 	least, any := time.Duration(0), false
+	var oldest time.Time
 	for _, st := range s.readyList {
 		if st.paused(now) {
 			continue
@@ -325,26 +395,31 @@ func (s *scheduler) pick(now time.Time) *task {
 		if !any || st.vtime < least {
 			least, any = st.vtime, true
 		}
-		under := st.running < share
+		if s.maxAge > 0 {
+			if at := st.headQueuedAt(); old == nil || at.Before(oldest) {
+				old, oldest = st, at
+			}
+		}
+		under := st.running < s.shareOf(st, share)
 		if best == nil || (under && !bestUnder) || (under == bestUnder && st.vtime < best.vtime) {
 			best, bestUnder = st, under
 		}
 	}
-	if best == nil {
+	switch {
+	case best == nil:
 		return nil
-	}
-	if !bestUnder {
-		// Every stream with queued entries has its share. This one may
-		// take more only if no other stream that wants slots (entries
-		// queued, or its next read on the way) would find them taken for
-		// much longer than its own handlers take: lending a slot to a
-		// stream as fast as the waiting one costs it nothing (the slot is
-		// back before long), lending it to a 500 ms stream while a 1 ms
-		// one waits for its read costs the 1 ms one 500 records.
-		for c := range s.contenders {
-			if c != best && s.wantsSlots(c, now) && (!best.timed || best.avg > 2*c.avg+lendSlack) {
-				return nil
-			}
+	case old != nil && now.Sub(oldest) > s.maxAge:
+		// An entry has waited in its queue for maxAge: it goes first,
+		// whatever its stream's share, so that no entry read here waits
+		// until it is handed back as stale (takeStale) while slots turn
+		// over — a stream of streams coming back, each at the virtual
+		// time, would otherwise go before it for as long as they come.
+		best = old
+	case !bestUnder:
+		// Every stream with queued entries has its share: the slot is
+		// lent to one that may borrow, if any.
+		if best = s.lender(now); best == nil {
+			return nil
 		}
 	}
 	var t *task
@@ -358,12 +433,66 @@ func (s *scheduler) pick(now time.Time) *task {
 	s.running++
 	best.running++
 	s.vnow = max(s.vnow, least)
-	best.vtime += best.avg
+	t.charged = best.avg
+	best.vtime += t.charged
 	s.update(best, now)
-	if best.queued() <= s.bufCap()/2 {
+	if best.queued() <= s.bufCap(best)/2 {
 		s.kick()
 	}
 	return t
+}
+
+// headQueuedAt is when the longest-queued task of st entered its queue.
+func (st *sstream) headQueuedAt() time.Time {
+	switch {
+	case len(st.urgent) == 0:
+		return st.ready[0].queuedAt
+	case len(st.ready) == 0 || st.urgent[0].queuedAt.Before(st.ready[0].queuedAt):
+		return st.urgent[0].queuedAt
+	default:
+		return st.ready[0].queuedAt
+	}
+}
+
+// lender returns the stream with queued entries, over its share, that may
+// take one more slot, the least charged first; nil if none may (under
+// s.mu). A stream may if no other stream that wants slots (entries queued,
+// or its next read on the way) would find them taken for much longer than
+// its own handlers take: lending a slot to a stream as fast as the waiting
+// one costs it nothing (the slot is back before long), lending it to a
+// 500 ms stream while a 1 ms one waits for its read costs the 1 ms one 500
+// records. A stream not timed yet may not while another wants slots.
+func (s *scheduler) lender(now time.Time) *sstream {
+	// The two least handler times among the contenders that want slots
+	// (an untimed one counts as 0): the least of the others, for each.
+	const none = time.Duration(1<<63 - 1)
+	a1, a2 := none, none
+	var s1 *sstream
+	for c := range s.contenders {
+		if !s.wantsSlots(c, now) {
+			continue
+		}
+		switch av := c.avg; {
+		case av < a1:
+			a2, a1, s1 = a1, av, c
+		case av < a2:
+			a2 = av
+		}
+	}
+	var best *sstream
+	for _, st := range s.readyList {
+		if st.paused(now) || (best != nil && st.vtime >= best.vtime) {
+			continue
+		}
+		other := a1
+		if st == s1 {
+			other = a2
+		}
+		if other == none || (st.timed && st.avg <= 2*other+lendSlack) {
+			best = st
+		}
+	}
+	return best
 }
 
 // finish is called when t's attempt in its slot is over, with its result
@@ -379,8 +508,9 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 	s.running--
 	s.free++
 	s.finished++
-	st.vtime += took - st.avg
-	if !st.timed {
+	st.vtime += took - t.charged
+	first := !st.timed
+	if first {
 		st.avg, st.timed = took, true
 	} else {
 		st.avg += (took - st.avg) / 8
@@ -398,6 +528,9 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 		s.arm()
 	}
 	s.update(st, now)
+	if first {
+		s.classify(now) // a slow stream's first timing: its share shrinks at once
+	}
 	next = s.pick(now) // kicks the reader if st's queue runs low
 	if next == nil {
 		// The slot stays free with nothing queued for it: the reader has
@@ -506,25 +639,39 @@ func (s *scheduler) counts() (queued, waiting, running int) {
 
 // readRequest is what the reader should read next.
 type readRequest struct {
-	hot    []string // streams believed to have entries, least recently read first
-	need   int      // entries the emptiest of them has room for
-	anyHot bool     // some stream is hot, wanting entries or not
-	idle   []string // the other streams that want entries (to probe), least recently read first
-	budget int      // entries the read-ahead has room for
+	hot      []string // streams believed to have entries, not slow, least recently read first
+	need     int      // entries the emptiest of them has room for
+	slow     []string // the same for the slow streams (read apart: their part is smaller)
+	slowNeed int
+	anyHot   bool     // some stream is hot, wanting entries or not
+	idle     []string // the other streams that want entries (to probe), least recently read first
+	budget   int      // entries the read-ahead has room for
 }
+
+// empty reports whether nothing is wanted: wait for space.
+func (r *readRequest) empty() bool { return len(r.hot) == 0 && len(r.slow) == 0 && len(r.idle) == 0 }
 
 // hotRead returns which hot streams to read with budget entries of room,
 // and the COUNT: each at least one, the least recently read first when
 // the room does not cover them all (more: some are left for the next read).
 func (r *readRequest) hotRead(budget int) (keys []string, count int64, more bool) {
-	if len(r.hot) == 0 || budget <= 0 {
-		return nil, 0, len(r.hot) > 0
+	return splitRead(r.hot, r.need, budget)
+}
+
+// slowRead is hotRead for the slow streams.
+func (r *readRequest) slowRead(budget int) (keys []string, count int64, more bool) {
+	return splitRead(r.slow, r.slowNeed, budget)
+}
+
+func splitRead(hot []string, need, budget int) (keys []string, count int64, more bool) {
+	if len(hot) == 0 || budget <= 0 {
+		return nil, 0, len(hot) > 0
 	}
-	keys = r.hot
+	keys = hot
 	if len(keys) > budget {
 		keys, more = keys[:budget], true
 	}
-	return keys, int64(max(1, min(r.need, budget/len(keys)))), more
+	return keys, int64(max(1, min(need, budget/len(keys)))), more
 }
 
 // wanted returns the streams that want entries: the hot ones, and if probe
@@ -548,26 +695,35 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	}
 	r.budget = budget
 	defer func() {
-		if len(r.hot) > 0 || len(r.idle) > 0 {
+		if !r.empty() {
 			s.reading = budget // released as the entries are queued (readDone), or at the next round
 		}
 	}()
-	bc := s.bufCap()
+	s.classify(now)
 	wants := func(st *sstream) bool {
-		return st.listed && !st.paused(now) && st.waiting < s.maxWaiting && st.queued() <= bc/2
+		return st.listed && !st.paused(now) && st.waiting < s.maxWaiting && st.queued() <= s.bufCap(st)/2
 	}
-	var hot []*sstream
+	var hot, slow []*sstream
 	for st := range s.hotSet {
-		if wants(st) {
+		switch {
+		case !wants(st):
+		case st.slow:
+			slow = append(slow, st)
+			r.slowNeed = max(r.slowNeed, s.bufCap(st)-st.queued())
+		default:
 			hot = append(hot, st)
-			r.need = max(r.need, bc-st.queued())
+			r.need = max(r.need, s.bufCap(st)-st.queued())
 		}
 	}
 	// Least recently read first, so that every hot stream is read in turn
 	// when the budget does not cover them all.
 	sortByRR(hot)
+	sortByRR(slow)
 	for _, st := range hot {
 		r.hot = append(r.hot, st.key)
+	}
+	for _, st := range slow {
+		r.slow = append(r.slow, st.key)
 	}
 	if probe {
 		var idle []*sstream

@@ -52,7 +52,8 @@ func (p *perStream) get(s string) (done, running, peak int) {
 
 // TestFairnessByHandlerTime: a partition whose handler takes 500 ms beside
 // one whose handler takes 1 ms. Slots are shared by handler time: the slow
-// one never holds more than its share (half the slots) while the fast one
+// one never holds more than its share (half the slots, and one slot once
+// its handler time is known: TestSchedSlowStreamShare) while the fast one
 // has entries, so the fast one handles hundreds of records for each slow
 // one (ideally 500). When slots were shared by reads, the slow partition
 // took nearly every slot and the fast one handled about as many records as
@@ -84,15 +85,24 @@ func TestFairnessByHandlerTime(t *testing.T) {
 	stop := running(t, w)
 	// The slow partition's peak is looked at only while the fast one has
 	// entries left.
-	var slowPeakWhileFast int
+	// Once the slow one is timed (its first runs, started before, have
+	// ended), it runs one handler at a time: its share shrinks with how
+	// much slower it is (sampled).
+	var slowPeakWhileFast, slowRunningTimed int
 	testenv.Eventually(t, 60*time.Second, func() bool {
 		fd, _, _ := ps.get(fast)
-		_, _, sp := ps.get(slow)
+		sd, sr, sp := ps.get(slow)
 		if fd < fastN-2*cfg.Concurrency {
 			slowPeakWhileFast = sp
+			if sd >= cfg.Concurrency {
+				slowRunningTimed = max(slowRunningTimed, sr)
+			}
 		}
 		return fd == fastN
 	}, "fast partition not done")
+	if slowRunningTimed > 1 {
+		t.Errorf("the 500ms partition ran %d handlers at once, once timed, while the fast one had entries; want 1", slowRunningTimed)
+	}
 	sd, _, _ := ps.get(slow)
 	_ = stop()
 	t.Logf("fast partition: %d records done while the slow one did %d (ratio %.0f, ideal 500); slow partition held at most %d of %d slots while the fast one had entries",

@@ -85,6 +85,9 @@ func New(cfg Config) (*Worker, error) {
 		discovered: make(chan struct{}),
 	}
 	w.sched = newScheduler(cfg.Concurrency, cfg.ReadAhead, nil)
+	// Half the time after which a queued entry is handed back as stale
+	// (takeStale): one that waited this long starts next.
+	w.sched.maxAge = cfg.VisibilityTimeout / 2
 	w.acks = newAcker(w)
 	if c, ok := cfg.Redis.(*redis.ClusterClient); ok {
 		w.perSlot, w.slotReads = true, newSlotReads(maxBlocking(c))

@@ -1,0 +1,203 @@
+package worker
+
+import (
+	"container/heap"
+	"testing"
+	"time"
+)
+
+// schedSim drives a scheduler without Redis or goroutines: handler runs
+// are events on a simulated clock, each taking its stream's duration.
+type schedSim struct {
+	s       *scheduler
+	now     time.Duration // simulated clock
+	runs    simHeap
+	dur     map[string]time.Duration
+	done    map[string]int
+	peak    map[string]int
+	started int
+}
+
+type simRun struct {
+	t   *task
+	end time.Duration
+}
+
+type simHeap []simRun
+
+func (h simHeap) Len() int           { return len(h) }
+func (h simHeap) Less(i, j int) bool { return h[i].end < h[j].end }
+func (h simHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *simHeap) Push(x any)        { *h = append(*h, x.(simRun)) }
+func (h *simHeap) Pop() any {
+	old := *h
+	r := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return r
+}
+
+func newSchedSim(conc, readAhead int, dur map[string]time.Duration) *schedSim {
+	sim := &schedSim{dur: dur, done: map[string]int{}, peak: map[string]int{}}
+	sim.s = newScheduler(conc, readAhead, sim.begin)
+	return sim
+}
+
+// begin is the scheduler's start: the run ends after its stream's duration.
+func (sim *schedSim) begin(t *task) {
+	sim.started++
+	heap.Push(&sim.runs, simRun{t, sim.now + sim.dur[t.m.Stream]})
+}
+
+// read queues n entries of stream, as a read of it would.
+func (sim *schedSim) read(stream string, n int) {
+	ts := make([]*task, n)
+	for i := range ts {
+		ts[i] = &task{m: &Message{Stream: stream}}
+	}
+	sim.s.readDone([]string{stream}, ts)
+}
+
+// step ends the earliest run; the slot takes the task finish hands it.
+func (sim *schedSim) step() {
+	r := heap.Pop(&sim.runs).(simRun)
+	sim.now = r.end
+	sim.done[r.t.m.Stream]++
+	next, _ := sim.s.finish(r.t, sim.dur[r.t.m.Stream], handled, time.Time{})
+	if next != nil {
+		sim.begin(next)
+	}
+}
+
+func (sim *schedSim) running(stream string) int {
+	sim.s.mu.Lock()
+	defer sim.s.mu.Unlock()
+	if st := sim.s.streams[stream]; st != nil {
+		return st.running
+	}
+	return 0
+}
+
+// TestSchedSlowStreamShare: a 500 ms stream beside a 1 ms one, 16 slots.
+// Once the slow one is timed, it holds one slot (its share shrunk by how
+// much slower it is) and the fast one the other 15, so the fast one keeps
+// 15/16 of its rate alone; its read-ahead part is nearly the whole
+// read-ahead, the slow one's one entry, and the reader reads them apart.
+// Alone, the slow stream takes every slot again. With equal shares (before
+// the slow-stream rule) it held 8 slots and the fast one ran at half its
+// rate alone.
+func TestSchedSlowStreamShare(t *testing.T) {
+	const fast, slow = "fast", "slow"
+	const conc = 16
+	sim := newSchedSim(conc, conc, map[string]time.Duration{fast: time.Millisecond, slow: 500 * time.Millisecond})
+	sim.s.setStreams([]string{fast, slow})
+	sim.read(slow, 8)
+	sim.read(fast, 32)
+	topUp := func() {
+		r := sim.s.wanted(false)
+		if keys, count, _ := r.hotRead(r.budget); len(keys) > 0 {
+			for _, k := range keys {
+				sim.read(k, int(count))
+			}
+		}
+		if keys, count, _ := r.slowRead(r.budget); len(keys) > 0 {
+			for _, k := range keys {
+				sim.read(k, int(count))
+			}
+		}
+		sim.s.endRead()
+	}
+	var timedAt time.Duration
+	slowPeak, fastDone := 0, 0
+	for sim.now < 5*time.Second {
+		sim.step()
+		topUp()
+		if timedAt == 0 && sim.done[slow] >= 1 {
+			timedAt = sim.now
+		}
+		// The slow stream's runs that started before it was timed end
+		// within its first handler time of being timed.
+		if timedAt > 0 && sim.now > timedAt+500*time.Millisecond {
+			slowPeak = max(slowPeak, sim.running(slow))
+			if fastDone == 0 {
+				fastDone = sim.done[fast]
+			}
+		}
+	}
+	window := sim.now - (timedAt + 500*time.Millisecond)
+	fastRate := float64(sim.done[fast]-fastDone) / window.Seconds()
+	alone := conc / time.Millisecond.Seconds()
+	t.Logf("slow stream timed at %v; after: slow held at most %d of %d slots, fast ran %.0f records/s (alone %.0f: %.2f)", timedAt, slowPeak, conc, fastRate, alone, fastRate/alone)
+	if timedAt == 0 {
+		t.Fatal("the slow stream never finished a run")
+	}
+	if slowPeak > 1 {
+		t.Errorf("the 500 ms stream held %d slots beside the 1 ms one once timed; want 1", slowPeak)
+	}
+	if fastRate < 0.9*alone {
+		t.Errorf("fast stream ran %.0f records/s beside the slow one; want at least 0.9 × %.0f", fastRate, alone)
+	}
+
+	sim.s.mu.Lock()
+	fst, sst := sim.s.streams[fast], sim.s.streams[slow]
+	fastCap, slowCap, free := sim.s.bufCap(fst), sim.s.bufCap(sst), sim.s.free
+	sim.s.mu.Unlock()
+	if !sst.slow || fst.slow {
+		t.Errorf("classified slow: fast %v, slow %v; want only the 500 ms stream", fst.slow, sst.slow)
+	}
+	if slowCap != 1 || fastCap < conc+free-1 {
+		t.Errorf("read-ahead parts: fast %d, slow %d (read-ahead %d, %d slots free); want fast ≥ %d, slow 1", fastCap, slowCap, conc, free, conc+free-1)
+	}
+	r := sim.s.wanted(false)
+	sim.s.endRead()
+	if len(r.slow) > 0 && r.slowNeed > 1 {
+		t.Errorf("the slow stream is read for %d entries at once; want 1", r.slowNeed)
+	}
+
+	// The fast stream runs dry: the slow one, alone, takes every slot.
+	for sim.running(fast) > 0 || sim.s.queued > sim.s.streams[slow].queued() {
+		sim.step()
+	}
+	sim.s.readDone([]string{fast}, nil) // its read found nothing: not hot
+	sim.s.wanted(false) // the reader's round classifies again
+	sim.s.endRead()
+	sim.read(slow, conc)
+	if n := sim.running(slow); n != conc {
+		t.Errorf("alone, the slow stream runs %d handlers; want all %d slots", n, conc)
+	}
+}
+
+// TestSchedAgedEntryGoesFirst: an entry queued for maxAge starts at the
+// next free slot, before a stream with less handler time charged — so an
+// entry is not left queued until it is handed back as stale while slots
+// turn over (the cause of a flaky TestBreakProbeIgnoresReadAhead: streams
+// coming back at the virtual time kept going first).
+func TestSchedAgedEntryGoesFirst(t *testing.T) {
+	for _, aging := range []bool{false, true} {
+		var started []string
+		s := newScheduler(1, 1, func(t *task) { started = append(started, t.m.Stream) })
+		if aging {
+			s.maxAge = 100 * time.Millisecond
+		}
+		s.setStreams([]string{"a", "b"})
+		a1, a2 := &task{m: &Message{Stream: "a"}}, &task{m: &Message{Stream: "a"}}
+		s.readDone([]string{"a"}, []*task{a1, a2})
+		// a1 runs; a2 waits, queued a second ago, its stream charged
+		// far ahead of b's.
+		s.mu.Lock()
+		s.streams["a"].vtime = time.Hour
+		a2.queuedAt = time.Now().Add(-time.Second)
+		s.mu.Unlock()
+		s.readDone([]string{"b"}, []*task{{m: &Message{Stream: "b"}}})
+		if len(started) != 1 || started[0] != "a" {
+			t.Fatalf("aging %v: started %v before the slot freed; want a's first only", aging, started)
+		}
+		next, _ := s.finish(a1, time.Millisecond, handled, time.Time{})
+		want := "b"
+		if aging {
+			want = "a"
+		}
+		if next == nil || next.m.Stream != want {
+			t.Errorf("aging %v: the freed slot went to %v; want %q", aging, next, want)
+		}
+	}
+}
