@@ -333,6 +333,16 @@ func renderBenchmark(w func(string, ...any), id string, raw json.RawMessage, rel
 			}
 			w("| %d | %.0f | %s | %s | %s | %s | %s |\n", l.N, l.Ideal, sum(l.Worker, "%.0f"), sum(l.Efficiency, "%.3f"), sum(l.Pool, "%.0f"), sum(l.PoolEff, "%.3f"), t)
 		}
+		if len(ls) > 0 && ls[0].Busy.N > 0 {
+			w("\nWhere the time goes: X / ideal = (slots busy) × 10 ms / (the time a 10 ms sleep really took). The worker\n")
+			w("process's slots are sampled every millisecond; the sleep is timed around the handler's timer. Where the\n")
+			w("slots are busy and the sleep overruns, the time is lost in the handler's own timer firing late: in the worker\n")
+			w("it runs beside the ingest, Redis and Kafka on 2 cores, and the pool runs before the ingest starts.\n\n")
+			w("| N | slots busy | sleep in the worker (ms) | busy × 10 ms / sleep | sleep in the pool (ms) |\n| --- | --- | --- | --- | --- |\n")
+			for _, l := range ls {
+				w("| %d | %s | %s | %.3f | %s |\n", l.N, sum(l.Busy, "%.4f"), sum(l.Sleep, "%.2f"), l.Busy.Median*10/l.Sleep.Median, sum(l.PoolSleep, "%.2f"))
+			}
+		}
 		w("\n![efficiency against N](img/8-iv-efficiency.png)\n\n")
 		for _, l := range ls {
 			if l.Drained {

@@ -16,6 +16,10 @@ type windowRun struct {
 	Seconds float64          // the window's real length
 	Worker  map[string]int64 // the worker library's counters at the end
 	Drained bool             // the counted records ran out: the window ended early
+	// Over the window (kbench worker with a sleep handler): the mean time
+	// a handler's sleep really took, and the mean number of slots busy.
+	SleepMean time.Duration
+	BusyMean  float64
 }
 
 // workerWindow starts a fresh ingest (own prefix and group) on topics and
@@ -93,6 +97,13 @@ func (e *env) workerWindow(topics []string, spec string, args []string, warmup, 
 	r.Rate = float64(count(to.c)-count(from.c)) / r.Seconds
 	r.Total = to.c.Total
 	r.Worker = to.c.Worker
+	delta := func(k string) float64 { return float64(to.c.Worker[k] - from.c.Worker[k]) }
+	if n := delta("sleeps"); n > 0 {
+		r.SleepMean = time.Duration(delta("slept_ns") / n)
+	}
+	if n := delta("busy_samples"); n > 0 {
+		r.BusyMean = delta("busy_sum") / n
+	}
 	r.Per = map[string]int64{}
 	for k, v := range to.c.Per {
 		r.Per[k] = v - from.c.Per[k]

@@ -14,6 +14,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -105,6 +106,9 @@ func cmdWorker(args []string) error {
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	c := newCounter()
+	// Where a sleeping handler's time goes (8-iv): the time its sleeps
+	// really took, and the slots busy, sampled every millisecond.
+	var sleptNS, sleeps, busySum, busySamples atomic.Int64
 	rdb := redis.NewClient(&redis.Options{Addr: *addr, PoolSize: max(10, *concurrency/4), ContextTimeoutEnabled: true})
 	defer rdb.Close()
 	w, err := worker.New(worker.Config{
@@ -114,6 +118,7 @@ func cmdWorker(args []string) error {
 		Handler: func(ctx context.Context, m *worker.Message) error {
 			a := hs.lookup(m.Topic, m.Partition)
 			if a.sleep > 0 {
+				t0 := time.Now()
 				t := time.NewTimer(a.sleep)
 				select {
 				case <-t.C:
@@ -121,6 +126,8 @@ func cmdWorker(args []string) error {
 					t.Stop()
 					return ctx.Err()
 				}
+				sleptNS.Add(int64(time.Since(t0)))
+				sleeps.Add(1)
 			}
 			if a.fail {
 				return errDownstream
@@ -147,7 +154,8 @@ func cmdWorker(args []string) error {
 		st := w.Stats()
 		snap.Worker = map[string]int64{"processed": st.Processed, "failed": st.Failed, "acked": st.Acked,
 			"reclaimed": st.Reclaimed, "lease_lost": st.LeaseLost, "in_flight": st.InFlight, "held": st.Held,
-			"streams": st.Streams, "dead_lettered": st.DeadLettered, "retries": st.Retries}
+			"streams": st.Streams, "dead_lettered": st.DeadLettered, "retries": st.Retries,
+			"slept_ns": sleptNS.Load(), "sleeps": sleeps.Load(), "busy_sum": busySum.Load(), "busy_samples": busySamples.Load()}
 		_ = json.NewEncoder(rw).Encode(snap)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -155,6 +163,19 @@ func cmdWorker(args []string) error {
 	defer srv.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	go func() {
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				busySum.Add(w.Stats().InFlight)
+				busySamples.Add(1)
+			}
+		}
+	}()
 	if err := w.Run(ctx); err != nil && !errors.Is(err, worker.ErrShutdownTimeout) {
 		return err
 	}

@@ -242,6 +242,10 @@ type littleResult struct {
 	Target     float64       `json:"target,omitempty"`
 	Drained    bool          `json:"drained"`
 	Profile    string        `json:"profile,omitempty"`
+	// Where the worker's time goes: X / ideal = busy × 10 ms / sleep.
+	Busy      bench.Summary `json:"busy"`       // mean fraction of the N slots running a handler
+	Sleep     bench.Summary `json:"sleep_ms"`   // mean time a handler's 10 ms sleep took in the worker process (ms)
+	PoolSleep bench.Summary `json:"pool_sleep"` // the same in the goroutine pool (ms)
 }
 
 func runLittle(e *env) (any, error) {
@@ -259,19 +263,24 @@ func runLittle(e *env) (any, error) {
 	ns := []int{32, 128, 512}
 	targets := map[int]float64{128: 0.97, 512: 0.9}
 	wr, pr := map[int][]float64{}, map[int][]float64{}
+	busy, slept, pslept := map[int][]float64{}, map[int][]float64{}, map[int][]float64{}
 	drained := map[int]bool{}
 	for round := range e.rounds {
 		for i := range ns {
 			c := ns[(i+round)%len(ns)]
 			ideal := float64(c) / 0.010
-			p := sleepPool(c, 10*time.Millisecond, win)
+			p, ps := sleepPool(c, 10*time.Millisecond, win)
 			w, err := e.workerWindow([]string{topic}, "default=sleep:10ms", []string{"--concurrency", strconv.Itoa(c)}, 2*time.Second, win, "", int64(n), "")
 			if err != nil {
 				return nil, err
 			}
 			drained[c] = drained[c] || w.Drained
-			e.logf("8-iv round %d N=%d: worker %.0f/s (%.3f of ideal), goroutine pool %.0f/s (%.3f)", round+1, c, w.Rate, w.Rate/ideal, p, p/ideal)
+			e.logf("8-iv round %d N=%d: worker %.0f/s (%.3f of ideal; slots busy %.4f, sleep %v), goroutine pool %.0f/s (%.3f; sleep %v)",
+				round+1, c, w.Rate, w.Rate/ideal, w.BusyMean/float64(c), w.SleepMean, p, p/ideal, ps)
 			wr[c], pr[c] = append(wr[c], w.Rate), append(pr[c], p)
+			busy[c] = append(busy[c], w.BusyMean/float64(c))
+			slept[c] = append(slept[c], w.SleepMean.Seconds()*1000)
+			pslept[c] = append(pslept[c], ps.Seconds()*1000)
 		}
 	}
 	var out []littleResult
@@ -283,6 +292,7 @@ func runLittle(e *env) (any, error) {
 			eff, peff = append(eff, wr[c][i]/ideal), append(peff, pr[c][i]/ideal)
 		}
 		r.Efficiency, r.PoolEff = bench.Summarize(eff), bench.Summarize(peff)
+		r.Busy, r.Sleep, r.PoolSleep = bench.Summarize(busy[c]), bench.Summarize(slept[c]), bench.Summarize(pslept[c])
 		if r.Target > 0 && r.Efficiency.Median < r.Target {
 			path := e.profilePath(fmt.Sprintf("8-iv-worker-N%d.txt", c))
 			if _, err := e.workerWindow([]string{topic}, "default=sleep:10ms", []string{"--concurrency", strconv.Itoa(c)}, 2*time.Second, win, "", int64(n), path); err == nil {
@@ -295,10 +305,10 @@ func runLittle(e *env) (any, error) {
 }
 
 // sleepPool runs n goroutines that each sleep d in a loop for window and
-// returns the sleeps completed per second: the ceiling of the handler
-// itself on this machine.
-func sleepPool(n int, d, window time.Duration) float64 {
-	var done atomic.Int64
+// returns the sleeps completed per second, the ceiling of the handler
+// itself on this machine, and the mean time a sleep really took.
+func sleepPool(n int, d, window time.Duration) (float64, time.Duration) {
+	var done, sleptNS atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range n {
@@ -311,7 +321,9 @@ func sleepPool(n int, d, window time.Duration) float64 {
 					return
 				default:
 				}
+				t0 := time.Now()
 				time.Sleep(d)
+				sleptNS.Add(int64(time.Since(t0)))
 				done.Add(1)
 			}
 		}()
@@ -322,5 +334,5 @@ func sleepPool(n int, d, window time.Duration) float64 {
 	took := time.Since(t0)
 	close(stop)
 	wg.Wait()
-	return float64(got) / took.Seconds()
+	return float64(got) / took.Seconds(), time.Duration(sleptNS.Load() / max(done.Load(), 1))
 }
