@@ -99,6 +99,10 @@ const (
 	slowHorizon = 20 * time.Millisecond
 )
 
+// occWindow is the window over which a stream's slot occupancy (the mean
+// number of its handlers running: Little's L) is measured.
+const occWindow = 500 * time.Millisecond
+
 // task is one held entry on its way through the scheduler.
 type task struct {
 	m  *Message
@@ -136,6 +140,37 @@ type sstream struct {
 	rr         uint64 // read rotation: when it was last read
 	streak     int64  // consecutive back-offs (RetryError), reset by a success
 	slow       bool   // classified slow at the last classify
+
+	// Slot occupancy: busy is the integral of running over time since
+	// occAt; occ the mean running over the last whole occWindow.
+	busy       time.Duration
+	lastChange time.Time
+	occAt      time.Time
+	occ        float64
+}
+
+// account brings st's occupancy integral up to now; call it before
+// st.running changes (under s.mu).
+func (st *sstream) account(now time.Time) {
+	if !st.lastChange.IsZero() {
+		st.busy += time.Duration(st.running) * now.Sub(st.lastChange)
+	}
+	st.lastChange = now
+	if st.occAt.IsZero() {
+		st.occAt = now
+	} else if w := now.Sub(st.occAt); w >= occWindow {
+		st.occ = float64(st.busy) / float64(w)
+		st.busy, st.occAt = 0, now
+	}
+}
+
+// headroom is how many free slots a slower stream must leave to st: half
+// again the slots st kept busy (over the last occWindow, or now if more),
+// plus one, less what it runs (under s.mu).
+func (st *sstream) headroom(now time.Time) int {
+	st.account(now)
+	used := max(st.occ, float64(st.running))
+	return max(0, int(1.5*used+0.999)+1-st.running)
 }
 
 func (st *sstream) queued() int { return len(st.ready) + len(st.urgent) }
@@ -216,7 +251,9 @@ func (s *scheduler) bufCap(st *sstream) int {
 func (s *scheduler) classify(now time.Time) {
 	fast := time.Duration(-1)
 	for c := range s.contenders {
-		if c.timed && s.wantsSlots(c, now) && (fast < 0 || c.avg < fast) {
+		// A stream whose entries wait for a retry (its handler fails,
+		// often fast) is no measure of speed.
+		if c.timed && c.waiting == 0 && s.wantsSlots(c, now) && (fast < 0 || c.avg < fast) {
 			fast = c.avg
 		}
 	}
@@ -431,6 +468,7 @@ func (s *scheduler) pick(now time.Time) *task {
 	s.queued--
 	s.free--
 	s.running++
+	best.account(now)
 	best.running++
 	s.vnow = max(s.vnow, least)
 	t.charged = best.avg
@@ -456,43 +494,59 @@ func (st *sstream) headQueuedAt() time.Time {
 
 // lender returns the stream with queued entries, over its share, that may
 // take one more slot, the least charged first; nil if none may (under
-// s.mu). A stream may if no other stream that wants slots (entries queued,
-// or its next read on the way) would find them taken for much longer than
-// its own handlers take: lending a slot to a stream as fast as the waiting
-// one costs it nothing (the slot is back before long), lending it to a
-// 500 ms stream while a 1 ms one waits for its read costs the 1 ms one 500
-// records. A stream not timed yet may not while another wants slots.
+// s.mu). A stream may while the streams that want slots (entries queued, or
+// their next read on the way) and whose handlers are much faster than its
+// (more than twice as fast, plus lendSlack) leave the slot unused: it must
+// leave each of them its headroom free — half again the slots it kept busy,
+// plus one. Lending a slot to a stream about as fast as the others costs
+// them nothing (the slot is back before long); lending it to a 500 ms
+// stream while a 1 ms one that keeps 10 slots busy waits for its read
+// costs the 1 ms one 500 records; but a 20 ms stream may use the slots a
+// no-op stream beside it leaves idle. A stream not timed yet may not
+// borrow while another wants slots.
 func (s *scheduler) lender(now time.Time) *sstream {
-	// The two least handler times among the contenders that want slots
-	// (an untimed one counts as 0): the least of the others, for each.
-	const none = time.Duration(1<<63 - 1)
-	a1, a2 := none, none
-	var s1 *sstream
-	for c := range s.contenders {
-		if !s.wantsSlots(c, now) {
-			continue
-		}
-		switch av := c.avg; {
-		case av < a1:
-			a2, a1, s1 = a1, av, c
-		case av < a2:
-			a2 = av
-		}
-	}
-	var best *sstream
+	// Every stream with queued entries holds its share: there are at
+	// most Concurrency of them. The contenders that want slots are
+	// gathered once.
+	var cands []*sstream
 	for _, st := range s.readyList {
-		if st.paused(now) || (best != nil && st.vtime >= best.vtime) {
-			continue
-		}
-		other := a1
-		if st == s1 {
-			other = a2
-		}
-		if other == none || (st.timed && st.avg <= 2*other+lendSlack) {
-			best = st
+		if !st.paused(now) {
+			cands = append(cands, st)
 		}
 	}
-	return best
+	slices.SortFunc(cands, func(a, b *sstream) int { return cmp.Compare(a.vtime, b.vtime) })
+	var want []*sstream
+	for c := range s.contenders {
+		if s.wantsSlots(c, now) {
+			want = append(want, c)
+		}
+	}
+	for _, st := range cands {
+		if s.mayBorrow(st, want, now) {
+			return st
+		}
+	}
+	return nil
+}
+
+// mayBorrow reports whether st may take a slot beyond its share, the
+// streams that want slots being want (see lender).
+func (s *scheduler) mayBorrow(st *sstream, want []*sstream, now time.Time) bool {
+	reserve := 0
+	for _, c := range want {
+		if c == st {
+			continue
+		}
+		if !st.timed {
+			return false
+		}
+		if st.avg > 2*c.avg+lendSlack {
+			if reserve += c.headroom(now); reserve >= s.free {
+				return false
+			}
+		}
+	}
+	return s.free > reserve
 }
 
 // finish is called when t's attempt in its slot is over, with its result
@@ -504,6 +558,7 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 	defer s.mu.Unlock()
 	now := time.Now()
 	st := t.st
+	st.account(now)
 	st.running--
 	s.running--
 	s.free++

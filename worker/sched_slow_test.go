@@ -158,7 +158,7 @@ func TestSchedSlowStreamShare(t *testing.T) {
 		sim.step()
 	}
 	sim.s.readDone([]string{fast}, nil) // its read found nothing: not hot
-	sim.s.wanted(false) // the reader's round classifies again
+	sim.s.wanted(false)                 // the reader's round classifies again
 	sim.s.endRead()
 	sim.read(slow, conc)
 	if n := sim.running(slow); n != conc {
@@ -199,5 +199,50 @@ func TestSchedAgedEntryGoesFirst(t *testing.T) {
 		if next == nil || next.m.Stream != want {
 			t.Errorf("aging %v: the freed slot went to %v; want %q", aging, next, want)
 		}
+	}
+}
+
+// TestSchedSlowerStreamUsesIdleSlots: a 20 ms stream beside a stream whose
+// handler takes 10 µs and whose reads bring a couple of entries at a time
+// (it needs one or two slots). The 20 ms stream is slow beside it, so its
+// own share shrinks, but it borrows the slots the fast one leaves idle:
+// most of the 16. (Before the headroom rule a stream could not borrow at
+// all while a much faster one wanted slots: it held its share, 8, or with
+// a shrunk share 1, and the other slots stayed idle.)
+func TestSchedSlowerStreamUsesIdleSlots(t *testing.T) {
+	const quick, mid = "quick", "mid"
+	const conc = 16
+	sim := newSchedSim(conc, conc, map[string]time.Duration{quick: 10 * time.Microsecond, mid: 20 * time.Millisecond})
+	sim.s.setStreams([]string{quick, mid})
+	sim.read(mid, 32)
+	sim.read(quick, 2)
+	var sum, n int
+	var nextQuick time.Duration
+	for sim.now < 3*time.Second {
+		sim.step()
+		sim.s.mu.Lock()
+		qq, mq := sim.s.streams[quick].queued(), sim.s.streams[mid].queued()
+		sim.s.mu.Unlock()
+		if qq == 0 && sim.now >= nextQuick {
+			sim.read(quick, 2) // a read round trip: one a millisecond
+			nextQuick = sim.now + time.Millisecond
+		}
+		if mq < conc/2 {
+			sim.read(mid, conc)
+		}
+		sim.s.wanted(false) // the reader's round classifies
+		sim.s.endRead()
+		if sim.now > time.Second {
+			sum += sim.running(mid)
+			n++
+		}
+	}
+	sim.s.mu.Lock()
+	slow := sim.s.streams[mid].slow
+	sim.s.mu.Unlock()
+	avg := float64(sum) / float64(n)
+	t.Logf("the 20 ms stream ran %.1f handlers on average (of %d; classified slow: %v); the 10 µs stream handled %d entries", avg, conc, slow, sim.done[quick])
+	if avg < 12 {
+		t.Errorf("the 20 ms stream ran %.1f handlers on average beside a stream that needs one or two; want at least 12 of %d", avg, conc)
 	}
 }
