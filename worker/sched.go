@@ -24,8 +24,8 @@ import (
 // 16, and the 1 ms one the other 15; alone, it takes every slot. A stream
 // may go over its share when no other stream under its
 // own share has entries queued (work conservation: the slot would stay
-// idle), unless another stream wants slots (entries queued, or its read on
-// the way) and our handlers take much longer than its (see lender). When a
+// idle), leaving free the head-room of the streams that want slots and
+// whose handlers are much faster than its (see lender). When a
 // slot frees, it goes to the stream with the least handler time charged
 // (its virtual time), among those under their share first. A stream that
 // gets entries again starts at the scheduler's virtual time (the least
