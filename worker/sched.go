@@ -56,8 +56,9 @@ import (
 // with nothing to run, the reader is woken at once.
 type scheduler struct {
 	conc, readAhead, maxWaiting int
-	start                       func(t *task) // runs t in a new slot goroutine
-	maxAge                      time.Duration // a task queued this long goes first (0: never)
+	start                       func(t *task)    // runs t in a new slot goroutine
+	maxAge                      time.Duration    // a task queued this long goes first (0: never)
+	clock                       func() time.Time // time.Now; a simulated clock in tests (the retry timer stays real)
 
 	mu         sync.Mutex
 	free       int // free handler slots
@@ -79,6 +80,7 @@ type scheduler struct {
 	rr         uint64        // reads done (read rotation)
 	finished   uint64        // attempts finished
 	fastAvg    time.Duration // the least handler time of a timed contender that wants slots, at the last classify (-1: none)
+	ref        *sstream      // the stream fastAvg is of
 	slowN      int           // contenders classified slow
 }
 
@@ -97,6 +99,7 @@ const (
 	slowRatio   = 4
 	slowSlack   = time.Millisecond
 	slowHorizon = 20 * time.Millisecond
+	refHold     = time.Second
 )
 
 // occWindow is the window over which a stream's slot occupancy (the mean
@@ -137,9 +140,10 @@ type sstream struct {
 	listed     bool          // in the last discovery
 	contender  bool
 	inReady    bool
-	rr         uint64 // read rotation: when it was last read
-	streak     int64  // consecutive back-offs (RetryError), reset by a success
-	slow       bool   // classified slow at the last classify
+	rr         uint64    // read rotation: when it was last read
+	streak     int64     // consecutive back-offs (RetryError), reset by a success
+	slow       bool      // classified slow at the last classify
+	wantedAt   time.Time // when classify last saw it want slots
 
 	// Slot occupancy: busy is the integral of running over time since
 	// occAt; occ the mean running over the last whole occWindow.
@@ -192,6 +196,7 @@ func newScheduler(conc, readAhead int, start func(*task)) *scheduler {
 		hotSet:     map[*sstream]struct{}{},
 		space:      make(chan struct{}, 1),
 		fastAvg:    -1,
+		clock:      time.Now,
 	}
 }
 
@@ -253,13 +258,25 @@ func (s *scheduler) bufCap(st *sstream) int {
 // handler's end; between two runs, a stream's standing is that of the last.
 func (s *scheduler) classify(now time.Time) {
 	fast := time.Duration(-1)
+	var ref *sstream
 	for c := range s.contenders {
 		// A stream whose entries wait for a retry (its handler fails,
 		// often fast) is no measure of speed.
-		if c.timed && c.waiting == 0 && s.wantsSlots(c, now) && (fast < 0 || c.avg < fast) {
-			fast = c.avg
+		if c.timed && c.waiting == 0 && s.wantsSlots(c, now) {
+			c.wantedAt = now
+			if fast < 0 || c.avg < fast {
+				fast, ref = c.avg, c
+			}
 		}
 	}
+	// The reference stays for refHold after it last wanted slots: a fast
+	// stream whose read found nothing for a moment (its producer, or the
+	// ingest, a little behind) would otherwise hand a slow one its full
+	// share and read-ahead, slots it holds for a whole handler time.
+	if p := s.ref; p != nil && p != ref && s.recentRef(now) && (fast < 0 || p.avg < fast) {
+		fast, ref = p.avg, p
+	}
+	s.ref = ref
 	s.fastAvg, s.slowN = fast, 0
 	for c := range s.contenders {
 		c.slow = fast >= 0 && c.timed && c.avg > slowRatio*fast+slowSlack
@@ -267,6 +284,13 @@ func (s *scheduler) classify(now time.Time) {
 			s.slowN++
 		}
 	}
+}
+
+// recentRef reports whether the speed reference wanted slots within refHold
+// and is still a stream of the scheduler (under s.mu).
+func (s *scheduler) recentRef(now time.Time) bool {
+	p := s.ref
+	return p != nil && p.timed && now.Sub(p.wantedAt) < refHold && s.streams[p.key] == p
 }
 
 // wantsSlots reports whether st has entries to start now or soon: queued,
@@ -349,7 +373,7 @@ func (s *scheduler) join(st *sstream) {
 func (s *scheduler) setStreams(keys []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
+	now := s.clock()
 	in := make(map[string]bool, len(keys))
 	for _, k := range keys {
 		in[k] = true
@@ -394,7 +418,7 @@ func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
 	if s.stopped {
 		return ts
 	}
-	now := time.Now()
+	now := s.clock()
 	for _, t := range ts {
 		st := s.stream(t.m.Stream)
 		t.st, t.queuedAt = st, now
@@ -519,10 +543,15 @@ func (s *scheduler) lender(now time.Time) *sstream {
 	}
 	slices.SortFunc(cands, func(a, b *sstream) int { return cmp.Compare(a.vtime, b.vtime) })
 	var want []*sstream
+	refIn := false
 	for c := range s.contenders {
 		if s.wantsSlots(c, now) {
 			want = append(want, c)
+			refIn = refIn || c == s.ref
 		}
+	}
+	if !refIn && s.recentRef(now) {
+		want = append(want, s.ref) // its read found nothing a moment ago: it keeps its head-room (see classify)
 	}
 	for _, st := range cands {
 		if s.mayBorrow(st, want, now) {
@@ -559,7 +588,7 @@ func (s *scheduler) mayBorrow(st *sstream, want []*sstream, now time.Time) bool 
 func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time) (next *task, letGo bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
+	now := s.clock()
 	st := t.st
 	st.account(now)
 	st.running--
@@ -611,7 +640,7 @@ func (s *scheduler) backOff(t *task, after time.Duration, backoff func(n int64) 
 	if wait <= 0 {
 		wait = backoff(max(st.streak, t.backoffs))
 	}
-	now := time.Now()
+	now := s.clock()
 	if until := now.Add(wait); until.After(st.pauseUntil) {
 		st.pauseUntil = until
 		heap.Push(&s.timers, &task{st: st, due: until, wake: true})
@@ -646,7 +675,7 @@ func (s *scheduler) fire() {
 	if s.stopped {
 		return
 	}
-	now := time.Now()
+	now := s.clock()
 	for len(s.timers) > 0 && !s.timers[0].due.After(now) {
 		t := heap.Pop(&s.timers).(*task)
 		st := t.st
@@ -746,7 +775,7 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	r.anyHot = len(s.hotSet) > 0
 	// Entries for the free slots start at once; the read-ahead comes on
 	// top of them. A reclaim round on the way may bring its entries too.
-	now := time.Now()
+	now := s.clock()
 	budget := s.readAhead + s.free - s.queuedStartable(now) - s.reclaiming
 	if budget <= 0 {
 		return r
@@ -844,7 +873,7 @@ func (s *scheduler) readDone(keys []string, ts []*task) (refused []*task) {
 	if s.stopped {
 		return ts
 	}
-	now := time.Now()
+	now := s.clock()
 	s.reading = max(s.reading-len(ts), 0)
 	s.rr++
 	for _, k := range keys {
@@ -885,7 +914,7 @@ func (s *scheduler) reclaimBudget(recent int) int {
 	if s.stopped {
 		return 0
 	}
-	b := max(min(s.readAhead+s.conc-s.queuedStartable(time.Now())-s.reading, s.free+recent), 0)
+	b := max(min(s.readAhead+s.conc-s.queuedStartable(s.clock())-s.reading, s.free+recent), 0)
 	s.reclaiming = b
 	return b
 }
@@ -908,7 +937,7 @@ func (s *scheduler) takeStale(before time.Time) []*task {
 	if s.stopped {
 		return nil
 	}
-	now := time.Now()
+	now := s.clock()
 	var out []*task
 	for _, st := range s.streams {
 		if st.queued() == 0 {

@@ -39,6 +39,8 @@ func (h *simHeap) Pop() any {
 func newSchedSim(conc, readAhead int, dur map[string]time.Duration) *schedSim {
 	sim := &schedSim{dur: dur, done: map[string]int{}, peak: map[string]int{}}
 	sim.s = newScheduler(conc, readAhead, sim.begin)
+	base := time.Now()
+	sim.s.clock = func() time.Time { return base.Add(sim.now) }
 	return sim
 }
 
@@ -60,7 +62,7 @@ func (sim *schedSim) read(stream string, n int) {
 // step ends the earliest run; the slot takes the task finish hands it.
 func (sim *schedSim) step() {
 	r := heap.Pop(&sim.runs).(simRun)
-	sim.now = r.end
+	sim.now = max(sim.now, r.end)
 	sim.done[r.t.m.Stream]++
 	next, _ := sim.s.finish(r.t, sim.dur[r.t.m.Stream], handled, time.Time{})
 	if next != nil {
@@ -82,7 +84,8 @@ func (sim *schedSim) running(stream string) int {
 // much slower it is) and the fast one the other 15, so the fast one keeps
 // 15/16 of its rate alone; its read-ahead part is nearly the whole
 // read-ahead, the slow one's one entry, and the reader reads them apart.
-// Alone, the slow stream takes every slot again. With equal shares (before
+// Alone (refHold after the fast one last wanted slots), the slow stream
+// takes every slot again. With equal shares (before
 // the slow-stream rule) it held 8 slots and the fast one ran at half its
 // rate alone.
 func TestSchedSlowStreamShare(t *testing.T) {
@@ -158,9 +161,25 @@ func TestSchedSlowStreamShare(t *testing.T) {
 		sim.step()
 	}
 	sim.s.readDone([]string{fast}, nil) // its read found nothing: not hot
-	sim.s.wanted(false)                 // the reader's round classifies again
+	// It stays the measure of speed for refHold after it last wanted
+	// slots (its read may find entries again at once): the slow one
+	// does not take the slots meanwhile.
+	sim.s.wanted(false)
 	sim.s.endRead()
 	sim.read(slow, conc)
+	if n := sim.running(slow); n > 1 {
+		t.Errorf("the fast stream's read found nothing once: the slow one took %d slots at once; want 1 (refHold)", n)
+	}
+	sim.now += refHold
+	sim.s.wanted(false) // the reader's round classifies again
+	sim.s.endRead()
+	sim.read(slow, conc)
+	for sim.running(slow) < conc && len(sim.runs) > 0 {
+		sim.step() // a freed slot's next task
+		if sim.running(slow) < conc {
+			sim.read(slow, 1)
+		}
+	}
 	if n := sim.running(slow); n != conc {
 		t.Errorf("alone, the slow stream runs %d handlers; want all %d slots", n, conc)
 	}
