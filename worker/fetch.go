@@ -32,8 +32,9 @@ const probeCalls = 64
 // known to have entries ("hot": the last read found some) for as many
 // entries as the read-ahead has room for (the least recently read first
 // when the room does not cover them all); the hot streams the scheduler
-// classed slow are read by a second one, with their smaller COUNT (it runs
-// only when a slow stream's short queue is half empty). The other streams are probed
+// classed slow are read by another one, with their smaller COUNT (it runs
+// only when a slow stream's short queue is half empty; the two take turns
+// at going first). The other streams are probed
 // every probeInterval at most, and whenever the hot ones run dry: one
 // script (probeScript) runs XREADGROUP COUNT 1 over as many of them at a
 // time as entries may still be read, the least recently probed first, until
@@ -105,9 +106,10 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 		if probeFirst {
 			probeIdle()
 		}
-		// The hot streams, then the slow ones (their own COUNT: a slow
-		// stream's part of the read-ahead is smaller).
-		for _, part := range [...]func(int) ([]string, int64, bool){req.hotRead, req.slowRead} {
+		// The hot streams and the slow ones (their own COUNT: a slow
+		// stream's part of the read-ahead is smaller), the list read
+		// least recently first (parts).
+		for _, part := range req.parts() {
 			if err != nil {
 				break
 			}

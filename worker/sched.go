@@ -98,6 +98,7 @@ const lendSlack = time.Millisecond
 const (
 	slowRatio   = 4
 	slowSlack   = time.Millisecond
+	slowFloor   = time.Millisecond // the reference is taken as at least this: beside a 50 µs filter, 2 ms handlers are not slow
 	slowHorizon = 20 * time.Millisecond
 	refHold     = time.Second
 )
@@ -168,16 +169,14 @@ func (st *sstream) account(now time.Time) {
 	}
 }
 
-// headroom is how many free slots a slower stream must leave to st: twice
-// the slots st kept busy (over the last occWindow, or now if more), plus
-// one, less what it runs (under s.mu). Twice: a stream whose reads come in
-// bursts runs at its mean only if it may run twice its mean at times (a
-// 1 ms stream keeping 8 slots busy, with 1.5 times, lost 8 % of its rate
-// to a 500 ms stream that borrowed the rest).
+// headroom is how many free slots a slower stream must leave to st: half
+// again the slots st kept busy (over the last occWindow, or now if more),
+// plus one, less what it runs (under s.mu): room for the bursts of a
+// stream whose entries come a read at a time.
 func (st *sstream) headroom(now time.Time) int {
 	st.account(now)
 	used := max(st.occ, float64(st.running))
-	return max(0, int(2*used+0.999)+1-st.running)
+	return max(0, int(1.5*used+0.999)+1-st.running)
 }
 
 func (st *sstream) queued() int { return len(st.ready) + len(st.urgent) }
@@ -277,6 +276,9 @@ func (s *scheduler) classify(now time.Time) {
 		fast, ref = p.avg, p
 	}
 	s.ref = ref
+	if fast >= 0 {
+		fast = max(fast, slowFloor)
+	}
 	s.fastAvg, s.slowN = fast, 0
 	for c := range s.contenders {
 		c.slow = fast >= 0 && c.timed && c.avg > slowRatio*fast+slowSlack
@@ -469,10 +471,12 @@ func (s *scheduler) pick(now time.Time) *task {
 			best, bestUnder = st, under
 		}
 	}
+	aged := false
 	switch {
 	case best == nil:
 		return nil
 	case old != nil && now.Sub(oldest) > s.maxAge:
+		aged = true
 		// An entry has waited in its queue for maxAge: it goes first,
 		// whatever its stream's share, so that no entry read here waits
 		// until it is handed back as stale (takeStale) while slots turn
@@ -487,10 +491,10 @@ func (s *scheduler) pick(now time.Time) *task {
 		}
 	}
 	var t *task
-	if len(best.urgent) > 0 {
+	if len(best.urgent) > 0 && !(aged && len(best.ready) > 0 && best.ready[0].queuedAt.Before(best.urgent[0].queuedAt)) {
 		t, best.urgent = best.urgent[0], best.urgent[1:]
 	} else {
-		t, best.ready = best.ready[0], best.ready[1:]
+		t, best.ready = best.ready[0], best.ready[1:] // or the aged entry, read before the urgent ones came
 	}
 	s.queued--
 	s.free--
@@ -524,7 +528,7 @@ func (st *sstream) headQueuedAt() time.Time {
 // s.mu). A stream may while the streams that want slots (entries queued, or
 // their next read on the way) and whose handlers are much faster than its
 // (more than twice as fast, plus lendSlack) leave the slot unused: it must
-// leave each of them its headroom free — twice the slots it kept busy,
+// leave each of them its headroom free — half again the slots it kept busy,
 // plus one. Lending a slot to a stream about as fast as the others costs
 // them nothing (the slot is back before long); lending it to a 500 ms
 // stream while a 1 ms one that keeps 10 slots busy waits for its read
@@ -730,6 +734,7 @@ type readRequest struct {
 	need     int      // entries the emptiest of them has room for
 	slow     []string // the same for the slow streams (read apart: their part is smaller)
 	slowNeed int
+	slowLast bool     // the hot streams' first was read less recently than the slow streams': read them first
 	anyHot   bool     // some stream is hot, wanting entries or not
 	idle     []string // the other streams that want entries (to probe), least recently read first
 	budget   int      // entries the read-ahead has room for
@@ -748,6 +753,17 @@ func (r *readRequest) hotRead(budget int) (keys []string, count int64, more bool
 // slowRead is hotRead for the slow streams.
 func (r *readRequest) slowRead(budget int) (keys []string, count int64, more bool) {
 	return splitRead(r.slow, r.slowNeed, budget)
+}
+
+// parts returns hotRead and slowRead in the order to read them: the list
+// whose first stream was read least recently goes first, so that with
+// little room (a few slots, no read-ahead) neither list takes it all at
+// every round.
+func (r *readRequest) parts() [2]func(int) ([]string, int64, bool) {
+	if r.slowLast {
+		return [2]func(int) ([]string, int64, bool){r.hotRead, r.slowRead}
+	}
+	return [2]func(int) ([]string, int64, bool){r.slowRead, r.hotRead}
 }
 
 func splitRead(hot []string, need, budget int) (keys []string, count int64, more bool) {
@@ -812,6 +828,7 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	for _, st := range slow {
 		r.slow = append(r.slow, st.key)
 	}
+	r.slowLast = len(hot) > 0 && len(slow) > 0 && hot[0].rr < slow[0].rr
 	if probe {
 		var idle []*sstream
 		for _, st := range s.streams {
