@@ -34,8 +34,9 @@ import (
 // ahead of it, so a stream that ran alone for a while is not starved when it
 // comes back (see lift and join). Within a stream, reclaimed entries and
 // due retries go before entries read since. An entry queued for maxAge
-// (half the visibility timeout) starts next, whatever its stream's share:
-// entries are not left to go stale (takeStale) while slots turn over.
+// (half the visibility timeout) in a stream under its share starts next,
+// whatever the handler time charged: entries are not left to go stale
+// (takeStale) while slots turn over.
 //
 // Retries wait in a timer heap, not in a slot: a failing partition holds no
 // slots during its backoff. A RetryError (the downstream asked to back off)
@@ -469,8 +470,8 @@ func (s *scheduler) pick(now time.Time) *task {
 		return nil
 	case old != nil && now.Sub(oldest) > s.maxAge:
 		aged = true
-		// An entry has waited in its queue for maxAge: it goes first,
-		// whatever its stream's share, so that no entry read here waits
+		// An entry of a stream under its share has waited in its queue
+		// for maxAge: it goes first, whatever the charges, so that no entry read here waits
 		// until it is handed back as stale (takeStale) while slots turn
 		// over — a stream of streams coming back, each at the virtual
 		// time, would otherwise go before it for as long as they come.
