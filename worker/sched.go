@@ -521,8 +521,8 @@ func (st *sstream) headQueuedAt() time.Time {
 // s.mu). A stream may while the streams that want slots (entries queued, or
 // their next read on the way) and whose handlers are much faster than its
 // (more than twice as fast, plus lendSlack) leave the slot unused: it must
-// leave them their head-room free — half again the slots they kept busy
-// together, plus one. Lending a slot to a stream about as fast as the others costs
+// leave each of them its head-room free — half again the slots it kept
+// busy, plus one. Lending a slot to a stream about as fast as the others costs
 // them nothing (the slot is back before long); lending it to a 500 ms
 // stream while a 1 ms one that keeps 10 slots busy waits for its read
 // costs the 1 ms one 500 records; but a 20 ms stream may use the slots a
@@ -561,11 +561,7 @@ func (s *scheduler) lender(now time.Time) *sstream {
 // mayBorrow reports whether st may take a slot beyond its share, the
 // streams that want slots being want (see lender).
 func (s *scheduler) mayBorrow(st *sstream, want []*sstream, now time.Time) bool {
-	// One head-room for all the much faster streams together (their
-	// summed occupancy), not one each: the reserve follows their load,
-	// not their number.
-	var used float64
-	running, faster := 0, false
+	reserve := 0
 	for _, c := range want {
 		if c == st {
 			continue
@@ -574,19 +570,24 @@ func (s *scheduler) mayBorrow(st *sstream, want []*sstream, now time.Time) bool 
 			return false
 		}
 		if st.avg > 2*c.avg+lendSlack {
-			faster = true
-			c.account(now)
-			used += max(c.occ, float64(c.running))
-			running += c.running
+			if reserve += c.headroom(now); reserve >= s.free {
+				return false
+			}
 		}
 	}
-	if !faster {
-		return s.free > 0
-	}
-	// Head-room: half again the slots they kept busy (over the last
-	// occWindow, or now if more), plus one, less what they run: room
-	// for the bursts of streams whose entries come a read at a time.
-	return s.free > max(0, int(1.5*used+0.999)+1-running)
+	return s.free > reserve
+}
+
+// headroom is how many free slots a slower stream must leave to st: half
+// again the slots st kept busy (over the last occWindow, or now if more),
+// plus one, less what it runs (under s.mu): room for the bursts of a
+// stream whose entries come a read at a time. Each faster stream that
+// wants slots keeps its own (so each gets a slot soon, as its share
+// promises), even where several small ones add up to more than their load.
+func (st *sstream) headroom(now time.Time) int {
+	st.account(now)
+	used := max(st.occ, float64(st.running))
+	return max(0, int(1.5*used+0.999)+1-st.running)
 }
 
 // finish is called when t's attempt in its slot is over, with its result
