@@ -87,10 +87,10 @@ func BenchmarkAppend(b *testing.B) {
 
 // redisCPU returns redis-server's CPU time so far (INFO cpu: user + sys), 0
 // on a server that does not say (miniredis).
-func redisCPU(b *testing.B, rdb *redis.Client) time.Duration {
+func redisCPU(tb testing.TB, rdb *redis.Client) time.Duration {
 	info, err := rdb.Info(context.Background(), "cpu").Result()
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	var total float64
 	for _, line := range strings.Split(info, "\n") {

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/kbridge/kbridge/internal/testenv"
 )
 
@@ -96,7 +94,7 @@ func TestRedisCPUPerRecord(t *testing.T) {
 						replies[p] = append(replies[p], n)
 					}
 				}
-				cpu0 := redisServerCPU(t, rdb)
+				cpu0 := redisCPU(t, rdb)
 				start := time.Now()
 				var wg sync.WaitGroup
 				for p := range parts {
@@ -110,7 +108,7 @@ func TestRedisCPUPerRecord(t *testing.T) {
 				}
 				wg.Wait()
 				took := time.Since(start)
-				used := redisServerCPU(t, rdb) - cpu0
+				used := redisCPU(t, rdb) - cpu0
 				for _, key := range keys {
 					if n := rdb.XLen(ctx, key).Val(); n != perPart {
 						t.Errorf("%s: %d entries, want %d", key, n, perPart)
@@ -130,23 +128,6 @@ func TestRedisCPUPerRecord(t *testing.T) {
 				c[len(c)/2]/slices.Sorted(slices.Values(cost["xadd"]))[len(c)/2])
 		}
 	}
-}
-
-// redisServerCPU returns redis-server's CPU time so far (INFO cpu).
-func redisServerCPU(t *testing.T, rdb *redis.Client) time.Duration {
-	info, err := rdb.Info(context.Background(), "cpu").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var total float64
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
-			f, _ := strconv.ParseFloat(v, 64)
-			total += f
-		}
-	}
-	return time.Duration(total * float64(time.Second))
 }
 
 // sendTrips writes each round trip's commands at once on a connection of
