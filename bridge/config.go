@@ -171,6 +171,10 @@ const ResumeWhenEmpty int64 = -1
 // withDefaults returns a copy of c with the defaults filled in. Apply it once
 // to a Config as given (it turns ResumeWhenEmpty into 0, which a second
 // application would read as "the default").
+// DefaultAppendBatch is --append-batch's default: the most records one
+// append (one MULTI/EXEC transaction, or one append script call) carries.
+const DefaultAppendBatch = 500
+
 func (c Config) withDefaults() Config {
 	if c.Group == "" {
 		c.Group = "kbridge"
@@ -218,7 +222,7 @@ func (c Config) withDefaults() Config {
 		c.FetchMaxWait = 500 * time.Millisecond
 	}
 	if c.AppendBatch == 0 {
-		c.AppendBatch = 500
+		c.AppendBatch = DefaultAppendBatch
 	}
 	if c.SessionTimeout == 0 {
 		c.SessionTimeout = 10 * time.Second

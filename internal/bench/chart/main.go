@@ -70,8 +70,8 @@ func fail(err error) {
 
 func ceiling(raw json.RawMessage, dir string) error {
 	var cs []struct {
-		Size                int
-		Fetch, XAdd, Ingest summary
+		Size                         int
+		Fetch, XAdd, Guarded, Ingest summary
 	}
 	if err := json.Unmarshal(raw, &cs); err != nil {
 		return err
@@ -90,6 +90,7 @@ func ceiling(raw json.RawMessage, dir string) error {
 	}{
 		{"raw kafka-go fetch", func(j int) summary { return cs[j].Fetch }},
 		{"raw pipelined XADD", func(j int) summary { return cs[j].XAdd }},
+		{"guarded MULTI/EXEC append", func(j int) summary { return cs[j].Guarded }},
 		{"kbridge ingest", func(j int) summary { return cs[j].Ingest }},
 	} {
 		v := make(plotter.Values, len(cs))
@@ -102,14 +103,14 @@ func ceiling(raw json.RawMessage, dir string) error {
 		}
 		bars.LineStyle.Width = 0
 		bars.Color = plotutil.Color(i)
-		bars.Offset = vg.Length(i-1) * w
+		bars.Offset = (vg.Length(i) - 1.5) * w
 		p.Add(bars)
 		p.Legend.Add(s.name, bars)
 	}
 	p.Legend.Top = true
 	top := 0.0
 	for _, c := range cs {
-		top = max(top, c.Fetch.Median, c.XAdd.Median, c.Ingest.Median)
+		top = max(top, c.Fetch.Median, c.XAdd.Median, c.Guarded.Median, c.Ingest.Median)
 	}
 	p.Y.Max = top / 1000 * 1.3 // room for the legend
 	p.NominalX(names...)

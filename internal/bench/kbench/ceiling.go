@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/kbridge/kbridge/bridge"
 	"github.com/kbridge/kbridge/internal/bench"
 	"github.com/kbridge/kbridge/internal/wire"
 )
@@ -21,14 +22,23 @@ type ceilingResult struct {
 	Size       int           `json:"size"`
 	Records    int           `json:"records"`
 	Partitions int           `json:"partitions"`
-	Fetch      bench.Summary `json:"fetch"`  // raw kafka-go fetch, records/s
-	XAdd       bench.Summary `json:"xadd"`   // raw pipelined XADD, records/s
-	Ingest     bench.Summary `json:"ingest"` // kbridge ingest, records/s
-	Ratio      bench.Summary `json:"ratio"`  // ingest / min(fetch, xadd), per round
-	IngestRSS  bench.Summary `json:"ingest_rss_mib"`
+	Fetch      bench.Summary `json:"fetch"` // raw kafka-go fetch, records/s
+	XAdd       bench.Summary `json:"xadd"`  // raw pipelined XADD, records/s
+	// Guarded: the same entries appended as the ingest appends them
+	// (bridge.AppendGuarded), no Kafka: the ceiling of the conditional
+	// append invariant 1 requires, records/s.
+	Guarded bench.Summary `json:"guarded"`
+	Ingest  bench.Summary `json:"ingest"` // kbridge ingest, records/s
+	Ratio   bench.Summary `json:"ratio"`  // ingest / min(fetch, xadd), per round
+	// GuardedRatio: ingest / min(fetch, guarded), per round; GuardCost:
+	// guarded / xadd, what the guarded transaction costs against plain XADD.
+	GuardedRatio bench.Summary `json:"guarded_ratio"`
+	GuardCost    bench.Summary `json:"guard_cost"`
+	IngestRSS    bench.Summary `json:"ingest_rss_mib"`
 	// Where the time goes: redis-server's CPU (share of a core) while the
 	// raw XADD ran and while the ingest ran, and the ingest's own.
 	RedisXAdd   bench.Summary `json:"redis_cpu_xadd"`
+	RedisGuard  bench.Summary `json:"redis_cpu_guarded"`
 	RedisIngest bench.Summary `json:"redis_cpu_ingest"`
 	IngestCPU   bench.Summary `json:"ingest_cpu"`
 	Profile     string        `json:"profile,omitempty"`
@@ -55,9 +65,9 @@ func runCeiling(e *env) (any, error) {
 			return out, err
 		}
 		r := ceilingResult{Size: size, Records: n, Partitions: parts}
-		var fetch, xadd, ingest, ratio, rss, rx, ri, ic []float64
+		var fetch, xadd, guarded, ingest, ratio, gratio, gcost, rss, rx, rg, ri, ic []float64
 		for round := range e.rounds {
-			var f, x, in float64
+			var f, x, g, in float64
 			var peak int64
 			var cpu cpuShares
 			steps := []func() error{
@@ -69,6 +79,13 @@ func runCeiling(e *env) (any, error) {
 					rx = append(rx, bench.CPUShare(a, b))
 					return
 				},
+				func() (err error) {
+					a, _ := bench.ReadProc(e.redisPid)
+					g, err = rawGuarded(e, topic, size, ends)
+					b, _ := bench.ReadProc(e.redisPid)
+					rg = append(rg, bench.CPUShare(a, b))
+					return
+				},
 				func() (err error) { in, peak, cpu, err = ingestRate(e, topic, ends, ""); return },
 			}
 			for i := range steps { // rotate the order each round
@@ -77,15 +94,16 @@ func runCeiling(e *env) (any, error) {
 				}
 			}
 			ri, ic = append(ri, cpu.redis), append(ic, cpu.ingest)
-			e.logf("10a: %d B round %d: fetch %.0f/s, xadd %.0f/s (redis %.0f%% of a core), ingest %.0f/s (redis %.0f%%, ingest %.0f%%): ratio %.2f",
-				size, round+1, f, x, 100*rx[len(rx)-1], in, 100*cpu.redis, 100*cpu.ingest, in/min(f, x))
-			fetch, xadd, ingest = append(fetch, f), append(xadd, x), append(ingest, in)
-			ratio = append(ratio, in/min(f, x))
+			e.logf("10a: %d B round %d: fetch %.0f/s, xadd %.0f/s (redis %.0f%% of a core), guarded %.0f/s (redis %.0f%%), ingest %.0f/s (redis %.0f%%, ingest %.0f%%): ratio %.2f, to guarded %.2f",
+				size, round+1, f, x, 100*rx[len(rx)-1], g, 100*rg[len(rg)-1], in, 100*cpu.redis, 100*cpu.ingest, in/min(f, x), in/min(f, g))
+			fetch, xadd, guarded, ingest = append(fetch, f), append(xadd, x), append(guarded, g), append(ingest, in)
+			ratio, gratio, gcost = append(ratio, in/min(f, x)), append(gratio, in/min(f, g)), append(gcost, g/x)
 			rss = append(rss, float64(peak)/(1<<20))
 		}
 		r.Fetch, r.XAdd, r.Ingest, r.Ratio, r.IngestRSS = bench.Summarize(fetch), bench.Summarize(xadd),
 			bench.Summarize(ingest), bench.Summarize(ratio), bench.Summarize(rss)
 		r.RedisXAdd, r.RedisIngest, r.IngestCPU = bench.Summarize(rx), bench.Summarize(ri), bench.Summarize(ic)
+		r.Guarded, r.GuardedRatio, r.GuardCost, r.RedisGuard = bench.Summarize(guarded), bench.Summarize(gratio), bench.Summarize(gcost), bench.Summarize(rg)
 		if r.Ratio.Median < 0.8 {
 			path := e.profilePath(fmt.Sprintf("10a-ingest-%dB.txt", size))
 			if _, _, _, err := ingestRate(e, topic, ends, path); err != nil {
@@ -166,7 +184,48 @@ func fetchPartition(ctx context.Context, broker, topic string, p int, end int64)
 // keys k<i>, values of size bytes) with plain XADD, pipelined 5,000 per
 // round trip, one goroutine per partition, and returns records/s.
 func rawXAdd(e *env, topic string, size int, ends map[int]int64) (float64, error) {
-	prefix := e.name("xadd")
+	return rawAppend(e, "xadd", topic, size, ends, func(key string, recs []wire.Record) error {
+		pipe := e.rdb.Pipeline()
+		for i := range recs {
+			pipe.XAdd(e.ctx, &redis.XAddArgs{Stream: key, ID: wire.EntryID(recs[i].Offset), Values: recs[i].AppendFields(nil)})
+		}
+		_, err := pipe.Exec(e.ctx)
+		return err
+	})
+}
+
+// rawGuarded appends the same entries the way invariant 1 requires and the
+// ingest does: bridge.AppendGuarded, guarded MULTI/EXEC transactions of
+// --append-batch's default, each chunk of 5,000 one after the other, one
+// goroutine per partition; it returns records/s. The ceiling of a
+// conditional append on this Redis: the ingest cannot beat it, whatever
+// Kafka does.
+func rawGuarded(e *env, topic string, size int, ends map[int]int64) (float64, error) {
+	top := map[string]int64{}
+	var mu sync.Mutex
+	return rawAppend(e, "guard", topic, size, ends, func(key string, recs []wire.Record) error {
+		mu.Lock()
+		expected, ok := top[key]
+		mu.Unlock()
+		if !ok {
+			expected = -1
+			if err := e.rdb.XGroupCreateMkStream(e.ctx, key, "g", "0").Err(); err != nil {
+				return err
+			}
+		}
+		_, err := bridge.AppendGuarded(e.ctx, e.rdb, key, bridge.DefaultAppendBatch, expected, recs)
+		mu.Lock()
+		top[key] = recs[len(recs)-1].Offset
+		mu.Unlock()
+		return err
+	})
+}
+
+// rawAppend runs appendChunk over every partition's records in chunks of
+// 5,000, one goroutine per partition, on streams under a fresh prefix
+// (removed after), and returns records/s.
+func rawAppend(e *env, name, topic string, size int, ends map[int]int64, appendChunk func(key string, recs []wire.Record) error) (float64, error) {
+	prefix := e.name(name)
 	defer e.cleanRedis(prefix)
 	value := make([]byte, size)
 	for i := range value {
@@ -183,17 +242,18 @@ func rawXAdd(e *env, topic string, size int, ends map[int]int64) (float64, error
 			defer wg.Done()
 			key := streamKey(prefix, topic, p)
 			const chunk = 5000
+			recs := make([]wire.Record, 0, chunk)
 			var n int64
 			var err error
 			for off := int64(0); off < end && err == nil; off += chunk {
-				pipe := e.rdb.Pipeline()
+				recs = recs[:0]
 				for o := off; o < min(off+chunk, end); o++ {
-					r := wire.Record{Topic: topic, Partition: p, Offset: o, Time: time.UnixMilli(1700000000000 + o),
-						Key: []byte("k" + strconv.FormatInt(o, 10)), Value: value}
-					pipe.XAdd(e.ctx, &redis.XAddArgs{Stream: key, ID: wire.EntryID(o), Values: r.AppendFields(nil)})
-					n++
+					recs = append(recs, wire.Record{Topic: topic, Partition: p, Offset: o, Time: time.UnixMilli(1700000000000 + o),
+						Key: []byte("k" + strconv.FormatInt(o, 10)), Value: value})
 				}
-				_, err = pipe.Exec(e.ctx)
+				if err = appendChunk(key, recs); err == nil {
+					n += int64(len(recs))
+				}
 			}
 			mu.Lock()
 			defer mu.Unlock()

@@ -180,24 +180,28 @@ func renderBenchmark(w func(string, ...any), id string, raw json.RawMessage, rel
 	case "10a":
 		var cs []ceilingResult
 		_ = json.Unmarshal(raw, &cs)
-		w("The same topic (%d partitions) read three ways, interleaved: kafka-go's lowest-overhead fetch (a `Conn`\n", 8)
-		w("per partition, `ReadBatch` of 1 MiB, every partition at once), a plain pipelined XADD of the same\n")
-		w("entries (the wire codec's fields, 5,000 per round trip, one connection per partition), and\n")
-		w("`kbridge ingest` (no backpressure, no workers; timed from its first entry in Redis to its last,\n")
-		w("so the group join is not counted). Ratio = ingest ÷ min(fetch, XADD) of the same round.\n\n")
-		w("| record | records | raw fetch (records/s) | raw XADD (records/s) | kbridge ingest (records/s) | ratio | ingest peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- | --- |\n")
+		w("The same topic (%d partitions) read and appended four ways, interleaved: kafka-go's lowest-overhead fetch (a `Conn`\n", 8)
+		w("per partition, `ReadBatch` of 1 MiB, every partition at once); a plain pipelined XADD of the same\n")
+		w("entries (the wire codec's fields, 5,000 per round trip, one connection per partition); the same entries\n")
+		w("appended the way invariant 1 requires and the ingest does, with no Kafka (`bridge.AppendGuarded`: guarded\n")
+		w("MULTI/EXEC transactions of 500, one partition per connection); and `kbridge ingest` (no backpressure, no\n")
+		w("workers; timed from its first entry in Redis to its last, so the group join is not counted).\n")
+		w("Ratio = ingest ÷ min(fetch, XADD) of the same round (the target); ratio to guarded = ingest ÷\n")
+		w("min(fetch, guarded append) of the same round: how near the ingest comes to the append it must make.\n\n")
+		w("| record | records | raw fetch (records/s) | raw XADD (records/s) | guarded append (records/s) | kbridge ingest (records/s) | ratio | ratio to guarded | guarded ÷ XADD | ingest peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 		for _, c := range cs {
-			w("| %d B | %d | %s | %s | %s | %s | %s |\n", c.Size, c.Records, sum(c.Fetch, "%.0f"), sum(c.XAdd, "%.0f"), sum(c.Ingest, "%.0f"), sum(c.Ratio, "%.2f"), sum(c.IngestRSS, "%.0f"))
+			w("| %d B | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Size, c.Records, sum(c.Fetch, "%.0f"), sum(c.XAdd, "%.0f"), sum(c.Guarded, "%.0f"), sum(c.Ingest, "%.0f"),
+				sum(c.Ratio, "%.2f"), sum(c.GuardedRatio, "%.2f"), sum(c.GuardCost, "%.2f"), sum(c.IngestRSS, "%.0f"))
 		}
 		if len(cs) > 0 && cs[0].RedisXAdd.N > 0 {
 			w("\nWhere the time goes: CPU as a share of one core, over the same windows (Redis is single-threaded:\n")
 			w("near 1.0 it is the bottleneck).\n\n")
-			w("| record | redis-server during the raw XADD | redis-server during the ingest | the ingest |\n| --- | --- | --- | --- |\n")
+			w("| record | redis-server during the raw XADD | redis-server during the guarded append | redis-server during the ingest | the ingest |\n| --- | --- | --- | --- | --- |\n")
 			for _, c := range cs {
-				w("| %d B | %s | %s | %s |\n", c.Size, sum(c.RedisXAdd, "%.2f"), sum(c.RedisIngest, "%.2f"), sum(c.IngestCPU, "%.2f"))
+				w("| %d B | %s | %s | %s | %s |\n", c.Size, sum(c.RedisXAdd, "%.2f"), sum(c.RedisGuard, "%.2f"), sum(c.RedisIngest, "%.2f"), sum(c.IngestCPU, "%.2f"))
 			}
-			w("\nWhy redis-server works harder for the ingest than for the raw XADD (the append script costs it about\n")
-			w("twice the CPU per record of a plain XADD; two experiments that tried to remove that cost):\n")
+			w("\nWhy redis-server works harder for a guarded append than for a plain XADD (EXEC's own work per queued\n")
+			w("command, measured per record) and what was tried to remove it:\n")
 			w("[profiles/why-10a-redis-cpu-per-record.txt](profiles/why-10a-redis-cpu-per-record.txt).\n")
 		}
 		w("\n![ceiling](img/10a-ceiling.png)\n\n")
