@@ -521,8 +521,9 @@ func (st *sstream) headQueuedAt() time.Time {
 // s.mu). A stream may while the streams that want slots (entries queued, or
 // their next read on the way) and whose handlers are much faster than its
 // (more than twice as fast, plus lendSlack) leave the slot unused: it must
-// leave each of them its head-room free — half again the slots it kept
-// busy, plus one. Lending a slot to a stream about as fast as the others costs
+// leave them their head-room free (see reserve.slots): half again the
+// slots they kept busy together, plus one, and at least a slot for each
+// that runs none. Lending a slot to a stream about as fast as the others costs
 // them nothing (the slot is back before long); lending it to a 500 ms
 // stream while a 1 ms one that keeps 10 slots busy waits for its read
 // costs the 1 ms one 500 records; but a 20 ms stream may use the slots a
@@ -561,7 +562,7 @@ func (s *scheduler) lender(now time.Time) *sstream {
 // mayBorrow reports whether st may take a slot beyond its share, the
 // streams that want slots being want (see lender).
 func (s *scheduler) mayBorrow(st *sstream, want []*sstream, now time.Time) bool {
-	reserve := 0
+	var r reserve
 	for _, c := range want {
 		if c == st {
 			continue
@@ -570,24 +571,44 @@ func (s *scheduler) mayBorrow(st *sstream, want []*sstream, now time.Time) bool 
 			return false
 		}
 		if st.avg > 2*c.avg+lendSlack {
-			if reserve += c.headroom(now); reserve >= s.free {
-				return false
-			}
+			c.account(now)
+			r.add(c)
 		}
 	}
-	return s.free > reserve
+	return s.free > r.slots()
 }
 
-// headroom is how many free slots a slower stream must leave to st: half
-// again the slots st kept busy (over the last occWindow, or now if more),
-// plus one, less what it runs (under s.mu): room for the bursts of a
-// stream whose entries come a read at a time. Each faster stream that
-// wants slots keeps its own (so each gets a slot soon, as its share
-// promises), even where several small ones add up to more than their load.
-func (st *sstream) headroom(now time.Time) int {
-	st.account(now)
-	used := max(st.occ, float64(st.running))
-	return max(0, int(1.5*used+0.999)+1-st.running)
+// reserve adds up the head-room a slower stream must leave to the much
+// faster streams that want slots.
+type reserve struct {
+	idle    int     // faster streams running no handler: each is owed a slot
+	used    float64 // the slots they kept busy (over the last occWindow, or now if more), summed
+	running int     // the handlers they run
+	any     bool
+}
+
+func (r *reserve) add(c *sstream) {
+	r.any = true
+	r.used += max(c.occ, float64(c.running))
+	r.running += c.running
+	if c.running == 0 {
+		r.idle++
+	}
+}
+
+// slots is how many free slots the reserve keeps: half again the slots the
+// faster streams kept busy together, plus one, less what they run (room for
+// the bursts of streams whose entries come a read at a time) — and at least
+// one for each of them running none, which its share promises it. The
+// burst room follows their load, not their number: the same load spread
+// over six streams keeps about what it keeps as one (once it grew with
+// their number: 7.4 slots idle instead of 2.1); the slot each is owed
+// keeps a 200 ms stream among nine 1 ms ones on 4 slots to its share of 1.
+func (r *reserve) slots() int {
+	if !r.any {
+		return 0
+	}
+	return max(r.idle, int(1.5*r.used+0.999)+1-r.running, 0)
 }
 
 // finish is called when t's attempt in its slot is over, with its result
