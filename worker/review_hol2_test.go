@@ -103,11 +103,9 @@ func TestReviewHol2SlowQueuesBlockFastRead(t *testing.T) {
 // ~15 s over 5 deliveries by default) stops being the reference, the
 // 500 ms stream beside it is no longer slow and takes its equal share (8),
 // and the fast stream drops to about half its rate for as long as the
-// entry waits.
+// entry waits. Fixed: a stream is no reference only while it mostly fails
+// (sstream.failing; TestReviewHol2FailingNeighbourNoReference).
 func TestReviewHol2FailingFastStreamLosesSlowRule(t *testing.T) {
-	if os.Getenv("KBRIDGE_OPEN_FINDINGS") == "" {
-		t.Skip("known and open (review-hol2 finding 4): one entry waiting for a retry on the only fast stream takes it out of classify's reference, and a 500 ms stream gets its full share back; see the closing note of this stop (KBRIDGE_OPEN_FINDINGS=1 runs it)")
-	}
 	run := func(fail bool) (fastDone, slowPeak int) {
 		r := newHolRig(16, 16, map[string]time.Duration{"fast": holMs, "slow": 500 * holMs})
 		r.backlog["fast"], r.backlog["slow"] = 1000000, 100000
@@ -140,6 +138,50 @@ func TestReviewHol2FailingFastStreamLosesSlowRule(t *testing.T) {
 	t.Logf("3 s: fast %d records, slow peak %d slots; with one fast entry waiting for a retry: fast %d, slow peak %d", f0, p0, f1, p1)
 	if p1 > 1 || float64(f1) < 0.9*float64(f0) {
 		t.Errorf("one entry of the fast stream waiting for a retry: the 500 ms stream held %d slots (1 otherwise), the fast stream ran %.2f of its rate", p1, float64(f1)/float64(f0))
+	}
+}
+
+// TestReviewHol2FailingNeighbourNoReference: a 1 ms stream whose every
+// attempt fails (its entries wait for retries, up to maxWaiting) beside a
+// 50 ms stream with a backlog. The failing one is no measure of speed: the
+// 50 ms stream is not classified slow and keeps the slots (with the failing
+// one as reference it would get 1 of 16 until the failing one stopped
+// being read, and refHold after).
+func TestReviewHol2FailingNeighbourNoReference(t *testing.T) {
+	run := func(failing bool) (mid, peakSlow int, failed int) {
+		dur := map[string]time.Duration{"mid": 50 * holMs}
+		if failing {
+			dur["bad"] = holMs
+		}
+		r := newHolRig(16, 16, dur)
+		r.backlog["mid"] = 100000
+		keys := []string{"mid"}
+		if failing {
+			r.backlog["bad"] = 100000
+			r.sim.fail["bad"] = true
+			keys = append(keys, "bad")
+		}
+		r.sim.s.setStreams(keys)
+		r.kicked()
+		for range 30 {
+			r.run(r.sim.now + 100*holMs)
+			r.sim.s.mu.Lock()
+			if st := r.sim.s.streams["mid"]; st != nil && st.slow {
+				peakSlow++
+			}
+			r.sim.s.mu.Unlock()
+		}
+		r.sim.s.stop()
+		return r.sim.done["mid"], peakSlow, r.sim.failed["bad"]
+	}
+	alone, _, _ := run(false)
+	beside, slow, failed := run(true)
+	t.Logf("3 s: the 50 ms stream ran %d records alone, %d beside a failing 1 ms stream (%d failed attempts); classified slow at %d of 30 checks", alone, beside, failed, slow)
+	if failed == 0 {
+		t.Fatal("the failing stream never ran")
+	}
+	if slow > 0 || float64(beside) < 0.9*float64(alone) {
+		t.Errorf("beside a stream that always fails, the 50 ms stream was slow at %d of 30 checks and ran %.2f of its rate alone", slow, float64(beside)/float64(alone))
 	}
 }
 

@@ -146,6 +146,7 @@ type sstream struct {
 	streak     int64     // consecutive back-offs (RetryError), reset by a success
 	slow       bool      // classified slow at the last classify
 	wantedAt   time.Time // when classify last saw it want slots
+	fails      float64   // moving average of its attempts that ended in a retry (1) or handled (0)
 
 	// Slot occupancy: busy is the integral of running over time since
 	// occAt; occ the mean running over the last whole occWindow.
@@ -250,9 +251,7 @@ func (s *scheduler) classify(now time.Time) {
 	fast := time.Duration(-1)
 	var ref *sstream
 	for c := range s.contenders {
-		// A stream whose entries wait for a retry (its handler fails,
-		// often fast) is no measure of speed.
-		if c.timed && c.waiting == 0 && s.wantsSlots(c, now) {
+		if c.timed && !c.failing() && s.wantsSlots(c, now) {
 			c.wantedAt = now
 			if fast < 0 || c.avg < fast {
 				fast, ref = c.avg, c
@@ -278,6 +277,16 @@ func (s *scheduler) classify(now time.Time) {
 		}
 	}
 }
+
+// failing reports whether st mostly fails: some of its entries wait for a
+// retry and most of its recent attempts ended in one. Such a stream is no
+// measure of speed (its handler fails, often fast: a 1 ms failure beside
+// 50 ms handlers would shrink their share to a slot). One entry waiting
+// for a retry in a stream that handles the rest leaves it the measure: it
+// took a 1 ms stream out of the reference for the whole backoff, and the
+// 500 ms stream beside it got 8 of 16 slots back (the 1 ms one fell to
+// 0.69 of its rate).
+func (st *sstream) failing() bool { return st.waiting > 0 && st.fails >= 0.5 }
 
 // recentRef reports whether the speed reference wanted slots within refHold
 // and is still a stream of the scheduler (under s.mu).
@@ -631,6 +640,17 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 		st.avg, st.timed = took, true
 	} else {
 		st.avg += (took - st.avg) / 8
+	}
+	if res == handled || res == retry {
+		f := 0.0
+		if res == retry {
+			f = 1
+		}
+		if first {
+			st.fails = f
+		} else {
+			st.fails += (f - st.fails) / 8
+		}
 	}
 	switch {
 	case res == handled:

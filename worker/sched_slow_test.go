@@ -15,6 +15,8 @@ type schedSim struct {
 	dur     map[string]time.Duration
 	done    map[string]int
 	peak    map[string]int
+	fail    map[string]bool // streams whose every attempt fails: retried an hour later (a real timer: never, in a test)
+	failed  map[string]int
 	started int
 }
 
@@ -37,7 +39,7 @@ func (h *simHeap) Pop() any {
 }
 
 func newSchedSim(conc, readAhead int, dur map[string]time.Duration) *schedSim {
-	sim := &schedSim{dur: dur, done: map[string]int{}, peak: map[string]int{}}
+	sim := &schedSim{dur: dur, done: map[string]int{}, peak: map[string]int{}, fail: map[string]bool{}, failed: map[string]int{}}
 	sim.s = newScheduler(conc, readAhead, sim.begin)
 	base := time.Now()
 	sim.s.clock = func() time.Time { return base.Add(sim.now) }
@@ -63,8 +65,14 @@ func (sim *schedSim) read(stream string, n int) {
 func (sim *schedSim) step() {
 	r := heap.Pop(&sim.runs).(simRun)
 	sim.now = max(sim.now, r.end)
-	sim.done[r.t.m.Stream]++
-	next, _ := sim.s.finish(r.t, sim.dur[r.t.m.Stream], handled, time.Time{})
+	res, at := handled, time.Time{}
+	if sim.fail[r.t.m.Stream] {
+		res, at = retry, time.Now().Add(time.Hour)
+		sim.failed[r.t.m.Stream]++
+	} else {
+		sim.done[r.t.m.Stream]++
+	}
+	next, _ := sim.s.finish(r.t, sim.dur[r.t.m.Stream], res, at)
 	if next != nil {
 		sim.begin(next)
 	}
