@@ -839,6 +839,9 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	// top of them. A reclaim round on the way may bring its entries too.
 	now := s.clock()
 	budget := s.readAhead + s.free - s.queuedStartable(now) - s.reclaiming
+	if s.free > 0 {
+		budget += s.queuedCapped(now)
+	}
 	if budget <= 0 {
 		return r
 	}
@@ -903,6 +906,28 @@ func (s *scheduler) queuedStartable(now time.Time) int {
 	for _, st := range s.readyList {
 		if st.paused(now) {
 			n -= st.queued()
+		}
+	}
+	return n
+}
+
+// queuedCapped returns how many queued tasks wait for a handler of their
+// own stream to end, at most one per handler it runs, in the streams that
+// hold their share (under s.mu). While slots are free, such a stream may
+// not start them (the free slots are the head-room of much faster
+// streams: see lender): they are the next entries of its running handlers,
+// and counting them against the read-ahead let fifteen 500 ms streams, one
+// queued entry each, use up a read-ahead of 4 or 8, so the 1 ms stream the
+// free slot was kept for was never read (9 records in 5 s; 4,000 with
+// --read-ahead 16). Memory stays bounded: what a read may bring is
+// ReadAhead + free − (queued − queuedCapped), and queuedCapped is at most
+// the handlers running, so queued stays within ReadAhead + Concurrency.
+func (s *scheduler) queuedCapped(now time.Time) int {
+	share := s.share()
+	n := 0
+	for _, st := range s.readyList {
+		if !st.paused(now) && st.running >= s.shareOf(st, share) {
+			n += min(st.queued(), st.running)
 		}
 	}
 	return n
