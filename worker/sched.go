@@ -83,6 +83,9 @@ type scheduler struct {
 	fastAvg    time.Duration // the least handler time of a timed contender that wants slots, at the last classify (-1: none)
 	ref        *sstream      // the stream fastAvg is of
 	slowN      int           // contenders classified slow
+	runList    []*sstream    // streams running handlers (see sched_index.go)
+	idleWant   wantIndex     // streams that want slots, run none and have none queued
+	candBuf    []*sstream    // lender's candidates (reused)
 }
 
 // lendSlack: a stream over its share may take a slot while another stream
@@ -147,6 +150,10 @@ type sstream struct {
 	slow       bool      // classified slow at the last classify
 	wantedAt   time.Time // when classify last saw it want slots
 	fails      float64   // moving average of its attempts that ended in a retry (1) or handled (0)
+	rIdx       int       // index in runList (-1: not in it)
+	wIdx       int       // index in its idleWant bucket (-1: not in it)
+	wBucket    int
+	wOcc       int64 // the occupancy it added to idleWant
 
 	// Slot occupancy: busy is the integral of running over time since
 	// occAt; occ the mean running over the last whole occWindow.
@@ -202,7 +209,7 @@ func (s *scheduler) kick() {
 func (s *scheduler) stream(key string) *sstream {
 	st := s.streams[key]
 	if st == nil {
-		st = &sstream{key: key}
+		st = &sstream{key: key, rIdx: -1, wIdx: -1}
 		s.streams[key] = st
 	}
 	return st
@@ -337,6 +344,7 @@ func (s *scheduler) update(st *sstream, now time.Time) {
 			}
 		}
 	}
+	s.reindex(st, now)
 	if !st.listed && !st.contender && st.queued() == 0 && st.waiting == 0 && st.running == 0 {
 		delete(s.streams, st.key)
 		delete(s.hotSet, st)
@@ -537,52 +545,63 @@ func (st *sstream) headQueuedAt() time.Time {
 // stream while a 1 ms one that keeps 10 slots busy waits for its read
 // costs the 1 ms one 500 records; but a 20 ms stream may use the slots a
 // no-op stream beside it leaves idle. A stream not timed yet may not
-// borrow while another wants slots.
+// borrow while another wants slots. It costs O(streams with queued entries
+// × streams running handlers), not O(contenders) (see sched_index.go).
 func (s *scheduler) lender(now time.Time) *sstream {
 	// Every stream with queued entries holds its share: there are at
-	// most Concurrency of them. The contenders that want slots are
-	// gathered once.
-	var cands []*sstream
+	// most Concurrency of them.
+	cands := s.candBuf[:0]
 	for _, st := range s.readyList {
 		if !st.paused(now) {
 			cands = append(cands, st)
 		}
 	}
 	slices.SortFunc(cands, func(a, b *sstream) int { return cmp.Compare(a.vtime, b.vtime) })
-	var want []*sstream
-	refIn := false
-	for c := range s.contenders {
-		if s.wantsSlots(c, now) {
-			want = append(want, c)
-			refIn = refIn || c == s.ref
-		}
+	s.candBuf = cands
+	var ref *sstream
+	if s.recentRef(now) && !s.wantsSlots(s.ref, now) {
+		ref = s.ref // its read found nothing a moment ago: it keeps its head-room (see classify)
 	}
-	if !refIn && s.recentRef(now) {
-		want = append(want, s.ref) // its read found nothing a moment ago: it keeps its head-room (see classify)
-	}
+	defer clear(cands)
 	for _, st := range cands {
-		if s.mayBorrow(st, want, now) {
+		if s.mayBorrow(st, ref, now) {
 			return st
 		}
 	}
 	return nil
 }
 
-// mayBorrow reports whether st may take a slot beyond its share, the
-// streams that want slots being want (see lender).
-func (s *scheduler) mayBorrow(st *sstream, want []*sstream, now time.Time) bool {
-	var r reserve
-	for _, c := range want {
-		if c == st {
-			continue
-		}
-		if !st.timed {
+// mayBorrow reports whether st may take a slot beyond its share (see
+// lender): the streams that want slots are the idle ones of idleWant, those
+// of runList that want slots, and ref (nil: none), which keeps its
+// head-room though it does not want slots now.
+func (s *scheduler) mayBorrow(st, ref *sstream, now time.Time) bool {
+	if !st.timed {
+		if s.idleWant.n > 0 || (ref != nil && ref != st) {
 			return false
 		}
-		if st.avg > 2*c.avg+lendSlack {
+		for _, c := range s.runList {
+			if c != st && s.wantsSlots(c, now) {
+				return false
+			}
+		}
+		return s.free > 0
+	}
+	var r reserve
+	if n, occ := s.idleWant.faster(st.avg); n > 0 {
+		r.any = true
+		r.idle += n
+		r.used += occ
+	}
+	for _, c := range s.runList {
+		if c != st && st.avg > 2*c.avg+lendSlack && s.wantsSlots(c, now) {
 			c.account(now)
 			r.add(c)
 		}
+	}
+	if ref != nil && ref != st && st.avg > 2*ref.avg+lendSlack {
+		ref.account(now)
+		r.add(ref)
 	}
 	return s.free > r.slots()
 }
