@@ -204,6 +204,9 @@ func (r *holRig) check() {
 			r.invErr = fmt.Sprintf("t=%v: %s slow but not a contender", r.sim.now, st.key)
 		}
 	}
+	if msg := s.checkIndex(s.clock()); msg != "" && r.invErr == "" {
+		r.invErr = fmt.Sprintf("t=%v: %s", r.sim.now, msg)
+	}
 	if (s.slowN != n || s.slowN < 0 || s.slowN > len(s.contenders)) && r.invErr == "" {
 		r.invErr = fmt.Sprintf("t=%v: slowN %d, slow contenders %d, contenders %d", r.sim.now, s.slowN, n, len(s.contenders))
 	}

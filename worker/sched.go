@@ -83,6 +83,9 @@ type scheduler struct {
 	fastAvg    time.Duration // the least handler time of a timed contender that wants slots, at the last classify (-1: none)
 	ref        *sstream      // the stream fastAvg is of
 	slowN      int           // contenders classified slow
+	runList    []*sstream    // streams running handlers (see sched_index.go)
+	idleWant   wantIndex     // streams that want slots, run none and have none queued
+	candBuf    []*sstream    // lender's candidates (reused)
 }
 
 // lendSlack: a stream over its share may take a slot while another stream
@@ -146,6 +149,11 @@ type sstream struct {
 	streak     int64     // consecutive back-offs (RetryError), reset by a success
 	slow       bool      // classified slow at the last classify
 	wantedAt   time.Time // when classify last saw it want slots
+	fails      float64   // moving average of its attempts that ended in a retry (1) or handled (0)
+	rIdx       int       // index in runList (-1: not in it)
+	wIdx       int       // index in its idleWant bucket (-1: not in it)
+	wBucket    int
+	wOcc       int64 // the occupancy it added to idleWant
 
 	// Slot occupancy: busy is the integral of running over time since
 	// occAt; occ the mean running over the last whole occWindow.
@@ -201,7 +209,7 @@ func (s *scheduler) kick() {
 func (s *scheduler) stream(key string) *sstream {
 	st := s.streams[key]
 	if st == nil {
-		st = &sstream{key: key}
+		st = &sstream{key: key, rIdx: -1, wIdx: -1}
 		s.streams[key] = st
 	}
 	return st
@@ -250,9 +258,7 @@ func (s *scheduler) classify(now time.Time) {
 	fast := time.Duration(-1)
 	var ref *sstream
 	for c := range s.contenders {
-		// A stream whose entries wait for a retry (its handler fails,
-		// often fast) is no measure of speed.
-		if c.timed && c.waiting == 0 && s.wantsSlots(c, now) {
+		if c.timed && !c.failing() && s.wantsSlots(c, now) {
 			c.wantedAt = now
 			if fast < 0 || c.avg < fast {
 				fast, ref = c.avg, c
@@ -278,6 +284,16 @@ func (s *scheduler) classify(now time.Time) {
 		}
 	}
 }
+
+// failing reports whether st mostly fails: some of its entries wait for a
+// retry and most of its recent attempts ended in one. Such a stream is no
+// measure of speed (its handler fails, often fast: a 1 ms failure beside
+// 50 ms handlers would shrink their share to a slot). One entry waiting
+// for a retry in a stream that handles the rest leaves it the measure: it
+// took a 1 ms stream out of the reference for the whole backoff, and the
+// 500 ms stream beside it got 8 of 16 slots back (the 1 ms one fell to
+// 0.69 of its rate).
+func (st *sstream) failing() bool { return st.waiting > 0 && st.fails >= 0.5 }
 
 // recentRef reports whether the speed reference wanted slots within refHold
 // and is still a stream of the scheduler (under s.mu).
@@ -328,6 +344,7 @@ func (s *scheduler) update(st *sstream, now time.Time) {
 			}
 		}
 	}
+	s.reindex(st, now)
 	if !st.listed && !st.contender && st.queued() == 0 && st.waiting == 0 && st.running == 0 {
 		delete(s.streams, st.key)
 		delete(s.hotSet, st)
@@ -521,73 +538,105 @@ func (st *sstream) headQueuedAt() time.Time {
 // s.mu). A stream may while the streams that want slots (entries queued, or
 // their next read on the way) and whose handlers are much faster than its
 // (more than twice as fast, plus lendSlack) leave the slot unused: it must
-// leave each of them its head-room free — half again the slots it kept
-// busy, plus one. Lending a slot to a stream about as fast as the others costs
+// leave them their head-room free (see reserve.slots): half again the
+// slots they kept busy together, plus one, and at least a slot for each
+// that runs none. Lending a slot to a stream about as fast as the others costs
 // them nothing (the slot is back before long); lending it to a 500 ms
 // stream while a 1 ms one that keeps 10 slots busy waits for its read
 // costs the 1 ms one 500 records; but a 20 ms stream may use the slots a
 // no-op stream beside it leaves idle. A stream not timed yet may not
-// borrow while another wants slots.
+// borrow while another wants slots. It costs O(streams with queued entries
+// × streams running handlers), not O(contenders) (see sched_index.go).
 func (s *scheduler) lender(now time.Time) *sstream {
 	// Every stream with queued entries holds its share: there are at
-	// most Concurrency of them. The contenders that want slots are
-	// gathered once.
-	var cands []*sstream
+	// most Concurrency of them.
+	cands := s.candBuf[:0]
 	for _, st := range s.readyList {
 		if !st.paused(now) {
 			cands = append(cands, st)
 		}
 	}
 	slices.SortFunc(cands, func(a, b *sstream) int { return cmp.Compare(a.vtime, b.vtime) })
-	var want []*sstream
-	refIn := false
-	for c := range s.contenders {
-		if s.wantsSlots(c, now) {
-			want = append(want, c)
-			refIn = refIn || c == s.ref
-		}
+	s.candBuf = cands
+	var ref *sstream
+	if s.recentRef(now) && !s.wantsSlots(s.ref, now) {
+		ref = s.ref // its read found nothing a moment ago: it keeps its head-room (see classify)
 	}
-	if !refIn && s.recentRef(now) {
-		want = append(want, s.ref) // its read found nothing a moment ago: it keeps its head-room (see classify)
-	}
+	defer clear(cands)
 	for _, st := range cands {
-		if s.mayBorrow(st, want, now) {
+		if s.mayBorrow(st, ref, now) {
 			return st
 		}
 	}
 	return nil
 }
 
-// mayBorrow reports whether st may take a slot beyond its share, the
-// streams that want slots being want (see lender).
-func (s *scheduler) mayBorrow(st *sstream, want []*sstream, now time.Time) bool {
-	reserve := 0
-	for _, c := range want {
-		if c == st {
-			continue
-		}
-		if !st.timed {
+// mayBorrow reports whether st may take a slot beyond its share (see
+// lender): the streams that want slots are the idle ones of idleWant, those
+// of runList that want slots, and ref (nil: none), which keeps its
+// head-room though it does not want slots now.
+func (s *scheduler) mayBorrow(st, ref *sstream, now time.Time) bool {
+	if !st.timed {
+		if s.idleWant.n > 0 || (ref != nil && ref != st) {
 			return false
 		}
-		if st.avg > 2*c.avg+lendSlack {
-			if reserve += c.headroom(now); reserve >= s.free {
+		for _, c := range s.runList {
+			if c != st && s.wantsSlots(c, now) {
 				return false
 			}
 		}
+		return s.free > 0
 	}
-	return s.free > reserve
+	var r reserve
+	if n, occ := s.idleWant.faster(st.avg); n > 0 {
+		r.any = true
+		r.idle += n
+		r.used += occ
+	}
+	for _, c := range s.runList {
+		if c != st && st.avg > 2*c.avg+lendSlack && s.wantsSlots(c, now) {
+			c.account(now)
+			r.add(c)
+		}
+	}
+	if ref != nil && ref != st && st.avg > 2*ref.avg+lendSlack {
+		ref.account(now)
+		r.add(ref)
+	}
+	return s.free > r.slots()
 }
 
-// headroom is how many free slots a slower stream must leave to st: half
-// again the slots st kept busy (over the last occWindow, or now if more),
-// plus one, less what it runs (under s.mu): room for the bursts of a
-// stream whose entries come a read at a time. Each faster stream that
-// wants slots keeps its own (so each gets a slot soon, as its share
-// promises), even where several small ones add up to more than their load.
-func (st *sstream) headroom(now time.Time) int {
-	st.account(now)
-	used := max(st.occ, float64(st.running))
-	return max(0, int(1.5*used+0.999)+1-st.running)
+// reserve adds up the head-room a slower stream must leave to the much
+// faster streams that want slots.
+type reserve struct {
+	idle    int     // faster streams running no handler: each is owed a slot
+	used    float64 // the slots they kept busy (over the last occWindow, or now if more), summed
+	running int     // the handlers they run
+	any     bool
+}
+
+func (r *reserve) add(c *sstream) {
+	r.any = true
+	r.used += max(c.occ, float64(c.running))
+	r.running += c.running
+	if c.running == 0 {
+		r.idle++
+	}
+}
+
+// slots is how many free slots the reserve keeps: half again the slots the
+// faster streams kept busy together, plus one, less what they run (room for
+// the bursts of streams whose entries come a read at a time) — and at least
+// one for each of them running none, which its share promises it. The
+// burst room follows their load, not their number: the same load spread
+// over six streams keeps about what it keeps as one (once it grew with
+// their number: 7.4 slots idle instead of 2.1); the slot each is owed
+// keeps a 200 ms stream among nine 1 ms ones on 4 slots to its share of 1.
+func (r *reserve) slots() int {
+	if !r.any {
+		return 0
+	}
+	return max(r.idle, int(1.5*r.used+0.999)+1-r.running, 0)
 }
 
 // finish is called when t's attempt in its slot is over, with its result
@@ -610,6 +659,17 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 		st.avg, st.timed = took, true
 	} else {
 		st.avg += (took - st.avg) / 8
+	}
+	if res == handled || res == retry {
+		f := 0.0
+		if res == retry {
+			f = 1
+		}
+		if first {
+			st.fails = f
+		} else {
+			st.fails += (f - st.fails) / 8
+		}
 	}
 	switch {
 	case res == handled:
@@ -798,6 +858,9 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	// top of them. A reclaim round on the way may bring its entries too.
 	now := s.clock()
 	budget := s.readAhead + s.free - s.queuedStartable(now) - s.reclaiming
+	if s.free > 0 {
+		budget += s.queuedCapped(now)
+	}
 	if budget <= 0 {
 		return r
 	}
@@ -862,6 +925,28 @@ func (s *scheduler) queuedStartable(now time.Time) int {
 	for _, st := range s.readyList {
 		if st.paused(now) {
 			n -= st.queued()
+		}
+	}
+	return n
+}
+
+// queuedCapped returns how many queued tasks wait for a handler of their
+// own stream to end, at most one per handler it runs, in the streams that
+// hold their share (under s.mu). While slots are free, such a stream may
+// not start them (the free slots are the head-room of much faster
+// streams: see lender): they are the next entries of its running handlers,
+// and counting them against the read-ahead let fifteen 500 ms streams, one
+// queued entry each, use up a read-ahead of 4 or 8, so the 1 ms stream the
+// free slot was kept for was never read (9 records in 5 s; 4,000 with
+// --read-ahead 16). Memory stays bounded: what a read may bring is
+// ReadAhead + free − (queued − queuedCapped), and queuedCapped is at most
+// the handlers running, so queued stays within ReadAhead + Concurrency.
+func (s *scheduler) queuedCapped(now time.Time) int {
+	share := s.share()
+	n := 0
+	for _, st := range s.readyList {
+		if !st.paused(now) && st.running >= s.shareOf(st, share) {
+			n += min(st.queued(), st.running)
 		}
 	}
 	return n

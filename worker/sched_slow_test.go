@@ -2,6 +2,7 @@ package worker
 
 import (
 	"container/heap"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -15,6 +16,8 @@ type schedSim struct {
 	dur     map[string]time.Duration
 	done    map[string]int
 	peak    map[string]int
+	fail    map[string]bool // streams whose every attempt fails: retried an hour later (a real timer: never, in a test)
+	failed  map[string]int
 	started int
 }
 
@@ -37,7 +40,7 @@ func (h *simHeap) Pop() any {
 }
 
 func newSchedSim(conc, readAhead int, dur map[string]time.Duration) *schedSim {
-	sim := &schedSim{dur: dur, done: map[string]int{}, peak: map[string]int{}}
+	sim := &schedSim{dur: dur, done: map[string]int{}, peak: map[string]int{}, fail: map[string]bool{}, failed: map[string]int{}}
 	sim.s = newScheduler(conc, readAhead, sim.begin)
 	base := time.Now()
 	sim.s.clock = func() time.Time { return base.Add(sim.now) }
@@ -63,8 +66,14 @@ func (sim *schedSim) read(stream string, n int) {
 func (sim *schedSim) step() {
 	r := heap.Pop(&sim.runs).(simRun)
 	sim.now = max(sim.now, r.end)
-	sim.done[r.t.m.Stream]++
-	next, _ := sim.s.finish(r.t, sim.dur[r.t.m.Stream], handled, time.Time{})
+	res, at := handled, time.Time{}
+	if sim.fail[r.t.m.Stream] {
+		res, at = retry, time.Now().Add(time.Hour)
+		sim.failed[r.t.m.Stream]++
+	} else {
+		sim.done[r.t.m.Stream]++
+	}
+	next, _ := sim.s.finish(r.t, sim.dur[r.t.m.Stream], res, at)
 	if next != nil {
 		sim.begin(next)
 	}
@@ -264,4 +273,41 @@ func TestSchedSlowerStreamUsesIdleSlots(t *testing.T) {
 	if avg < 12 {
 		t.Errorf("the 20 ms stream ran %.1f handlers on average beside a stream that needs one or two; want at least 12 of %d", avg, conc)
 	}
+}
+
+// checkIndex compares runList and idleWant with the streams they index
+// (under s.mu); "" if they agree.
+func (s *scheduler) checkIndex(now time.Time) string {
+	runs, idle := 0, 0
+	var occ int64
+	for _, st := range s.streams {
+		if st.running > 0 {
+			runs++
+			if st.rIdx < 0 || st.rIdx >= len(s.runList) || s.runList[st.rIdx] != st {
+				return fmt.Sprintf("%s runs %d handlers, not in runList", st.key, st.running)
+			}
+		} else if st.rIdx >= 0 {
+			return fmt.Sprintf("%s runs none, in runList", st.key)
+		}
+		want := st.running == 0 && st.queued() == 0 && s.wantsSlots(st, now)
+		if want != (st.wIdx >= 0) {
+			return fmt.Sprintf("%s: idle and wanting slots %v, in idleWant %v", st.key, want, st.wIdx >= 0)
+		}
+		if want {
+			idle++
+			occ += st.wOcc
+			if m := s.idleWant.members[st.wBucket]; st.wIdx >= len(m) || m[st.wIdx] != st || st.wBucket != wantBucket(st.avg) {
+				return fmt.Sprintf("%s: misplaced in idleWant", st.key)
+			}
+		}
+	}
+	if runs != len(s.runList) || idle != s.idleWant.n {
+		return fmt.Sprintf("runList %d (want %d), idleWant %d (want %d)", len(s.runList), runs, s.idleWant.n, idle)
+	}
+	if idle > 0 {
+		if n, o := s.idleWant.prefix(wantBuckets); n != idle || o != occ {
+			return fmt.Sprintf("idleWant sums %d, %d; members %d, %d", n, o, idle, occ)
+		}
+	}
+	return ""
 }

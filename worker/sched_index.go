@@ -1,0 +1,142 @@
+package worker
+
+import (
+	"math/bits"
+	"time"
+)
+
+// The lending rule (lender) needs, for each stream that would borrow a
+// slot, the head-room of the streams that want slots and are much faster
+// than it. Gathering every contender at every pick cost 54-60 µs a
+// finished task with 1,000 hot streams (BenchmarkReviewHol2SchedMany).
+// The streams that want slots split in two: those that run handlers (at
+// most Concurrency of them: runList) and those that run none and have
+// nothing queued — hot, their next read on the way (idleWant: any number
+// of them). A stream with queued entries and no handler is under its
+// share, so lender is not asked while there is one. runList is walked; the
+// idle ones are kept in an index by handler time, with the counts and
+// occupancies summed, so that a pick costs O(runList + log) whatever the
+// number of hot streams.
+
+// occUnit is the fixed point of the occupancies summed in wantIndex (exact
+// adds and removes, no float drift).
+const occUnit = 1 << 20
+
+// wantBuckets is the number of handler-time buckets of wantIndex: 16 per
+// power of two of nanoseconds, exact below 16 ns.
+const wantBuckets = 60 * 16
+
+// wantBucket returns the bucket of handler time d; it grows with d.
+func wantBucket(d time.Duration) int {
+	if d <= 0 {
+		return 0
+	}
+	v := uint64(d)
+	l := bits.Len64(v)
+	if l <= 4 {
+		return int(v)
+	}
+	return (l-4)*16 + int((v>>(l-5))&15)
+}
+
+// wantIndex holds the idle streams that want slots by handler time (avg):
+// a Fenwick tree of their number and summed occupancy per bucket, and the
+// members of each bucket (for the one a threshold falls in). A member's avg
+// does not change while it is one (it changes when a handler of it ends,
+// and then it runs one); its occupancy is taken as it was when it joined.
+type wantIndex struct {
+	n       int
+	cnt     []int
+	occ     []int64
+	members [][]*sstream
+}
+
+func (x *wantIndex) add(i int, dc int, do int64) {
+	for i++; i <= wantBuckets; i += i & -i {
+		x.cnt[i] += dc
+		x.occ[i] += do
+	}
+}
+
+// prefix sums the buckets below b.
+func (x *wantIndex) prefix(b int) (n int, occ int64) {
+	for i := b; i > 0; i -= i & -i {
+		n += x.cnt[i]
+		occ += x.occ[i]
+	}
+	return n, occ
+}
+
+// insert makes st a member.
+func (x *wantIndex) insert(st *sstream) {
+	if x.cnt == nil {
+		x.cnt = make([]int, wantBuckets+1)
+		x.occ = make([]int64, wantBuckets+1)
+		x.members = make([][]*sstream, wantBuckets)
+	}
+	b := wantBucket(st.avg)
+	st.wBucket, st.wOcc = b, int64(st.occ*occUnit)
+	st.wIdx = len(x.members[b])
+	x.members[b] = append(x.members[b], st)
+	x.add(b, 1, st.wOcc)
+	x.n++
+}
+
+// remove ends st's membership.
+func (x *wantIndex) remove(st *sstream) {
+	b := st.wBucket
+	m := x.members[b]
+	last := m[len(m)-1]
+	m[st.wIdx], last.wIdx = last, st.wIdx
+	m[len(m)-1] = nil
+	x.members[b] = m[:len(m)-1]
+	st.wIdx = -1
+	x.add(b, -1, -st.wOcc)
+	x.n--
+}
+
+// faster returns how many members have handlers much faster than a
+// stream's whose take avg (avg > 2 × theirs + lendSlack, as mayBorrow),
+// and their summed occupancy.
+func (x *wantIndex) faster(avg time.Duration) (n int, occ float64) {
+	lim := avg - lendSlack
+	if x.n == 0 || lim <= 0 {
+		return 0, 0
+	}
+	// 2 × c.avg < lim: c.avg ≤ lim/2, so c is at most in lim/2's bucket;
+	// the buckets below count whole, that one member by member.
+	b := wantBucket(lim / 2)
+	n, o := x.prefix(b)
+	for _, c := range x.members[b] {
+		if 2*c.avg < lim {
+			n++
+			o += c.wOcc
+		}
+	}
+	return n, float64(o) / occUnit
+}
+
+// reindex keeps runList and idleWant in step with st (under s.mu, from
+// update).
+func (s *scheduler) reindex(st *sstream, now time.Time) {
+	if run := st.running > 0; run != (st.rIdx >= 0) {
+		if run {
+			st.rIdx = len(s.runList)
+			s.runList = append(s.runList, st)
+		} else {
+			last := s.runList[len(s.runList)-1]
+			s.runList[st.rIdx], last.rIdx = last, st.rIdx
+			s.runList[len(s.runList)-1] = nil
+			s.runList = s.runList[:len(s.runList)-1]
+			st.rIdx = -1
+		}
+	}
+	idle := st.running == 0 && st.queued() == 0 && s.wantsSlots(st, now)
+	if idle != (st.wIdx >= 0) {
+		if idle {
+			s.idleWant.insert(st)
+		} else {
+			s.idleWant.remove(st)
+		}
+	}
+}
