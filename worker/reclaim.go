@@ -42,10 +42,34 @@ func (w *Worker) reclaimLoop(ctx context.Context) {
 		for len(samples) > 2 && now.Sub(samples[1].at) >= w.cfg.VisibilityTimeout {
 			samples = samples[1:]
 		}
-		rr++
-		w.reclaimRound(ctx, rr, int(finished-samples[0].finished))
+		// A round that leaves due entries in Redis (its budget ran out, or
+		// was none: a read in flight, the queue full) is followed by
+		// another as soon as the claimed ones are on their way
+		// (reclaimBurstPause), not a reclaim interval later; while rounds
+		// claim nothing the pause doubles, and the ticker takes over at
+		// the next interval. 110 entries of a dead worker beside two
+		// saturated 16-slot workers took 3 intervals at 16 a round.
+		pause := reclaimBurstPause
+		for {
+			rr++
+			more, claimed := w.reclaimRound(ctx, rr, int(finished-samples[0].finished))
+			if !claimed {
+				pause *= 2
+			} else {
+				pause = reclaimBurstPause
+			}
+			if !more || ctx.Err() != nil || time.Since(now)+pause >= w.cfg.ReclaimInterval {
+				break
+			}
+			sleep(ctx, pause)
+		}
 	}
 }
+
+// reclaimBurstPause is the first pause between reclaim rounds while due
+// entries are left: time for the urgent entries claimed to start (a slot
+// frees every handler time / concurrency) so that the next round has room.
+const reclaimBurstPause = 10 * time.Millisecond
 
 // reclaimRound claims entries of other consumers idle for VisibilityTimeout
 // (XAUTOCLAIM), as many as the scheduler has room for (reclaimBudget): that
@@ -57,19 +81,21 @@ func (w *Worker) reclaimLoop(ctx context.Context) {
 // those are claimed from, starting with a different stream every round so
 // that the first ones cannot take the whole budget. Entries this consumer
 // holds itself are left alone (see reclaimScript): their lease failed to be
-// extended, they are not abandoned.
-func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) {
+// extended, they are not abandoned. It reports whether due entries may be
+// left (the budget ran out, or was none) and whether it claimed any.
+func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) (more, claimedAny bool) {
 	streams := w.sched.listed()
 	if len(streams) == 0 {
-		return
+		return false, false
 	}
 	slices.Sort(streams)
 	streams = rotate(streams, rr%len(streams))
 	first := w.idleEntries(ctx, streams)
 	if len(first) == 0 {
-		return
+		return false, false
 	}
 	budget := w.sched.reclaimBudget(recent) // reserved until pushUrgent
+	claimed := 0
 	// The scripts are not cut short by a shutdown: an entry claimed in
 	// Redis but not seen here would wait a visibility timeout more.
 	sctx := context.WithoutCancel(ctx)
@@ -103,14 +129,17 @@ func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) {
 				ts = append(ts, &task{m: m, he: he, reclaimed: true})
 			}
 			budget--
+			claimed++
 		}
 	}
 	if len(ts) > 0 {
 		w.log.Info("reclaimed entries of stopped workers", "entries", len(ts))
 	}
-	if refused := w.sched.pushUrgent(ts); len(refused) > 0 {
+	refused := w.sched.pushUrgent(ts)
+	if len(refused) > 0 {
 		w.handBack(refused)
 	}
+	return budget <= 0 && len(refused) == 0, claimed > 0
 }
 
 // idleEntries returns, for each stream with an entry pending for at least

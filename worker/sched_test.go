@@ -650,3 +650,66 @@ func TestShutdownDuringRetryWait(t *testing.T) {
 		t.Errorf("deliveries = %v; want offset 0 (backed off, no delivery counted) at 1 and offset 1 (failed once) at 2", seen)
 	}
 }
+
+// TestReclaimBurst: a dead consumer that held many more entries than the
+// live workers' reclaim budget (concurrency beyond the read-ahead) has all
+// of them taken over at the first reclaim round that finds them due, in
+// rounds that follow each other as long as they use the whole budget — not
+// a budget's worth per reclaim interval (120 entries at 8 a round, 3 s
+// apart, took 45 s).
+func TestReclaimBurst(t *testing.T) {
+	e := newEnv(t)
+	var streams []string
+	for p := range 3 {
+		s := e.stream(t, "t", p)
+		e.add(t, s, 0, 300)
+		streams = append(streams, s)
+	}
+	ctx := context.Background()
+	res, err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "dead",
+		Streams: append(slices3(streams), ">", ">", ">"), Count: 40}).Result()
+	if err != nil || len(res) != 3 {
+		t.Fatalf("XREADGROUP = %d streams, %v", len(res), err)
+	}
+	died := time.Now()
+	got := newSeen()
+	cfg := e.config(func(ctx context.Context, m *Message) error {
+		got.add(m)
+		time.Sleep(2 * time.Millisecond)
+		return nil
+	})
+	cfg.Concurrency = 4
+	cfg.VisibilityTimeout = 300 * time.Millisecond
+	cfg.ReclaimInterval = 3 * time.Second
+	cfg.Logger = testLogger(t)
+	var ws []*Worker
+	for range 2 {
+		w := mustNew(t, cfg)
+		running(t, w)
+		ws = append(ws, w)
+	}
+	deadPending := func() int {
+		n := 0
+		for _, s := range streams {
+			ps, err := e.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: s, Group: DefaultGroup, Start: "-", End: "+", Count: 1000, Consumer: "dead"}).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(ps)
+		}
+		return n
+	}
+	// the first round is one reclaim interval after the start, when every
+	// entry of the dead consumer is long due; a second comes 3 s later
+	bound := cfg.ReclaimInterval + cfg.ReclaimInterval/2
+	left := deadPending()
+	for ; left > 0 && time.Since(died) < 2*bound; left = deadPending() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(died)
+	if left > 0 || took > bound {
+		t.Fatalf("after %v the dead consumer still holds %d of 120 entries; want none after the first reclaim round's burst (%v)", took, left, bound)
+	}
+	t.Logf("120 entries of a dead consumer reclaimed %v after the workers started (reclaim interval %v, budget %d a round a worker)", took, cfg.ReclaimInterval, 2*cfg.Concurrency)
+	testenv.Eventually(t, 60*time.Second, func() bool { return got.distinct() == 900 }, "handled %d of 900", got.distinct())
+}
