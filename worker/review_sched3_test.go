@@ -290,7 +290,7 @@ func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
 	sim.read("slow", 1)
 	for sim.now < 600*holMs { // the 1 ms stream keeps 4 slots busy
 		if sim.now >= 300*holMs && sim.done["slow"]+sim.running("slow") < 2 {
-			sim.read("slow", 1) // runs until 800 ms: a contender, timed at 500 ms
+			sim.read("slow", 1)               // runs until 800 ms: a contender, timed at 500 ms
 			s.readDone([]string{"slow"}, nil) // nothing more in Redis for it
 		}
 		for sim.running("fast") < 4 {
