@@ -404,3 +404,144 @@ func TestReviewSched3ReclaimedSlowEntriesTakeSlots(t *testing.T) {
 		}
 	}
 }
+
+// failRig drives a farSim with a simple reader (a round every rtt: the hot
+// and slow streams read for what wanted asks, idle ones probed), the
+// retry timer fired on the simulated clock, and streams whose attempts
+// fail with a retry due backoff later.
+type failRig struct {
+	sim     *schedSim
+	rtt     time.Duration
+	failP   map[string]float64
+	backoff time.Duration
+	rng     *rand.Rand
+	nextRd  time.Duration
+	slowAt  map[string]time.Duration // time a stream was classified slow
+	avail   map[string]int           // entries left in Redis (absent: endless)
+}
+
+func newFailRig(conc, ra int, dur map[string]time.Duration) *failRig {
+	return &failRig{sim: farSim(conc, ra, dur), rtt: 200 * time.Microsecond, failP: map[string]float64{}, backoff: time.Second, rng: rand.New(rand.NewPCG(3, 4)), slowAt: map[string]time.Duration{}, avail: map[string]int{}}
+}
+
+func (r *failRig) round() {
+	s := r.sim.s
+	req := s.wanted(true)
+	budget := req.budget
+	read := func(ks []string, count int) {
+		var ts []*task
+		for _, k := range ks {
+			n := count
+			if a, ok := r.avail[k]; ok {
+				n = min(n, a)
+				r.avail[k] -= n
+			}
+			for range n {
+				ts = append(ts, &task{m: &Message{Stream: k}})
+			}
+		}
+		s.readDone(ks, ts)
+		budget -= len(ts)
+	}
+	for _, part := range req.parts() {
+		if ks, count, _ := part(budget); len(ks) > 0 {
+			read(ks, int(count))
+		}
+	}
+	if len(req.idle) > 0 && budget > 0 {
+		read(req.idle[:min(len(req.idle), budget)], 1)
+	}
+	s.endRead()
+}
+
+func (r *failRig) run(end time.Duration) {
+	sim, s := r.sim, r.sim.s
+	for {
+		next, what := r.nextRd, 0
+		if len(sim.runs) > 0 && sim.runs[0].end < next {
+			next, what = sim.runs[0].end, 1
+		}
+		s.mu.Lock()
+		if len(s.timers) > 0 {
+			if d := s.timers[0].due.Sub(s.clock().Add(-sim.now)); d < next {
+				next, what = max(d, sim.now), 2
+			}
+		}
+		// time each stream spent classified slow
+		for k, st := range s.streams {
+			if st.slow {
+				r.slowAt[k] += min(next, end) - sim.now
+			}
+		}
+		s.mu.Unlock()
+		if next > end {
+			sim.now = end
+			return
+		}
+		sim.now = max(sim.now, next)
+		switch what {
+		case 0:
+			r.round()
+			r.nextRd = sim.now + r.rtt
+		case 1:
+			run := heap.Pop(&sim.runs).(simRun)
+			k := run.t.m.Stream
+			res, at := handled, time.Time{}
+			if r.rng.Float64() < r.failP[k] {
+				res, at = retry, s.clock().Add(r.backoff)
+				sim.failed[k]++
+			} else {
+				sim.done[k]++
+			}
+			if nx, _ := s.finish(run.t, sim.dur[k], res, at); nx != nil {
+				sim.begin(nx)
+			}
+		case 2:
+			s.fire()
+		}
+	}
+}
+
+// TestReviewSched3FailingStreamHeldAsReference: a 1 ms stream whose every
+// attempt fails (downstream down; retries 1 s later) beside a 50 ms stream
+// with a backlog, 16 slots. sstream.failing keeps the failing stream out of
+// the speed reference only while some of its entries wait for a retry:
+// when its retries come due together (fire moves them all to its queue:
+// waiting 0), the reader's next classify takes it as the reference (1 ms)
+// and the 50 ms stream is slow; and classify then holds it as the
+// reference for refHold after it last wanted slots — recentRef does not ask
+// whether it is failing — though it is failing again a millisecond later.
+// With a 1 s backoff the 50 ms stream is classified slow most of the time
+// (TestReviewHol2FailingNeighbourNoReference does not see it: its retries
+// are an hour away).
+func TestReviewSched3FailingStreamHeldAsReference(t *testing.T) {
+	openFinding(t, 3, "a failing stream becomes the speed reference whenever its retries come due, and is held for refHold")
+	for _, nBad := range []int{1, 4, 1000000} {
+		run := func(failing bool) (mid int, slowFrac float64, failed int) {
+			dur := map[string]time.Duration{"mid": 50 * holMs, "bad": holMs}
+			r := newFailRig(16, 16, dur)
+			keys := []string{"mid"}
+			if failing {
+				r.failP["bad"] = 1
+				r.avail["bad"] = nBad
+				keys = append(keys, "bad")
+			}
+			r.sim.s.setStreams(keys)
+			r.run(time.Second)
+			m0 := r.sim.done["mid"]
+			r.slowAt = map[string]time.Duration{}
+			r.run(11 * time.Second)
+			r.sim.s.stop()
+			return r.sim.done["mid"] - m0, float64(r.slowAt["mid"]) / float64(10*time.Second), r.sim.failed["bad"]
+		}
+		alone, _, _ := run(false)
+		beside, slow, failed := run(true)
+		t.Logf("10 s: the 50 ms stream ran %d records alone, %d beside a 1 ms stream of %d entries that always fail (%d failed attempts, retried 1 s later); classified slow %.0f%% of the time", alone, beside, nBad, failed, 100*slow)
+		if failed == 0 {
+			t.Fatal("the failing stream never ran")
+		}
+		if slow > 0.05 || float64(beside) < 0.9*float64(alone) {
+			t.Errorf("beside a stream of %d entries that always fail, the 50 ms stream was slow %.0f%% of the time and ran %.2f of its rate alone", nBad, 100*slow, float64(beside)/float64(alone))
+		}
+	}
+}
