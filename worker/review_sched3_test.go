@@ -101,7 +101,7 @@ func TestReviewSched3RandomOps(t *testing.T) {
 	for _, c := range [][2]int{{1, 0}, {2, 0}, {2, 1}, {4, 4}, {16, 0}, {16, 16}} {
 		for seed := range uint64(4) {
 			t.Run(fmt.Sprintf("conc%d-ra%d-seed%d", c[0], c[1], seed), func(t *testing.T) {
-				randomSchedOps(t, c[0], c[1], seed, durs, 4000)
+				randomSchedOps(t, c[0], c[1], seed, durs, 4000, false)
 			})
 		}
 	}
@@ -112,7 +112,7 @@ type randStats struct {
 	ops                map[string]int
 }
 
-func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duration, nops int) randStats {
+func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duration, nops int, noFail bool) randStats {
 	rng := rand.New(rand.NewPCG(seed, 99))
 	const nStreams = 12
 	keys := make([]string, nStreams)
@@ -121,7 +121,7 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 	for i := range keys {
 		keys[i] = fmt.Sprint("k", i)
 		dur[keys[i]] = durs[rng.IntN(len(durs))]
-		if rng.IntN(4) == 0 {
+		if rng.IntN(4) == 0 && !noFail {
 			failP[keys[i]] = rng.Float64()
 		}
 	}
@@ -152,13 +152,16 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 			prevWC = wc
 		}
 		st.maxQueued = max(st.maxQueued, s.queued)
+		if noFail && s.queued > ra+conc && msg == "" {
+			msg = fmt.Sprintf("queued %d > read-ahead + concurrency %d", s.queued, ra+conc)
+		}
 		st.maxHeld = max(st.maxHeld, s.queued+s.waiting+s.running)
 		s.mu.Unlock()
 		if msg != "" {
 			fail(op, msg)
 		}
 	}
-	readKeys := func(ks []string, count int) {
+	readKeys := func(ks []string, count int) int {
 		var ts []*task
 		for _, k := range ks {
 			n := min(count, avail[k])
@@ -168,7 +171,9 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 			}
 		}
 		s.readDone(ks, ts)
+		return len(ts)
 	}
+	var pending *readRequest
 	for i := range nops {
 		var op string
 		switch x := rng.IntN(100); {
@@ -186,7 +191,7 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 					op = "backoff"
 					s.backOff(r.t, time.Duration(rng.IntN(2000))*time.Millisecond, func(int64) time.Duration { return time.Second })
 				}
-			case y < failP[k]+0.03:
+			case y < failP[k]+0.03 && !noFail:
 				res, took = settled, 0 // lease lost / dead-lettered unrun
 			}
 			if res == handled {
@@ -197,18 +202,24 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 				sim.begin(next)
 			}
 			check(op, false)
-		case x < 55: // a reader round
+		case x < 55: // a reader round: wanted, then (maybe after other events) the reads
 			op = "read"
-			req := s.wanted(rng.IntN(3) == 0)
+			if pending == nil {
+				req := s.wanted(rng.IntN(3) == 0)
+				pending = &req
+				if rng.IntN(2) == 0 {
+					break // other events happen while the read is on the way
+				}
+			}
+			req := *pending
+			pending = nil
 			budget := req.budget
 			readOne := false
 			for _, part := range req.parts() {
 				ks, count, _ := part(budget)
 				if len(ks) > 0 {
 					readOne = true
-					before := s.queuedSnapshot()
-					readKeys(ks, int(count))
-					budget -= s.queuedSnapshot() - before
+					budget -= readKeys(ks, int(count))
 				}
 			}
 			if len(req.idle) > 0 && budget > 0 {
@@ -542,6 +553,22 @@ func TestReviewSched3FailingStreamHeldAsReference(t *testing.T) {
 		}
 		if slow > 0.05 || float64(beside) < 0.9*float64(alone) {
 			t.Errorf("beside a stream of %d entries that always fail, the 50 ms stream was slow %.0f%% of the time and ran %.2f of its rate alone", nBad, 100*slow, float64(beside)/float64(alone))
+		}
+	}
+}
+
+// TestReviewSched3RandomOpsMemory: the same random operations without
+// failures or pauses (so no retries come back to the queues): queued stays
+// within read-ahead + concurrency after every event (the bound the docs
+// and queuedCapped claim).
+func TestReviewSched3RandomOpsMemory(t *testing.T) {
+	durs := []time.Duration{0, 50 * time.Microsecond, time.Millisecond, 3 * time.Millisecond, 20 * time.Millisecond, 500 * time.Millisecond}
+	for _, c := range [][2]int{{1, 0}, {2, 0}, {2, 1}, {4, 4}, {16, 0}, {16, 16}} {
+		for seed := range uint64(6) {
+			t.Run(fmt.Sprintf("conc%d-ra%d-seed%d", c[0], c[1], seed), func(t *testing.T) {
+				st := randomSchedOps(t, c[0], c[1], seed, durs, 4000, true)
+				t.Logf("max queued %d (bound %d), ops %v", st.maxQueued, c[0]+c[1], st.ops)
+			})
 		}
 	}
 }
