@@ -572,3 +572,143 @@ func TestReviewSched3RandomOpsMemory(t *testing.T) {
 		}
 	}
 }
+
+// TestReviewSched3ReclaimedQueueStallsReads: a 1 ms stream that kept ~10
+// of 16 slots busy runs dry between two reads (hot, nothing queued: in
+// idleWant). Beside it a 2 s stream (slow, share 1) has 32 entries queued
+// — one read, 31 reclaimed (reclaimBudget allows read-ahead + concurrency
+// in all, whatever the stream's part) — so the read budget is 16 read-ahead
+// + 15 free − 32 queued + 1 capped (queuedCapped: one per running handler)
+// = 0: wanted returns an empty request (before classify and before any
+// probe), nothing is read, nothing dispatches, and the slow stream may not
+// borrow (the 1 ms stream's reserve: 16 > 15 free, its occupancy 10
+// frozen in idleWant). 15 slots stay free and the 1 ms stream, whose
+// partition has entries all along, is not read once for the whole 2 s
+// handler of the slow one (30 s handlers: 30 s).
+func TestReviewSched3ReclaimedQueueStallsReads(t *testing.T) {
+	openFinding(t, 4, "a slow stream's reclaimed queue uses up the read budget: 15 slots free and the 1 ms stream unread for a whole slow handler time")
+	sim := farSim(16, 16, map[string]time.Duration{"fast": holMs, "slow": 2 * time.Second})
+	s := sim.s
+	s.setStreams([]string{"fast", "slow"})
+	sim.read("slow", 1) // runs until 2 s: timed, slow
+	for sim.now < 2100*holMs {
+		for i := 0; i < 10 && sim.running("fast") < 10; i++ {
+			sim.read("fast", 1)
+		}
+		sim.step()
+	}
+	sim.read("slow", 2) // one starts (share 1), one queued
+	b := s.reclaimBudget(1000)
+	var ts []*task
+	for range b {
+		ts = append(ts, &task{m: &Message{Stream: "slow"}, reclaimed: true})
+	}
+	s.pushUrgent(ts)
+	for sim.running("fast") > 0 { // the 1 ms stream's next read is on the way
+		sim.step()
+	}
+	s.mu.Lock()
+	f, sl := s.streams["fast"], s.streams["slow"]
+	t.Logf("t=%v: slow stream (slow %v) runs %d, %d queued (%d reclaimed); fast stream in idleWant %v with occupancy %.1f; %d slots free", sim.now, sl.slow, sl.running, sl.queued(), len(ts), f.wIdx >= 0, float64(f.wOcc)/occUnit, s.free)
+	s.mu.Unlock()
+	// the reader's rounds, one a millisecond, for 1.5 s; the 1 ms stream
+	// has entries in Redis all along
+	fastReads, maxSlow := 0, 0
+	for sim.now < 3600*holMs {
+		sim.now += holMs
+		for len(sim.runs) > 0 && sim.runs[0].end <= sim.now {
+			sim.step()
+		}
+		req := s.wanted(true)
+		if ks, count, _ := req.hotRead(req.budget); len(ks) > 0 {
+			var rs []*task
+			for _, k := range ks {
+				for range count {
+					rs = append(rs, &task{m: &Message{Stream: k}})
+				}
+				if k == "fast" {
+					fastReads++
+				}
+			}
+			s.readDone(ks, rs)
+		}
+		s.endRead()
+		maxSlow = max(maxSlow, sim.running("slow"))
+	}
+	s.mu.Lock()
+	free, q, occ := s.free, sl.queued(), float64(f.wOcc)/occUnit
+	s.mu.Unlock()
+	t.Logf("t=%v: the 1 ms stream was read %d times in 1.5 s; the slow stream ran at most %d; %d slots free, %d queued; the 1 ms stream's reserve still counts occupancy %.1f", sim.now, fastReads, maxSlow, free, q, occ)
+	if fastReads == 0 && maxSlow <= 1 {
+		t.Errorf("for 1.5 s, %d of 16 slots stayed free with %d entries queued and the 1 ms stream was not read once: its reserve counts the occupancy %.1f it had 1.5 s ago", free, q, occ)
+	}
+}
+
+// TestReviewSched3FrozenIdleOccupancy: a stream in idleWant keeps the
+// occupancy it had when it joined (sched_index.go) however long it stays
+// there, where mayBorrow took it re-accounted (decaying to 0 over an
+// occupancy window) before. The run of finding 2 (1 ms stream beside a 2 s
+// one, a reclaim round every 2.5 s, 10 s) twice: as it is, and with the
+// test re-accounting the 1 ms stream's occupancy in idleWant every 5 ms
+// (what the one-by-one rule did; the test only re-inserts it, it
+// dispatches nothing). The 1 ms stream stays in idleWant up to 1.5-2 s at
+// a stretch (its reads held back: finding 4) with a frozen occupancy up to
+// 11 slots over the real one, which keeps the slow stream from borrowing
+// when a pick comes, so its queue, and the read budget it takes, stay
+// full: the 1 ms stream does 35,260 / 40,545 records with read-ahead 0 /
+// 16, against 41,846 / 58,397 re-accounted (0.84 / 0.69).
+func TestReviewSched3FrozenIdleOccupancy(t *testing.T) {
+	openFinding(t, 5, "an idle stream's occupancy frozen in idleWant: the 1 ms stream does 0.70-0.85 of what it does with it re-accounted")
+	for _, ra := range []int{0, 16} {
+		var fastDone [2]int
+		for fi, fresh := range []bool{false, true} {
+			r := newHolRig(16, ra, map[string]time.Duration{"fast": holMs, "slow": 2 * time.Second})
+			r.backlog["fast"], r.backlog["slow"] = 1000000, 1000000
+			s := r.sim.s
+			s.setStreams([]string{"fast", "slow"})
+			r.kicked()
+			r.run(3 * time.Second)
+			inSince, maxIn := time.Duration(-1), time.Duration(0)
+			maxStale := 0.0
+			f0, s0 := r.sim.done["fast"], r.sim.done["slow"]
+			r.busy, r.idleWork = 0, 0
+			from := r.sim.now
+			for i := range 2000 {
+				if i%500 == 0 {
+					b := s.reclaimBudget(1000)
+					var ts []*task
+					for range b {
+						ts = append(ts, &task{m: &Message{Stream: "slow"}, reclaimed: true})
+					}
+					s.pushUrgent(ts)
+				}
+				r.run(r.sim.now + 5*time.Millisecond)
+				s.mu.Lock()
+				f := s.streams["fast"]
+				if f.wIdx >= 0 {
+					if inSince < 0 {
+						inSince = r.sim.now
+					}
+					maxIn = max(maxIn, r.sim.now-inSince)
+					cp := *f
+					cp.account(s.clock())
+					maxStale = max(maxStale, float64(f.wOcc)/occUnit-cp.occ)
+					if fresh {
+						f.account(s.clock())
+						s.idleWant.remove(f)
+						s.idleWant.insert(f)
+					}
+				} else {
+					inSince = -1
+				}
+				s.mu.Unlock()
+			}
+			over := r.sim.now - from
+			fastDone[fi] = r.sim.done["fast"] - f0
+			t.Logf("read-ahead %d, occupancy re-accounted %v: the 1 ms stream in idleWant up to %v at a stretch, its occupancy there over the real one by up to %.1f; 10 s: fast %d, slow %d records; %.1f slots free on average while entries were queued", ra, fresh, maxIn, maxStale, fastDone[fi], r.sim.done["slow"]-s0, r.meanIdleWithWork(over))
+		}
+		if float64(fastDone[0]) < 0.9*float64(fastDone[1]) {
+			t.Errorf("read-ahead %d: the 1 ms stream ran %d records with its idle occupancy frozen, %d with it re-accounted (%.2f)", ra, fastDone[0], fastDone[1], float64(fastDone[0])/float64(fastDone[1]))
+		}
+	}
+}
