@@ -96,9 +96,10 @@ func (s *scheduler) schedInvariants(now time.Time, dispatched bool) string {
 // 4 and 16, read-ahead 0, 1 and 16; the scheduler's books, runList and
 // idleWant are checked after every event, and work conservation after
 // every event that dispatches (readDone, fire, pushUrgent and takeStale
-// with tasks; after the others it does not hold: finding 1 — set
-// REVIEW_WC=1 to log the events that leave a free slot beside a stream
-// under its share: setStreams and finish). Due timers are fired before a
+// with tasks, and setStreams since finding 1 was fixed; after a finish it
+// need not hold: finish dispatches the other free slots only when the
+// contenders or a classification change — set REVIEW_WC=1 to log the
+// events that leave a free slot beside a stream under its share). Due timers are fired before a
 // handler's end, as the real timer would have (between a pause's end and
 // fire, the stream is not in idleWant: a transient). Held: no drift, no
 // negative count, no panic, 24 sequences of 4,000 events.
@@ -263,7 +264,7 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 				}
 			}
 			s.setStreams(listed)
-			check(op, false)
+			check(op, true) // setStreams dispatches (finding 1)
 		case x < 84: // stale entries handed back
 			op = "stale"
 			out := s.takeStale(s.clock().Add(-time.Duration(rng.IntN(3000)) * time.Millisecond))
@@ -294,7 +295,6 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 // no idle stream to probe). The slow stream runs 16 − the old head-room
 // handlers until its queue drains to half its part.
 func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
-	openFinding(t, 1, "a stream's share grows (another stream left, its classification changed) and the free slots are not dispatched")
 	sim := farSim(16, 16, map[string]time.Duration{"fast": holMs, "slow": 500 * holMs})
 	s := sim.s
 	s.setStreams([]string{"fast", "slow"})

@@ -399,6 +399,9 @@ func (s *scheduler) setStreams(keys []string) {
 			s.update(st, now)
 		}
 	}
+	// A stream that went away no longer wants slots: the others' shares
+	// grow, and their queued entries may start in the slots it was owed.
+	s.dispatch(now)
 	s.kick()
 }
 
@@ -683,6 +686,7 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 		s.waiting++
 		s.arm()
 	}
+	wasContender := st.contender
 	s.update(st, now)
 	if first {
 		s.classify(now) // a slow stream's first timing: its share shrinks at once
@@ -692,6 +696,13 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 		// The slot stays free with nothing queued for it: the reader has
 		// room for more (a read it held back for the read-ahead bound).
 		s.kick()
+	}
+	if st.contender != wasContender || first {
+		// The contenders changed (st left or came back), or st's
+		// classification did: the shares and the head-room the others
+		// keep free changed with them, and a free slot other than this
+		// one may now go to a queued entry.
+		s.dispatch(now)
 	}
 	return next, letGo
 }
@@ -857,6 +868,13 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	// Entries for the free slots start at once; the read-ahead comes on
 	// top of them. A reclaim round on the way may bring its entries too.
 	now := s.clock()
+	s.classify(now)
+	if s.free > 0 {
+		// The classification may have grown a share (a slow stream is
+		// not slow any more, the reference went away): start what the
+		// free slots now allow, before the budget is counted.
+		s.dispatch(now)
+	}
 	budget := s.readAhead + s.free - s.queuedStartable(now) - s.reclaiming
 	if s.free > 0 {
 		budget += s.queuedCapped(now)
@@ -870,7 +888,6 @@ func (s *scheduler) wanted(probe bool) readRequest {
 			s.reading = budget // released as the entries are queued (readDone), or at the next round
 		}
 	}()
-	s.classify(now)
 	wants := func(st *sstream) bool {
 		return st.listed && !st.paused(now) && st.waiting < s.maxWaiting && st.queued() <= s.bufCap(st)/2
 	}
