@@ -553,7 +553,6 @@ func (r *failRig) run(end time.Duration) {
 // (TestReviewHol2FailingNeighbourNoReference does not see it: its retries
 // are an hour away).
 func TestReviewSched3FailingStreamHeldAsReference(t *testing.T) {
-	openFinding(t, 3, "a failing stream becomes the speed reference whenever its retries come due, and is held for refHold")
 	for _, nBad := range []int{1, 4, 1000000} {
 		run := func(failing bool) (mid int, slowFrac float64, failed int) {
 			dur := map[string]time.Duration{"mid": 50 * holMs, "bad": holMs}

@@ -120,6 +120,7 @@ type task struct {
 	charged        time.Duration // the handler time its stream was charged when it started
 	redeliver      bool          // a retry after a failure: count the delivery before running
 	reclaimed      bool          // taken from another consumer, not started yet
+	dueRetry       bool          // a retry come due, queued (counted in its stream's retryQ)
 	backoffs       int64         // RetryError back-offs so far
 	runs           int64         // handler starts of the entry known here (start.lua's record, or 1 for a first delivery), this one included
 	transientSince time.Time     // first RetryError
@@ -137,6 +138,7 @@ type sstream struct {
 	urgent     []*task // reclaimed or due for a retry: before ready
 	running    int
 	waiting    int           // tasks in the timer heap
+	retryQ     int           // retries come due, queued, not started (see failing)
 	vtime      time.Duration // handler time charged
 	avg        time.Duration // moving average of the handler time: charged at start
 	timed      bool          // avg has a sample
@@ -286,20 +288,25 @@ func (s *scheduler) classify(now time.Time) {
 }
 
 // failing reports whether st mostly fails: some of its entries wait for a
-// retry and most of its recent attempts ended in one. Such a stream is no
+// retry, or came due and wait in its queue (fire moves them there all at
+// once: counting only the timer heap made a failing stream the speed
+// reference whenever its retries came due), and most of its recent
+// attempts ended in one. Such a stream is no
 // measure of speed (its handler fails, often fast: a 1 ms failure beside
 // 50 ms handlers would shrink their share to a slot). One entry waiting
 // for a retry in a stream that handles the rest leaves it the measure: it
 // took a 1 ms stream out of the reference for the whole backoff, and the
 // 500 ms stream beside it got 8 of 16 slots back (the 1 ms one fell to
 // 0.69 of its rate).
-func (st *sstream) failing() bool { return st.waiting > 0 && st.fails >= 0.5 }
+func (st *sstream) failing() bool { return (st.waiting > 0 || st.retryQ > 0) && st.fails >= 0.5 }
 
-// recentRef reports whether the speed reference wanted slots within refHold
-// and is still a stream of the scheduler (under s.mu).
+// recentRef reports whether the speed reference wanted slots within refHold,
+// is still a stream of the scheduler and is not failing (a stream that
+// fails again after it was taken as the reference is no measure of speed
+// any more) (under s.mu).
 func (s *scheduler) recentRef(now time.Time) bool {
 	p := s.ref
-	return p != nil && p.timed && now.Sub(p.wantedAt) < refHold && s.streams[p.key] == p
+	return p != nil && p.timed && !p.failing() && now.Sub(p.wantedAt) < refHold && s.streams[p.key] == p
 }
 
 // wantsSlots reports whether st has entries to start now or soon: queued,
@@ -508,6 +515,10 @@ func (s *scheduler) pick(now time.Time) *task {
 		t, best.urgent = best.urgent[0], best.urgent[1:]
 	} else {
 		t, best.ready = best.ready[0], best.ready[1:] // or the aged entry, read before the urgent ones came
+	}
+	if t.dueRetry {
+		t.dueRetry = false
+		best.retryQ--
 	}
 	s.queued--
 	s.free--
@@ -763,6 +774,8 @@ func (s *scheduler) fire() {
 			st.waiting--
 			s.waiting--
 			t.queuedAt = now
+			t.dueRetry = true
+			st.retryQ++
 			st.urgent = append(st.urgent, t)
 			s.queued++
 		}
@@ -783,6 +796,7 @@ func (s *scheduler) stop() (queued, waiting []*task) {
 		s.timer.Stop()
 	}
 	for _, st := range s.streams {
+		st.retryQ = 0
 		queued = append(queued, st.urgent...)
 		queued = append(queued, st.ready...)
 		st.urgent, st.ready = nil, nil
@@ -1075,6 +1089,10 @@ func (s *scheduler) takeStale(before time.Time) []*task {
 			kept := q[:0]
 			for _, t := range q {
 				if t.queuedAt.Before(before) {
+					if t.dueRetry {
+						t.dueRetry = false
+						st.retryQ--
+					}
 					out = append(out, t)
 				} else {
 					kept = append(kept, t)
