@@ -319,9 +319,17 @@ func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
 	for range min(b, 20) {
 		ts = append(ts, &task{m: &Message{Stream: "slow"}, reclaimed: true})
 	}
-	s.pushUrgent(ts)
+	if refused := s.pushUrgent(ts); len(refused) > 0 {
+		// Since finding 3, a reclaim round queues no more of a stream than
+		// its part and share (reclaimRoom): the rest of the deep queue
+		// comes as entries read (a blocking read of earlier rounds).
+		for _, tk := range refused {
+			tk.reclaimed = false
+		}
+		s.readDone(nil, refused)
+	}
 	free0 := s.free
-	t.Logf("slow classified %v; %d reclaimed entries queued: the slow stream runs %d, the fast %d, %d slots free", slow, len(ts), sim.running("slow"), sim.running("fast"), free0)
+	t.Logf("slow classified %v; %d entries queued (reclaimed, then read): the slow stream runs %d, the fast %d, %d slots free", slow, len(ts), sim.running("slow"), sim.running("fast"), free0)
 	if !slow || len(ts) < 16 || free0 == 0 {
 		t.Fatalf("setup: slow %v, %d reclaimed, %d free", slow, len(ts), free0)
 	}
@@ -375,7 +383,6 @@ func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
 // is computed from the fast stream's occupancy — which falls as the slow
 // one takes slots, so the head-room shrinks and it takes more.
 func TestReviewSched3ReclaimedSlowEntriesTakeSlots(t *testing.T) {
-	openFinding(t, 2, "a slow stream's reclaimed entries take most slots: the 1 ms stream beside it falls to 0.22-0.69 of its rate")
 	for _, slowDur := range []time.Duration{500 * holMs, 2 * time.Second} {
 		for _, ra := range []int{0, 16} {
 			t.Run(fmt.Sprintf("slow%v-ra%d", slowDur, ra), func(t *testing.T) {
@@ -612,7 +619,6 @@ func TestReviewSched3RandomOpsMemory(t *testing.T) {
 // partition has entries all along, is not read once for the whole 2 s
 // handler of the slow one (30 s handlers: 30 s).
 func TestReviewSched3ReclaimedQueueStallsReads(t *testing.T) {
-	openFinding(t, 4, "a slow stream's reclaimed queue uses up the read budget: 15 slots free and the 1 ms stream unread for a whole slow handler time")
 	sim := farSim(16, 16, map[string]time.Duration{"fast": holMs, "slow": 2 * time.Second})
 	s := sim.s
 	s.setStreams([]string{"fast", "slow"})

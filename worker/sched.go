@@ -439,15 +439,70 @@ func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
 		return ts
 	}
 	now := s.clock()
+	room := map[*sstream]int{}
 	for _, t := range ts {
 		st := s.stream(t.m.Stream)
+		n, ok := room[st]
+		if !ok {
+			n = s.reclaimRoomOf(st)
+		}
+		if n <= 0 {
+			// Over what the stream may queue (reclaimRound asks first:
+			// only a change since then gets here): handed back, for the
+			// next round.
+			refused = append(refused, t)
+			room[st] = 0
+			s.update(st, now)
+			continue
+		}
+		room[st] = n - 1
 		t.st, t.queuedAt = st, now
 		st.urgent = append(st.urgent, t)
 		s.queued++
 		s.update(st, now)
 	}
+	// A stream that was no contender at the reader's last classify is
+	// classified before its entries start: a slow one would otherwise take
+	// its equal share of the slots until the next read round.
+	s.classify(now)
 	s.dispatch(now)
-	return nil
+	return refused
+}
+
+// reclaimRoom is how many reclaimed entries of stream key a reclaim round
+// may queue: its part of the read-ahead (bufCap) and its share of the
+// slots (shareOf), less what it has queued. Without it, a slow stream
+// (share 1, part 1) took up to read-ahead + concurrency reclaimed entries:
+// they used up the read budget, the fast streams beside it were not read,
+// and it borrowed the slots they left idle (a 1 ms stream fell to
+// 0.22-0.69 of its rate).
+func (s *scheduler) reclaimRoom(key string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return 0
+	}
+	st := s.streams[key]
+	if st == nil {
+		st = &sstream{key: key}
+	}
+	return s.reclaimRoomOf(st)
+}
+
+// reclaimRoomOf is reclaimRoom for st (under s.mu). A stream that is no
+// contender is counted as one, classified as classify would.
+func (s *scheduler) reclaimRoomOf(st *sstream) int {
+	if st.contender {
+		return max(s.bufCap(st)+s.shareOf(st, s.share())-st.queued(), 0)
+	}
+	n := len(s.contenders) + 1
+	share := (s.conc + n - 1) / n
+	part := max((s.readAhead+s.free+n-1)/n, 1)
+	if f := s.fastAvg; st.timed && f >= 0 && st.avg > slowRatio*f+slowSlack {
+		share = max(1, int(int64(share)*int64(slowRatio*f+slowSlack)/int64(st.avg)))
+		part = max(1, min(part, int((int64(part)*int64(slowHorizon)+int64(st.avg)-1)/int64(st.avg))))
+	}
+	return max(share+part-st.queued(), 0)
 }
 
 // dispatch starts tasks while slots are free (under s.mu).
@@ -889,9 +944,19 @@ func (s *scheduler) wanted(probe bool) readRequest {
 		// free slots now allow, before the budget is counted.
 		s.dispatch(now)
 	}
-	budget := s.readAhead + s.free - s.queuedStartable(now) - s.reclaiming
-	if s.free > 0 {
-		budget += s.queuedCapped(now)
+	budget := s.readAhead + s.free - s.queuedStartable(now) - s.reclaiming + s.queuedCapped(now)
+	// A stream that wants slots, has nothing queued and runs fewer than
+	// its share is read for what it may start at once, whatever the
+	// others have queued: 31 reclaimed entries of a 2 s stream made the
+	// budget 0, and a 1 ms stream beside it was not read for a whole
+	// handler time with 15 slots free. What it reads starts in free slots
+	// (it is under its share), so the queues do not grow.
+	starved := false
+	if s.free > 0 && budget < s.free {
+		if n := s.starvedRoom(now); n > budget {
+			budget, starved = n, true
+			probe = false
+		}
 	}
 	if budget <= 0 {
 		return r
@@ -906,9 +971,23 @@ func (s *scheduler) wanted(probe bool) readRequest {
 		return st.listed && !st.paused(now) && st.waiting < s.maxWaiting && st.queued() <= s.bufCap(st)/2
 	}
 	var hot, slow []*sstream
+	share := s.share()
 	for st := range s.hotSet {
 		switch {
 		case !wants(st):
+		case starved:
+			// only the starved streams, for what they start at once (the
+			// least of them: no stream reads more than it starts)
+			n := s.starvedOf(st, share, now)
+			switch {
+			case n <= 0:
+			case st.slow:
+				slow = append(slow, st)
+				r.slowNeed = minNeed(r.slowNeed, n)
+			default:
+				hot = append(hot, st)
+				r.need = minNeed(r.need, n)
+			}
 		case st.slow:
 			slow = append(slow, st)
 			r.slowNeed = max(r.slowNeed, s.bufCap(st)-st.queued())
@@ -946,6 +1025,37 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	return r
 }
 
+func minNeed(cur, n int) int {
+	if cur == 0 {
+		return n
+	}
+	return min(cur, n)
+}
+
+// starvedOf is how many entries st would start at once (its share less
+// what it runs) if it wants slots and has nothing queued, else 0 (under
+// s.mu).
+func (s *scheduler) starvedOf(st *sstream, share int, now time.Time) int {
+	if !st.listed || st.queued() > 0 || st.paused(now) || st.waiting >= s.maxWaiting {
+		return 0
+	}
+	return max(s.shareOf(st, share)-st.running, 0)
+}
+
+// starvedRoom sums starvedOf over the hot streams, at most the free slots
+// (under s.mu). O(hot streams), as wanted.
+func (s *scheduler) starvedRoom(now time.Time) int {
+	share := s.share()
+	n := 0
+	for st := range s.hotSet {
+		n += s.starvedOf(st, share, now)
+		if n >= s.free {
+			return s.free
+		}
+	}
+	return n
+}
+
 // queuedStartable returns how many tasks are queued in streams that are not
 // paused (under s.mu). A paused stream's queue waits for the end of its
 // pause, holding no slot; it takes no room in the read-ahead of the others
@@ -972,15 +1082,27 @@ func (s *scheduler) queuedStartable(now time.Time) int {
 // --read-ahead 16). Memory stays bounded: what a read may bring is
 // ReadAhead + free − (queued − queuedCapped), and queuedCapped is at most
 // the handlers running, so queued stays within ReadAhead + Concurrency.
+//
+// A stream's queued entries beyond its part of the read-ahead (bufCap:
+// reclaimed ones, up to its share more, see reclaimRoom) do not count
+// either, free slots or not: they were not read, and counting them let a
+// slow stream's reclaimed entries stop the reads of the streams beside
+// it. The total left out is at most the handlers running, which keeps
+// the bound above.
 func (s *scheduler) queuedCapped(now time.Time) int {
 	share := s.share()
 	n := 0
 	for _, st := range s.readyList {
-		if !st.paused(now) && st.running >= s.shareOf(st, share) {
-			n += min(st.queued(), st.running)
+		if st.paused(now) {
+			continue
 		}
+		k := max(st.queued()-s.bufCap(st), 0)
+		if s.free > 0 && st.running >= s.shareOf(st, share) {
+			k = max(k, min(st.queued(), st.running))
+		}
+		n += k
 	}
-	return n
+	return min(n, s.running)
 }
 
 // endRead releases what the reader's round reserved (wanted): its
