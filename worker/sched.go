@@ -937,14 +937,20 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	// Entries for the free slots start at once; the read-ahead comes on
 	// top of them. A reclaim round on the way may bring its entries too.
 	now := s.clock()
+	budget := s.readBudget(now)
+	if budget <= 0 && s.free == 0 {
+		// Nothing to read and no slot to start anything in: no classify
+		// (O(contenders)) at every wake-up of a saturated worker.
+		return r
+	}
 	s.classify(now)
 	if s.free > 0 {
 		// The classification may have grown a share (a slow stream is
 		// not slow any more, the reference went away): start what the
 		// free slots now allow, before the budget is counted.
 		s.dispatch(now)
+		budget = s.readBudget(now)
 	}
-	budget := s.readAhead + s.free - s.queuedStartable(now) - s.reclaiming + s.queuedCapped(now)
 	// A stream that wants slots, has nothing queued and runs fewer than
 	// its share is read for what it may start at once, whatever the
 	// others have queued: 31 reclaimed entries of a 2 s stream made the
@@ -1023,6 +1029,13 @@ func (s *scheduler) wanted(probe bool) readRequest {
 		}
 	}
 	return r
+}
+
+// readBudget is how many entries a read may bring (under s.mu): the free
+// slots and the read-ahead, less what is queued (see queuedCapped) and
+// what a reclaim round on the way may bring.
+func (s *scheduler) readBudget(now time.Time) int {
+	return s.readAhead + s.free - s.queuedStartable(now) - s.reclaiming + s.queuedCapped(now)
 }
 
 func minNeed(cur, n int) int {
