@@ -156,6 +156,7 @@ type sstream struct {
 	wIdx       int       // index in its idleWant bucket (-1: not in it)
 	wBucket    int
 	wOcc       int64 // the occupancy it added to idleWant
+	dIdx       int   // index in idleWant's window heap (-1: not in it)
 
 	// Slot occupancy: busy is the integral of running over time since
 	// occAt; occ the mean running over the last whole occWindow.
@@ -211,7 +212,7 @@ func (s *scheduler) kick() {
 func (s *scheduler) stream(key string) *sstream {
 	st := s.streams[key]
 	if st == nil {
-		st = &sstream{key: key, rIdx: -1, wIdx: -1}
+		st = &sstream{key: key, rIdx: -1, wIdx: -1, dIdx: -1}
 		s.streams[key] = st
 	}
 	return st
@@ -484,7 +485,7 @@ func (s *scheduler) reclaimRoom(key string) int {
 	}
 	st := s.streams[key]
 	if st == nil {
-		st = &sstream{key: key}
+		st = &sstream{key: key, rIdx: -1, wIdx: -1, dIdx: -1}
 	}
 	return s.reclaimRoomOf(st)
 }
@@ -657,6 +658,7 @@ func (s *scheduler) mayBorrow(st, ref *sstream, now time.Time) bool {
 		return s.free > 0
 	}
 	var r reserve
+	s.idleWant.refresh(now)
 	if n, occ := s.idleWant.faster(st.avg); n > 0 {
 		r.any = true
 		r.idle += n
