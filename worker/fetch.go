@@ -30,11 +30,11 @@ const probeCalls = 64
 // Its cost does not grow with the number of idle streams, and it reads no
 // more than the read-ahead has room for. One XREADGROUP reads the streams
 // known to have entries ("hot": the last read found some) for as many
-// entries as the read-ahead has room for (the least recently read first
-// when the room does not cover them all); the hot streams the scheduler
-// classed slow are read by another one, with their smaller COUNT (it runs
-// only when a slow stream's short queue is half empty; the two take turns
-// at going first). The other streams are probed
+// entries as the read-ahead has room for (the least handler time charged
+// first when the room does not cover them all); the hot streams the
+// scheduler classed slow are read by another one, with their smaller COUNT
+// (it runs only when a slow stream's short queue is half empty; the list
+// whose first stream is charged least goes first). The other streams are probed
 // every probeInterval at most, and whenever the hot ones run dry: one
 // script (probeScript) runs XREADGROUP COUNT 1 over as many of them at a
 // time as entries may still be read, the least recently probed first, until

@@ -829,7 +829,6 @@ func TestReviewSched3NoStarvationMixed(t *testing.T) {
 // gives each half the slot (read-ahead 4 does: 10,000 records, 0.50).
 // (Pre-dates sched3: the read rotation of review-hol.)
 func TestReviewSched3OneSlotAlternatesByCount(t *testing.T) {
-	openFinding(t, 6, "one slot, read-ahead 0/1: a 1 ms stream beside a 500 ms one alternates with it record for record (0.002 of its rate)")
 	for _, ra := range []int{0, 1} {
 		res := runHol(1, ra, []holStream{{"m1", holMs, 1000000, 0}, {"m500", 500 * holMs, 1000000, 0}}, 20*time.Second, false)
 		alone := runHol(1, ra, []holStream{{"m1", holMs, 1000000, 0}}, 20*time.Second, false)

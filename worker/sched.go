@@ -881,7 +881,7 @@ type readRequest struct {
 	need     int      // entries the emptiest of them has room for
 	slow     []string // the same for the slow streams (read apart: their part is smaller)
 	slowNeed int
-	slowLast bool     // the hot streams' first was read less recently than the slow streams': read them first
+	slowLast bool     // the hot streams' first goes before the slow streams' (read less recently; charged less when the budget does not cover them all): read them first
 	anyHot   bool     // some stream is hot, wanting entries or not
 	idle     []string // the other streams that want entries (to probe), least recently read first
 	budget   int      // entries the read-ahead has room for
@@ -891,8 +891,9 @@ type readRequest struct {
 func (r *readRequest) empty() bool { return len(r.hot) == 0 && len(r.slow) == 0 && len(r.idle) == 0 }
 
 // hotRead returns which hot streams to read with budget entries of room,
-// and the COUNT: each at least one, the least recently read first when
-// the room does not cover them all (more: some are left for the next read).
+// and the COUNT: each at least one, the least charged first (see wanted)
+// when the room does not cover them all (more: some are left for the next
+// read).
 func (r *readRequest) hotRead(budget int) (keys []string, count int64, more bool) {
 	return splitRead(r.hot, r.need, budget)
 }
@@ -903,7 +904,8 @@ func (r *readRequest) slowRead(budget int) (keys []string, count int64, more boo
 }
 
 // parts returns hotRead and slowRead in the order to read them: the list
-// whose first stream was read least recently goes first, so that with
+// whose first stream goes first (slowLast: read least recently, or charged
+// least when the budget does not cover them all), so that with
 // little room (a few slots, no read-ahead) neither list takes it all at
 // every round.
 func (r *readRequest) parts() [2]func(int) ([]string, int64, bool) {
@@ -1005,16 +1007,33 @@ func (s *scheduler) wanted(probe bool) readRequest {
 		}
 	}
 	// Least recently read first, so that every hot stream is read in turn
-	// when the budget does not cover them all.
-	sortByRR(hot)
-	sortByRR(slow)
+	// when the budget covers them all. When it does not, the least
+	// handler time charged first (then least recently read), and the list
+	// whose first stream has the least goes first: with one slot and no
+	// read-ahead, the reader chose which stream got the slot, and by count
+	// (a 1 ms stream and a 500 ms one alternated record for record: the
+	// 1 ms one ran at 0.002 of its rate).
+	byCharge := budget < len(hot)+len(slow)
+	if byCharge {
+		sortByCharge(hot)
+		sortByCharge(slow)
+	} else {
+		sortByRR(hot)
+		sortByRR(slow)
+	}
 	for _, st := range hot {
 		r.hot = append(r.hot, st.key)
 	}
 	for _, st := range slow {
 		r.slow = append(r.slow, st.key)
 	}
-	r.slowLast = len(hot) > 0 && len(slow) > 0 && hot[0].rr < slow[0].rr
+	if len(hot) > 0 && len(slow) > 0 {
+		if byCharge {
+			r.slowLast = hot[0].vtime < slow[0].vtime || (hot[0].vtime == slow[0].vtime && hot[0].rr < slow[0].rr)
+		} else {
+			r.slowLast = hot[0].rr < slow[0].rr
+		}
+	}
 	if probe {
 		var idle []*sstream
 		for _, st := range s.streams {
@@ -1263,6 +1282,17 @@ func (h *taskHeap) Pop() any {
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
 	return t
+}
+
+// sortByCharge orders streams by handler time charged (vtime), then least
+// recently read first.
+func sortByCharge(sts []*sstream) {
+	slices.SortFunc(sts, func(a, b *sstream) int {
+		if c := cmp.Compare(a.vtime, b.vtime); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.rr, b.rr)
+	})
 }
 
 func sortByRR(sts []*sstream) {
