@@ -881,3 +881,27 @@ func TestSchedIdleWantOccupancyDecays(t *testing.T) {
 		t.Errorf("idleWant counts occupancy %.1f for a stream whose real occupancy is %.1f", got, cp.occ)
 	}
 }
+
+// TestSchedSettledUnrunKeepsAverage: an entry settled without running (a
+// lease lost, dead-lettered unrun: no handler time) leaves its stream's
+// handler-time average alone.
+func TestSchedSettledUnrunKeepsAverage(t *testing.T) {
+	sim := farSim(4, 4, map[string]time.Duration{"s": 500 * holMs})
+	s := sim.s
+	s.setStreams([]string{"s"})
+	sim.read("s", 1)
+	sim.step() // timed: 500 ms
+	sim.read("s", 4)
+	for range 4 {
+		r := heap.Pop(&sim.runs).(simRun)
+		if next, _ := s.finish(r.t, 0, settled, time.Time{}); next != nil {
+			sim.begin(next)
+		}
+	}
+	s.mu.Lock()
+	avg := s.streams["s"].avg
+	s.mu.Unlock()
+	if avg != 500*holMs {
+		t.Errorf("after 4 entries settled unrun, the handler-time average is %v, want 500ms", avg)
+	}
+}

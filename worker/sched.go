@@ -725,10 +725,15 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 	s.free++
 	s.finished++
 	st.vtime += took - t.charged
-	first := !st.timed
-	if first {
+	// An entry settled without running (its lease lost, dead-lettered
+	// unrun) is no handler time: a 0 folded into the average made the
+	// stream look faster than it is.
+	timing := res != settled || took > 0
+	first := timing && !st.timed
+	switch {
+	case first:
 		st.avg, st.timed = took, true
-	} else {
+	case timing:
 		st.avg += (took - st.avg) / 8
 	}
 	if res == handled || res == retry {
