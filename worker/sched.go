@@ -86,6 +86,7 @@ type scheduler struct {
 	runList    []*sstream    // streams running handlers (see sched_index.go)
 	idleWant   wantIndex     // streams that want slots, run none and have none queued
 	candBuf    []*sstream    // lender's candidates (reused)
+	grants     []*sstream    // streams reclaimRoom granted room to, for the reclaim round on the way
 }
 
 // lendSlack: a stream over its share may take a slot while another stream
@@ -156,6 +157,7 @@ type sstream struct {
 	wIdx       int       // index in its idleWant bucket (-1: not in it)
 	wBucket    int
 	wOcc       int64 // the occupancy it added to idleWant
+	granted    int   // reclaimed entries reclaimRoom allowed the reclaim round on the way
 	dIdx       int   // index in idleWant's window heap (-1: not in it)
 
 	// Slot occupancy: busy is the integral of running over time since
@@ -433,6 +435,13 @@ func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reclaiming = 0 // the round is over: what it brought is queued now
+	granted := map[*sstream]int{}
+	for _, st := range s.grants {
+		granted[st] = st.granted
+		st.granted = 0
+	}
+	clear(s.grants)
+	s.grants = s.grants[:0]
 	if len(ts) == 0 {
 		return nil
 	}
@@ -445,7 +454,9 @@ func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
 		st := s.stream(t.m.Stream)
 		n, ok := room[st]
 		if !ok {
-			n = s.reclaimRoomOf(st)
+			// what reclaimRoom granted the round holds: reads or slots
+			// taken since may have shrunk the room
+			n = max(s.reclaimRoomOf(st), granted[st])
 		}
 		if n <= 0 {
 			// Over what the stream may queue (reclaimRound asks first:
@@ -485,9 +496,11 @@ func (s *scheduler) reclaimRoom(key string) int {
 	}
 	st := s.streams[key]
 	if st == nil {
-		st = &sstream{key: key, rIdx: -1, wIdx: -1, dIdx: -1}
+		return s.reclaimRoomOf(&sstream{key: key, rIdx: -1, wIdx: -1, dIdx: -1})
 	}
-	return s.reclaimRoomOf(st)
+	st.granted = s.reclaimRoomOf(st)
+	s.grants = append(s.grants, st)
+	return st.granted
 }
 
 // reclaimRoomOf is reclaimRoom for st (under s.mu). A stream that is no
@@ -1121,27 +1134,18 @@ func (s *scheduler) queuedStartable(now time.Time) int {
 // --read-ahead 16). Memory stays bounded: what a read may bring is
 // ReadAhead + free − (queued − queuedCapped), and queuedCapped is at most
 // the handlers running, so queued stays within ReadAhead + Concurrency.
-//
-// A stream's queued entries beyond its part of the read-ahead (bufCap:
-// reclaimed ones, up to its share more, see reclaimRoom) do not count
-// either, free slots or not: they were not read, and counting them let a
-// slow stream's reclaimed entries stop the reads of the streams beside
-// it. The total left out is at most the handlers running, which keeps
-// the bound above.
 func (s *scheduler) queuedCapped(now time.Time) int {
+	if s.free == 0 {
+		return 0
+	}
 	share := s.share()
 	n := 0
 	for _, st := range s.readyList {
-		if st.paused(now) {
-			continue
+		if !st.paused(now) && st.running >= s.shareOf(st, share) {
+			n += min(st.queued(), st.running)
 		}
-		k := max(st.queued()-s.bufCap(st), 0)
-		if s.free > 0 && st.running >= s.shareOf(st, share) {
-			k = max(k, min(st.queued(), st.running))
-		}
-		n += k
 	}
-	return min(n, s.running)
+	return n
 }
 
 // endRead releases what the reader's round reserved (wanted): its
