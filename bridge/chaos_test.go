@@ -73,7 +73,7 @@ func (e *env) waitDone(t *testing.T, l *ledger, within time.Duration) (lost, dup
 		want += v
 	}
 	testenv.Eventually(t, within, func() bool { return int64(l.total()) >= want },
-		"processed %d of %d records", l.total(), want)
+		"processed %d of %d records", func() any { return l.total() }, want)
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		c := testenv.Committed(t, e.brokers, e.group, e.topic, e.partitions)
 		for p := range end {

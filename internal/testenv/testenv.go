@@ -271,13 +271,23 @@ func Committed(t testing.TB, brokers []string, group, topic string, partitions i
 }
 
 // Eventually polls cond every 20 ms until it returns true, and fails the test
-// with the message if it has not by the deadline.
+// with the message if it has not by the deadline. An argument given as a
+// func() any is called for the message at the failure.
 func Eventually(t testing.TB, within time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("after %v: "+format, append([]any{within}, args...)...)
+			// an argument given as a func() any is read now, at the
+			// failure, not when Eventually was called
+			vals := []any{within}
+			for _, a := range args {
+				if f, ok := a.(func() any); ok {
+					a = f()
+				}
+				vals = append(vals, a)
+			}
+			t.Fatalf("after %v: "+format, vals...)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
