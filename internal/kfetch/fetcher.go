@@ -381,6 +381,11 @@ type entry struct {
 	epoch  uint64
 	offset int64
 	seen   bool
+	// expansion is the cost of a fetched byte the request reserved at:
+	// its result's decoding is expected to take that much (spare), not
+	// what was learned while it was in flight (a higher figure charged
+	// more than was reserved, and put the peak over the budget)
+	expansion float64
 }
 
 // find returns the entry of topic/partition, looking at position *k first
@@ -434,7 +439,7 @@ func (f *Fetcher) send(ctx context.Context, id int32, parts []*Partition, reserv
 	for _, t := range msg.req.Topics { // entries in the order of the request
 		for _, rp := range t.Partitions {
 			p := f.parts[tp{t.Topic, rp.Partition}]
-			req.entries = append(req.entries, entry{p: p, epoch: p.epoch, offset: rp.FetchOffset})
+			req.entries = append(req.entries, entry{p: p, epoch: p.epoch, offset: rp.FetchOffset, expansion: f.expansion})
 			p.inflight = true
 			p.fetches++
 		}
@@ -650,7 +655,7 @@ func (f *Fetcher) partitionDone(e *entry, rp *respPartition, eligible bool, now 
 		// the set, and what decoding it is expected to take: the
 		// request reserved as much
 		r.set = rp.records
-		r.spare = int64(float64(len(rp.records)) * (f.expansion - 1))
+		r.spare = int64(float64(len(rp.records)) * (e.expansion - 1))
 		r.charged = int64(cap(rp.records)) + r.spare
 		f.used += r.charged
 		f.stats.MemoryPeak = max(f.stats.MemoryPeak, f.used+f.reserved)
