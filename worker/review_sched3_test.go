@@ -327,9 +327,10 @@ func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
 		ts = append(ts, &task{m: &Message{Stream: "slow"}, reclaimed: true})
 	}
 	if refused := s.pushUrgent(ts); len(refused) > 0 {
-		// Since finding 3, a reclaim round queues no more of a stream than
-		// its part and share (reclaimRoom): the rest of the deep queue
-		// comes as entries read (a blocking read of earlier rounds).
+		// Between 64f2257 and review4 finding 1, pushUrgent refused what
+		// was beyond a stream's part and share: the rest of the deep
+		// queue comes as entries read (a blocking read of earlier
+		// rounds). pushUrgent refuses nothing now (it parks).
 		for _, tk := range refused {
 			tk.reclaimed = false
 		}

@@ -137,7 +137,7 @@ type sstream struct {
 	key        string
 	ready      []*task // read, not started
 	urgent     []*task // reclaimed or due for a retry: before ready
-	parked     []*task // reclaimed beyond reclaimRoomOf: queued into urgent as it drains (see unpark)
+	parked     []*task // reclaimed, beyond what it starts at once: queued into urgent as it drains (unpark)
 	running    int
 	waiting    int           // tasks in the timer heap
 	retryQ     int           // retries come due, queued, not started (see failing)
@@ -433,8 +433,7 @@ func (s *scheduler) listed() []string {
 // streams, and starts what the free slots allow. After stop, it returns the
 // tasks (to be handed back) instead.
 //
-// A stream queues no more reclaimed tasks than reclaimRoomOf allows (its part
-// of the read-ahead and its share of the slots, less what it has queued);
+// A stream queues no more reclaimed tasks than it starts at once (unpark);
 // the rest are parked: held by this worker (claimed, their leases extended
 // like any held entry's), counted in the stats, but neither queued nor
 // counted in the read budget of the other streams, and started only as
@@ -506,28 +505,6 @@ func (s *scheduler) unpark(st *sstream, now time.Time) {
 	s.parked -= n
 	s.queued += n
 	s.update(st, now)
-}
-
-// reclaimRoomOf is how many reclaimed tasks st may queue (under s.mu): its
-// part of the read-ahead (bufCap) and its share of the slots (shareOf),
-// less what it has queued. Without it, a slow stream (share 1, part 1)
-// queued up to read-ahead + concurrency reclaimed entries: they used up the
-// read budget, the fast streams beside it were not read, and it borrowed
-// the slots they left idle (a 1 ms stream fell to 0.22-0.69 of its rate).
-// A stream that is no contender is counted as one, classified as classify
-// would.
-func (s *scheduler) reclaimRoomOf(st *sstream) int {
-	if st.contender {
-		return max(s.bufCap(st)+s.shareOf(st, s.share())-st.queued(), 0)
-	}
-	n := len(s.contenders) + 1
-	share := (s.conc + n - 1) / n
-	part := max((s.readAhead+s.free+n-1)/n, 1)
-	if f := s.fastAvg; st.timed && f >= 0 && st.avg > slowRatio*f+slowSlack {
-		share = max(1, int(int64(share)*int64(slowRatio*f+slowSlack)/int64(st.avg)))
-		part = max(1, min(part, int((int64(part)*int64(slowHorizon)+int64(st.avg)-1)/int64(st.avg))))
-	}
-	return max(share+part-st.queued(), 0)
 }
 
 // dispatch starts tasks while slots are free (under s.mu).
