@@ -75,8 +75,9 @@ const reclaimBurstPause = 10 * time.Millisecond
 // (XAUTOCLAIM), as many as the scheduler has room for (reclaimBudget): that
 // room goes Concurrency beyond the read-ahead, which new reads may not use,
 // so a dead worker's entries are taken over even while every worker is
-// saturated — they hold their partitions' commits; each stream no more than
-// it may queue (reclaimRoom). They are queued before the entries
+// saturated — they hold their partitions' commits. A stream queues no more
+// than its part and share (what is beyond is parked: held and leased, started
+// as its queue drains, see pushUrgent). They are queued before the entries
 // read of their streams. First one pipelined XPENDING IDLE per stream finds
 // the streams that have such entries, and where the first one is; then only
 // those are claimed from, starting with a different stream every round so
@@ -96,7 +97,7 @@ func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) (more, claime
 		return false, false
 	}
 	budget := w.sched.reclaimBudget(recent) // reserved until pushUrgent
-	claimed, capped := 0, false
+	claimed := 0
 	// The scripts are not cut short by a shutdown: an entry claimed in
 	// Redis but not seen here would wait a visibility timeout more.
 	sctx := context.WithoutCancel(ctx)
@@ -109,17 +110,7 @@ func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) (more, claime
 		if budget <= 0 || ctx.Err() != nil {
 			break
 		}
-		// No more than the stream may queue (its part of the read-ahead
-		// and its share of the slots): the rest of the budget goes to the
-		// other streams, and what is left here to the next round.
-		n := min(budget, w.sched.reclaimRoom(s))
-		if n < budget {
-			capped = true
-		}
-		if n <= 0 {
-			continue
-		}
-		args := append([]any{w.cfg.Group, w.cfg.Consumer, w.cfg.VisibilityTimeout.Milliseconds(), start, n}, w.heldIn(s)...)
+		args := append([]any{w.cfg.Group, w.cfg.Consumer, w.cfg.VisibilityTimeout.Milliseconds(), start, budget}, w.heldIn(s)...)
 		res, err := reclaimScript.Run(sctx, w.rdb, []string{s}, args...).Slice()
 		if err != nil {
 			if !isNoSuchKey(err) && !redis.HasErrorPrefix(err, "NOGROUP") {
@@ -150,7 +141,7 @@ func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) (more, claime
 	if len(refused) > 0 {
 		w.handBack(refused)
 	}
-	return (budget <= 0 || capped) && len(refused) == 0, claimed > 0
+	return budget <= 0 && len(refused) == 0, claimed > 0
 }
 
 // idleEntries returns, for each stream with an entry pending for at least

@@ -86,7 +86,7 @@ type scheduler struct {
 	runList    []*sstream    // streams running handlers (see sched_index.go)
 	idleWant   wantIndex     // streams that want slots, run none and have none queued
 	candBuf    []*sstream    // lender's candidates (reused)
-	grants     []*sstream    // streams reclaimRoom granted room to, for the reclaim round on the way
+	parked     int           // tasks parked (sstream.parked): held, not in queued
 }
 
 // lendSlack: a stream over its share may take a slot while another stream
@@ -137,6 +137,7 @@ type sstream struct {
 	key        string
 	ready      []*task // read, not started
 	urgent     []*task // reclaimed or due for a retry: before ready
+	parked     []*task // reclaimed, beyond what it starts at once: queued into urgent as it drains (unpark)
 	running    int
 	waiting    int           // tasks in the timer heap
 	retryQ     int           // retries come due, queued, not started (see failing)
@@ -157,7 +158,6 @@ type sstream struct {
 	wIdx       int       // index in its idleWant bucket (-1: not in it)
 	wBucket    int
 	wOcc       int64 // the occupancy it added to idleWant
-	granted    int   // reclaimed entries reclaimRoom allowed the reclaim round on the way
 	dIdx       int   // index in idleWant's window heap (-1: not in it)
 
 	// Slot occupancy: busy is the integral of running over time since
@@ -312,10 +312,11 @@ func (s *scheduler) recentRef(now time.Time) bool {
 	return p != nil && p.timed && !p.failing() && now.Sub(p.wantedAt) < refHold && s.streams[p.key] == p
 }
 
-// wantsSlots reports whether st has entries to start now or soon: queued,
-// or the last read found some (and it may be read), and it is not paused.
+// wantsSlots reports whether st has entries to start now or soon: queued
+// or parked, or the last read found some (and it may be read), and it is
+// not paused.
 func (s *scheduler) wantsSlots(st *sstream, now time.Time) bool {
-	return !st.paused(now) && (st.queued() > 0 || (st.hot && st.listed && st.waiting < s.maxWaiting))
+	return !st.paused(now) && (st.queued() > 0 || len(st.parked) > 0 || (st.hot && st.listed && st.waiting < s.maxWaiting))
 }
 
 // update recomputes st's standing after a change (under s.mu).
@@ -355,7 +356,7 @@ func (s *scheduler) update(st *sstream, now time.Time) {
 		}
 	}
 	s.reindex(st, now)
-	if !st.listed && !st.contender && st.queued() == 0 && st.waiting == 0 && st.running == 0 {
+	if !st.listed && !st.contender && st.queued() == 0 && len(st.parked) == 0 && st.waiting == 0 && st.running == 0 {
 		delete(s.streams, st.key)
 		delete(s.hotSet, st)
 	}
@@ -431,17 +432,21 @@ func (s *scheduler) listed() []string {
 // pushUrgent queues reclaimed tasks, before the entries read of their
 // streams, and starts what the free slots allow. After stop, it returns the
 // tasks (to be handed back) instead.
+//
+// A stream queues no more reclaimed tasks than it starts at once (unpark);
+// the rest are parked: held by this worker (claimed, their leases extended
+// like any held entry's), counted in the stats, but neither queued nor
+// counted in the read budget of the other streams, and started only as
+// their stream's queue drains (unpark), under the usual share / borrow
+// rules. A reclaim round thus claims every due entry at once (the dead
+// worker's entries leave its pending list within the reclaim interval)
+// without a slow stream's reclaimed entries taking the read budget or the
+// slots of the streams beside it. Parked tasks are bounded by what the
+// dead workers held, as retries and paused queues are.
 func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reclaiming = 0 // the round is over: what it brought is queued now
-	granted := map[*sstream]int{}
-	for _, st := range s.grants {
-		granted[st] = st.granted
-		st.granted = 0
-	}
-	clear(s.grants)
-	s.grants = s.grants[:0]
 	if len(ts) == 0 {
 		return nil
 	}
@@ -449,74 +454,57 @@ func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
 		return ts
 	}
 	now := s.clock()
-	room := map[*sstream]int{}
 	for _, t := range ts {
 		st := s.stream(t.m.Stream)
-		n, ok := room[st]
-		if !ok {
-			// what reclaimRoom granted the round holds: reads or slots
-			// taken since may have shrunk the room
-			n = max(s.reclaimRoomOf(st), granted[st])
-		}
-		if n <= 0 {
-			// Over what the stream may queue (reclaimRound asks first:
-			// only a change since then gets here): handed back, for the
-			// next round.
-			refused = append(refused, t)
-			room[st] = 0
-			s.update(st, now)
-			continue
-		}
-		room[st] = n - 1
 		t.st, t.queuedAt = st, now
-		st.urgent = append(st.urgent, t)
-		s.queued++
-		s.update(st, now)
+		st.parked = append(st.parked, t)
+		s.parked++
 	}
 	// A stream that was no contender at the reader's last classify is
-	// classified before its entries start: a slow one would otherwise take
-	// its equal share of the slots until the next read round.
+	// classified before its entries are queued and start: a slow one would
+	// otherwise take its equal share of the slots until the next read
+	// round.
+	for _, t := range ts {
+		s.update(t.st, now)
+	}
 	s.classify(now)
+	for _, t := range ts {
+		s.unpark(t.st, now)
+	}
 	s.dispatch(now)
-	return refused
+	return nil
 }
 
-// reclaimRoom is how many reclaimed entries of stream key a reclaim round
-// may queue: its part of the read-ahead (bufCap) and its share of the
-// slots (shareOf), less what it has queued. Without it, a slow stream
-// (share 1, part 1) took up to read-ahead + concurrency reclaimed entries:
-// they used up the read budget, the fast streams beside it were not read,
-// and it borrowed the slots they left idle (a 1 ms stream fell to
-// 0.22-0.69 of its rate).
-func (s *scheduler) reclaimRoom(key string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopped {
-		return 0
+// unpark queues st's parked tasks, before its other entries, as many as it
+// may start at once (its share less what it runs and has queued), and one
+// when it has nothing queued (under s.mu): a stream with parked tasks always
+// has one queued, so it is in the ready list and takes slots by the usual
+// rules (its share, borrowing as lender allows), one parked task after the
+// other. Its queue stays within its share (+1), so parked tasks take no
+// room in the read-ahead of the streams beside it.
+func (s *scheduler) unpark(st *sstream, now time.Time) {
+	if len(st.parked) == 0 {
+		return
 	}
-	st := s.streams[key]
-	if st == nil {
-		return s.reclaimRoomOf(&sstream{key: key, rIdx: -1, wIdx: -1, dIdx: -1})
+	n := min(len(st.parked), s.shareOf(st, s.share())-st.running-st.queued())
+	if st.queued() == 0 {
+		n = max(n, 1)
 	}
-	st.granted = s.reclaimRoomOf(st)
-	s.grants = append(s.grants, st)
-	return st.granted
-}
-
-// reclaimRoomOf is reclaimRoom for st (under s.mu). A stream that is no
-// contender is counted as one, classified as classify would.
-func (s *scheduler) reclaimRoomOf(st *sstream) int {
-	if st.contender {
-		return max(s.bufCap(st)+s.shareOf(st, s.share())-st.queued(), 0)
+	if n <= 0 {
+		return
 	}
-	n := len(s.contenders) + 1
-	share := (s.conc + n - 1) / n
-	part := max((s.readAhead+s.free+n-1)/n, 1)
-	if f := s.fastAvg; st.timed && f >= 0 && st.avg > slowRatio*f+slowSlack {
-		share = max(1, int(int64(share)*int64(slowRatio*f+slowSlack)/int64(st.avg)))
-		part = max(1, min(part, int((int64(part)*int64(slowHorizon)+int64(st.avg)-1)/int64(st.avg))))
+	for _, t := range st.parked[:n] {
+		t.queuedAt = now
+		st.urgent = append(st.urgent, t)
 	}
-	return max(share+part-st.queued(), 0)
+	clear(st.parked[:n])
+	st.parked = st.parked[n:]
+	if len(st.parked) == 0 {
+		st.parked = nil
+	}
+	s.parked -= n
+	s.queued += n
+	s.update(st, now)
 }
 
 // dispatch starts tasks while slots are free (under s.mu).
@@ -597,6 +585,7 @@ func (s *scheduler) pick(now time.Time) *task {
 	s.vnow = max(s.vnow, least)
 	t.charged = best.avg
 	best.vtime += t.charged
+	s.unpark(best, now)
 	s.update(best, now)
 	if best.queued() <= s.bufCap(best)/2 {
 		s.kick()
@@ -873,8 +862,9 @@ func (s *scheduler) stop() (queued, waiting []*task) {
 	for _, st := range s.streams {
 		st.retryQ = 0
 		queued = append(queued, st.urgent...)
+		queued = append(queued, st.parked...)
 		queued = append(queued, st.ready...)
-		st.urgent, st.ready = nil, nil
+		st.urgent, st.parked, st.ready = nil, nil, nil
 	}
 	for _, t := range s.timers {
 		if !t.wake {
@@ -882,15 +872,16 @@ func (s *scheduler) stop() (queued, waiting []*task) {
 		}
 	}
 	s.timers = nil
-	s.queued, s.waiting = 0, 0
+	s.queued, s.waiting, s.parked = 0, 0, 0
 	return queued, waiting
 }
 
-// counts returns the tasks queued, waiting for a retry and running.
-func (s *scheduler) counts() (queued, waiting, running int) {
+// counts returns the tasks queued (parked ones too), waiting for a retry
+// and running, and how many of the queued are parked.
+func (s *scheduler) counts() (queued, waiting, running, parked int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.queued, s.waiting, s.running
+	return s.queued + s.parked, s.waiting, s.running, s.parked
 }
 
 // readRequest is what the reader should read next.
@@ -996,7 +987,7 @@ func (s *scheduler) wanted(probe bool) readRequest {
 		}
 	}()
 	wants := func(st *sstream) bool {
-		return st.listed && !st.paused(now) && st.waiting < s.maxWaiting && st.queued() <= s.bufCap(st)/2
+		return st.listed && len(st.parked) == 0 && !st.paused(now) && st.waiting < s.maxWaiting && st.queued() <= s.bufCap(st)/2
 	}
 	var hot, slow []*sstream
 	share := s.share()
@@ -1088,7 +1079,7 @@ func minNeed(cur, n int) int {
 // what it runs) if it wants slots and has nothing queued, else 0 (under
 // s.mu).
 func (s *scheduler) starvedOf(st *sstream, share int, now time.Time) int {
-	if !st.listed || st.queued() > 0 || st.paused(now) || st.waiting >= s.maxWaiting {
+	if !st.listed || st.queued() > 0 || len(st.parked) > 0 || st.paused(now) || st.waiting >= s.maxWaiting {
 		return 0
 	}
 	return max(s.shareOf(st, share)-st.running, 0)
@@ -1269,6 +1260,7 @@ func (s *scheduler) takeStale(before time.Time) []*task {
 		st.urgent, st.ready = keep(st.urgent), keep(st.ready)
 		if len(out) > n {
 			s.queued -= len(out) - n
+			s.unpark(st, now)
 			s.update(st, now)
 		}
 	}

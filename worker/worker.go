@@ -194,7 +194,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-done:
 		timer.Stop()
 	case <-timer.C:
-		_, _, n := w.sched.counts()
+		_, _, n, _ := w.sched.counts()
 		cancelHandlers()
 		err = fmt.Errorf("%w: %d handlers did not finish in %v; their entries stay pending and will be reclaimed",
 			ErrShutdownTimeout, n, w.cfg.ShutdownTimeout)
@@ -454,6 +454,7 @@ type Stats struct {
 	InFlight     int64 // handlers running now
 	Queued       int64 // entries read ahead or reclaimed, waiting for a handler slot
 	Waiting      int64 // entries waiting for a retry (their slot given back)
+	Parked       int64 // of Queued, reclaimed entries beyond their stream's part and share: started as its queue drains, outside the read-ahead bound (at most what dead workers held)
 	Held         int64 // entries held now: running, queued, waiting, or awaiting their ack
 	Streams      int64 // streams read at the last discovery
 }
@@ -467,7 +468,7 @@ func (w *Worker) Stats() Stats {
 	w.mu.Lock()
 	held := int64(len(w.held))
 	w.mu.Unlock()
-	queued, waiting, running := w.sched.counts()
+	queued, waiting, running, parked := w.sched.counts()
 	return Stats{
 		Processed:    w.stats.processed.Load(),
 		Failed:       w.stats.failed.Load(),
@@ -481,6 +482,7 @@ func (w *Worker) Stats() Stats {
 		InFlight:     int64(running),
 		Queued:       int64(queued),
 		Waiting:      int64(waiting),
+		Parked:       int64(parked),
 		Held:         held,
 		Streams:      w.stats.streams.Load(),
 	}
