@@ -1260,6 +1260,11 @@ func (s *scheduler) takeStale(before time.Time) []*task {
 		st.urgent, st.ready = keep(st.urgent), keep(st.ready)
 		if len(out) > n {
 			s.queued -= len(out) - n
+			// what it parked waited longer still: this worker cannot
+			// start those either
+			out = append(out, st.parked...)
+			s.parked -= len(st.parked)
+			st.parked = nil
 			s.unpark(st, now)
 			s.update(st, now)
 		}

@@ -311,3 +311,32 @@ func (s *scheduler) checkIndex(now time.Time) string {
 	}
 	return ""
 }
+
+// TestSchedStaleTakesParked: when a stream's queued entries wait a
+// visibility timeout (its handlers hang), the reclaimed entries it parked
+// behind them are handed back too — they waited longer still — not one
+// visibility timeout each.
+func TestSchedStaleTakesParked(t *testing.T) {
+	sim := newSchedSim(2, 2, map[string]time.Duration{"a": time.Hour})
+	sim.s.setStreams([]string{"a"})
+	sim.read("a", 2) // both slots busy for an hour: the handlers hang
+	ts := make([]*task, 10)
+	for i := range ts {
+		ts[i] = &task{m: &Message{Stream: "a", ID: fmt.Sprint("r", i)}}
+	}
+	if refused := sim.s.pushUrgent(ts); len(refused) > 0 {
+		t.Fatalf("refused %d", len(refused))
+	}
+	queued, _, _, parked := sim.s.counts()
+	if parked == 0 || queued != 10 {
+		t.Fatalf("queued %d (parked %d): want the 10 reclaimed entries held, some parked", queued, parked)
+	}
+	sim.now += time.Minute
+	stale := sim.s.takeStale(sim.s.clock().Add(-30 * time.Second))
+	if len(stale) != 10 {
+		t.Errorf("handed back %d of the 10 entries that waited a minute; want all (queued and parked)", len(stale))
+	}
+	if queued, _, _, parked := sim.s.counts(); queued != 0 || parked != 0 {
+		t.Errorf("after the hand-back: queued %d, parked %d", queued, parked)
+	}
+}
