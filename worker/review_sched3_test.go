@@ -18,6 +18,9 @@ import (
 	"time"
 )
 
+// openFinding skips a test that fails while the review finding it shows is
+// open, unless KBRIDGE_OPEN_FINDINGS=1 (review 3's are all fixed; review 4
+// uses it).
 func openFinding(t *testing.T, n int, what string) {
 	t.Helper()
 	if os.Getenv("KBRIDGE_OPEN_FINDINGS") != "1" {

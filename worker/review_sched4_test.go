@@ -9,18 +9,10 @@ package worker
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"testing"
 	"time"
 )
-
-func openFinding4(t *testing.T, n int, what string) {
-	t.Helper()
-	if os.Getenv("KBRIDGE_OPEN_FINDINGS") != "1" {
-		t.Skipf("open finding %d: %s (run with KBRIDGE_OPEN_FINDINGS=1)", n, what)
-	}
-}
 
 // recRig adds to a holRig a reclaim loop as reclaimLoop / reclaimRound run
 // it (ticks every interval; in a tick, rounds follow each other after
@@ -336,7 +328,7 @@ func (s *scheduler) checkDue() string {
 // same figures (0.31 / 0.31 / 0.31); with the reclaim of the slow streams'
 // dead entries (recRig) ra0-slow8 falls to 0.12.
 func TestReviewSched4SeveralSlowStreamsLowReadAhead(t *testing.T) {
-	openFinding4(t, 2, "a 1 ms stream beside 4-8 streams of 2 s handlers with read-ahead 0-4 gets 0.31 of its rate alone (0.41-0.62 of its share); the slow ones borrow ~7 slots and 2-3 slots idle with work queued")
+	openFinding(t, 2, "a 1 ms stream beside 4-8 streams of 2 s handlers with read-ahead 0-4 gets 0.31 of its rate alone (0.41-0.62 of its share); the slow ones borrow ~7 slots and 2-3 slots idle with work queued")
 	for _, ra := range []int{0, 4, 16} {
 		for _, nSlow := range []int{4, 8} {
 			t.Run(fmt.Sprintf("ra%d-slow%d", ra, nSlow), func(t *testing.T) {

@@ -428,19 +428,8 @@ func TestSlowHousekeepingDoesNotStallReads(t *testing.T) {
 // handled once.
 func TestReclaimUnderSaturation(t *testing.T) {
 	e := newEnv(t)
-	var streams []string
-	for p := range 3 {
-		s := e.stream(t, "t", p)
-		e.add(t, s, 0, 300)
-		streams = append(streams, s)
-	}
-	ctx := context.Background()
 	// "dead" reads 10 entries of each stream and is SIGKILLed.
-	res, err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "dead",
-		Streams: append(slices3(streams), ">", ">", ">"), Count: 10}).Result()
-	if err != nil || len(res) != 3 {
-		t.Fatalf("XREADGROUP = %d streams, %v", len(res), err)
-	}
+	_, deadPending := deadConsumer(t, e, 10)
 	died := time.Now()
 	got := newSeen()
 	cfg := e.config(func(ctx context.Context, m *Message) error {
@@ -458,17 +447,6 @@ func TestReclaimUnderSaturation(t *testing.T) {
 		running(t, w)
 		ws = append(ws, w)
 	}
-	deadPending := func() int64 {
-		n := int64(0)
-		for _, s := range streams {
-			ps, err := e.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: s, Group: DefaultGroup, Start: "-", End: "+", Count: 100, Consumer: "dead"}).Result()
-			if err != nil {
-				t.Fatal(err)
-			}
-			n += int64(len(ps))
-		}
-		return n
-	}
 	var saturated bool
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		sat := true
@@ -478,7 +456,7 @@ func TestReclaimUnderSaturation(t *testing.T) {
 		}
 		saturated = saturated || sat
 		return deadPending() == 0
-	}, "the dead consumer still holds %d entries", deadPending())
+	}, "the dead consumer still holds %d entries", func() any { return deadPending() })
 	took := time.Since(died)
 	left := 900 - got.distinct()
 	t.Logf("dead consumer's 30 entries reclaimed %v after it died (visibility timeout %v, reclaim interval %v) with %d records of the backlog still to do; workers saw saturated: %v",
@@ -506,6 +484,36 @@ func TestReclaimUnderSaturation(t *testing.T) {
 }
 
 func slices3(s []string) []string { return append([]string(nil), s...) }
+
+// deadConsumer fills 3 streams with 300 entries each and has the consumer
+// "dead" read perStream of each (then it is gone, as if SIGKILLed). It
+// returns the streams and a count of the entries still pending under it.
+func deadConsumer(t *testing.T, e *env, perStream int64) ([]string, func() int) {
+	t.Helper()
+	var streams []string
+	for p := range 3 {
+		s := e.stream(t, "t", p)
+		e.add(t, s, 0, 300)
+		streams = append(streams, s)
+	}
+	ctx := context.Background()
+	res, err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "dead",
+		Streams: append(slices3(streams), ">", ">", ">"), Count: perStream}).Result()
+	if err != nil || len(res) != 3 {
+		t.Fatalf("XREADGROUP = %d streams, %v", len(res), err)
+	}
+	return streams, func() int {
+		n := 0
+		for _, s := range streams {
+			ps, err := e.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: s, Group: DefaultGroup, Start: "-", End: "+", Count: 1000, Consumer: "dead"}).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(ps)
+		}
+		return n
+	}
+}
 
 // TestShutdownHandsBackQueued: entries read ahead and not started when the
 // worker stops are handed back at once (idle for the visibility timeout,
@@ -659,18 +667,7 @@ func TestShutdownDuringRetryWait(t *testing.T) {
 // apart, took 45 s).
 func TestReclaimBurst(t *testing.T) {
 	e := newEnv(t)
-	var streams []string
-	for p := range 3 {
-		s := e.stream(t, "t", p)
-		e.add(t, s, 0, 300)
-		streams = append(streams, s)
-	}
-	ctx := context.Background()
-	res, err := e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: DefaultGroup, Consumer: "dead",
-		Streams: append(slices3(streams), ">", ">", ">"), Count: 40}).Result()
-	if err != nil || len(res) != 3 {
-		t.Fatalf("XREADGROUP = %d streams, %v", len(res), err)
-	}
+	_, deadPending := deadConsumer(t, e, 40)
 	died := time.Now()
 	got := newSeen()
 	cfg := e.config(func(ctx context.Context, m *Message) error {
@@ -687,17 +684,6 @@ func TestReclaimBurst(t *testing.T) {
 		w := mustNew(t, cfg)
 		running(t, w)
 		ws = append(ws, w)
-	}
-	deadPending := func() int {
-		n := 0
-		for _, s := range streams {
-			ps, err := e.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: s, Group: DefaultGroup, Start: "-", End: "+", Count: 1000, Consumer: "dead"}).Result()
-			if err != nil {
-				t.Fatal(err)
-			}
-			n += len(ps)
-		}
-		return n
 	}
 	// the first round is one reclaim interval after the start, when every
 	// entry of the dead consumer is long due; a second comes 3 s later
