@@ -413,7 +413,7 @@ func (l *load) finish(within time.Duration) (records, dups int) {
 			}
 		}
 		return true
-	}, "commits %v, want the log ends %v", func() any { return committed }(), ends)
+	}, "commits %v, want the log ends %v", func() any { return committed }, ends)
 	l.stopWatch()
 	l.worker.stop(t)
 	l.ingest.stop(t)
