@@ -85,12 +85,13 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 			nextProbe = time.Now().Add(w.probeEvery(len(req.idle)))
 			n := 0
 			if budget > 0 {
-				var msgs []*Message
-				if msgs, n, err = w.probeRead(rctx, req.idle, budget); err != nil {
+				var read int
+				read, n, err = w.probe(rctx, req.idle, budget)
+				got += read
+				budget -= read
+				if err != nil {
 					return
 				}
-				got += w.queueRead(req.idle[:n], msgs)
-				budget -= len(msgs)
 			}
 			if uncovered = n < len(req.idle) && budget <= 0; uncovered {
 				// The read-ahead had no room to probe them all: the
@@ -194,7 +195,13 @@ return {out, i - 1}
 // their order (probeScript; on a Redis Cluster, rounds of XREADGROUP COUNT 1
 // per hash slot, pipelined, each round naming at most as many streams as
 // entries may still be read). It returns what it read and how many of keys
-// it probed (a prefix).
+// it probed (a prefix). When a round fails after earlier ones delivered
+// entries, it returns those entries with the error: Redis delivered them to
+// this consumer and they are held (leased), so the caller must queue them.
+// Dropped, they were leased for ever and never run — no other worker may
+// take an entry whose lease is kept — and held their partition's Kafka
+// commit: a Redis Cluster failover (CLUSTERDOWN on one node's round) stalled
+// the commits of streams on the nodes that stayed up.
 func (w *Worker) probeRead(ctx context.Context, keys []string, budget int) ([]*Message, int, error) {
 	if !w.perSlot {
 		// At most probeCalls XREADGROUPs inside the script: with little
@@ -228,6 +235,15 @@ func (w *Worker) probeRead(ctx context.Context, keys []string, budget int) ([]*M
 		budget -= len(msgs)
 	}
 	return out, probed, nil
+}
+
+// probe reads at most budget entries from the idle streams keys (probeRead)
+// and queues them — also when a round failed after earlier ones delivered
+// entries: those are held, and only the scheduler runs or hands back a held
+// entry. It returns how many entries it read and how many of keys it probed.
+func (w *Worker) probe(ctx context.Context, keys []string, budget int) (read, probed int, err error) {
+	msgs, probed, err := w.probeRead(ctx, keys, budget)
+	return w.queueRead(keys[:probed], msgs), probed, err
 }
 
 // parseProbe turns probeScript's reply into XREADGROUP's.

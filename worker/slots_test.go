@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/kbridge/kbridge/internal/testenv"
 	"github.com/kbridge/kbridge/internal/wire"
 )
@@ -93,5 +95,51 @@ func TestPerSlotReads(t *testing.T) {
 				testenv.Eventually(t, 5*time.Second, func() bool { return e.pending(t, s, DefaultGroup) == 0 }, "%s has pending entries", s)
 			}
 		})
+	}
+}
+
+// TestPerSlotProbeFailureKeepsWhatItRead: on a Redis Cluster a probe is
+// rounds of XREADGROUPs, one per hash slot group; when a later round fails
+// (CLUSTERDOWN on one node during a failover), the entries the earlier
+// rounds delivered are pending under this consumer and held (leased), so
+// they must come back to the reader, to be queued and run. Found by
+// TestClusterFailover (internal/e2e): they were dropped with the error,
+// their leases extended for ever by a worker that would never run them,
+// and the Kafka commits of their partitions — on masters that stayed up —
+// stalled for good.
+func TestPerSlotProbeFailureKeepsWhatItRead(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	a := e.stream(t, "t", 0)
+	e.add(t, a, 0, 1)
+	// b and its replay stream share a slot, so they are one round of two
+	// keys; with a budget of 2 the probe reads a in a round of its own
+	// first. b has no group: its XREADGROUP fails (NOGROUP), as a round on
+	// a node that is down would.
+	b := wire.StreamKey(e.prefix, "u", 0)
+	if err := e.rdb.XAdd(ctx, &redis.XAddArgs{Stream: b, ID: "1-1", Values: []any{"f", "v"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	w := mustNew(t, e.config(func(context.Context, *Message) error { return nil }))
+	forcePerSlot(w, 8)
+	var started []*task
+	w.sched.start = func(t *task) { started = append(started, t) } // what Run would hand to a handler
+	read, probed, err := w.probe(ctx, []string{a, b, wire.ReplayKey(b)}, 2)
+	if err == nil {
+		t.Fatalf("the probe of a stream without the group did not fail: the test does not reach a failed round")
+	}
+	w.mu.Lock()
+	held := len(w.held)
+	w.mu.Unlock()
+	if held != 1 {
+		t.Fatalf("%d entries held after the probe, want 1 (a's entry, delivered by the first round)", held)
+	}
+	queued, _, _, _ := w.sched.counts()
+	if read != 1 || probed != 1 || queued+len(started) != 1 {
+		t.Fatalf("the probe read %d entries of %d keys (%v), queued %d, started %d; want a's entry, held, queued or started",
+			read, probed, err, queued, len(started))
+	}
+	if len(started) == 1 && (started[0].m.Stream != a || started[0].m.ID != wire.EntryID(0)) {
+		t.Fatalf("started %s %s, want %s %s", started[0].m.Stream, started[0].m.ID, a, wire.EntryID(0))
 	}
 }
