@@ -60,7 +60,7 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 	defer wait.Stop()
 	for ctx.Err() == nil {
 		if msgs, err := w.collectSlotReads(); err == nil && len(msgs) > 0 {
-			w.queueRead(nil, msgs)
+			w.queueRead(nil, 0, msgs)
 		}
 		probe := !time.Now().Before(nextProbe) || !w.sched.anyHot()
 		req := w.sched.wanted(probe)
@@ -119,7 +119,7 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 			if len(keys) > 0 {
 				var msgs []*Message
 				if msgs, err = w.readNow(rctx, keys, count); err == nil {
-					got += w.queueRead(keys, msgs)
+					got += w.queueRead(keys, int(count), msgs)
 					budget -= len(msgs)
 				}
 			}
@@ -146,7 +146,7 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 			count := int64(max(1, req.budget/len(keys)))
 			var msgs []*Message
 			if msgs, err = w.readBlocking(rctx, keys, count, w.cfg.BlockTimeout); err == nil {
-				w.queueRead(keys, msgs)
+				w.queueRead(keys, 0, msgs)
 			}
 		}
 		if err != nil {
@@ -243,7 +243,7 @@ func (w *Worker) probeRead(ctx context.Context, keys []string, budget int) ([]*M
 // entry. It returns how many entries it read and how many of keys it probed.
 func (w *Worker) probe(ctx context.Context, keys []string, budget int) (read, probed int, err error) {
 	msgs, probed, err := w.probeRead(ctx, keys, budget)
-	return w.queueRead(keys[:probed], msgs), probed, err
+	return w.queueRead(keys[:probed], 0, msgs), probed, err // a probe's COUNT says nothing of a backlog
 }
 
 // parseProbe turns probeScript's reply into XREADGROUP's.
@@ -292,15 +292,18 @@ func (w *Worker) probeEvery(n int) time.Duration {
 	return max(min(probeInterval*time.Duration((n+99)/100), w.cfg.BlockTimeout), probeInterval)
 }
 
-// queueRead hands what a read of keys delivered to the scheduler and
-// returns how many entries that was. After the scheduler stopped, the
-// entries are handed back at once.
-func (w *Worker) queueRead(keys []string, msgs []*Message) int {
+// queueRead hands what a read of keys with COUNT count delivered to the
+// scheduler and returns how many entries that was. count is 0 for the probes
+// and the blocking read: their COUNT (1, or the budget spread over every
+// stream) is not sized to what a stream may start, so a stream that
+// returned all of it is not known to have more (see readDone). After the
+// scheduler stopped, the entries are handed back at once.
+func (w *Worker) queueRead(keys []string, count int, msgs []*Message) int {
 	ts := make([]*task, len(msgs))
 	for i, m := range msgs {
 		ts[i] = &task{m: m, he: m.held}
 	}
-	if refused := w.sched.readDone(keys, ts); len(refused) > 0 {
+	if refused := w.sched.readDone(keys, count, ts); len(refused) > 0 {
 		w.handBack(refused)
 	}
 	return len(msgs)

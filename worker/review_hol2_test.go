@@ -197,7 +197,7 @@ func TestReviewHol2GhostRefNotProtected(t *testing.T) {
 	for len(sim.runs) > 0 {
 		sim.step()
 	}
-	sim.s.readDone([]string{"fast"}, nil) // its read found nothing
+	sim.s.readDone([]string{"fast"}, 0, nil) // its read found nothing
 	sim.s.wanted(false)
 	sim.s.endRead()
 	sim.s.setStreams([]string{"slow"}) // fast dropped: forgotten (nothing held)
@@ -224,7 +224,8 @@ func TestReviewHol2GhostRefNotProtected(t *testing.T) {
 // find entries now and then) and a few backlog streams holding every slot;
 // one op is one finished task and the next it gets, plus a reader round
 // (wanted) every conc finishes. It uses only API that the scheduler at
-// a3a6da8 has too, so that it runs against both.
+// a3a6da8 has too (less readDone's count, 0 here), so that it runs against
+// both.
 func benchSchedMany(b *testing.B, hot, backlog, conc int, rounds bool) {
 	var running []*task
 	s := newScheduler(conc, conc, func(t *task) { running = append(running, t) })
@@ -239,7 +240,7 @@ func benchSchedMany(b *testing.B, hot, backlog, conc int, rounds bool) {
 	// time every hot stream: one task each, run and finished
 	for i := range hot {
 		k := fmt.Sprint("h", i)
-		s.readDone([]string{k}, []*task{{m: &Message{Stream: k}}})
+		s.readDone([]string{k}, 0, []*task{{m: &Message{Stream: k}}})
 		for len(running) > 0 {
 			t := running[0]
 			running = running[1:]
@@ -253,7 +254,7 @@ func benchSchedMany(b *testing.B, hot, backlog, conc int, rounds bool) {
 		for j := range ts {
 			ts[j] = &task{m: &Message{Stream: k}}
 		}
-		s.readDone([]string{k}, ts)
+		s.readDone([]string{k}, 0, ts)
 	}
 	for i := range backlog {
 		fill(fmt.Sprint("b", i), conc)

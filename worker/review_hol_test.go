@@ -74,8 +74,9 @@ func (r *holRig) nextArrival() time.Duration {
 	return best
 }
 
-// xread reads keys with COUNT count and queues what it returns (queueRead).
-func (r *holRig) xread(keys []string, count int) int {
+// xread reads keys with COUNT count and queues what it returns (queueRead:
+// a probe's COUNT says nothing of what a stream has).
+func (r *holRig) xread(keys []string, count int, probe bool) int {
 	var ts []*task
 	for _, k := range keys {
 		r.reads[k]++
@@ -85,7 +86,10 @@ func (r *holRig) xread(keys []string, count int) int {
 			ts = append(ts, &task{m: &Message{Stream: k}})
 		}
 	}
-	r.sim.s.readDone(keys, ts)
+	if probe {
+		count = 0
+	}
+	r.sim.s.readDone(keys, count, ts)
 	return len(ts)
 }
 
@@ -141,7 +145,7 @@ func (r *holRig) round() {
 				}
 			}
 			n = len(probed)
-			m := r.xread(probed, 1)
+			m := r.xread(probed, 1, true)
 			got += m
 			budget -= m
 		}
@@ -158,7 +162,7 @@ func (r *holRig) round() {
 		more = more || m
 		if len(keys) > 0 {
 			ops++
-			n := r.xread(keys, int(count))
+			n := r.xread(keys, int(count), false)
 			got += n
 			budget -= n
 		}
@@ -426,11 +430,11 @@ func TestReviewHolAgedEntryBehindUrgent(t *testing.T) {
 	s.maxAge = 100 * time.Millisecond
 	s.setStreams([]string{"a", "b"})
 	first, aged := &task{m: &Message{Stream: "a", ID: "first"}}, &task{m: &Message{Stream: "a", ID: "aged"}}
-	s.readDone([]string{"a"}, []*task{first, aged})
+	s.readDone([]string{"a"}, 0, []*task{first, aged})
 	s.mu.Lock()
 	aged.queuedAt = time.Now().Add(-time.Second)
 	s.mu.Unlock()
-	s.readDone([]string{"b"}, []*task{{m: &Message{Stream: "b", ID: "b"}}})
+	s.readDone([]string{"b"}, 0, []*task{{m: &Message{Stream: "b", ID: "b"}}})
 	cur := first
 	var ran []string
 	for i := range 5 {

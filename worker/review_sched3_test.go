@@ -19,8 +19,8 @@ import (
 )
 
 // openFinding skips a test that fails while the review finding it shows is
-// open, unless KBRIDGE_OPEN_FINDINGS=1 (review 3's are all fixed; review 4
-// uses it).
+// open, unless KBRIDGE_OPEN_FINDINGS=1 (review 3's are all fixed; later
+// reviews use it).
 func openFinding(t *testing.T, n int, what string) {
 	t.Helper()
 	if os.Getenv("KBRIDGE_OPEN_FINDINGS") != "1" {
@@ -178,7 +178,7 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 			fail(op, msg)
 		}
 	}
-	readKeys := func(ks []string, count int) int {
+	readKeys := func(ks []string, count int, probe bool) int {
 		var ts []*task
 		for _, k := range ks {
 			n := min(count, avail[k])
@@ -187,7 +187,10 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 				ts = append(ts, &task{m: &Message{Stream: k}})
 			}
 		}
-		s.readDone(ks, ts)
+		if probe {
+			count = 0
+		}
+		s.readDone(ks, count, ts)
 		return len(ts)
 	}
 	var pending *readRequest
@@ -236,12 +239,12 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 				ks, count, _ := part(budget)
 				if len(ks) > 0 {
 					readOne = true
-					budget -= readKeys(ks, int(count))
+					budget -= readKeys(ks, int(count), false)
 				}
 			}
 			if len(req.idle) > 0 && budget > 0 {
 				readOne = true
-				readKeys(req.idle[:min(len(req.idle), budget)], 1)
+				readKeys(req.idle[:min(len(req.idle), budget)], 1, true)
 			}
 			s.endRead()
 			check(op, readOne)
@@ -311,8 +314,8 @@ func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
 	sim.read("slow", 1)
 	for sim.now < 600*holMs { // the 1 ms stream keeps 4 slots busy
 		if sim.now >= 300*holMs && sim.done["slow"]+sim.running("slow") < 2 {
-			sim.read("slow", 1)               // runs until 800 ms: a contender, timed at 500 ms
-			s.readDone([]string{"slow"}, nil) // nothing more in Redis for it
+			sim.read("slow", 1)                  // runs until 800 ms: a contender, timed at 500 ms
+			s.readDone([]string{"slow"}, 0, nil) // nothing more in Redis for it
 		}
 		for sim.running("fast") < 4 {
 			sim.read("fast", 1)
@@ -337,7 +340,7 @@ func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
 		for _, tk := range refused {
 			tk.reclaimed = false
 		}
-		s.readDone(nil, refused)
+		s.readDone(nil, 0, refused)
 	}
 	free0 := s.free
 	t.Logf("slow classified %v; %d entries queued (reclaimed, then read): the slow stream runs %d, the fast %d, %d slots free", slow, len(ts), sim.running("slow"), sim.running("fast"), free0)
@@ -345,7 +348,7 @@ func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
 		t.Fatalf("setup: slow %v, %d reclaimed, %d free", slow, len(ts), free0)
 	}
 	// the 1 ms stream's read finds nothing; its handlers end; discovery drops it
-	s.readDone([]string{"fast"}, nil)
+	s.readDone([]string{"fast"}, 0, nil)
 	for sim.running("fast") > 0 {
 		sim.step()
 	}
@@ -462,7 +465,7 @@ func (r *failRig) round() {
 	probe := now >= r.nextProbe || !s.anyHot()
 	req := s.wanted(probe)
 	budget := req.budget
-	read := func(ks []string, count int) {
+	read := func(ks []string, count int, probe bool) {
 		var ts []*task
 		for _, k := range ks {
 			n := count
@@ -474,7 +477,10 @@ func (r *failRig) round() {
 				ts = append(ts, &task{m: &Message{Stream: k}})
 			}
 		}
-		s.readDone(ks, ts)
+		if probe {
+			count = 0
+		}
+		s.readDone(ks, count, ts)
 		budget -= len(ts)
 	}
 	// as readLoop (and holRig.round): the idle streams are probed every
@@ -487,7 +493,7 @@ func (r *failRig) round() {
 		n := 0
 		if budget > 0 {
 			n = min(len(req.idle), budget)
-			read(req.idle[:n], 1)
+			read(req.idle[:n], 1, true)
 		}
 		if r.uncovered = n < len(req.idle) && budget <= 0; r.uncovered {
 			r.nextProbe = 0
@@ -499,7 +505,7 @@ func (r *failRig) round() {
 	}
 	for _, part := range req.parts() {
 		if ks, count, _ := part(budget); len(ks) > 0 {
-			read(ks, int(count))
+			read(ks, int(count), false)
 		}
 	}
 	if probe && !probeFirst {
@@ -673,7 +679,7 @@ func TestReviewSched3ReclaimedQueueStallsReads(t *testing.T) {
 					fastReads++
 				}
 			}
-			s.readDone(ks, rs)
+			s.readDone(ks, int(count), rs)
 		}
 		s.endRead()
 		maxSlow = max(maxSlow, sim.running("slow"))

@@ -133,7 +133,9 @@ func (w *p5Worker) finishNext() {
 	}
 }
 
-func (w *p5Worker) readKeys(keys []string, count int) int {
+// readKeys reads up to count entries of each of keys; readCount is the
+// COUNT the scheduler is told (0 for a probe: see queueRead).
+func (w *p5Worker) readKeys(keys []string, count, readCount int) int {
 	var ts []*task
 	for _, k := range keys {
 		n := min(count, w.pool.backlog[k])
@@ -143,7 +145,7 @@ func (w *p5Worker) readKeys(keys []string, count int) int {
 			ts = append(ts, &task{m: &Message{Stream: k, ID: p5ID(k, w.pool.nextID[k])}})
 		}
 	}
-	w.s.readDone(keys, ts)
+	w.s.readDone(keys, readCount, ts)
 	return len(ts)
 }
 
@@ -156,11 +158,11 @@ func (w *p5Worker) read() {
 	budget := req.budget
 	for _, part := range req.parts() {
 		if keys, count, _ := part(budget); len(keys) > 0 {
-			budget -= w.readKeys(keys, int(count))
+			budget -= w.readKeys(keys, int(count), int(count))
 		}
 	}
 	if len(req.idle) > 0 && budget > 0 {
-		w.readKeys(req.idle[:min(len(req.idle), budget)], 1)
+		w.readKeys(req.idle[:min(len(req.idle), budget)], 1, 0)
 	}
 	w.s.endRead()
 }
@@ -792,7 +794,7 @@ func p5Ledger(t *testing.T, conc, ra int, seed uint64, nops int) (parkedEvents, 
 					}
 				}
 				budget -= len(ts)
-				s.readDone(ks, ts)
+				s.readDone(ks, int(count), ts)
 			}
 			s.endRead()
 		case x < 65:

@@ -25,7 +25,8 @@ import (
 // may go over its share when no other stream under its
 // own share has entries queued (work conservation: the slot would stay
 // idle), leaving free the head-room of the streams that want slots and
-// whose handlers are much faster than its (see lender). When a
+// whose handlers are much faster than its — every free slot while one of
+// them has more entries than its last read took (see lender). When a
 // slot frees, it goes to the stream with the least handler time charged
 // (its virtual time), among those under their share first. A stream that
 // gets entries again starts at the scheduler's virtual time (the least
@@ -146,6 +147,8 @@ type sstream struct {
 	timed      bool          // avg has a sample
 	pauseUntil time.Time     // a RetryError: nothing starts or is read before
 	hot        bool          // the last read of this stream returned entries
+	full       bool          // its last read returned its whole COUNT: more entries wait in Redis (see mayBorrow)
+	got        int           // entries the read readDone queues returned (scratch)
 	listed     bool          // in the last discovery
 	contender  bool
 	inReady    bool
@@ -158,6 +161,7 @@ type sstream struct {
 	wIdx       int       // index in its idleWant bucket (-1: not in it)
 	wBucket    int
 	wOcc       int64 // the occupancy it added to idleWant
+	wFull      bool  // the full flag it had when it joined idleWant
 	dIdx       int   // index in idleWant's window heap (-1: not in it)
 
 	// Slot occupancy: busy is the integral of running over time since
@@ -250,7 +254,14 @@ func (s *scheduler) bufCap(st *sstream) int {
 		return max(1, min(r, int((int64(r)*int64(slowHorizon)+int64(st.avg)-1)/int64(st.avg))))
 	}
 	if f := n - s.slowN; s.slowN > 0 && f > 0 {
-		return max((room-s.slowN+f-1)/f, 1)
+		// The slow streams' parts come out of the read-ahead only: at
+		// their share, they start in no free slot (the free slots are
+		// the head-room of the faster streams, see lender), and their
+		// next entries are queued outside the read budget (queuedCapped).
+		// Taking them out of the free slots too left a 1 ms stream beside
+		// four 2 s ones, with read-ahead 0, one entry a read: it ran 4-5
+		// handlers of its 12 slots, one read round trip apart.
+		return max((max(s.readAhead-s.slowN, 0)+s.free+f-1)/f, 1)
 	}
 	return max((room+n-1)/n, 1)
 }
@@ -612,7 +623,8 @@ func (st *sstream) headQueuedAt() time.Time {
 // (more than twice as fast, plus lendSlack) leave the slot unused: it must
 // leave them their head-room free (see reserve.slots): half again the
 // slots they kept busy together, plus one, and at least a slot for each
-// that runs none. Lending a slot to a stream about as fast as the others costs
+// that runs none; all of them while one of them is full (see mayBorrow).
+// Lending a slot to a stream about as fast as the others costs
 // them nothing (the slot is back before long); lending it to a 500 ms
 // stream while a 1 ms one that keeps 10 slots busy waits for its read
 // costs the 1 ms one 500 records; but a 20 ms stream may use the slots a
@@ -647,6 +659,17 @@ func (s *scheduler) lender(now time.Time) *sstream {
 // lender): the streams that want slots are the idle ones of idleWant, those
 // of runList that want slots, and ref (nil: none), which keeps its
 // head-room though it does not want slots now.
+//
+// While one of the much faster streams that want slots is full (its last
+// read returned its whole COUNT), st may not borrow at all: that stream has
+// more entries than it was read for and fills every slot it is given at
+// its next read, so a free slot is only the gap between two of its reads.
+// Its occupancy is no measure of what it needs then: it is what its reads
+// let it run. A 1 ms stream beside four 2 s ones with read-ahead 0 ran 4-5
+// handlers a read round trip apart; the 2 s streams borrowed the slots it
+// left free in between and held them 2 s each, 7.4 slots against their 4,
+// and it ran at 0.31 of its rate alone against its share of 0.75
+// (TestReviewSched4SeveralSlowStreamsLowReadAhead).
 func (s *scheduler) mayBorrow(st, ref *sstream, now time.Time) bool {
 	if !st.timed {
 		if s.idleWant.n > 0 || (ref != nil && ref != st) {
@@ -661,13 +684,20 @@ func (s *scheduler) mayBorrow(st, ref *sstream, now time.Time) bool {
 	}
 	var r reserve
 	s.idleWant.refresh(now)
-	if n, occ := s.idleWant.faster(st.avg); n > 0 {
+	n, full, occ := s.idleWant.faster(st.avg)
+	if full > 0 {
+		return false
+	}
+	if n > 0 {
 		r.any = true
 		r.idle += n
 		r.used += occ
 	}
 	for _, c := range s.runList {
 		if c != st && st.avg > 2*c.avg+lendSlack && s.wantsSlots(c, now) {
+			if c.full {
+				return false
+			}
 			c.account(now)
 			r.add(c)
 		}
@@ -1157,11 +1187,12 @@ func (s *scheduler) anyHot() bool {
 	return len(s.hotSet) > 0
 }
 
-// readDone queues what a read of keys returned (keys nil: a blocking read
-// of earlier rounds) and starts what it can. A stream that returned nothing
-// is not hot any more; one that returned entries is. After stop, it returns
-// the tasks (to be handed back) instead.
-func (s *scheduler) readDone(keys []string, ts []*task) (refused []*task) {
+// readDone queues what a read of keys with COUNT count returned (keys nil:
+// a blocking read of earlier rounds; count 0: a probe, or not known) and
+// starts what it can. A stream that returned nothing is not hot any more;
+// one that returned entries is, and one that returned count of them is
+// full. After stop, it returns the tasks (to be handed back) instead.
+func (s *scheduler) readDone(keys []string, count int, ts []*task) (refused []*task) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -1174,6 +1205,7 @@ func (s *scheduler) readDone(keys []string, ts []*task) (refused []*task) {
 		if st := s.streams[k]; st != nil {
 			st.rr = s.rr
 			st.hot = false
+			st.got = 0
 		}
 	}
 	for _, t := range ts {
@@ -1181,10 +1213,12 @@ func (s *scheduler) readDone(keys []string, ts []*task) (refused []*task) {
 		t.st, t.queuedAt = st, now
 		st.ready = append(st.ready, t)
 		st.hot = true
+		st.got++
 		s.queued++
 	}
 	for _, k := range keys {
 		if st := s.streams[k]; st != nil {
+			st.full = count > 0 && st.got >= count
 			s.update(st, now)
 		}
 	}

@@ -41,11 +41,13 @@ func wantBucket(d time.Duration) int {
 }
 
 // wantIndex holds the idle streams that want slots by handler time (avg):
-// a Fenwick tree of their number and summed occupancy per bucket, and the
-// members of each bucket (for the one a threshold falls in). A member's avg
-// does not change while it is one (it changes when a handler of it ends,
-// and then it runs one). Its occupancy does: running none, it decays to 0
-// over two occupancy windows. A member with some is in a heap by the end
+// a Fenwick tree of their number, how many of them are full and their
+// summed occupancy per bucket, and the members of each bucket (for the one
+// a threshold falls in). A member's avg does not change while it is one (it
+// changes when a handler of it ends, and then it runs one); its full flag
+// changes only with a read that leaves it a member (reindex re-inserts it).
+// Its occupancy does: running none, it decays to 0 over two occupancy
+// windows. A member with some is in a heap by the end
 // of its window (occAt + occWindow), and is re-accounted when that passes
 // (refresh, O(log n) each): kept as it was when it joined, it stayed up to
 // 11 slots above the real one for 1.5-2 s, and held a slower stream off
@@ -53,6 +55,7 @@ func wantBucket(d time.Duration) int {
 type wantIndex struct {
 	n       int
 	cnt     []int
+	full    []int
 	occ     []int64
 	members [][]*sstream
 	due     occHeap // members with an occupancy, by the end of its window
@@ -83,7 +86,7 @@ func (x *wantIndex) refresh(now time.Time) {
 		st := heap.Pop(&x.due).(*sstream)
 		st.account(now)
 		o := int64(st.occ * occUnit)
-		x.add(st.wBucket, 0, o-st.wOcc)
+		x.add(st.wBucket, 0, 0, o-st.wOcc)
 		st.wOcc = o
 		if o > 0 {
 			heap.Push(&x.due, st)
@@ -91,34 +94,45 @@ func (x *wantIndex) refresh(now time.Time) {
 	}
 }
 
-func (x *wantIndex) add(i int, dc int, do int64) {
+func (x *wantIndex) add(i int, dc, df int, do int64) {
 	for i++; i <= wantBuckets; i += i & -i {
 		x.cnt[i] += dc
+		x.full[i] += df
 		x.occ[i] += do
 	}
 }
 
 // prefix sums the buckets below b.
-func (x *wantIndex) prefix(b int) (n int, occ int64) {
+func (x *wantIndex) prefix(b int) (n, full int, occ int64) {
 	for i := b; i > 0; i -= i & -i {
 		n += x.cnt[i]
+		full += x.full[i]
 		occ += x.occ[i]
 	}
-	return n, occ
+	return n, full, occ
+}
+
+// fullCount is what member st adds to the count of full members.
+func fullCount(st *sstream) int {
+	if st.wFull {
+		return 1
+	}
+	return 0
 }
 
 // insert makes st a member.
 func (x *wantIndex) insert(st *sstream) {
 	if x.cnt == nil {
 		x.cnt = make([]int, wantBuckets+1)
+		x.full = make([]int, wantBuckets+1)
 		x.occ = make([]int64, wantBuckets+1)
 		x.members = make([][]*sstream, wantBuckets)
 	}
 	b := wantBucket(st.avg)
-	st.wBucket, st.wOcc = b, int64(st.occ*occUnit)
+	st.wBucket, st.wOcc, st.wFull = b, int64(st.occ*occUnit), st.full
 	st.wIdx = len(x.members[b])
 	x.members[b] = append(x.members[b], st)
-	x.add(b, 1, st.wOcc)
+	x.add(b, 1, fullCount(st), st.wOcc)
 	x.n++
 	st.dIdx = -1
 	if st.wOcc > 0 {
@@ -135,7 +149,7 @@ func (x *wantIndex) remove(st *sstream) {
 	m[len(m)-1] = nil
 	x.members[b] = m[:len(m)-1]
 	st.wIdx = -1
-	x.add(b, -1, -st.wOcc)
+	x.add(b, -1, -fullCount(st), -st.wOcc)
 	x.n--
 	if st.dIdx >= 0 {
 		heap.Remove(&x.due, st.dIdx)
@@ -144,23 +158,24 @@ func (x *wantIndex) remove(st *sstream) {
 
 // faster returns how many members have handlers much faster than a
 // stream's whose take avg (avg > 2 × theirs + lendSlack, as mayBorrow),
-// and their summed occupancy.
-func (x *wantIndex) faster(avg time.Duration) (n int, occ float64) {
+// how many of those are full, and their summed occupancy.
+func (x *wantIndex) faster(avg time.Duration) (n, full int, occ float64) {
 	lim := avg - lendSlack
 	if x.n == 0 || lim <= 0 {
-		return 0, 0
+		return 0, 0, 0
 	}
 	// 2 × c.avg < lim: c.avg ≤ lim/2, so c is at most in lim/2's bucket;
 	// the buckets below count whole, that one member by member.
 	b := wantBucket(lim / 2)
-	n, o := x.prefix(b)
+	n, full, o := x.prefix(b)
 	for _, c := range x.members[b] {
 		if 2*c.avg < lim {
 			n++
+			full += fullCount(c)
 			o += c.wOcc
 		}
 	}
-	return n, float64(o) / occUnit
+	return n, full, float64(o) / occUnit
 }
 
 // reindex keeps runList and idleWant in step with st (under s.mu, from
@@ -179,11 +194,10 @@ func (s *scheduler) reindex(st *sstream, now time.Time) {
 		}
 	}
 	idle := st.running == 0 && st.queued() == 0 && s.wantsSlots(st, now)
-	if idle != (st.wIdx >= 0) {
-		if idle {
-			s.idleWant.insert(st)
-		} else {
-			s.idleWant.remove(st)
-		}
+	if st.wIdx >= 0 && (!idle || st.wFull != st.full) {
+		s.idleWant.remove(st)
+	}
+	if idle && st.wIdx < 0 {
+		s.idleWant.insert(st)
 	}
 }

@@ -8,7 +8,8 @@ import (
 
 // TestSchedWantIndexFaster: wantIndex.faster counts and sums the same
 // members as mayBorrow's rule (avg > 2 × theirs + lendSlack) checked one by
-// one, over random handler times, thresholds, inserts and removes.
+// one, the full ones too, over random handler times, thresholds, inserts
+// and removes.
 func TestSchedWantIndexFaster(t *testing.T) {
 	for b, d := 0, time.Duration(0); d < time.Hour; d += d/7 + 1 {
 		if nb := wantBucket(d); nb < b || nb >= wantBuckets {
@@ -30,21 +31,24 @@ func TestSchedWantIndexFaster(t *testing.T) {
 			in[j] = in[len(in)-1]
 			in = in[:len(in)-1]
 		} else {
-			st := &sstream{avg: dur(), occ: rng.Float64() * 4, wIdx: -1}
+			st := &sstream{avg: dur(), occ: rng.Float64() * 4, full: rng.IntN(2) == 0, wIdx: -1}
 			x.insert(st)
 			in = append(in, st)
 		}
 		avg := dur() * 3
-		n, occ := x.faster(avg)
-		wn, wocc := 0, int64(0)
+		n, full, occ := x.faster(avg)
+		wn, wfull, wocc := 0, 0, int64(0)
 		for _, c := range in {
 			if avg > 2*c.avg+lendSlack {
 				wn++
 				wocc += c.wOcc
+				if c.full {
+					wfull++
+				}
 			}
 		}
-		if n != wn || occ != float64(wocc)/occUnit {
-			t.Fatalf("op %d, %d members, avg %v: faster = %d, %.6f; one by one %d, %.6f", i, len(in), avg, n, occ, wn, float64(wocc)/occUnit)
+		if n != wn || full != wfull || occ != float64(wocc)/occUnit {
+			t.Fatalf("op %d, %d members, avg %v: faster = %d (%d full), %.6f; one by one %d (%d full), %.6f", i, len(in), avg, n, full, occ, wn, wfull, float64(wocc)/occUnit)
 		}
 	}
 }

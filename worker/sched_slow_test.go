@@ -53,13 +53,14 @@ func (sim *schedSim) begin(t *task) {
 	heap.Push(&sim.runs, simRun{t, sim.now + sim.dur[t.m.Stream]})
 }
 
-// read queues n entries of stream, as a read of it would.
+// read queues n entries of stream, as a read of it would (a read whose
+// COUNT is not known: the stream is not full).
 func (sim *schedSim) read(stream string, n int) {
 	ts := make([]*task, n)
 	for i := range ts {
 		ts[i] = &task{m: &Message{Stream: stream}}
 	}
-	sim.s.readDone([]string{stream}, ts)
+	sim.s.readDone([]string{stream}, 0, ts)
 }
 
 // step ends the earliest run; the slot takes the task finish hands it.
@@ -169,7 +170,7 @@ func TestSchedSlowStreamShare(t *testing.T) {
 	for sim.running(fast) > 0 || sim.s.queued > sim.s.streams[slow].queued() {
 		sim.step()
 	}
-	sim.s.readDone([]string{fast}, nil) // its read found nothing: not hot
+	sim.s.readDone([]string{fast}, 0, nil) // its read found nothing: not hot
 	// It stays the measure of speed for refHold after it last wanted
 	// slots (its read may find entries again at once): the slow one
 	// does not take the slots meanwhile.
@@ -208,14 +209,14 @@ func TestSchedAgedEntryGoesFirst(t *testing.T) {
 		}
 		s.setStreams([]string{"a", "b"})
 		a1, a2 := &task{m: &Message{Stream: "a"}}, &task{m: &Message{Stream: "a"}}
-		s.readDone([]string{"a"}, []*task{a1, a2})
+		s.readDone([]string{"a"}, 0, []*task{a1, a2})
 		// a1 runs; a2 waits, queued a second ago, its stream charged
 		// far ahead of b's.
 		s.mu.Lock()
 		s.streams["a"].vtime = time.Hour
 		a2.queuedAt = time.Now().Add(-time.Second)
 		s.mu.Unlock()
-		s.readDone([]string{"b"}, []*task{{m: &Message{Stream: "b"}}})
+		s.readDone([]string{"b"}, 0, []*task{{m: &Message{Stream: "b"}}})
 		if len(started) != 1 || started[0] != "a" {
 			t.Fatalf("aging %v: started %v before the slot freed; want a's first only", aging, started)
 		}
@@ -278,7 +279,7 @@ func TestSchedSlowerStreamUsesIdleSlots(t *testing.T) {
 // checkIndex compares runList and idleWant with the streams they index
 // (under s.mu); "" if they agree.
 func (s *scheduler) checkIndex(now time.Time) string {
-	runs, idle := 0, 0
+	runs, idle, full := 0, 0, 0
 	var occ int64
 	for _, st := range s.streams {
 		if st.running > 0 {
@@ -296,7 +297,8 @@ func (s *scheduler) checkIndex(now time.Time) string {
 		if want {
 			idle++
 			occ += st.wOcc
-			if m := s.idleWant.members[st.wBucket]; st.wIdx >= len(m) || m[st.wIdx] != st || st.wBucket != wantBucket(st.avg) {
+			full += fullCount(st)
+			if m := s.idleWant.members[st.wBucket]; st.wIdx >= len(m) || m[st.wIdx] != st || st.wBucket != wantBucket(st.avg) || st.wFull != st.full {
 				return fmt.Sprintf("%s: misplaced in idleWant", st.key)
 			}
 		}
@@ -305,8 +307,8 @@ func (s *scheduler) checkIndex(now time.Time) string {
 		return fmt.Sprintf("runList %d (want %d), idleWant %d (want %d)", len(s.runList), runs, s.idleWant.n, idle)
 	}
 	if idle > 0 {
-		if n, o := s.idleWant.prefix(wantBuckets); n != idle || o != occ {
-			return fmt.Sprintf("idleWant sums %d, %d; members %d, %d", n, o, idle, occ)
+		if n, f, o := s.idleWant.prefix(wantBuckets); n != idle || f != full || o != occ {
+			return fmt.Sprintf("idleWant sums %d, %d full, %d; members %d, %d full, %d", n, f, o, idle, full, occ)
 		}
 	}
 	return ""

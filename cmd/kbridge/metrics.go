@@ -267,6 +267,7 @@ func newWorkerMetrics() *workerMetrics {
 		gauges: []counterDesc[worker.Stats]{
 			cnt("in_flight", "Handlers running now.", func(s worker.Stats) int64 { return s.InFlight }),
 			cnt("queued_entries", "Entries read ahead or reclaimed, waiting for a handler slot.", func(s worker.Stats) int64 { return s.Queued }),
+			cnt("parked_entries", "Of queued_entries, reclaimed entries beyond what their stream starts at once: started as its queue drains, outside the read-ahead bound (at most what dead workers held).", func(s worker.Stats) int64 { return s.Parked }),
 			cnt("retry_waiting_entries", "Entries waiting for a retry after a failure or a back-off (their handler slot given back).", func(s worker.Stats) int64 { return s.Waiting }),
 			cnt("held_entries", "Entries this worker holds now: running, queued, waiting for a retry or for their acknowledgement (its pending entries).", func(s worker.Stats) int64 { return s.Held }),
 			cnt("streams", "Streams read, at the last discovery.", func(s worker.Stats) int64 { return s.Streams }),

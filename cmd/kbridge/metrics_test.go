@@ -92,6 +92,17 @@ func TestMetricsMove(t *testing.T) {
 	if im["kbridge_ingest_commits_total"] < 1 || im["kbridge_ingest_rebalances_total"] < 1 {
 		t.Errorf("commits %v, rebalances %v: want at least 1 each", im["kbridge_ingest_commits_total"], im["kbridge_ingest_rebalances_total"])
 	}
+	for _, name := range []string{
+		"kbridge_worker_in_flight", "kbridge_worker_queued_entries", "kbridge_worker_parked_entries",
+		"kbridge_worker_retry_waiting_entries", "kbridge_worker_held_entries", "kbridge_worker_streams",
+	} {
+		if _, ok := wm[name]; !ok {
+			t.Errorf("worker metrics lack %s", name)
+		}
+	}
+	if v := wm["kbridge_worker_parked_entries"]; v != 0 {
+		t.Errorf("worker: %v parked entries with no dead worker to reclaim from; want 0", v)
+	}
 	if wm[`kbridge_worker_handler_duration_seconds_count{result="ok"}`] != float64(total) || wm["kbridge_worker_acked_total"] != float64(total) {
 		t.Errorf("worker: ok latency count %v, acked %v; want %d", wm[`kbridge_worker_handler_duration_seconds_count{result="ok"}`], wm["kbridge_worker_acked_total"], total)
 	}
