@@ -171,6 +171,13 @@ func (w *Worker) readLoop(ctx context.Context, rediscover func()) {
 // never more entries than the read-ahead has room for, however many streams
 // have some. (It is XREADGROUP ">" and nothing else: the wire contract's
 // reading rule.)
+//
+// An XREADGROUP that fails (NOGROUP: a stream whose group went away since
+// the last discovery) ends the probe with {what was read, the keys probed
+// before it, the error}: Redis does not roll a script back, so the entries
+// the calls before it delivered are pending under this consumer, and an
+// error reply would have dropped them (unheld, unrun until reclaimed a
+// visibility timeout later).
 var probeScript = redis.NewScript(`
 local budget = tonumber(ARGV[3])
 local out, i = {}, 1
@@ -179,7 +186,8 @@ while i <= #KEYS and budget > 0 do
   local args = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS'}
   for j = i, i + n - 1 do args[#args + 1] = KEYS[j] end
   for _ = 1, n do args[#args + 1] = '>' end
-  local r = redis.call(unpack(args))
+  local r = redis.pcall(unpack(args))
+  if type(r) == 'table' and r.err then return {out, i - 1, r.err} end
   if r then
     for _, s in ipairs(r) do
       out[#out + 1] = s
@@ -211,11 +219,11 @@ func (w *Worker) probeRead(ctx context.Context, keys []string, budget int) ([]*M
 		if err != nil {
 			return nil, 0, err
 		}
-		streams, n, err := parseProbe(res)
+		streams, n, callErr, err := parseProbe(res)
 		if err != nil {
 			return nil, 0, err
 		}
-		return w.admitRead(ctx, streams), min(n, len(keys)), nil
+		return w.admitRead(ctx, streams), min(n, len(keys)), callErr
 	}
 	var out []*Message
 	groups := slotGroups(keys)
@@ -246,10 +254,23 @@ func (w *Worker) probe(ctx context.Context, keys []string, budget int) (read, pr
 	return w.queueRead(keys[:probed], 0, msgs), probed, err // a probe's COUNT says nothing of a backlog
 }
 
-// parseProbe turns probeScript's reply into XREADGROUP's.
-func parseProbe(res []any) ([]redis.XStream, int, error) {
-	if len(res) != 2 {
-		return nil, 0, fmt.Errorf("probe: want 2 elements, got %d", len(res))
+// probeError is the error of an XREADGROUP inside probeScript, a Redis error
+// (redis.HasErrorPrefix sees its NOGROUP).
+type probeError string
+
+func (e probeError) Error() string { return string(e) }
+func (probeError) RedisError()     {}
+
+// parseProbe turns probeScript's reply into XREADGROUP's, the number of keys
+// probed and the error of the XREADGROUP that ended the probe (callErr), if
+// one did; err is a reply it cannot read.
+func parseProbe(res []any) (_ []redis.XStream, _ int, callErr, err error) {
+	if len(res) != 2 && len(res) != 3 {
+		return nil, 0, nil, fmt.Errorf("probe: want 2 or 3 elements, got %d", len(res))
+	}
+	if len(res) == 3 {
+		msg, _ := res[2].(string)
+		callErr = probeError(msg)
 	}
 	n, _ := res[1].(int64)
 	raw, _ := res[0].([]any)
@@ -257,7 +278,7 @@ func parseProbe(res []any) ([]redis.XStream, int, error) {
 	for _, r := range raw {
 		s, ok := r.([]any)
 		if !ok || len(s) != 2 {
-			return nil, 0, fmt.Errorf("probe: stream reply %T", r)
+			return nil, 0, nil, fmt.Errorf("probe: stream reply %T", r)
 		}
 		key, _ := s[0].(string)
 		es, _ := s[1].([]any)
@@ -265,7 +286,7 @@ func parseProbe(res []any) ([]redis.XStream, int, error) {
 		for _, e := range es {
 			pair, ok := e.([]any)
 			if !ok || len(pair) != 2 {
-				return nil, 0, fmt.Errorf("probe: entry %T", e)
+				return nil, 0, nil, fmt.Errorf("probe: entry %T", e)
 			}
 			id, _ := pair[0].(string)
 			kv, _ := pair[1].([]any)
@@ -278,7 +299,7 @@ func parseProbe(res []any) ([]redis.XStream, int, error) {
 		}
 		out = append(out, xs)
 	}
-	return out, int(n), nil
+	return out, int(n), callErr, nil
 }
 
 // probeEvery is the time between probes of n idle streams while others

@@ -335,9 +335,16 @@ func (w *Worker) leaseLoop(stop <-chan struct{}) {
 
 func (w *Worker) extendLeases() {
 	byStream := map[string][]any{}
+	// The holds the round extends: a lost ID releases only the hold it
+	// was sent for. Released meanwhile (handed back) and claimed back by
+	// this worker, the entry has a newer hold that the reply says nothing
+	// about; dropping it made the new task stale and the entry wait a
+	// visibility timeout more.
 	w.mu.Lock()
-	for ref := range w.held {
+	snap := make(map[entryRef]*heldEntry, len(w.held))
+	for ref, he := range w.held {
 		byStream[ref.stream] = append(byStream[ref.stream], ref.id)
+		snap[ref] = he
 	}
 	w.mu.Unlock()
 	if len(byStream) == 0 {
@@ -369,7 +376,7 @@ func (w *Worker) extendLeases() {
 			ref := entryRef{stream, id}
 			w.mu.Lock()
 			he := w.held[ref]
-			taken := he != nil && !he.settling
+			taken := he != nil && he == snap[ref] && !he.settling
 			if taken {
 				delete(w.held, ref)
 			}
