@@ -214,7 +214,10 @@ func (w *p5Worker) round() (more, claimedAny bool) {
 		if budget <= 0 {
 			break
 		}
-		n := min(budget, len(w.pool.due[k]))
+		n := min(budget, len(w.pool.due[k]), w.s.claimRoom(k))
+		if n <= 0 {
+			continue
+		}
 		for _, id := range w.pool.due[k][:n] {
 			t := &task{m: &Message{Stream: k, ID: p5ID(k, id)}, reclaimed: true}
 			if w.backNow[t.m.ID] {
