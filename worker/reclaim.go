@@ -30,10 +30,11 @@ func (w *Worker) reclaimLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		now := time.Now()
-		// Entries queued here for a visibility timeout without a slot:
-		// this worker cannot start them; hand them back to the group.
+		// Entries held here unstarted for a visibility timeout (queued,
+		// or parked since their claim): this worker cannot start them;
+		// hand them back to the group.
 		if stale := w.sched.takeStale(now.Add(-w.cfg.VisibilityTimeout)); len(stale) > 0 {
-			w.log.Warn("handing back entries queued for longer than the visibility timeout (handlers hang, or are too slow)", "entries", len(stale))
+			w.log.Warn("handing back entries held unstarted for longer than the visibility timeout (handlers hang, or are too slow)", "entries", len(stale))
 			w.handBack(stale)
 		}
 		// Turnover of the last visibility timeout.
@@ -48,7 +49,10 @@ func (w *Worker) reclaimLoop(ctx context.Context) {
 		// (reclaimBurstPause), not a reclaim interval later; while rounds
 		// claim nothing the pause doubles, and the ticker takes over at
 		// the next interval. 110 entries of a dead worker beside two
-		// saturated 16-slot workers took 3 intervals at 16 a round.
+		// saturated 16-slot workers took 3 intervals at 16 a round. A
+		// round that stops at the streams' claimRoom is not followed:
+		// what it leaves is for the other workers, or for this one's next
+		// tick once its queues drained.
 		pause := reclaimBurstPause
 		for {
 			rr++
@@ -75,10 +79,12 @@ const reclaimBurstPause = 10 * time.Millisecond
 // (XAUTOCLAIM), as many as the scheduler has room for (reclaimBudget): that
 // room goes Concurrency beyond the read-ahead, which new reads may not use,
 // so a dead worker's entries are taken over even while every worker is
-// saturated — they hold their partitions' commits. A stream queues no more
-// than its part and share (what is beyond is parked: held and leased, started
-// as its queue drains, see pushUrgent). They are queued before the entries
-// read of their streams. First one pipelined XPENDING IDLE per stream finds
+// saturated — they hold their partitions' commits. From each stream it
+// claims no more than the stream starts here within half a visibility
+// timeout (claimRoom); the rest stay due for the other workers. A stream
+// queues no more than its part and share (what is beyond is parked: held
+// and leased, started as its queue drains, see pushUrgent). They are
+// queued before the entries read of their streams. First one pipelined XPENDING IDLE per stream finds
 // the streams that have such entries, and where the first one is; then only
 // those are claimed from, starting with a different stream every round so
 // that the first ones cannot take the whole budget. Entries this consumer
@@ -110,7 +116,11 @@ func (w *Worker) reclaimRound(ctx context.Context, rr, recent int) (more, claime
 		if budget <= 0 || ctx.Err() != nil {
 			break
 		}
-		args := append([]any{w.cfg.Group, w.cfg.Consumer, w.cfg.VisibilityTimeout.Milliseconds(), start, budget}, w.heldIn(s)...)
+		n := min(budget, w.sched.claimRoom(s))
+		if n <= 0 {
+			continue
+		}
+		args := append([]any{w.cfg.Group, w.cfg.Consumer, w.cfg.VisibilityTimeout.Milliseconds(), start, n}, w.heldIn(s)...)
 		res, err := reclaimScript.Run(sctx, w.rdb, []string{s}, args...).Slice()
 		if err != nil {
 			if !isNoSuchKey(err) && !redis.HasErrorPrefix(err, "NOGROUP") {

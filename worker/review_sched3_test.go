@@ -45,10 +45,25 @@ func (s *scheduler) schedInvariants(now time.Time, dispatched bool) string {
 	if msg := s.checkIndex(now); msg != "" {
 		return msg
 	}
-	q, w, r, slow, pk := 0, 0, 0, 0, 0
+	q, w, r, slow, pk, rq := 0, 0, 0, 0, 0, 0
 	for _, st := range s.streams {
 		q += st.queued()
 		pk += len(st.parked)
+		n := 0
+		for _, t := range st.urgent {
+			if t.reclaimed {
+				n++
+			}
+		}
+		for _, t := range st.ready {
+			if t.reclaimed {
+				return fmt.Sprintf("%s: a read task marked reclaimed", st.key)
+			}
+		}
+		if n != st.reclaimQ {
+			return fmt.Sprintf("%s: %d reclaimed tasks queued, counted %d", st.key, n, st.reclaimQ)
+		}
+		rq += n
 		if len(st.parked) > 0 && st.queued() == 0 {
 			return fmt.Sprintf("%s: %d parked, none queued", st.key, len(st.parked))
 		}
@@ -81,6 +96,9 @@ func (s *scheduler) schedInvariants(now time.Time, dispatched bool) string {
 	}
 	if pk != s.parked {
 		return fmt.Sprintf("parked %d, counted %d", pk, s.parked)
+	}
+	if rq != s.reclaimQ {
+		return fmt.Sprintf("reclaimed queued %d, counted %d", rq, s.reclaimQ)
 	}
 	if q != s.queued || w != s.waiting || r != s.running || hw != s.waiting || s.free+s.running != s.conc || s.free < 0 {
 		return fmt.Sprintf("books: queued %d/%d waiting %d/%d/%d running %d/%d free %d conc %d", s.queued, q, s.waiting, w, hw, s.running, r, s.free, s.conc)

@@ -76,7 +76,10 @@ func (x *recRig) round() (more, claimedAny bool) {
 		if budget <= 0 {
 			break
 		}
-		n := min(budget, x.dead[k])
+		n := min(budget, x.dead[k], s.claimRoom(k))
+		if n <= 0 {
+			continue
+		}
 		x.dead[k] -= n
 		for range n {
 			ts = append(ts, &task{m: &Message{Stream: k}, reclaimed: true})

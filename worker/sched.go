@@ -3,6 +3,7 @@ package worker
 import (
 	"cmp"
 	"container/heap"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -88,6 +89,7 @@ type scheduler struct {
 	idleWant   wantIndex     // streams that want slots, run none and have none queued
 	candBuf    []*sstream    // lender's candidates (reused)
 	parked     int           // tasks parked (sstream.parked): held, not in queued
+	reclaimQ   int           // reclaimed tasks queued (in urgent), not started: sstream.reclaimQ summed
 }
 
 // lendSlack: a stream over its share may take a slot while another stream
@@ -121,16 +123,17 @@ type task struct {
 
 	charged        time.Duration // the handler time its stream was charged when it started
 	redeliver      bool          // a retry after a failure: count the delivery before running
-	reclaimed      bool          // taken from another consumer, not started yet
+	reclaimed      bool          // taken from another consumer (pushUrgent), not started yet
 	dueRetry       bool          // a retry come due, queued (counted in its stream's retryQ)
 	backoffs       int64         // RetryError back-offs so far
 	runs           int64         // handler starts of the entry known here (start.lua's record, or 1 for a first delivery), this one included
 	transientSince time.Time     // first RetryError
 
-	queuedAt time.Time // when it entered its stream's queue
-	due      time.Time // in the timer heap: when it is due
-	wake     bool      // a heap entry that only ends st's pause
-	idx      int       // index in the heap
+	queuedAt  time.Time // when it entered its stream's queue
+	claimedAt time.Time // reclaimed: when pushUrgent took it; unpark leaves it (see takeStale)
+	due       time.Time // in the timer heap: when it is due
+	wake      bool      // a heap entry that only ends st's pause
+	idx       int       // index in the heap
 }
 
 // sstream is the scheduler's state of one stream.
@@ -139,6 +142,7 @@ type sstream struct {
 	ready      []*task // read, not started
 	urgent     []*task // reclaimed or due for a retry: before ready
 	parked     []*task // reclaimed, beyond what it starts at once: queued into urgent as it drains (unpark)
+	reclaimQ   int     // reclaimed tasks in urgent, not started (with parked: what claimRoom counts)
 	running    int
 	waiting    int           // tasks in the timer heap
 	retryQ     int           // retries come due, queued, not started (see failing)
@@ -449,11 +453,12 @@ func (s *scheduler) listed() []string {
 // like any held entry's), counted in the stats, but neither queued nor
 // counted in the read budget of the other streams, and started only as
 // their stream's queue drains (unpark), under the usual share / borrow
-// rules. A reclaim round thus claims every due entry at once (the dead
-// worker's entries leave its pending list within the reclaim interval)
-// without a slow stream's reclaimed entries taking the read budget or the
-// slots of the streams beside it. Parked tasks are bounded by what the
-// dead workers held, as retries and paused queues are.
+// rules. A reclaim round thus claims a stream's due entries as far as
+// claimRoom allows without its reclaimed entries taking the read budget or
+// the slots of the streams beside it. Parked tasks are bounded by
+// claimRoom (what a stream starts in maxAge at its share) and by
+// reclaimBudget (the worker's free slots and turnover), and one held
+// unstarted for a visibility timeout is handed back (takeStale).
 func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -467,7 +472,7 @@ func (s *scheduler) pushUrgent(ts []*task) (refused []*task) {
 	now := s.clock()
 	for _, t := range ts {
 		st := s.stream(t.m.Stream)
-		t.st, t.queuedAt = st, now
+		t.st, t.queuedAt, t.claimedAt, t.reclaimed = st, now, now, true
 		st.parked = append(st.parked, t)
 		s.parked++
 	}
@@ -515,7 +520,19 @@ func (s *scheduler) unpark(st *sstream, now time.Time) {
 	}
 	s.parked -= n
 	s.queued += n
+	st.reclaimQ += n
+	s.reclaimQ += n
 	s.update(st, now)
+}
+
+// unclaim counts t, a queued task leaving its stream's queue (started or
+// handed back), out of the reclaimed tasks held unstarted (under s.mu).
+func (s *scheduler) unclaim(t *task) {
+	if t.reclaimed {
+		t.reclaimed = false
+		t.st.reclaimQ--
+		s.reclaimQ--
+	}
 }
 
 // dispatch starts tasks while slots are free (under s.mu).
@@ -588,6 +605,7 @@ func (s *scheduler) pick(now time.Time) *task {
 		t.dueRetry = false
 		best.retryQ--
 	}
+	s.unclaim(t)
 	s.queued--
 	s.free--
 	s.running++
@@ -890,7 +908,7 @@ func (s *scheduler) stop() (queued, waiting []*task) {
 		s.timer.Stop()
 	}
 	for _, st := range s.streams {
-		st.retryQ = 0
+		st.retryQ, st.reclaimQ = 0, 0
 		queued = append(queued, st.urgent...)
 		queued = append(queued, st.parked...)
 		queued = append(queued, st.ready...)
@@ -902,7 +920,7 @@ func (s *scheduler) stop() (queued, waiting []*task) {
 		}
 	}
 	s.timers = nil
-	s.queued, s.waiting, s.parked = 0, 0, 0
+	s.queued, s.waiting, s.parked, s.reclaimQ = 0, 0, 0, 0
 	return queued, waiting
 }
 
@@ -1210,7 +1228,7 @@ func (s *scheduler) readDone(keys []string, count int, ts []*task) (refused []*t
 	}
 	for _, t := range ts {
 		st := s.stream(t.m.Stream)
-		t.st, t.queuedAt = st, now
+		t.st, t.queuedAt, t.reclaimed = st, now, false
 		st.ready = append(st.ready, t)
 		st.hot = true
 		st.got++
@@ -1229,22 +1247,93 @@ func (s *scheduler) readDone(keys []string, count int, ts []*task) (refused []*t
 	return nil
 }
 
-// reclaimBudget is how many reclaimed entries may be queued now, given
+// reclaimBudget is how many entries a reclaim round may claim now, given
 // that recent attempts finished in the last visibility timeout: room for
 // them goes Concurrency beyond the read-ahead, which new reads may not use,
 // so that a dead worker's entries are taken over even while this one is
-// saturated — but no more than its free slots and recent turnover, so that
-// a worker whose handlers hang does not take entries it cannot start. The
-// room is reserved (reads leave it alone) until pushUrgent.
+// saturated — but no more than its free slots and recent turnover, less
+// the reclaimed entries it holds unstarted (queued or parked), so that a
+// worker whose handlers hang, or are all busy, does not take entries it
+// cannot start. Those held count because a burst repeats the round every
+// few milliseconds (reclaimLoop): with the limit applied to each round
+// alone, a worker with 2 free slots and a turnover of 2 claimed a dead
+// worker's 100 entries 4 a round and parked 92 while another worker kept
+// 16 slots idle (handled 22 s after due, 8.75 s with the idle worker
+// claiming them: TestReviewSched5SaturatedWorkerHoardsReclaim). The room
+// is reserved (reads leave it alone) until pushUrgent. Each stream's
+// claim is limited further by claimRoom.
 func (s *scheduler) reclaimBudget(recent int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
 		return 0
 	}
-	b := max(min(s.readAhead+s.conc-s.queuedStartable(s.clock())-s.reading, s.free+recent), 0)
+	b := max(min(s.readAhead+s.conc-s.queuedStartable(s.clock())-s.reading, s.free+recent-s.parked-s.reclaimQ), 0)
 	s.reclaiming = b
 	return b
+}
+
+// claimRoom is how many more reclaimed entries of stream key a reclaim
+// round may claim now (reclaimRound asks before it claims from the
+// stream): what the stream starts within maxAge (half the visibility
+// timeout) at its share — share × maxAge / its handler time, and at least
+// what it starts at once — less the reclaimed entries of it held
+// unstarted. A stream not timed yet gets what it starts at once. The rest
+// stay due in Redis for the other workers, or for this one's next rounds
+// as the stream's queue drains: claimed all at once, 32 dead entries of a
+// 2 s partition at a share of one slot waited here up to 48 s unstarted,
+// leased, while another worker could have run some
+// (TestReviewSched5ParkedOutlastVisibilityTimeout). Claiming no faster
+// than the stream starts them delays none on this worker: reclaimed
+// entries start before the stream's read ones, and maxAge of work covers
+// the wait for the next reclaim round (the interval is a quarter of the
+// visibility timeout by default). The dead worker's pending list empties
+// as fast as the live workers start its entries, no longer at the first
+// round. Without maxAge (0: never set, in tests) there is no limit.
+func (s *scheduler) claimRoom(key string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return 0
+	}
+	if s.maxAge <= 0 {
+		return math.MaxInt
+	}
+	st := s.streams[key]
+	if st == nil {
+		return max(s.claimShare(nil), 1)
+	}
+	return max(s.claimCap(st)-len(st.parked)-st.reclaimQ, 0)
+}
+
+// claimCap is how many reclaimed entries st may hold unstarted (see
+// claimRoom; under s.mu).
+func (s *scheduler) claimCap(st *sstream) int {
+	share := s.claimShare(st)
+	now := max(share-st.running, 1)
+	if !st.timed {
+		return now
+	}
+	n := int64(share) * int64(s.maxAge) / int64(max(st.avg, slowFloor))
+	return int(max(n, int64(now)))
+}
+
+// claimShare is the share of the slots st will have once its reclaimed
+// entries make it a contender and classify has judged its speed: st
+// counted among the contenders, and shrunk as shareOf does if its handlers
+// are slow beside the last classify's reference. A stream with nothing to
+// run is no contender, so it is not classified: its shareOf would be the
+// full share (nil: a stream not seen yet).
+func (s *scheduler) claimShare(st *sstream) int {
+	n := len(s.contenders)
+	if st == nil || !st.contender {
+		n++
+	}
+	share := (s.conc + n - 1) / n
+	if st != nil && st.timed && s.fastAvg >= 0 && st.avg > slowRatio*s.fastAvg+slowSlack {
+		return max(1, int(int64(share)*int64(slowRatio*s.fastAvg+slowSlack)/int64(st.avg)))
+	}
+	return share
 }
 
 // finishedCount returns how many attempts finished so far.
@@ -1254,11 +1343,20 @@ func (s *scheduler) finishedCount() uint64 {
 	return s.finished
 }
 
-// takeStale removes and returns the tasks queued since before before: this
-// worker cannot start them (its handlers hang, or are much slower than the
-// visibility timeout), and another worker may. The time a stream was paused
-// (its downstream asked to back off) does not count: another worker would
-// have to wait too.
+// takeStale removes and returns the tasks held unstarted since before
+// before: queued since then, or reclaimed since then (queued or parked; the
+// claim's time, which unpark leaves alone: it stamps queuedAt afresh as a
+// parked task moves into the queue, so parked tasks behind a queue that
+// turned over were never stale and waited up to 4.8 visibility timeouts,
+// TestReviewSched5ParkedOutlastVisibilityTimeout). This worker cannot start
+// them (its handlers hang, are much slower than the visibility timeout, or
+// the stream's share shrank after the claim), and another worker may. Only
+// those: a stream's other parked tasks stay (handing back all of them with
+// its stale ones, those parked a tick earlier too, had two workers pass
+// 100 entries back and forth, 1,208 claims:
+// TestReviewSched5HandBackChurn). The time a stream was paused (its
+// downstream asked to back off) does not count: another worker would have
+// to wait too.
 func (s *scheduler) takeStale(before time.Time) []*task {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1268,37 +1366,40 @@ func (s *scheduler) takeStale(before time.Time) []*task {
 	now := s.clock()
 	var out []*task
 	for _, st := range s.streams {
-		if st.queued() == 0 {
+		if st.queued() == 0 && len(st.parked) == 0 {
 			continue
 		}
 		if !st.pauseUntil.Before(before) {
 			continue
 		}
 		n := len(out)
-		keep := func(q []*task) []*task {
+		keep := func(q []*task, queued bool) []*task {
 			kept := q[:0]
 			for _, t := range q {
-				if t.queuedAt.Before(before) {
+				if !t.heldSince().Before(before) {
+					kept = append(kept, t)
+					continue
+				}
+				if queued {
 					if t.dueRetry {
 						t.dueRetry = false
 						st.retryQ--
 					}
-					out = append(out, t)
+					s.unclaim(t)
+					s.queued--
 				} else {
-					kept = append(kept, t)
+					s.parked--
 				}
+				out = append(out, t)
 			}
 			clear(q[len(kept):])
 			return kept
 		}
-		st.urgent, st.ready = keep(st.urgent), keep(st.ready)
-		if len(out) > n {
-			s.queued -= len(out) - n
-			// what it parked waited longer still: this worker cannot
-			// start those either
-			out = append(out, st.parked...)
-			s.parked -= len(st.parked)
+		st.urgent, st.ready = keep(st.urgent, true), keep(st.ready, true)
+		if st.parked = keep(st.parked, false); len(st.parked) == 0 {
 			st.parked = nil
+		}
+		if len(out) > n {
 			s.unpark(st, now)
 			s.update(st, now)
 		}
@@ -1308,6 +1409,15 @@ func (s *scheduler) takeStale(before time.Time) []*task {
 		s.kick()
 	}
 	return out
+}
+
+// heldSince is when t began to wait here unstarted: its claim for a
+// reclaimed task, else when it was queued.
+func (t *task) heldSince() time.Time {
+	if t.reclaimed && !t.claimedAt.IsZero() && t.claimedAt.Before(t.queuedAt) {
+		return t.claimedAt
+	}
+	return t.queuedAt
 }
 
 type taskHeap []*task

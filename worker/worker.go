@@ -461,7 +461,7 @@ type Stats struct {
 	InFlight     int64 // handlers running now
 	Queued       int64 // entries read ahead or reclaimed, waiting for a handler slot
 	Waiting      int64 // entries waiting for a retry (their slot given back)
-	Parked       int64 // of Queued, reclaimed entries beyond their stream's part and share: started as its queue drains, outside the read-ahead bound (at most what dead workers held)
+	Parked       int64 // of Queued, reclaimed entries beyond their stream's part and share: started as its queue drains, outside the read-ahead bound (when claimed, at most what the stream starts in half a visibility timeout at its share; handed back if not started a visibility timeout after the claim)
 	Held         int64 // entries held now: running, queued, waiting, or awaiting their ack
 	Streams      int64 // streams read at the last discovery
 }
