@@ -107,6 +107,7 @@ func newP5Worker(name string, clk *time.Duration, base time.Time, conc, ra int, 
 	}
 	w.s = newScheduler(conc, ra, w.begin)
 	w.s.maxAge = vt / 2
+	w.s.claimEvery = interval // as New sets it
 	w.s.clock = func() time.Time { return base.Add(*clk) }
 	w.samples = []p5Sample{{*clk, 0}}
 	return w

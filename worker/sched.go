@@ -90,6 +90,7 @@ type scheduler struct {
 	candBuf    []*sstream    // lender's candidates (reused)
 	parked     int           // tasks parked (sstream.parked): held, not in queued
 	reclaimQ   int           // reclaimed tasks queued (in urgent), not started: sstream.reclaimQ summed
+	claimEvery time.Duration // the reclaim interval: how long claimed entries must last (claimCap)
 }
 
 // lendSlack: a stream over its share may take a slot while another stream
@@ -164,9 +165,10 @@ type sstream struct {
 	rIdx       int       // index in runList (-1: not in it)
 	wIdx       int       // index in its idleWant bucket (-1: not in it)
 	wBucket    int
-	wOcc       int64 // the occupancy it added to idleWant
-	wFull      bool  // the full flag it had when it joined idleWant
-	dIdx       int   // index in idleWant's window heap (-1: not in it)
+	wOcc       int64     // the occupancy it added to idleWant
+	wFull      bool      // the full flag it had when it joined idleWant
+	turnedAt   time.Time // its last attempt finished, or its first handler started after none ran (see claimCap)
+	dIdx       int       // index in idleWant's window heap (-1: not in it)
 
 	// Slot occupancy: busy is the integral of running over time since
 	// occAt; occ the mean running over the last whole occWindow.
@@ -610,6 +612,9 @@ func (s *scheduler) pick(now time.Time) *task {
 	s.free--
 	s.running++
 	best.account(now)
+	if best.running == 0 {
+		best.turnedAt = now
+	}
 	best.running++
 	s.vnow = max(s.vnow, least)
 	t.charged = best.avg
@@ -771,6 +776,7 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 	st := t.st
 	st.account(now)
 	st.running--
+	st.turnedAt = now
 	s.running--
 	s.free++
 	s.finished++
@@ -1261,14 +1267,25 @@ func (s *scheduler) readDone(keys []string, count int, ts []*task) (refused []*t
 // 16 slots idle (handled 22 s after due, 8.75 s with the idle worker
 // claiming them: TestReviewSched5SaturatedWorkerHoardsReclaim). The room
 // is reserved (reads leave it alone) until pushUrgent. Each stream's
-// claim is limited further by claimRoom.
+// claim is limited further by claimRoom. The reclaimed entries of a paused
+// stream (its downstream asked to wait) do not count: they wait for the
+// pause, not for a slot, and take none; counted, 4 of them held a 4-slot
+// worker's budget at 0 for a 120 s pause while another partition's dead
+// entries waited with every slot free (TestReviewSched8PausedPartitionBlocksOtherClaims).
 func (s *scheduler) reclaimBudget(recent int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
 		return 0
 	}
-	b := max(min(s.readAhead+s.conc-s.queuedStartable(s.clock())-s.reading, s.free+recent-s.parked-s.reclaimQ), 0)
+	now := s.clock()
+	held := s.parked + s.reclaimQ
+	for _, st := range s.streams {
+		if st.paused(now) {
+			held -= len(st.parked) + st.reclaimQ
+		}
+	}
+	b := max(min(s.readAhead+s.conc-s.queuedStartable(now)-s.reading, s.free+recent-held), 0)
 	s.reclaiming = b
 	return b
 }
@@ -1303,20 +1320,54 @@ func (s *scheduler) claimRoom(key string) int {
 	if st == nil {
 		return max(s.claimShare(nil), 1)
 	}
-	return max(s.claimCap(st)-len(st.parked)-st.reclaimQ, 0)
+	now := s.clock()
+	if st.paused(now) {
+		return 0 // nothing of it starts before the pause ends, here or elsewhere
+	}
+	return max(s.claimCap(st, now)-len(st.parked)-st.reclaimQ, 0)
 }
 
 // claimCap is how many reclaimed entries st may hold unstarted (see
 // claimRoom; under s.mu).
-func (s *scheduler) claimCap(st *sstream) int {
+//
+// Its handler time is the average, or, while handlers of it run, at least
+// the time since one of its attempts last finished: the average counts
+// only finished attempts, so handlers that hang left it at 1 ms, and a
+// worker whose 16 slots all hung on the stream claimed a dead worker's 200
+// entries of it and held them unstarted a visibility timeout while an idle
+// worker found none (TestReviewSched8HungHandlersHoardReclaim). Once
+// nothing of it finished for hungAfter with every slot of its share busy,
+// it claims none at all: what it would start at once is 0.
+//
+// The claim lasts until the next round: over maxAge, or over the reclaim
+// interval if that is longer (a little more, so the queue does not run dry
+// just before the tick; less than the visibility timeout, after which
+// unstarted entries are handed back). Over maxAge alone, an 8 s interval
+// left a 1 s partition's queue dry between ticks (its 40 dead entries
+// handled 48 s after due against 35.5 s with a 2.5 s interval:
+// TestReviewSched8LongIntervalStarvesSlowPartition).
+func (s *scheduler) claimCap(st *sstream, now time.Time) int {
 	share := s.claimShare(st)
-	now := max(share-st.running, 1)
-	if !st.timed {
-		return now
+	atOnce := max(share-st.running, 0)
+	h := max(st.avg, slowFloor)
+	if st.running > 0 {
+		idle := now.Sub(st.turnedAt)
+		if st.running >= share && idle > max(4*st.avg, hungAfter) {
+			return 0
+		}
+		h = max(h, idle)
 	}
-	n := int64(share) * int64(s.maxAge) / int64(max(st.avg, slowFloor))
-	return int(max(n, int64(now)))
+	if !st.timed {
+		return max(atOnce, 1)
+	}
+	span := max(s.maxAge, min(s.claimEvery+s.maxAge/4, 2*s.maxAge*9/10))
+	n := int64(share) * int64(span) / int64(h)
+	return int(max(n, int64(max(atOnce, 1))))
 }
+
+// hungAfter is the least time without a finished attempt after which a
+// stream whose handlers fill its share is taken to hang (claimCap).
+const hungAfter = 250 * time.Millisecond
 
 // claimShare is the share of the slots st will have once its reclaimed
 // entries make it a contender and classify has judged its speed: st

@@ -88,6 +88,7 @@ func New(cfg Config) (*Worker, error) {
 	// Half the time after which a queued entry is handed back as stale
 	// (takeStale): one that waited this long starts next.
 	w.sched.maxAge = cfg.VisibilityTimeout / 2
+	w.sched.claimEvery = cfg.ReclaimInterval
 	w.acks = newAcker(w)
 	if c, ok := cfg.Redis.(*redis.ClusterClient); ok {
 		w.perSlot, w.slotReads = true, newSlotReads(maxBlocking(c))
