@@ -72,8 +72,14 @@ func p8Run(clk *time.Duration, base time.Time, ws []*p5Worker, end time.Duration
 				next, kind, wi = w.nextRound, 1, i
 			}
 		}
+		// A timer due with another event goes first: a pause that ends
+		// at t is over at t (paused(t) is false), and the scheduler's
+		// books say so once fire ran — as in a worker, where the timer
+		// fires at the pause's end. Run after the other event, the books
+		// were checked in between (a stream wanting slots, not yet in
+		// idleWant).
 		for i, w := range ws {
-			if d, ok := p8TimerDue(w, base); ok && d < next {
+			if d, ok := p8TimerDue(w, base); ok && d <= next {
 				next, kind, wi = d, 2, i
 			}
 		}
