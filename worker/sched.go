@@ -165,10 +165,12 @@ type sstream struct {
 	rIdx       int       // index in runList (-1: not in it)
 	wIdx       int       // index in its idleWant bucket (-1: not in it)
 	wBucket    int
-	wOcc       int64     // the occupancy it added to idleWant
-	wFull      bool      // the full flag it had when it joined idleWant
-	turnedAt   time.Time // its last attempt finished, or its first handler started after none ran (see claimCap)
-	dIdx       int       // index in idleWant's window heap (-1: not in it)
+	wOcc       int64         // the occupancy it added to idleWant
+	wFull      bool          // the full flag it had when it joined idleWant
+	turnedAt   time.Time     // its last attempt finished, or its first handler started after none ran (see claimCap)
+	longest    time.Duration // its longest attempt lately: the longest since longestAt, halved each maxAge (see claimCap)
+	longestAt  time.Time
+	dIdx       int // index in idleWant's window heap (-1: not in it)
 
 	// Slot occupancy: busy is the integral of running over time since
 	// occAt; occ the mean running over the last whole occWindow.
@@ -792,6 +794,15 @@ func (s *scheduler) finish(t *task, took time.Duration, res result, at time.Time
 	case timing:
 		st.avg += (took - st.avg) / 8
 	}
+	if timing {
+		for s.maxAge > 0 && st.longest > 0 && now.Sub(st.longestAt) >= s.maxAge {
+			st.longest /= 2
+			st.longestAt = st.longestAt.Add(s.maxAge)
+		}
+		if took >= st.longest {
+			st.longest, st.longestAt = took, now
+		}
+	}
 	if res == handled || res == retry {
 		f := 0.0
 		if res == retry {
@@ -1336,8 +1347,18 @@ func (s *scheduler) claimRoom(key string) int {
 // worker whose 16 slots all hung on the stream claimed a dead worker's 200
 // entries of it and held them unstarted a visibility timeout while an idle
 // worker found none (TestReviewSched8HungHandlersHoardReclaim). Once
-// nothing of it finished for hungAfter with every slot of its share busy,
-// it claims none at all: what it would start at once is 0.
+// nothing of it finished for 4 of its longest recent attempts, and at
+// least maxAge/4 (an eighth of the visibility timeout: the 16 hung slots
+// above had finished their last 2.4 s before the tick), with every slot
+// of its share busy, it claims none at
+// all: what it would start at once is 0. Not 4 averages and 250 ms: healthy
+// handlers of 1 ms with 1 in 20 taking 10 s fill every slot with slow ones
+// for seconds, and every saturated worker refused the dead worker's
+// commit-holding entry for 34 s, or for ever with one slot
+// (TestReviewSched9BimodalSaturatedConc16, ...Conc1); a downstream that
+// slowed from 10 ms to 8 s looked hung until its first slow attempt ended
+// (TestReviewSched9SlowdownLooksHung). A shorter silence only lowers the
+// claim (the handler time above), and the oldest entry is always claimed.
 //
 // The claim lasts until the next round: over maxAge, or over the reclaim
 // interval if that is longer (a little more, so the queue does not run dry
@@ -1352,7 +1373,7 @@ func (s *scheduler) claimCap(st *sstream, now time.Time) int {
 	h := max(st.avg, slowFloor)
 	if st.running > 0 {
 		idle := now.Sub(st.turnedAt)
-		if st.running >= share && idle > max(4*st.avg, hungAfter) {
+		if st.running >= share && idle > max(4*st.longest, s.maxAge/4) {
 			return 0
 		}
 		h = max(h, idle)
@@ -1364,10 +1385,6 @@ func (s *scheduler) claimCap(st *sstream, now time.Time) int {
 	n := int64(share) * int64(span) / int64(h)
 	return int(max(n, int64(max(atOnce, 1))))
 }
-
-// hungAfter is the least time without a finished attempt after which a
-// stream whose handlers fill its share is taken to hang (claimCap).
-const hungAfter = 250 * time.Millisecond
 
 // claimShare is the share of the slots st will have once its reclaimed
 // entries make it a contender and classify has judged its speed: st
