@@ -152,7 +152,7 @@ type sstream struct {
 	timed      bool          // avg has a sample
 	pauseUntil time.Time     // a RetryError: nothing starts or is read before
 	hot        bool          // the last read of this stream returned entries
-	full       bool          // its last read returned its whole COUNT: more entries wait in Redis (see mayBorrow)
+	full       bool          // a read returned its whole COUNT, at least what the stream was owed: more entries than it may start wait in Redis (see mayBorrow, readDone)
 	got        int           // entries the read readDone queues returned (scratch)
 	listed     bool          // in the last discovery
 	contender  bool
@@ -685,10 +685,11 @@ func (s *scheduler) lender(now time.Time) *sstream {
 // of runList that want slots, and ref (nil: none), which keeps its
 // head-room though it does not want slots now.
 //
-// While one of the much faster streams that want slots is full (its last
-// read returned its whole COUNT), st may not borrow at all: that stream has
-// more entries than it was read for and fills every slot it is given at
-// its next read, so a free slot is only the gap between two of its reads.
+// While one of the much faster streams that want slots is full (a read
+// for at least the slots it is owed returned its whole COUNT: see
+// readDone), st may not borrow at all: that stream has more entries than
+// it may start and fills every slot it is given at its next read, so a
+// free slot is only the gap between two of its reads.
 // Its occupancy is no measure of what it needs then: it is what its reads
 // let it run. A 1 ms stream beside four 2 s ones with read-ahead 0 ran 4-5
 // handlers a read round trip apart; the 2 s streams borrowed the slots it
@@ -1030,14 +1031,17 @@ func (s *scheduler) wanted(probe bool) readRequest {
 		budget = s.readBudget(now)
 	}
 	// A stream that wants slots, has nothing queued and runs fewer than
-	// its share is read for what it may start at once, whatever the
-	// others have queued: 31 reclaimed entries of a 2 s stream made the
-	// budget 0, and a 1 ms stream beside it was not read for a whole
-	// handler time with 15 slots free. What it reads starts in free slots
-	// (it is under its share), so the queues do not grow.
+	// its share is read for the slots it is owed (see starvedRoom),
+	// whatever the others have queued: 31 reclaimed entries of a 2 s
+	// stream made the budget 0, and a 1 ms stream beside it was not read
+	// for a whole handler time with 15 slots free. What it reads starts in
+	// the free slots and in those lent to others as they come back (it is
+	// under its share: they go to it first). The read stays within
+	// Concurrency + ReadAhead − queued, so queued stays within
+	// Concurrency + ReadAhead.
 	starved := false
-	if s.free > 0 && budget < s.free {
-		if n := s.starvedRoom(now); n > budget {
+	if s.free > 0 {
+		if n := min(s.starvedRoom(now), s.conc+s.readAhead-s.queued-s.reclaiming); n > budget {
 			budget, starved = n, true
 			probe = false
 		}
@@ -1060,10 +1064,23 @@ func (s *scheduler) wanted(probe bool) readRequest {
 		switch {
 		case !wants(st):
 		case starved:
-			// only the starved streams, for what they start at once (the
-			// least of them: no stream reads more than it starts)
+			// the starved streams, for what they are owed (the least of
+			// them: no stream reads more than it is owed) — and the
+			// other hot streams that are not slow and have nothing
+			// queued, at that COUNT: beside a read-bound fast stream
+			// (a 100 µs one at 2 of its 8 slots, its queue empty a
+			// round trip after each read) nearly every read is a
+			// starved one, and a 3 ms stream left out of them ran dry
+			// with slots free: 0.71 / 0.65 of the 14 slots' worth
+			// (3 / 5 ms, read-ahead 0) instead of 0.84
+			// (TestReviewSched7ReadBoundStreamLooksFull). A slow stream
+			// is left out: it starts none of them in the free slots
+			// (the faster streams' head-room), and its next entry
+			// comes with its own read.
 			n := s.starvedOf(st, share, now)
 			switch {
+			case n <= 0 && st.queued() == 0 && !st.slow:
+				hot = append(hot, st)
 			case n <= 0:
 			case st.slow:
 				slow = append(slow, st)
@@ -1076,8 +1093,11 @@ func (s *scheduler) wanted(probe bool) readRequest {
 			slow = append(slow, st)
 			r.slowNeed = max(r.slowNeed, s.bufCap(st)-st.queued())
 		default:
+			// At least what it is owed: a COUNT below that, come back
+			// whole, says nothing of whether it has more than its share
+			// (see readDone).
 			hot = append(hot, st)
-			r.need = max(r.need, s.bufCap(st)-st.queued())
+			r.need = max(r.need, s.bufCap(st)-st.queued(), s.starvedOf(st, share, now))
 		}
 	}
 	// Least recently read first, so that every hot stream is read in turn
@@ -1151,14 +1171,32 @@ func (s *scheduler) starvedOf(st *sstream, share int, now time.Time) int {
 }
 
 // starvedRoom sums starvedOf over the hot streams, at most the free slots
-// (under s.mu). O(hot streams), as wanted.
+// plus the slots lent out (held by streams beyond their share: they come
+// back to the streams under theirs first) (under s.mu). Capped at the
+// free slots alone, a 100 µs stream at 2 of its 8 slots beside a 3 ms or
+// 5 ms one that borrowed the rest was read for the 1-2 slots free at a
+// time, one round trip apart, and ran 0.26 / 0.44 of its producer's
+// 20,000/s at read-ahead 0. Not capped at all, fifteen 500 ms streams (no
+// faster stream timed yet: equal shares of 2, one handler each) were read
+// for a second entry each; every read was a starved one (no probe), and
+// the 1 ms stream beside them, empty at its first probe, was not probed
+// again: 0 records in 5 s (TestReviewHol2SlowQueuesBlockFastRead). What
+// is lent out is the most the starved streams can take back before the
+// borrowers' handlers end. O(hot streams) as wanted, and O(runList) (at
+// most Concurrency) once the free slots are covered.
 func (s *scheduler) starvedRoom(now time.Time) int {
 	share := s.share()
-	n := 0
+	n, limit := 0, -1
 	for st := range s.hotSet {
 		n += s.starvedOf(st, share, now)
-		if n >= s.free {
-			return s.free
+		if limit < 0 && n > s.free {
+			limit = s.free
+			for _, c := range s.runList {
+				limit += max(c.running-s.shareOf(c, share), 0)
+			}
+		}
+		if limit >= 0 && n >= limit {
+			return limit
 		}
 	}
 	return n
@@ -1225,8 +1263,9 @@ func (s *scheduler) anyHot() bool {
 // readDone queues what a read of keys with COUNT count returned (keys nil:
 // a blocking read of earlier rounds; count 0: a probe, or not known) and
 // starts what it can. A stream that returned nothing is not hot any more;
-// one that returned entries is, and one that returned count of them is
-// full. After stop, it returns the tasks (to be handed back) instead.
+// one that returned entries is, and one that returned count of them, count
+// at least what it is owed, is full. After stop, it returns the tasks (to
+// be handed back) instead.
 func (s *scheduler) readDone(keys []string, count int, ts []*task) (refused []*task) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1251,9 +1290,23 @@ func (s *scheduler) readDone(keys []string, count int, ts []*task) (refused []*t
 		st.got++
 		s.queued++
 	}
+	// Full only if the COUNT covered what the stream is owed (its share
+	// less what it runs and had queued): then it has more than it may
+	// start. A 100 µs stream keeping up with its 20,000/s was read for 4
+	// (its part of the free slots), came back whole most of the time and,
+	// full, kept a 3 ms stream beside it from borrowing: 5.9 of 16 slots
+	// idle with entries queued (TestReviewSched7ReadBoundStreamLooksFull).
+	// A smaller COUNT come back whole tells neither way: the flag stays.
+	share := s.share()
 	for _, k := range keys {
 		if st := s.streams[k]; st != nil {
-			st.full = count > 0 && st.got >= count
+			owed := s.shareOf(st, share) - st.running - (st.queued() - st.got)
+			switch {
+			case count == 0 || st.got < count:
+				st.full = false
+			case count >= owed:
+				st.full = true
+			}
 			s.update(st, now)
 		}
 	}
