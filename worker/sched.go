@@ -600,7 +600,7 @@ func (s *scheduler) pick(now time.Time) *task {
 		}
 	}
 	var t *task
-	if len(best.urgent) > 0 && !(aged && len(best.ready) > 0 && best.ready[0].queuedAt.Before(best.urgent[0].queuedAt)) {
+	if len(best.urgent) > 0 && !(aged && len(best.ready) > 0 && best.ready[0].heldSince().Before(best.urgent[0].heldSince())) {
 		t, best.urgent = best.urgent[0], best.urgent[1:]
 	} else {
 		t, best.ready = best.ready[0], best.ready[1:] // or the aged entry, read before the urgent ones came
@@ -629,15 +629,23 @@ func (s *scheduler) pick(now time.Time) *task {
 	return t
 }
 
-// headQueuedAt is when the longest-queued task of st entered its queue.
+// headQueuedAt is since when the longest-held task at the head of st's
+// queues has waited unstarted: since it was queued, or, reclaimed, since
+// its claim (heldSince) — the age takeStale hands it back at. Aged by its
+// queuedAt, which unpark stamps afresh, a reclaimed entry parked for a
+// while was not "old" here when takeStale found it stale: a dead
+// consumer's entries on a stream with a share of one slot among 301
+// waited their turn past the visibility timeout, were handed back and
+// claimed again by the same worker (TestBreakProbeIgnoresReadAhead, 1 run
+// in 4).
 func (st *sstream) headQueuedAt() time.Time {
 	switch {
 	case len(st.urgent) == 0:
-		return st.ready[0].queuedAt
-	case len(st.ready) == 0 || st.urgent[0].queuedAt.Before(st.ready[0].queuedAt):
-		return st.urgent[0].queuedAt
+		return st.ready[0].heldSince()
+	case len(st.ready) == 0 || st.urgent[0].heldSince().Before(st.ready[0].heldSince()):
+		return st.urgent[0].heldSince()
 	default:
-		return st.ready[0].queuedAt
+		return st.ready[0].heldSince()
 	}
 }
 
@@ -1042,8 +1050,14 @@ func (s *scheduler) wanted(probe bool) readRequest {
 	starved := false
 	if s.free > 0 {
 		if n := min(s.starvedRoom(now), s.conc+s.readAhead-s.queued-s.reclaiming); n > budget {
+			// A probe that is due still runs (with what the starved
+			// streams leave, or first when the last one could not
+			// cover every idle stream: readLoop). Turned off here,
+			// it never ran beside a read-bound fast stream whose
+			// starved room (free and lent slots) always exceeded the
+			// budget: entries appended to idle streams were never
+			// read (TestReviewSched10StarvedFastStreamStopsProbes).
 			budget, starved = n, true
-			probe = false
 		}
 	}
 	if budget <= 0 {
