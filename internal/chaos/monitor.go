@@ -94,8 +94,26 @@ func (m *Monitor) Read(ctx context.Context) (committed, logEnd []int64, err erro
 	return committed, logEnd, err
 }
 
-// LogEnds returns every partition's log end offset.
+// LogEnds returns every partition's log end offset. A broker's error (an
+// UNKNOWN_SERVER_ERROR for one of 1,000 partitions right after an ingest
+// was SIGKILLed, in CI) is retried for up to 20 s: the harness measures the
+// hand-over, and one failed look at the log ends is no finding.
 func (m *Monitor) LogEnds(ctx context.Context) ([]int64, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := m.logEnds(ctx)
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return out, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func (m *Monitor) logEnds(ctx context.Context) ([]int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	reqs := make([]kafka.OffsetRequest, m.Partitions)
