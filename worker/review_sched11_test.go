@@ -37,11 +37,23 @@ func trickleRig(ra, nIdle int, total float64, sts []holStream, end time.Duration
 	return r, idle
 }
 
+// trickleSlack is two probe intervals: how long the reader may take to
+// probe an idle stream while others keep it busy, with as much again.
+const trickleSlack = 2 * probeInterval
+
+// trickleDone is the share of the trickle streams' entries appended by
+// end − trickleSlack that ran by end. Not those appended by end: the rig's
+// producer appends a stream's i-th entry at i / rate exactly, all streams
+// at once, so with 1,000 streams at 1/s each the 5th entry of every stream
+// is appended at t = 5 s, when the run ends, and 0.80 was the most any
+// reader could get (3/s: 14/15 = 0.93). A stream's entries run in order,
+// so done[k] ≥ produced(k, end − trickleSlack) means those all ran.
 func trickleDone(r *holRig, idle []string, end time.Duration) float64 {
 	d, p := 0, 0
 	for _, k := range idle {
-		d += r.sim.done[k]
-		p += r.produced(k, end)
+		n := r.produced(k, end-trickleSlack)
+		d += min(r.sim.done[k], n)
+		p += n
 	}
 	if p == 0 {
 		return 1
@@ -56,13 +68,26 @@ func trickleDone(r *holRig, idle []string, end time.Duration) float64 {
 // ≥ 0.95 of its producer's rate, the 3 ms one ≥ 0.8 of the slots left.
 //
 // Finding 1 (open, low): the fast stream holds (1.00), queued ≤ 16 + ra,
-// but with 3,000 trickle entries/s the 3 ms stream gets 0.75-0.77 of the
-// slots left (6a7a770^: 0.90-1.06, but the trickles were then ~0.00-0.11
-// read: review 10's bug), ~2.2 slots free with work queued (1.8 before);
-// with 1,000 trickle streams at 1/s each only 0.80 of their entries run
-// within 5 s (ra 0 and 1).
+// the trickles run (1.00 of those appended by 4.8 s), but with 3,000
+// trickle entries/s the 3 ms stream gets 0.75-0.77 of the slots left
+// (6a7a770^: 0.90-1.06, but the trickles were then ~0.00-0.11 read: review
+// 10's bug), ~2.2 slots free with work queued (1.8 before). (The lag of
+// 1,000 trickle streams at 1/s, 0.80 run, first given here was the
+// measure's: see trickleDone.) Not the probe going first in starved
+// rounds: never first in a starved round, or given only the budget beyond
+// the starved need (at least 1), the 3 ms stream gets the same ± 0.01.
+// The trickle entries come a probe at a time (in this rig all streams'
+// at the same instant) and take every slot, ~0.2 of the time, each
+// stream under its share of 1; the fast stream, at a share of 1 then,
+// falls behind, and catches up read-bound and full ~0.3 of the time (8
+// entries a round trip, 4-5 slots free between its reads), when the 3 ms
+// stream may not borrow (review 4's rule): it runs 7.6-8.1 slots then,
+// 11.7 the rest of the time. Reading the fast and 3 ms streams at every
+// round for what they are owed, beyond the budget, gets it 0.80-0.81 only;
+// probing less often in starved rounds gets it 0.83-1.02 but leaves the
+// trickles 0.16-0.87 run.
 func TestReviewSched11ProbeBesideReadBoundStream(t *testing.T) {
-	openFinding(t, 1, "trickle probes during starved reads: the borrowing 3 ms stream falls to 0.75 of the slots left, 1,000 trickle streams lag (0.80 run)")
+	openFinding(t, 1, "trickle bursts: the fast stream falls behind at a share of 1, catches up full, and the borrowing 3 ms stream falls to 0.75 of the slots left")
 	const rate = 20000.0
 	const end = 5 * time.Second
 	for _, ra := range []int{0, 1} {
