@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command of kbridge: go vet + go test -race against real Kafka and Redis.
+# The one test command of kbridge: go vet + go test -race against real Kafka and Redis
+# (and, beside it, the worker's scheduler simulations without -race).
 set -euo pipefail
 
 LOG_NAME=test.sh
@@ -22,8 +23,13 @@ Runs the whole kbridge test suite:
      scripts/kafka.sh and scripts/redis.sh)
   4. go vet ./...
   5. go test -race -count=1 -timeout 40m ./... GO TEST ARGS...
+     and beside it, when ./worker is among the packages, the worker's
+     simulations without -race (they skip under -race: one goroutine on a
+     simulated clock, nothing for the detector to find; worker/sim_test.go):
+     KBRIDGE_SIM_ONLY=1 go test -count=1 -timeout 40m GO TEST ARGS... ./worker/
+     (its output is printed when it ends)
   6. stops every service it (or a test, through the scripts) started; exits with
-     go test's exit code.
+     go test's exit code (the -race pass's if it failed, else the simulations').
 
 Options:
   --no-services   no Kafka/Redis: tests run on the embedded stand-ins only
@@ -68,6 +74,8 @@ REDIS_ENV=(REDIS_PORT="$REDIS_TEST_PORT" REDIS_PERSIST=none REDIS_DATA_DIR="$RED
 
 REGISTRY=""
 GO_PID=""
+SIM_PID=""
+SIM_LOG=""
 KEEP_DIRS=()   # data dirs of services that ran before us: never stopped by us
 CLUSTER_STARTED=0
 # shellcheck disable=SC2317  # invoked by the EXIT trap
@@ -75,11 +83,19 @@ finish() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
-  if [[ -n $GO_PID ]] && kill -0 "$GO_PID" 2>/dev/null; then
-    log "interrupted: stopping go test (process group $GO_PID)"
-    kill -TERM -- "-$GO_PID" 2>/dev/null || kill -TERM "$GO_PID" 2>/dev/null
-    wait_pid_gone "$GO_PID" 10 || kill -KILL -- "-$GO_PID" 2>/dev/null
-    wait "$GO_PID" 2>/dev/null
+  local pid
+  for pid in "$GO_PID" "$SIM_PID"; do
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+      log "interrupted: stopping go test (process group $pid)"
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+      wait_pid_gone "$pid" 10 || kill -KILL -- "-$pid" 2>/dev/null
+      wait "$pid" 2>/dev/null
+    fi
+  done
+  if [[ -n $SIM_LOG && -f $SIM_LOG ]]; then
+    log "output of the simulations' pass so far:"
+    tail -n 50 "$SIM_LOG" >&2
+    rm -f "$SIM_LOG"
   fi
   if [[ -n $REGISTRY && -f $REGISTRY ]]; then
     local kind dir port keep k
@@ -124,10 +140,17 @@ else
 fi
 # Packages named in the arguments replace the default ./...
 pkgs=(./...)
+named=()      # the packages named in the arguments
+sim_args=()   # the other arguments: for the simulations' pass
 for a in "${go_args[@]}"; do
-  case "$a" in ./*|../*|github.com/*) pkgs=() ;; esac
+  case "$a" in
+    ./*|../*|github.com/*) pkgs=(); named+=("$a") ;;
+    -race) ;;   # the simulations' pass is the one without it
+    *) sim_args+=("$a") ;;
+  esac
 done
 log "runs:     go vet ./...  then  go test -race -count=1 -timeout $TEST_TIMEOUT ${pkgs[*]} ${go_args[*]}"
+log "          and beside it, if ./worker is tested: KBRIDGE_SIM_ONLY=1 go test -count=1 ${sim_args[*]} ./worker/"
 
 # No Go code yet: nothing to vet or test.
 if [[ -z $(find . -name '*.go' -not -path './vendor/*' -not -path './.git/*' -print -quit) ]]; then
@@ -211,15 +234,48 @@ else
   unset KAFKA_BROKERS REDIS_ADDR REDIS_CLUSTER_ADDRS KBRIDGE_SCRIPTS KBRIDGE_REGISTRY
 fi
 
+# The worker's scheduler simulations skip under -race (simTest,
+# worker/sim_test.go): they run here without it, beside the -race pass, when
+# the worker package is tested. KBRIDGE_SIM_ONLY=1 skips every other test of
+# the package (those run under -race); which is which comes from the source,
+# so the two passes cannot drift apart. It runs niced: the -race pass has
+# the tests that watch the real clock, the simulations only a simulated one.
+sims=0
+if (( ${#named[@]} == 0 )); then
+  sims=1
+elif worker_pkg=$(go list ./worker 2>/dev/null) &&
+     go list "${named[@]}" 2>/dev/null | grep -qxF "$worker_pkg"; then
+  sims=1
+fi
+set +e
+if (( sims )); then
+  SIM_LOG=$(mktemp "${TMPDIR:-/tmp}/kbridge-test-sims.XXXXXX")
+  log "KBRIDGE_SIM_ONLY=1 go test -count=1 -timeout $TEST_TIMEOUT ${sim_args[*]} ./worker/ (beside it; output when it ends)"
+  setsid nice -n 10 env KBRIDGE_SIM_ONLY=1 go test -count=1 -timeout "$TEST_TIMEOUT" "${sim_args[@]}" ./worker/ \
+    </dev/null >"$SIM_LOG" 2>&1 &
+  SIM_PID=$!
+fi
 log "go test -race -count=1 -timeout $TEST_TIMEOUT ${pkgs[*]} ${go_args[*]}"
 # go test runs in its own process group and we `wait` for it, so that a signal
 # to this script (Ctrl-C, timeout(1), CI) is handled at once: finish() stops
 # the test processes and then the services.
-set +e
+ts=$SECONDS
 setsid go test -race -count=1 -timeout "$TEST_TIMEOUT" "${pkgs[@]}" "${go_args[@]}" </dev/null &
 GO_PID=$!
 wait "$GO_PID"
 rc=$?
 GO_PID=""
+log "go test -race: $( ((rc == 0)) && echo PASS || echo "FAIL (exit $rc)") in $(human_duration $((SECONDS - ts)))"
+if (( sims )); then
+  wait "$SIM_PID"
+  sim_rc=$?
+  SIM_PID=""
+  log "---- simulations without -race (KBRIDGE_SIM_ONLY=1 go test ./worker/) ----"
+  cat "$SIM_LOG"
+  rm -f "$SIM_LOG"
+  SIM_LOG=""
+  log "simulations without -race: $( ((sim_rc == 0)) && echo PASS || echo "FAIL (exit $sim_rc)") (done $(human_duration $((SECONDS - ts))) after the start)"
+  (( rc == 0 )) && rc=$sim_rc
+fi
 set -e
 exit "$rc"

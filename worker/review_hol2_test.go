@@ -20,6 +20,7 @@ import (
 // slots (12 of 16 for 60 s handlers, all 16 at times), and the 10 ms
 // stream beside it, whose share is 15, loses most of its rate.
 func TestReviewHol2AgedSlowStreamTakesSlots(t *testing.T) {
+	simTest(t)
 	run := func(h, age time.Duration) (fast, slowNow, slowPeak int) {
 		r := newHolRig(16, 16, map[string]time.Duration{"fast": 10 * holMs, "slow": h})
 		r.sim.s.maxAge = age
@@ -53,6 +54,7 @@ func TestReviewHol2AgedSlowStreamTakesSlots(t *testing.T) {
 // room for their summed occupancy, and a slot owed to each faster stream
 // that runs none (TestManyStreamsShare).
 func TestReviewHol2HeadroomAddsUpPerStream(t *testing.T) {
+	simTest(t)
 	const total = 30000.0 // records/s of 100 µs: 3 slots
 	mid := map[int]int{}
 	for _, n := range []int{1, 4, 6} {
@@ -82,6 +84,7 @@ func TestReviewHol2HeadroomAddsUpPerStream(t *testing.T) {
 // has one queued entry per running handler outside the read budget. The
 // bound that holds: reads keep queued within ReadAhead + Concurrency.
 func TestReviewHol2SlowQueuesBlockFastRead(t *testing.T) {
+	simTest(t)
 	for _, ra := range []int{0, 1, 4, 8, 16} {
 		sts := []holStream{{"fast", holMs, 0, 100000}}
 		for i := range 15 {
@@ -107,6 +110,7 @@ func TestReviewHol2SlowQueuesBlockFastRead(t *testing.T) {
 // entry waits. Fixed: a stream is no reference only while it mostly fails
 // (sstream.failing; TestReviewHol2FailingNeighbourNoReference).
 func TestReviewHol2FailingFastStreamLosesSlowRule(t *testing.T) {
+	simTest(t)
 	run := func(fail bool) (fastDone, slowPeak int) {
 		r := newHolRig(16, 16, map[string]time.Duration{"fast": holMs, "slow": 500 * holMs})
 		r.backlog["fast"], r.backlog["slow"] = 1000000, 100000
@@ -149,6 +153,7 @@ func TestReviewHol2FailingFastStreamLosesSlowRule(t *testing.T) {
 // one as reference it would get 1 of 16 until the failing one stopped
 // being read, and refHold after).
 func TestReviewHol2FailingNeighbourNoReference(t *testing.T) {
+	simTest(t)
 	run := func(failing bool) (mid, peakSlow int, failed int) {
 		dur := map[string]time.Duration{"mid": 50 * holMs}
 		if failing {
@@ -190,6 +195,7 @@ func TestReviewHol2FailingNeighbourNoReference(t *testing.T) {
 // stream is dropped by discovery and forgotten) within refHold: the slow
 // stream is not held back for a ghost (recentRef checks s.streams). Held.
 func TestReviewHol2GhostRefNotProtected(t *testing.T) {
+	simTest(t)
 	sim := newSchedSim(16, 16, map[string]time.Duration{"fast": holMs, "slow": 500 * holMs})
 	sim.s.setStreams([]string{"fast", "slow"})
 	sim.read("fast", 4)

@@ -333,6 +333,7 @@ func compareHol(t *testing.T, conc, readAhead int, streams []holStream, end time
 // what is left, nothing, so a 10 ms stream beside a 1 ms one is read once
 // in 5 s. Before, the two were in one list, least recently read first.
 func TestReviewHolSlowStreamNotRead(t *testing.T) {
+	simTest(t)
 	for _, c := range []struct {
 		conc, ra int
 		streams  []holStream
@@ -360,6 +361,7 @@ func TestReviewHolSlowStreamNotRead(t *testing.T) {
 // gain of the fast one (it keeps up either way). Fixed by the head-room
 // rule (the slow one borrows what the fast one leaves idle).
 func TestReviewHolSlowShareIdlesSlots(t *testing.T) {
+	simTest(t)
 	now, before := compareHol(t, 16, 16, []holStream{{"fast", holMs, 0, 5000}, {"slow", 50 * holMs, 100000, 0}}, 5*time.Second)
 	if now.done["fast"] < before.done["fast"]-100 {
 		t.Logf("the fast stream gained nothing either")
@@ -379,6 +381,7 @@ func TestReviewHolSlowShareIdlesSlots(t *testing.T) {
 // 4 × 50 µs + 1 ms "slow": three ordinary 5 ms partitions with backlogs get
 // one slot each of 16 and lose ~3/4 of their rate, 12 slots free.
 func TestReviewHolCheapStreamShrinksOthers(t *testing.T) {
+	simTest(t)
 	now, before := compareHol(t, 16, 16, []holStream{{"quick", 50 * time.Microsecond, 0, 10000}, {"a", 5 * holMs, 100000, 0}, {"b", 5 * holMs, 100000, 0}, {"c", 5 * holMs, 100000, 0}}, 5*time.Second)
 	got, was := now.done["a"]+now.done["b"]+now.done["c"], before.done["a"]+before.done["b"]+before.done["c"]
 	if now.idle > 3 || float64(got) < 0.5*float64(was) {
@@ -392,6 +395,7 @@ func TestReviewHolCheapStreamShrinksOthers(t *testing.T) {
 // (0, 1, 5, 20, 100 ms), a fast stream leaving, and a stream alternating
 // between 1 ms and 100 ms. (Held.)
 func TestReviewHolInvariants(t *testing.T) {
+	simTest(t)
 	mixed := []holStream{{"m0", 0, 100000, 0}, {"m1", holMs, 100000, 0}, {"m5", 5 * holMs, 100000, 0}, {"m20", 20 * holMs, 100000, 0}, {"m100", 100 * holMs, 100000, 0}}
 	for _, c := range [][2]int{{4, 4}, {16, 0}, {16, 16}, {64, 16}} {
 		res := runHol(c[0], c[1], mixed, 5*time.Second, false)
@@ -425,6 +429,7 @@ func TestReviewHolInvariants(t *testing.T) {
 // (a poison entry retried, reclaims), the aged entry keeps waiting until
 // takeStale hands it back.
 func TestReviewHolAgedEntryBehindUrgent(t *testing.T) {
+	simTest(t)
 	var started []*task
 	s := newScheduler(1, 1, func(t *task) { started = append(started, t) })
 	s.maxAge = 100 * time.Millisecond

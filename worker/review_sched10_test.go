@@ -79,7 +79,7 @@ func idleWakeRig(ra, nIdle int, rate float64, mid time.Duration, wakeAt, end tim
 // is read in 4 s at ra 0 and 1 (the last probe is before t = 1 s), at
 // read-ahead 16 they are (the budget covers starvedRoom).
 func TestReviewSched10StarvedFastStreamStopsProbes(t *testing.T) {
-
+	simTest(t)
 	for _, ra := range []int{0, 1} {
 		for _, n := range []int{1, 100, 1000} {
 			for _, mid := range []time.Duration{3 * holMs} {
@@ -104,6 +104,7 @@ func TestReviewSched10StarvedFastStreamStopsProbes(t *testing.T) {
 // 16 (the budget covers it), or with a 20 ms borrower (rounds wait for its
 // slots). Held: 1-104 ms for 1-1,000 streams.
 func TestReviewSched10KeptUpFastStreamProbes(t *testing.T) {
+	simTest(t)
 	for _, c := range []struct {
 		ra  int
 		mid time.Duration

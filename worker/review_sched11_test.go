@@ -123,6 +123,7 @@ func TestReviewSched11ProbeBesideReadBoundStream(t *testing.T) {
 // trickle streams (1,000 entries/s: one slot). Asked: the 1 ms stream
 // ≥ 0.8 of (16 − n − 1)/16 of its rate alone over 5-15 s.
 func TestReviewSched11ProbeBesideSlowStreams(t *testing.T) {
+	simTest(t)
 	for _, ra := range []int{0, 1, 4} {
 		for _, nSlow := range []int{4, 8} {
 			t.Run(fmt.Sprintf("ra%d-slow%d", ra, nSlow), func(t *testing.T) {
@@ -152,6 +153,7 @@ func TestReviewSched11ProbeBesideSlowStreams(t *testing.T) {
 // 1 ms one, with 1,000 trickle streams (500 entries/s). Asked: the 1 ms
 // stream ≥ 1,000 records in 5 s, queued ≤ concurrency + read-ahead.
 func TestReviewSched11ProbeBesideSlowQueues(t *testing.T) {
+	simTest(t)
 	for _, ra := range []int{0, 1, 4} {
 		t.Run(fmt.Sprintf("ra%d", ra), func(t *testing.T) {
 			sts := []holStream{{"fast", holMs, 0, 100000}}
@@ -177,6 +179,7 @@ func TestReviewSched11ProbeBesideSlowQueues(t *testing.T) {
 // their claim time. Asked as review 3: the 1 ms stream ≥ 0.8 of its rate
 // alone; the slow stream at most 2 slots after the start.
 func TestReviewSched11AgedReclaimTakesSlots(t *testing.T) {
+	simTest(t)
 	for _, slowDur := range []time.Duration{500 * holMs, 2 * time.Second} {
 		for _, ra := range []int{0, 16} {
 			for _, nSlow := range []int{1, 4} {

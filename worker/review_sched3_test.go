@@ -132,6 +132,7 @@ func (s *scheduler) schedInvariants(now time.Time, dispatched bool) string {
 // fire, the stream is not in idleWant: a transient). Held: no drift, no
 // negative count, no panic, 24 sequences of 4,000 events.
 func TestReviewSched3RandomOps(t *testing.T) {
+	simTest(t)
 	durs := []time.Duration{0, 50 * time.Microsecond, time.Millisecond, 3 * time.Millisecond, 20 * time.Millisecond, 500 * time.Millisecond}
 	for _, c := range [][2]int{{1, 0}, {2, 0}, {2, 1}, {4, 4}, {16, 0}, {16, 16}} {
 		for seed := range uint64(4) {
@@ -326,6 +327,7 @@ func randomSchedOps(t *testing.T, conc, ra int, seed uint64, durs []time.Duratio
 // no idle stream to probe). The slow stream runs 16 − the old head-room
 // handlers until its queue drains to half its part.
 func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
+	simTest(t)
 	sim := farSim(16, 16, map[string]time.Duration{"fast": holMs, "slow": 500 * holMs})
 	s := sim.s
 	s.setStreams([]string{"fast", "slow"})
@@ -415,6 +417,7 @@ func TestReviewSched3ShareGrowsNoDispatch(t *testing.T) {
 // is computed from the fast stream's occupancy — which falls as the slow
 // one takes slots, so the head-room shrinks and it takes more.
 func TestReviewSched3ReclaimedSlowEntriesTakeSlots(t *testing.T) {
+	simTest(t)
 	for _, slowDur := range []time.Duration{500 * holMs, 2 * time.Second} {
 		for _, ra := range []int{0, 16} {
 			t.Run(fmt.Sprintf("slow%v-ra%d", slowDur, ra), func(t *testing.T) {
@@ -595,6 +598,7 @@ func (r *failRig) run(end time.Duration) {
 // (TestReviewHol2FailingNeighbourNoReference does not see it: its retries
 // are an hour away).
 func TestReviewSched3FailingStreamHeldAsReference(t *testing.T) {
+	simTest(t)
 	for _, nBad := range []int{1, 4, 1000000} {
 		run := func(failing bool) (mid int, slowFrac float64, failed int) {
 			dur := map[string]time.Duration{"mid": 50 * holMs, "bad": holMs}
@@ -630,6 +634,7 @@ func TestReviewSched3FailingStreamHeldAsReference(t *testing.T) {
 // within read-ahead + concurrency after every event (the bound the docs
 // and queuedCapped claim).
 func TestReviewSched3RandomOpsMemory(t *testing.T) {
+	simTest(t)
 	durs := []time.Duration{0, 50 * time.Microsecond, time.Millisecond, 3 * time.Millisecond, 20 * time.Millisecond, 500 * time.Millisecond}
 	for _, c := range [][2]int{{1, 0}, {2, 0}, {2, 1}, {4, 4}, {16, 0}, {16, 16}} {
 		for seed := range uint64(6) {
@@ -654,6 +659,7 @@ func TestReviewSched3RandomOpsMemory(t *testing.T) {
 // partition has entries all along, is not read once for the whole 2 s
 // handler of the slow one (30 s handlers: 30 s).
 func TestReviewSched3ReclaimedQueueStallsReads(t *testing.T) {
+	simTest(t)
 	sim := farSim(16, 16, map[string]time.Duration{"fast": holMs, "slow": 2 * time.Second})
 	s := sim.s
 	s.setStreams([]string{"fast", "slow"})
@@ -729,6 +735,7 @@ func TestReviewSched3ReclaimedQueueStallsReads(t *testing.T) {
 // 150,000 both ways); TestSchedIdleWantOccupancyDecays checks the
 // occupancy itself (idleWant re-accounts members whose window ended).
 func TestReviewSched3FrozenIdleOccupancy(t *testing.T) {
+	simTest(t)
 	for _, ra := range []int{0, 16} {
 		var fastDone [2]int
 		for fi, fresh := range []bool{false, true} {
@@ -790,6 +797,7 @@ func TestReviewSched3FrozenIdleOccupancy(t *testing.T) {
 // one runs about 3,340-3,435 records in 5 s beside 100 or 1,000 (3,985
 // alone; the figures move a little from run to run: map order).
 func TestReviewSched3HotAmongTrickles(t *testing.T) {
+	simTest(t)
 	for _, n := range []int{0, 100, 1000} {
 		dur := map[string]time.Duration{"hot": 20 * holMs}
 		r := newHolRig(16, 16, dur)
@@ -823,6 +831,7 @@ func TestReviewSched3HotAmongTrickles(t *testing.T) {
 // no entry waits in a queue longer than maxAge + the longest handler time
 // + a slack (aging takes it next).
 func TestReviewSched3NoStarvationMixed(t *testing.T) {
+	simTest(t)
 	for _, c := range [][2]int{{1, 0}, {1, 1}, {2, 0}, {2, 1}, {4, 0}} {
 		t.Run(fmt.Sprintf("conc%d-ra%d", c[0], c[1]), func(t *testing.T) {
 			dur := map[string]time.Duration{"m1": holMs, "m20": 20 * holMs, "m500": 500 * holMs, "half": 5 * holMs, "bad": holMs}
@@ -864,6 +873,7 @@ func TestReviewSched3NoStarvationMixed(t *testing.T) {
 // gives each half the slot (read-ahead 4 does: 10,000 records, 0.50).
 // (Pre-dates sched3: the read rotation of review-hol.)
 func TestReviewSched3OneSlotAlternatesByCount(t *testing.T) {
+	simTest(t)
 	for _, ra := range []int{0, 1} {
 		res := runHol(1, ra, []holStream{{"m1", holMs, 1000000, 0}, {"m500", 500 * holMs, 1000000, 0}}, 20*time.Second, false)
 		alone := runHol(1, ra, []holStream{{"m1", holMs, 1000000, 0}}, 20*time.Second, false)
@@ -882,6 +892,7 @@ func TestReviewSched3OneSlotAlternatesByCount(t *testing.T) {
 // kept the 10 it joined with: finding 5), so that a pick's reserve follows
 // the real load.
 func TestSchedIdleWantOccupancyDecays(t *testing.T) {
+	simTest(t)
 	sim := farSim(16, 16, map[string]time.Duration{"fast": holMs, "slow": 2 * time.Second})
 	s := sim.s
 	s.setStreams([]string{"fast", "slow"})
@@ -921,6 +932,7 @@ func TestSchedIdleWantOccupancyDecays(t *testing.T) {
 // lease lost, dead-lettered unrun: no handler time) leaves its stream's
 // handler-time average alone.
 func TestSchedSettledUnrunKeepsAverage(t *testing.T) {
+	simTest(t)
 	sim := farSim(4, 4, map[string]time.Duration{"s": 500 * holMs})
 	s := sim.s
 	s.setStreams([]string{"s"})

@@ -167,6 +167,7 @@ func (x *recRig) run(end time.Duration) {
 // until the last is claimed (accepted by pushUrgent), against the
 // interval + 1 s.
 func TestReviewSched4ReclaimCapDelaysDeadEntries(t *testing.T) {
+	simTest(t)
 	type tc struct {
 		name string
 		dur  map[string]time.Duration
@@ -222,6 +223,7 @@ func TestReviewSched4ReclaimCapDelaysDeadEntries(t *testing.T) {
 // idle, stream gets one entry a second from t = 4 s. The test reports how
 // long its entries wait to start, against a few probe intervals.
 func TestReviewSched4StarvedReadsStopProbes(t *testing.T) {
+	simTest(t)
 	for _, ra := range []int{0, 4, 16} {
 		for _, nSlow := range []int{1, 4, 8} {
 			t.Run(fmt.Sprintf("ra%d-slow%d", ra, nSlow), func(t *testing.T) {
@@ -274,6 +276,7 @@ func TestReviewSched4StarvedReadsStopProbes(t *testing.T) {
 // (books, index, read-ahead bound) over more seeds and other
 // concurrency / read-ahead pairs.
 func TestReviewSched4RandomOpsMoreSeeds(t *testing.T) {
+	simTest(t)
 	durs := []time.Duration{0, 50 * time.Microsecond, time.Millisecond, 3 * time.Millisecond, 20 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second}
 	for _, c := range [][2]int{{1, 1}, {3, 0}, {4, 1}, {8, 2}, {16, 4}, {16, 0}} {
 		for seed := uint64(100); seed < 112; seed++ {
@@ -345,6 +348,7 @@ func (s *scheduler) checkDue() string {
 // 8), the borrowing rule alone leaves the 1 ms stream read one entry at a
 // time (ra0-slow8 0.31, 2.6 slots idle with work queued).
 func TestReviewSched4SeveralSlowStreamsLowReadAhead(t *testing.T) {
+	simTest(t)
 	for _, rtt := range []time.Duration{200 * time.Microsecond, time.Millisecond} {
 		for _, ra := range []int{0, 4, 16} {
 			for _, nSlow := range []int{4, 8} {

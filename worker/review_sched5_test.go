@@ -368,6 +368,7 @@ func p5Dead(pool *p5Pool, stream string, n int) {
 // claim: longest wait 4.5 s / 4.5 s / 3.5 s, the second worker claims 14 /
 // 16 / 15 of 32, all handled 8.5 s / 12.8 s / 21.5 s after due.
 func TestReviewSched5ParkedOutlastVisibilityTimeout(t *testing.T) {
+	simTest(t)
 	for _, slowDur := range []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second} {
 		t.Run(fmt.Sprint("slow", slowDur), func(t *testing.T) {
 			const vt, interval = 10 * time.Second, 2500 * time.Millisecond
@@ -440,6 +441,7 @@ func TestReviewSched5ParkedOutlastVisibilityTimeout(t *testing.T) {
 // 74, all handled 7.5 s after due, 3 slot-seconds idle beside unstarted
 // entries.
 func TestReviewSched5SaturatedWorkerHoardsReclaim(t *testing.T) {
+	simTest(t)
 	const vt, interval = 10 * time.Second, 2500 * time.Millisecond
 	type result struct {
 		ws        []*p5Worker
@@ -557,6 +559,7 @@ func p5Cycles() ([]*p5Worker, time.Duration) {
 // visibility timeout since their claim: 123 claims, 23 hand-backs, all 100
 // handled at 397.5 s.
 func TestReviewSched5HandBackCycles(t *testing.T) {
+	simTest(t)
 	ws, doneAt := p5Cycles()
 	claims := 0
 	for _, w := range ws {
@@ -599,6 +602,7 @@ func TestReviewSched5HandBackCycles(t *testing.T) {
 // reclaimBudget counting what is held unstarted): 123 claims, 23
 // hand-backs, none claimed again by the worker that handed it back.
 func TestReviewSched5HandBackChurn(t *testing.T) {
+	simTest(t)
 	ws, doneAt := p5Cycles()
 	claims, backs, same := 0, 0, 0
 	for _, w := range ws {
@@ -619,6 +623,7 @@ func TestReviewSched5HandBackChurn(t *testing.T) {
 // timeout in the PEL), the books hold at every step, and the stream is
 // forgotten once nothing of it is left. Held.
 func TestReviewSched5DroppedStreamRunsParked(t *testing.T) {
+	simTest(t)
 	sim := farSim(2, 2, map[string]time.Duration{"x": 100 * time.Millisecond, "y": 100 * time.Millisecond})
 	s := sim.s
 	s.setStreams([]string{"x", "y"})
@@ -664,6 +669,7 @@ func TestReviewSched5DroppedStreamRunsParked(t *testing.T) {
 // thousands of events with parked tasks of a stream that left the
 // discovery.
 func TestReviewSched5ParkedLedger(t *testing.T) {
+	simTest(t)
 	parked, unlisted, events := 0, 0, 0
 	for _, c := range [][2]int{{1, 0}, {2, 1}, {4, 0}, {4, 4}, {16, 4}} {
 		for seed := uint64(1); seed <= 12; seed++ {

@@ -35,6 +35,7 @@ import (
 // along with it: 0.84 / 0.84 / 0.84 / 0.85 (ra 0 3 ms, 5 ms; ra 1), the
 // fast stream at 1.00.
 func TestReviewSched7ReadBoundStreamLooksFull(t *testing.T) {
+	simTest(t)
 	const rate = 20000.0
 	for _, ra := range []int{0, 1} {
 		for _, md := range []time.Duration{3 * holMs, 5 * holMs} {
@@ -68,6 +69,7 @@ func TestReviewSched7ReadBoundStreamLooksFull(t *testing.T) {
 // run ≥ 0.8 of (16 − its hung handlers) slots' worth of 2 s handlers, full
 // is cleared, no slot stays free.
 func TestReviewSched7HungFullStreamProducerStops(t *testing.T) {
+	simTest(t)
 	for _, ra := range []int{0, 4} {
 		for _, nSlow := range []int{1, 4} {
 			t.Run(fmt.Sprintf("ra%d-slow%d", ra, nSlow), func(t *testing.T) {
@@ -127,6 +129,7 @@ func TestReviewSched7HungFullStreamProducerStops(t *testing.T) {
 // ≥ 0.8 of its rate on the 15 slots they leave (3 ms: 24,500-24,900 of
 // 26,667 alone; 20 ms: 3,290-3,420 of 4,000 — the same as before 58dcce1).
 func TestReviewSched7ManyTricklesLowReadAhead(t *testing.T) {
+	simTest(t)
 	for _, n := range []int{100, 1000} {
 		for _, hd := range []time.Duration{3 * holMs, 20 * holMs} {
 			t.Run(fmt.Sprintf("n%d-hot%v", n, hd), func(t *testing.T) {
@@ -160,6 +163,7 @@ func TestReviewSched7ManyTricklesLowReadAhead(t *testing.T) {
 // and come back full often, so members of idleWant change their full flag
 // while they stay members (reindex re-inserts them). Held.
 func TestReviewSched7RandomOpsTightBudget(t *testing.T) {
+	simTest(t)
 	durs := []time.Duration{50 * time.Microsecond, time.Millisecond, 5 * time.Millisecond, 500 * time.Millisecond}
 	for _, c := range [][2]int{{2, 0}, {3, 1}, {6, 0}, {16, 1}} {
 		for seed := uint64(700); seed < 708; seed++ {

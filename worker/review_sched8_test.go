@@ -131,6 +131,7 @@ func p8Put(pool *p5Pool, stream string, lo, hi int) {
 // they were due (7.5 s; the idle worker would run them all at its tick,
 // 1.25 s after due).
 func TestReviewSched8HungHandlersHoardReclaim(t *testing.T) {
+	simTest(t)
 
 	const vt, interval = 10 * time.Second, 2500 * time.Millisecond
 	var clk time.Duration
@@ -190,6 +191,7 @@ func TestReviewSched8HungHandlersHoardReclaim(t *testing.T) {
 // get claimed and run? Wants b's 10 handled within the reclaim interval +
 // 1 s + their handler time after due.
 func TestReviewSched8PausedPartitionBlocksOtherClaims(t *testing.T) {
+	simTest(t)
 
 	const vt, interval = 10 * time.Second, 2500 * time.Millisecond
 	var clk time.Duration
@@ -250,6 +252,7 @@ func TestReviewSched8PausedPartitionBlocksOtherClaims(t *testing.T) {
 // reclaimBudget is free + turnover again (a drift up would stop the worker
 // claiming for ever). Every entry is handled.
 func TestReviewSched8ReclaimBooksRandom(t *testing.T) {
+	simTest(t)
 	for seed := range uint64(8) {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 8))
@@ -360,6 +363,7 @@ func TestReviewSched8ReclaimBooksRandom(t *testing.T) {
 // faster than the partition starts them "delays none". Wants the 8 s run
 // no more than 10% later than the 2.5 s run.
 func TestReviewSched8LongIntervalStarvesSlowPartition(t *testing.T) {
+	simTest(t)
 
 	run := func(interval time.Duration) (time.Duration, int) {
 		const vt = 10 * time.Second

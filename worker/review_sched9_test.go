@@ -160,6 +160,7 @@ func p9SaturatedOut(t *testing.T, nw, conc int, clkp **time.Duration, dur func(*
 // with every live worker saturated; the oldest (commit-holding) starts at
 // the first slot free after that (within a slow handler, 10 s).
 func TestReviewSched9BimodalSaturatedConc1(t *testing.T) {
+	simTest(t)
 
 	const interval = 2500 * time.Millisecond
 	w, ws := p9Saturated(t, 2, 1, p9Bimodal, nil, 60*time.Second, 5, 300*time.Second)
@@ -174,6 +175,7 @@ func TestReviewSched9BimodalSaturatedConc1(t *testing.T) {
 
 // TestReviewSched9BimodalSaturatedConc16: as Conc1 with two 16-slot workers.
 func TestReviewSched9BimodalSaturatedConc16(t *testing.T) {
+	simTest(t)
 
 	const interval = 2500 * time.Millisecond
 	w, ws := p9Saturated(t, 2, 16, p9Bimodal, nil, 60*time.Second, 50, 300*time.Second)
@@ -200,6 +202,7 @@ func p9Hash(id string) int {
 // 20 (by a hash of its ID) takes 5 to 15 s, the others 1 ms; two live
 // workers of 4 slots. The 20 dead entries of p (1 ms) are due at 60 s.
 func TestReviewSched9BimodalRandom(t *testing.T) {
+	simTest(t)
 	const interval = 2500 * time.Millisecond
 	dur := func(tk *task) time.Duration {
 		if p5Num(tk.m.ID) > p9Dead {
@@ -231,6 +234,7 @@ func TestReviewSched9BimodalRandom(t *testing.T) {
 // slot that freed (68 s). Wants it started within interval + 1 s + one
 // handler time after due.
 func TestReviewSched9SlowdownLooksHung(t *testing.T) {
+	simTest(t)
 
 	const interval = 2500 * time.Millisecond
 	const slowFrom = 60 * time.Second
@@ -257,6 +261,7 @@ func TestReviewSched9SlowdownLooksHung(t *testing.T) {
 // TestReviewSched9BimodalRandomConc1: BimodalRandom with two 1-slot
 // workers (jittered: no alignment of ticks with handler ends).
 func TestReviewSched9BimodalRandomConc1(t *testing.T) {
+	simTest(t)
 
 	const interval = 2500 * time.Millisecond
 	dur := func(tk *task) time.Duration {

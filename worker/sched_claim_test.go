@@ -12,6 +12,7 @@ import (
 // share, at least what it starts at once; before it is timed, what it
 // starts at once; less what it holds reclaimed and unstarted.
 func TestSchedClaimRoom(t *testing.T) {
+	simTest(t)
 	const age = 5 * time.Second
 	// slowBesideFast times a 500 ms stream while a 1 ms one keeps slots
 	// busy, and classifies them (the reader's round): the 500 ms one is
@@ -85,6 +86,7 @@ func TestSchedClaimRoom(t *testing.T) {
 // for a 1 s / 2.5 s reclaim interval (0.71 s / 1.71 s without the limit),
 // and all 24 have started 12.71 s / 13.71 s after due either way.
 func TestSchedClaimRoomDelaysNoHandling(t *testing.T) {
+	simTest(t)
 	eq := map[string]time.Duration{}
 	for i := range 16 {
 		eq[fmt.Sprintf("s%02d", i)] = 100 * holMs

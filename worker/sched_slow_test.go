@@ -99,6 +99,7 @@ func (sim *schedSim) running(stream string) int {
 // the slow-stream rule) it held 8 slots and the fast one ran at half its
 // rate alone.
 func TestSchedSlowStreamShare(t *testing.T) {
+	simTest(t)
 	const fast, slow = "fast", "slow"
 	const conc = 16
 	sim := newSchedSim(conc, conc, map[string]time.Duration{fast: time.Millisecond, slow: 500 * time.Millisecond})
@@ -201,6 +202,7 @@ func TestSchedSlowStreamShare(t *testing.T) {
 // turn over (the cause of a flaky TestBreakProbeIgnoresReadAhead: streams
 // coming back at the virtual time kept going first).
 func TestSchedAgedEntryGoesFirst(t *testing.T) {
+	simTest(t)
 	for _, aging := range []bool{false, true} {
 		var started []string
 		s := newScheduler(1, 1, func(t *task) { started = append(started, t.m.Stream) })
@@ -239,6 +241,7 @@ func TestSchedAgedEntryGoesFirst(t *testing.T) {
 // all while a much faster one wanted slots: it held its share, 8, or with
 // a shrunk share 1, and the other slots stayed idle.)
 func TestSchedSlowerStreamUsesIdleSlots(t *testing.T) {
+	simTest(t)
 	const quick, mid = "quick", "mid"
 	const conc = 16
 	sim := newSchedSim(conc, conc, map[string]time.Duration{quick: 10 * time.Microsecond, mid: 20 * time.Millisecond})
@@ -319,6 +322,7 @@ func (s *scheduler) checkIndex(now time.Time) string {
 // behind them are handed back too — they waited longer still — not one
 // visibility timeout each.
 func TestSchedStaleTakesParked(t *testing.T) {
+	simTest(t)
 	sim := newSchedSim(2, 2, map[string]time.Duration{"a": time.Hour})
 	sim.s.setStreams([]string{"a"})
 	sim.read("a", 2) // both slots busy for an hour: the handlers hang
