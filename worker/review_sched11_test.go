@@ -90,6 +90,7 @@ func trickleDone(r *holRig, idle []string, end time.Duration) float64 {
 // measures on a copy of holRig.round). Asked now: the 3 ms stream ≥ 0.85
 // of the slots left once the head-room is (0.92-0.95 measured).
 func TestReviewSched11ProbeBesideReadBoundStream(t *testing.T) {
+	simTest(t)
 	const rate = 20000.0
 	const end = 5 * time.Second
 	for _, ra := range []int{0, 1} {
