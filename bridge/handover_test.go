@@ -24,10 +24,13 @@ func TestHandOverThenRedisRestartedEmpty(t *testing.T) {
 	a := startIngest(t, cfg)
 	end := testenv.LogEnd(t, e.brokers, e.topic, e.partitions)
 
-	// A worker processes part of the records, then stops.
+	// A worker processes part of the records, then stops. 2 ms a record
+	// (~1,000/s over both partitions): with none, it read 100 at a time
+	// and handled all 2,000 between two polls of the check below, and the
+	// test found nothing left to test (1 CI run under -race).
 	l := newLedger()
 	wctx, wcancel := context.WithCancel(context.Background())
-	wg := e.work(wctx, t, l, 0)
+	wg := e.work(wctx, t, l, 2*time.Millisecond)
 	testenv.Eventually(t, 60*time.Second, func() bool { return l.total() >= n/4 }, "processed %d", l.total())
 	wcancel()
 	wg.Wait()
