@@ -26,7 +26,7 @@ Runs the whole kbridge test suite:
      and beside it, when ./worker is among the packages, the worker's
      simulations without -race (they skip under -race: one goroutine on a
      simulated clock, nothing for the detector to find; worker/sim_test.go):
-     KBRIDGE_SIM_ONLY=1 go test -count=1 -timeout 40m GO TEST ARGS... ./worker/
+     KBRIDGE_SIM_ONLY=1 go test -count=1 -timeout 40m -race=false ./worker/ GO TEST ARGS...
      (its output is printed when it ends)
   6. stops every service it (or a test, through the scripts) started; exits with
      go test's exit code (the -race pass's if it failed, else the simulations').
@@ -142,15 +142,29 @@ fi
 pkgs=(./...)
 named=()      # the packages named in the arguments
 sim_args=()   # the other arguments: for the simulations' pass
+value=0       # the argument is the value of the flag before it (-coverprofile ./c.out)
+passthru=0    # after -args: for the test binary, never packages
 for a in "${go_args[@]}"; do
+  if (( value || passthru )); then
+    sim_args+=("$a"); value=0; continue
+  fi
   case "$a" in
+    -args|--args) sim_args+=("$a"); passthru=1 ;;
+    -*)
+      f=${a#-}; f=${f#-}; f=${f#test.}
+      case "$f" in
+        race|race=*) ;;   # the simulations' pass is the one without it
+        *=*) sim_args+=("$a") ;;
+        run|skip|bench|benchtime|count|cpu|list|parallel|timeout|shuffle|fuzz|fuzztime|fuzzminimizetime|coverpkg|covermode|coverprofile|cpuprofile|memprofile|memprofilerate|blockprofile|blockprofilerate|mutexprofile|mutexprofilefraction|outputdir|trace|exec|o|p|tags|ldflags|gcflags|asmflags|mod|modfile|overlay|pkgdir|toolexec|vet|C|pgo)
+          sim_args+=("$a"); value=1 ;;
+        *) sim_args+=("$a") ;;
+      esac ;;
     ./*|../*|github.com/*) pkgs=(); named+=("$a") ;;
-    -race) ;;   # the simulations' pass is the one without it
     *) sim_args+=("$a") ;;
   esac
 done
 log "runs:     go vet ./...  then  go test -race -count=1 -timeout $TEST_TIMEOUT ${pkgs[*]} ${go_args[*]}"
-log "          and beside it, if ./worker is tested: KBRIDGE_SIM_ONLY=1 go test -count=1 ${sim_args[*]} ./worker/"
+log "          and beside it, if ./worker is tested: KBRIDGE_SIM_ONLY=1 go test -count=1 -race=false ./worker/ ${sim_args[*]}"
 
 # No Go code yet: nothing to vet or test.
 if [[ -z $(find . -name '*.go' -not -path './vendor/*' -not -path './.git/*' -print -quit) ]]; then
@@ -240,18 +254,18 @@ fi
 # the package (those run under -race); which is which comes from the source,
 # so the two passes cannot drift apart. It runs niced: the -race pass has
 # the tests that watch the real clock, the simulations only a simulated one.
-sims=0
-if (( ${#named[@]} == 0 )); then
-  sims=1
-elif worker_pkg=$(go list ./worker 2>/dev/null) &&
-     go list "${named[@]}" 2>/dev/null | grep -qxF "$worker_pkg"; then
-  sims=1
+# Left out only when go list says the packages named do not include the
+# worker: a list it cannot read runs the simulations (fail safe).
+sims=1
+if (( ${#named[@]} )) && worker_pkg=$(go list ./worker 2>/dev/null) &&
+   listed=$(go list "${named[@]}" 2>/dev/null) && ! grep -qxF "$worker_pkg" <<<"$listed"; then
+  sims=0
 fi
 set +e
 if (( sims )); then
   SIM_LOG=$(mktemp "${TMPDIR:-/tmp}/kbridge-test-sims.XXXXXX")
-  log "KBRIDGE_SIM_ONLY=1 go test -count=1 -timeout $TEST_TIMEOUT ${sim_args[*]} ./worker/ (beside it; output when it ends)"
-  setsid nice -n 10 env KBRIDGE_SIM_ONLY=1 go test -count=1 -timeout "$TEST_TIMEOUT" "${sim_args[@]}" ./worker/ \
+  log "KBRIDGE_SIM_ONLY=1 go test -count=1 -timeout $TEST_TIMEOUT -race=false ./worker/ ${sim_args[*]} (beside it; output when it ends)"
+  setsid nice -n 10 env KBRIDGE_SIM_ONLY=1 go test -count=1 -timeout "$TEST_TIMEOUT" -race=false ./worker/ "${sim_args[@]}" \
     </dev/null >"$SIM_LOG" 2>&1 &
   SIM_PID=$!
 fi

@@ -19,6 +19,7 @@ import (
 	"go/token"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -26,10 +27,11 @@ import (
 )
 
 // simTest marks a simulation: it is skipped under -race, and the only kind
-// of test the KBRIDGE_SIM_ONLY=1 pass runs. Call it first in the test
-// function's own body: simTests finds the call there. Called from a helper,
-// it would skip the test under -race while the other pass did not run it
-// either: it fails the test instead.
+// of test the KBRIDGE_SIM_ONLY=1 pass runs. Call it as the first statement
+// of the test function's own body: simTests finds the call there. Called
+// anywhere else (a helper, a subtest, later in the body), it would skip the
+// test under -race while the other pass did not run it either: it fails
+// the test instead.
 func simTest(t *testing.T) {
 	t.Helper()
 	top, _, _ := strings.Cut(t.Name(), "/")
@@ -53,11 +55,10 @@ var simSet = sync.OnceValues(func() (map[string]bool, error) {
 	return set, err
 })
 
-// TestMain: with KBRIDGE_SIM_ONLY=1 only the simulations run: every other
-// test, example and fuzz test of the package is added to -skip. Which is
-// which comes from the source (simTests), not from a list: a test that
-// skips under -race is one that this pass runs, and a new test runs under
-// -race unless it says simTest.
+// TestMain: with KBRIDGE_SIM_ONLY=1 only the simulations run: -run is
+// narrowed to them. Which is which comes from the source (simTests), not
+// from a list: a test that skips under -race is one that this pass runs,
+// and a new test runs under -race unless it says simTest.
 func TestMain(m *testing.M) {
 	if os.Getenv("KBRIDGE_SIM_ONLY") == "1" {
 		if err := simOnly(); err != nil {
@@ -68,28 +69,72 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// simOnly sets -run to the simulations the user's -run selects (its first
+// element, the top-level tests; the subtest elements after it are kept),
+// and -bench to none (the benchmarks run in the other pass). The user's
+// -skip is left as it is: it may name subtests, which an alternation with
+// a list of ours could not.
 func simOnly() error {
 	if raceEnabled {
 		return fmt.Errorf("the simulations skip under -race: this pass would run nothing (build without -race)")
 	}
 	flag.Parse()
-	sims, others, err := simTests(".")
+	sims, _, err := simTests(".")
 	if err != nil {
 		return err
 	}
 	if len(sims) == 0 {
 		return fmt.Errorf("no test of the package calls simTest: nothing to run")
 	}
-	skip := "^(" + strings.Join(others, "|") + ")$"
-	if user := flag.Lookup("test.skip").Value.String(); user != "" {
-		// -skip splits its pattern at slashes (one per subtest level):
-		// an alternation with ours would change what it means.
-		if strings.Contains(user, "/") {
-			return fmt.Errorf("-skip %q names subtests: not supported with KBRIDGE_SIM_ONLY=1", user)
+	parts := splitTestPattern(flag.Lookup("test.run").Value.String())
+	keep := sims
+	if len(parts) > 0 && parts[0] != "" {
+		re, err := regexp.Compile(parts[0])
+		if err != nil {
+			return fmt.Errorf("-run: %w", err)
 		}
-		skip = user + "|" + skip
+		keep = slices.DeleteFunc(slices.Clone(sims), func(n string) bool { return !re.MatchString(n) })
 	}
-	return flag.Set("test.skip", skip)
+	run := "^$" // none selected: go test says "no tests to run"
+	if len(keep) > 0 {
+		run = "^(" + strings.Join(keep, "|") + ")$"
+	}
+	if len(parts) > 1 {
+		run += "/" + strings.Join(parts[1:], "/")
+	}
+	if err := flag.Set("test.run", run); err != nil {
+		return err
+	}
+	return flag.Set("test.bench", "")
+}
+
+// splitTestPattern splits a -run pattern at its slashes that are outside
+// brackets and parentheses (one element per subtest level), as go test
+// does; "" gives none.
+func splitTestPattern(p string) []string {
+	if p == "" {
+		return nil
+	}
+	var out []string
+	depth, inClass, start := 0, false, 0
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == '\\':
+			i++ // an escaped character
+		case inClass:
+			inClass = c != ']'
+		case c == '[':
+			inClass = true
+		case c == '(':
+			depth++
+		case c == ')':
+			depth--
+		case c == '/' && depth == 0:
+			out = append(out, p[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, p[start:])
 }
 
 // simTests reads the package's _test.go files in dir and splits its tests,
@@ -138,17 +183,23 @@ func isTestName(name, prefix string) bool {
 	return rest == "" || !(rest[0] >= 'a' && rest[0] <= 'z')
 }
 
+// callsSimTest reports whether body's first statement is simTest(t): the
+// rule, so that nothing of a simulation runs before it skips under -race,
+// and no subtest alone is one. A call elsewhere makes simTest fail the test.
 func callsSimTest(body *ast.BlockStmt) bool {
-	found := false
-	ast.Inspect(body, func(n ast.Node) bool {
-		if c, ok := n.(*ast.CallExpr); ok {
-			if id, ok := c.Fun.(*ast.Ident); ok && id.Name == "simTest" {
-				found = true
-			}
-		}
-		return !found
-	})
-	return found
+	if len(body.List) == 0 {
+		return false
+	}
+	st, ok := body.List[0].(*ast.ExprStmt)
+	if !ok {
+		return false
+	}
+	c, ok := st.X.(*ast.CallExpr)
+	if !ok {
+		return false
+	}
+	id, ok := c.Fun.(*ast.Ident)
+	return ok && id.Name == "simTest"
 }
 
 // TestSimTestsSplit: the split KBRIDGE_SIM_ONLY=1 relies on sees this
@@ -166,6 +217,24 @@ func TestSimTestsSplit(t *testing.T) {
 	for _, n := range sims {
 		if slices.Contains(others, n) {
 			t.Errorf("%s on both sides", n)
+		}
+	}
+}
+
+// TestSplitTestPattern: -run's elements as go test splits them, so that
+// KBRIDGE_SIM_ONLY=1 keeps the user's subtest elements.
+func TestSplitTestPattern(t *testing.T) {
+	for p, want := range map[string][]string{
+		"":                  nil,
+		"TestA":             {"TestA"},
+		"TestA/b/c":         {"TestA", "b", "c"},
+		"Test(A|B/x)/y":     {"Test(A|B/x)", "y"},
+		"Test[/]A/y":        {"Test[/]A", "y"},
+		`Test\/A/y`:         {`Test\/A`, "y"},
+		"^TestA$/ra0-idle1": {"^TestA$", "ra0-idle1"},
+	} {
+		if got := splitTestPattern(p); !slices.Equal(got, want) {
+			t.Errorf("splitTestPattern(%q) = %q, want %q", p, got, want)
 		}
 	}
 }
