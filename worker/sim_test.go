@@ -138,9 +138,9 @@ func splitTestPattern(p string) []string {
 }
 
 // simTests reads the package's _test.go files in dir and splits its tests,
-// examples and fuzz tests into the simulations (Test functions that call
-// simTest) and the others. Files of other build targets are read too: a
-// name that is not in the binary does no harm in -skip.
+// examples and fuzz tests into the simulations (Test functions whose first
+// statement is simTest(t)) and the others. Files of other build targets are
+// read too: a name that is not in the binary does no harm in -run.
 func simTests(dir string) (sims, others []string, err error) {
 	files, err := filepath.Glob(filepath.Join(dir, "*_test.go"))
 	if err != nil {
